@@ -1,0 +1,121 @@
+"""Warm-starting a PDE3D training from a stock nnU-Net checkpoint.
+
+nnU-Net's ``-pretrained_weights`` (``run/load_pretrained_weights.py``) asserts that every
+key of the new network except ``.seg_layers.`` exists in the checkpoint with the same
+shape, so a stock checkpoint, which lacks the PDE keys, is rejected. Because PDE blocks
+start as the identity and keep every backbone name, the stock weights plus freshly
+initialised PDE entries describe a PDE3D network that computes exactly what the stock
+network computes. :func:`warmstart_checkpoint` writes such a checkpoint, which
+``-pretrained_weights`` then accepts unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from nnunet_pde.network import PDE_CHILD_NAME
+
+PDE_KEY_MARKER = f".{PDE_CHILD_NAME}."
+
+
+def build_network_for_checkpoint(trainer_class: type, checkpoint: dict) -> torch.nn.Module:
+    """Build ``trainer_class``'s network for the plans/configuration/dataset stored in an
+    nnU-Net checkpoint's ``init_args`` (on CPU, deep supervision on)."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    init_args = checkpoint.get("init_args") or {}
+    missing = [k for k in ("plans", "configuration", "dataset_json") if k not in init_args]
+    if missing:
+        raise ValueError(
+            f"the checkpoint has no init_args[{', '.join(missing)}]: it was not written by "
+            "nnU-Net's trainer (expected checkpoint_final.pth or checkpoint_best.pth of a fold)"
+        )
+    plans_manager = PlansManager(init_args["plans"])
+    configuration_manager = plans_manager.get_configuration(init_args["configuration"])
+    dataset_json = init_args["dataset_json"]
+    num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    return trainer_class.build_network_architecture(
+        plans_manager, configuration_manager, num_inputs, num_outputs, True
+    )
+
+
+def merge_stock_weights(
+    target_state: dict[str, torch.Tensor], stock_state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Stock weights for every backbone key, the target's own values for the PDE keys.
+
+    Raises
+    ------
+    ValueError
+        If a stock key is missing from the target or has another shape (different plans
+        or architecture), or the target has a non-PDE key that the stock weights lack.
+    """
+    problems = []
+    for key, value in stock_state.items():
+        if key not in target_state:
+            problems.append(f"stock key '{key}' does not exist in the PDE3D network")
+        elif tuple(target_state[key].shape) != tuple(value.shape):
+            problems.append(
+                f"'{key}': stock shape {tuple(value.shape)} != PDE3D shape "
+                f"{tuple(target_state[key].shape)}"
+            )
+    for key in target_state:
+        if key not in stock_state and PDE_KEY_MARKER not in key:
+            problems.append(f"backbone key '{key}' is missing from the stock checkpoint")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
+        raise ValueError(
+            "the stock checkpoint does not match the PDE3D network built from its own plans "
+            f"(was it trained with the same plans identifier and configuration?): {shown}"
+        )
+    merged = dict(target_state)
+    merged.update(stock_state)
+    return merged
+
+
+def warmstart_checkpoint(
+    stock_checkpoint: str | Path,
+    output: str | Path,
+    trainer_class: type,
+    overwrite: bool = False,
+) -> Path:
+    """Write a checkpoint that ``nnUNetv2_train ... -tr <trainer> -pretrained_weights``
+    accepts, from a checkpoint of nnU-Net's stock ``nnUNetTrainer`` (same plans).
+
+    The PDE blocks get their identity initialisation, so the written weights compute what
+    the stock network computes. The input file is only read.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    src = Path(stock_checkpoint)
+    dst = Path(output)
+    if not src.is_file():
+        raise FileNotFoundError(f"stock checkpoint not found: {src}")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists; pass --overwrite to replace it or choose another path")
+    if dst.resolve() == src.resolve():
+        raise ValueError("the output path must differ from the stock checkpoint")
+    checkpoint = torch.load(src, map_location="cpu", weights_only=False)
+    if "network_weights" not in checkpoint:
+        raise ValueError(f"{src} has no 'network_weights': not an nnU-Net checkpoint")
+    network = build_network_for_checkpoint(trainer_class, checkpoint)
+    merged = merge_stock_weights(network.state_dict(), checkpoint["network_weights"])
+    out = {
+        "network_weights": merged,
+        "init_args": checkpoint["init_args"],
+        "trainer_name": trainer_class.__name__,
+        "warmstarted_from": {"path": str(src.resolve()), "trainer_name": checkpoint.get("trainer_name")},
+    }
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(out, tmp)
+    os.replace(tmp, dst)
+    return dst

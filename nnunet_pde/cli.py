@@ -1,0 +1,211 @@
+"""The ``nnunet-pde`` command.
+
+Subcommands (each has ``--help``)::
+
+    nnunet-pde env              print the export lines nnU-Net needs to find our trainers
+    nnunet-pde doctor           check the environment and say what to fix
+    nnunet-pde list-trainers    list every trainer with its one-line description
+    nnunet-pde make-dataset     write a synthetic BraTS-like or LiTS-like raw dataset
+    nnunet-pde warmstart        turn a stock nnUNetTrainer checkpoint into a PDE3D one
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from nnunet_pde.env import export_lines
+
+    print("\n".join(export_lines(data_root=args.root)))
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from nnunet_pde.env import diagnose
+
+    checks = diagnose()
+    tags = {"ok": "[ OK ]", "warn": "[WARN]", "fail": "[FAIL]"}
+    for c in checks:
+        line = f"{tags[c.status]} {c.what}"
+        if c.fix and c.status != "ok":
+            line += f"\n       fix: {c.fix}"
+        print(line)
+    n_fail = sum(c.status == "fail" for c in checks)
+    n_warn = sum(c.status == "warn" for c in checks)
+    print(f"\n{n_fail} problem(s), {n_warn} warning(s)")
+    return 1 if n_fail else 0
+
+
+def _cmd_list_trainers(args: argparse.Namespace) -> int:
+    from nnunet_pde.env import list_trainers
+
+    trainers = list_trainers()
+    width = max(len(n) for n in trainers)
+    for name, cls in trainers.items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:<{width}}  {doc[0] if doc else ''}")
+    return 0
+
+
+def _parse_size(text: str) -> int | tuple[int, int, int]:
+    parts = [p for p in text.replace("x", ",").split(",") if p]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--size must be N or Z,Y,X (voxels), e.g. 64 or 32,64,64; got '{text}'"
+        ) from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 3:
+        return (values[0], values[1], values[2])
+    raise argparse.ArgumentTypeError(f"--size must have 1 or 3 entries, got '{text}'")
+
+
+def _cmd_make_dataset(args: argparse.Namespace) -> int:
+    from nnunet_pde.data.synthetic import make_synthetic_dataset
+
+    raw_root = args.raw or os.environ.get("nnUNet_raw")
+    if not raw_root:
+        print(
+            "error: no output folder: pass --raw DIR or set nnUNet_raw "
+            '(eval "$(nnunet-pde env)")',
+            file=sys.stderr,
+        )
+        return 2
+    kwargs = {}
+    if args.size is not None:
+        kwargs["size"] = args.size
+    if args.noise is not None:
+        kwargs["noise"] = args.noise
+    try:
+        folder = make_synthetic_dataset(
+            args.kind,
+            raw_root,
+            args.id,
+            name=args.name,
+            num_train=args.num_train,
+            num_test=args.num_test,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=lambda msg: print(msg, flush=True),
+            **kwargs,
+        )
+    except (ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.kind} dataset {folder} ({args.num_train} training, {args.num_test} test "
+        f"cases). Next: nnUNetv2_plan_and_preprocess -d {args.id} -c 3d_fullres "
+        "--verify_dataset_integrity"
+    )
+    return 0
+
+
+def _cmd_warmstart(args: argparse.Namespace) -> int:
+    from nnunet_pde.checkpoints import warmstart_checkpoint
+    from nnunet_pde.env import find_trainer
+
+    try:
+        trainer = find_trainer(args.trainer)
+        out = warmstart_checkpoint(args.stock_checkpoint, args.output, trainer, overwrite=args.overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {out}. Train from it with:\n  nnUNetv2_train DATASET CONFIGURATION FOLD "
+        f"-tr {args.trainer} -pretrained_weights {out}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnunet-pde",
+        description="PDE3D-UNet for nnU-Net v2: set-up, synthetic data and tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser(
+        "env",
+        help="print the export lines nnU-Net needs (use: eval \"$(nnunet-pde env)\")",
+        description="Print shell export lines: nnUNet_extTrainer pointing at the nnunet-pde "
+        "trainers of this install, and nnUNet_raw/nnUNet_preprocessed/nnUNet_results if unset. "
+        'Example: eval "$(nnunet-pde env --root ~/nnunet_data)"',
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="folder for the nnUNet_raw/_preprocessed/_results defaults (default: ./nnUNet_data)",
+    )
+    p.set_defaults(func=_cmd_env)
+
+    p = sub.add_parser(
+        "doctor",
+        help="check the environment and say what is missing",
+        description="Check Python, nnunetv2, torch, nnUNet_extTrainer and the nnU-Net data "
+        "folders, and resolve every trainer with nnU-Net's own finder. Exit code 1 on problems.",
+    )
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser(
+        "list-trainers",
+        help="list the nnunet-pde trainers",
+        description="List every trainer class nnunet-pde provides, with its description.",
+    )
+    p.set_defaults(func=_cmd_list_trainers)
+
+    p = sub.add_parser(
+        "make-dataset",
+        help="write a synthetic BraTS-like or LiTS-like dataset in nnU-Net raw format",
+        description="Write a synthetic dataset (imagesTr, labelsTr, imagesTs, labelsTs, "
+        "dataset.json) into nnUNet_raw. Deterministic from --seed. Example: "
+        "nnunet-pde make-dataset brats-like --id 501 --num-train 8 --num-test 2",
+    )
+    p.add_argument("kind", choices=["brats-like", "lits-like"])
+    p.add_argument("--id", type=int, required=True, help="dataset id (1-999)")
+    p.add_argument("--name", default=None, help="dataset name (default: SyntheticBraTS / SyntheticLiTS)")
+    p.add_argument("--num-train", type=int, default=8, help="training cases (default 8)")
+    p.add_argument("--num-test", type=int, default=2, help="test cases (default 2)")
+    p.add_argument(
+        "--size", type=_parse_size, default=None, help="image size in voxels: N or Z,Y,X"
+    )
+    p.add_argument("--noise", type=float, default=None, help="noise level (see docs/datasets.md)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--raw", type=Path, default=None, help="nnUNet_raw folder (default: $nnUNet_raw)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser(
+        "warmstart",
+        help="make a PDE3D checkpoint from a stock nnUNetTrainer checkpoint",
+        description="Write a checkpoint that `nnUNetv2_train ... -tr TRAINER -pretrained_weights "
+        "OUT` accepts: the stock weights plus identity-initialised PDE blocks. Example: "
+        "nnunet-pde warmstart $nnUNet_results/Dataset501_SyntheticBraTS/"
+        "nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth pde_init.pth",
+    )
+    p.add_argument("stock_checkpoint", type=Path, help="checkpoint_final.pth of a stock nnU-Net fold")
+    p.add_argument("output", type=Path, help="where to write the PDE3D checkpoint")
+    p.add_argument(
+        "--trainer", default="nnUNetTrainerPDE3D", help="PDE3D trainer to build (default nnUNetTrainerPDE3D)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=_cmd_warmstart)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Environment set-up and diagnosis: where the trainers are, what nnU-Net needs exported.
+
+nnU-Net (>= 2.8.0) finds trainers outside its own package through the environment
+variable ``nnUNet_extTrainer`` (``os.pathsep``-separated folders). This module computes
+the folder of our trainers for the current install (editable or wheel), the ``export``
+lines a shell needs, lists the trainer classes, and checks an environment for what is
+missing (``nnunet-pde doctor``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import io
+import os
+import pkgutil
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+TRAINER_PACKAGE = "nnunet_pde.trainers"
+NNUNET_PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+EXT_TRAINER_VAR = "nnUNet_extTrainer"
+NNUNET_REQUIREMENT = (">=2.8.1", "<2.9")
+
+
+def trainer_dir() -> Path:
+    """Folder holding the trainer modules, for the install that is importing this module.
+
+    For a wheel install this is ``site-packages/nnunet_pde/trainers``; for an editable
+    install (and a source checkout on ``sys.path``) it is the repository's ``trainers/``.
+    """
+    spec = importlib.util.find_spec(TRAINER_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    # Source checkout used without installation: trainers/ sits beside nnunet_pde/.
+    candidate = Path(__file__).resolve().parent.parent / "trainers"
+    if candidate.is_dir():
+        return candidate
+    raise RuntimeError(
+        "cannot locate the nnunet_pde trainers folder; reinstall with `pip install nnunet-pde` "
+        "or `pip install -e .` from the repository"
+    )
+
+
+def _split_paths(value: str | None) -> list[str]:
+    return [p for p in (value or "").split(os.pathsep) if p.strip()]
+
+
+def _same_path(a: str, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def export_lines(
+    environ: Mapping[str, str] | None = None, data_root: str | Path | None = None
+) -> list[str]:
+    """Shell lines that make nnU-Net find our trainers (and its data folders).
+
+    Parameters
+    ----------
+    environ:
+        The environment to complete (default: ``os.environ``).
+    data_root:
+        Where ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` go when they
+        are unset (default: ``./nnUNet_data`` in the current directory). Variables that are
+        already set are left alone.
+
+    Returns
+    -------
+    list of str
+        ``export`` statements and ``#`` comments, safe to ``eval`` in bash/zsh.
+    """
+    env = os.environ if environ is None else environ
+    tdir = str(trainer_dir())
+    lines = [f"# nnunet-pde: trainers live in {tdir}"]
+    existing = _split_paths(env.get(EXT_TRAINER_VAR))
+    if any(_same_path(p, tdir) for p in existing):
+        lines.append(f"# {EXT_TRAINER_VAR} already contains it")
+    else:
+        # Keep the user's other trainer folders; ours go first.
+        value = os.pathsep.join([tdir, *existing])
+        lines.append(f"export {EXT_TRAINER_VAR}={shlex.quote(value)}")
+    root = Path(data_root) if data_root is not None else Path.cwd() / "nnUNet_data"
+    for var in NNUNET_PATH_VARS:
+        if env.get(var):
+            lines.append(f"# {var} already set to {env[var]}")
+        else:
+            lines.append(f"export {var}={shlex.quote(str(root.resolve() / var))}")
+    return lines
+
+
+def trainer_modules() -> list[str]:
+    """Names of the modules in the trainers folder (without the package prefix)."""
+    return sorted(
+        name for _, name, ispkg in pkgutil.iter_modules([str(trainer_dir())]) if not ispkg
+    )
+
+
+def list_trainers() -> dict[str, type]:
+    """Every nnU-Net trainer class defined in our trainers folder, by class name.
+
+    Imports ``nnunetv2``; raises ImportError if it is not installed.
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    found: dict[str, type] = {}
+    for mod_name in trainer_modules():
+        module = importlib.import_module(f"{TRAINER_PACKAGE}.{mod_name}")
+        for name, obj in vars(module).items():
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, nnUNetTrainer)
+                and obj.__module__ == module.__name__
+            ):
+                found[name] = obj
+    return dict(sorted(found.items()))
+
+
+def find_trainer(name: str) -> type:
+    """Our trainer class called ``name``; ValueError listing the known names otherwise."""
+    trainers = list_trainers()
+    if name not in trainers:
+        raise ValueError(
+            f"unknown trainer '{name}'. nnunet-pde trainers: {', '.join(trainers)} "
+            "(see `nnunet-pde list-trainers` and docs/trainers.md)"
+        )
+    return trainers[name]
+
+
+# --------------------------------------------------------------------------------------
+# doctor
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of ``nnunet-pde doctor``: status is "ok", "warn" or "fail"."""
+
+    status: str
+    what: str
+    fix: str = ""
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in v.split("+")[0].split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
+    """Check the environment for what nnunet-pde needs; never raises."""
+    env = os.environ if environ is None else environ
+    checks: list[Check] = []
+
+    if sys.version_info >= (3, 10):
+        checks.append(Check("ok", f"Python {sys.version.split()[0]}"))
+    else:
+        checks.append(Check("fail", f"Python {sys.version.split()[0]} is too old", "use Python >= 3.10"))
+
+    try:
+        nn_version = importlib.metadata.version("nnunetv2")
+    except importlib.metadata.PackageNotFoundError:
+        nn_version = None
+        checks.append(Check("fail", "nnunetv2 is not installed", "pip install 'nnunetv2>=2.8.1,<2.9'"))
+    if nn_version is not None:
+        if (2, 8, 1) <= _version_tuple(nn_version) < (2, 9):
+            checks.append(Check("ok", f"nnunetv2 {nn_version}"))
+        else:
+            checks.append(
+                Check(
+                    "fail",
+                    f"nnunetv2 {nn_version} is installed; nnunet-pde is tested with >=2.8.1,<2.9",
+                    "pip install 'nnunetv2>=2.8.1,<2.9'",
+                )
+            )
+
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        dev = f"CUDA: {torch.cuda.get_device_name(0)}" if cuda else "no CUDA device (train with -device cpu)"
+        checks.append(Check("ok", f"torch {torch.__version__}, {dev}"))
+    except Exception as exc:  # noqa: BLE001 - report any import failure
+        checks.append(Check("fail", f"torch cannot be imported: {exc}", "reinstall torch"))
+
+    try:
+        tdir = trainer_dir()
+        checks.append(Check("ok", f"trainers folder {tdir}"))
+    except RuntimeError as exc:
+        checks.append(Check("fail", str(exc)))
+        return checks
+
+    ext = _split_paths(env.get(EXT_TRAINER_VAR))
+    missing_dirs = [p for p in ext if not os.path.isdir(p)]
+    if any(_same_path(p, tdir) for p in ext):
+        checks.append(Check("ok", f"{EXT_TRAINER_VAR} contains the trainers folder"))
+    elif ext:
+        checks.append(
+            Check(
+                "fail",
+                f"{EXT_TRAINER_VAR}={env.get(EXT_TRAINER_VAR)} does not contain {tdir}"
+                " (a stale path from another install?)",
+                'eval "$(nnunet-pde env)"',
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "fail",
+                f"{EXT_TRAINER_VAR} is not set: nnUNetv2_train/-predict cannot find nnunet-pde trainers",
+                'eval "$(nnunet-pde env)"',
+            )
+        )
+    for p in missing_dirs:
+        checks.append(Check("warn", f"{EXT_TRAINER_VAR} lists a folder that does not exist: {p}"))
+
+    for var in NNUNET_PATH_VARS:
+        value = env.get(var)
+        if not value:
+            checks.append(Check("warn", f"{var} is not set", 'eval "$(nnunet-pde env)"'))
+        elif not os.path.isdir(value):
+            checks.append(
+                Check("warn", f"{var}={value} does not exist yet", f"mkdir -p {shlex.quote(value)}")
+            )
+        elif not os.access(value, os.W_OK):
+            checks.append(Check("fail", f"{var}={value} is not writable", "choose a writable folder"))
+        else:
+            checks.append(Check("ok", f"{var}={value}"))
+
+    if nn_version is not None:
+        checks.extend(_check_trainer_resolution(env, tdir))
+    return checks
+
+
+def _check_trainer_resolution(env: Mapping[str, str], tdir: Path) -> list[Check]:
+    """Resolve every trainer with nnU-Net's own finder, as nnUNetv2_train would."""
+    try:
+        names = list(list_trainers())
+    except Exception as exc:  # noqa: BLE001 - a broken trainer module must be reported
+        return [Check("fail", f"importing the trainer modules failed: {exc!r}")]
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    saved = os.environ.get(EXT_TRAINER_VAR)
+    os.environ[EXT_TRAINER_VAR] = env.get(EXT_TRAINER_VAR) or ""
+    unresolved = []
+    try:
+        for name in names:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    recursive_find_trainer_class_by_name(name)
+            except Exception:  # noqa: BLE001 - nnU-Net raises RuntimeError/AssertionError
+                unresolved.append(name)
+    finally:
+        if saved is None:
+            os.environ.pop(EXT_TRAINER_VAR, None)
+        else:
+            os.environ[EXT_TRAINER_VAR] = saved
+    if unresolved:
+        return [
+            Check(
+                "fail",
+                f"nnU-Net's finder cannot resolve {len(unresolved)} of {len(names)} trainers "
+                f"(e.g. {unresolved[0]})",
+                'eval "$(nnunet-pde env)"',
+            )
+        ]
+    return [Check("ok", f"nnU-Net resolves all {len(names)} nnunet-pde trainers by name")]

@@ -1,0 +1,120 @@
+"""End-to-end demo of nnunet-pde through nnU-Net's own commands (run via scripts/demo.sh).
+
+Steps, each a real command run as a subprocess with its output streamed:
+
+1. ``nnunet-pde make-dataset brats-like``  (synthetic 4-channel MR, regions WT/TC/ET)
+2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres --verify_dataset_integrity``
+3. ``nnUNetv2_train ... -tr nnUNetTrainerPDE3D_Demo -device cpu``  (fold 0)
+4. ``nnUNetv2_predict`` on imagesTs with the trained fold
+5. ``nnUNetv2_evaluate_folder`` against labelsTs, then the Dice per region is printed.
+
+Everything is written to a new folder ``demo_work/run-<timestamp>`` (or ``--workdir``,
+which must not exist yet): the demo never touches your own nnU-Net folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str], env: dict[str, str], step: str) -> float:
+    """Run one command, streaming its output; return its wall time in seconds."""
+    print(f"\n=== {step}\n$ {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"demo failed at step '{step}' (exit code {proc.returncode}) after {dt:.0f} s")
+    print(f"--- {step}: done in {dt:.0f} s", flush=True)
+    return dt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None, help="output folder (must not exist)")
+    parser.add_argument("--dataset-id", type=int, default=991)
+    parser.add_argument("--num-train", type=int, default=8)
+    parser.add_argument("--num-test", type=int, default=3)
+    parser.add_argument("--size", default="48", help="image size, N or Z,Y,X voxels (default 48)")
+    parser.add_argument("--trainer", default="nnUNetTrainerPDE3D_Demo")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    workdir = args.workdir or REPO / "demo_work" / time.strftime("run-%Y%m%d-%H%M%S")
+    if workdir.exists():
+        sys.exit(f"error: {workdir} exists; choose another --workdir (the demo never overwrites)")
+    workdir = workdir.resolve()
+    env = dict(os.environ)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[var] = str(workdir / var)
+        Path(env[var]).mkdir(parents=True)
+    from nnunet_pde.env import export_lines  # the same lines `nnunet-pde env` prints
+
+    for line in export_lines(environ=env):
+        if line.startswith("export nnUNet_extTrainer="):
+            env["nnUNet_extTrainer"] = line.split("=", 1)[1].strip("'")
+    env.setdefault("nnUNet_n_proc_DA", "2")
+    print(f"demo folder: {workdir}\nnnUNet_extTrainer={env['nnUNet_extTrainer']}")
+
+    did = str(args.dataset_id)
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+    times["dataset"] = run(
+        ["nnunet-pde", "make-dataset", "brats-like", "--id", did, "--num-train", str(args.num_train),
+         "--num-test", str(args.num_test), "--size", args.size, "--seed", str(args.seed)],
+        env, "1/5 make synthetic BraTS-like dataset",
+    )
+    times["plan_and_preprocess"] = run(
+        ["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "--verify_dataset_integrity",
+         "-np", "2"],
+        env, "2/5 nnU-Net plan and preprocess",
+    )
+    times["train"] = run(
+        ["nnUNetv2_train", did, "3d_fullres", "0", "-tr", args.trainer, "-device", args.device],
+        env, f"3/5 train {args.trainer}, fold 0",
+    )
+    raw = next((workdir / "nnUNet_raw").glob(f"Dataset{args.dataset_id:03d}_*"))
+    pred = workdir / "predictions"
+    times["predict"] = run(
+        ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", did, "-c", "3d_fullres",
+         "-f", "0", "-tr", args.trainer, "-device", args.device],
+        env, "4/5 nnUNetv2_predict on the test images",
+    )
+    plans = next((workdir / "nnUNet_preprocessed").glob(f"Dataset{args.dataset_id:03d}_*")) / "nnUNetPlans.json"
+    times["evaluate"] = run(
+        ["nnUNetv2_evaluate_folder", str(raw / "labelsTs"), str(pred), "-djfile", str(raw / "dataset.json"),
+         "-pfile", str(plans)],
+        env, "5/5 nnUNetv2_evaluate_folder against labelsTs",
+    )
+    total = time.perf_counter() - t_start
+
+    summary = json.loads((pred / "summary.json").read_text())
+    labels = json.loads((raw / "dataset.json").read_text())["labels"]
+    def as_tuple(v: object) -> tuple:
+        return tuple(v) if isinstance(v, (list, tuple)) else (v,)
+
+    from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region
+
+    names = {as_tuple(v): k for k, v in labels.items() if k != "background"}
+    print(f"\nTest-set Dice per region ({args.num_test} cases, {args.trainer}, fold 0):")
+    for key, metrics in summary["mean"].items():
+        name = names.get(as_tuple(key_to_label_or_region(key)), key)
+        print(f"  {name:<16} {key:<12} Dice {metrics['Dice']:.3f}")
+    print(f"  {'mean':<29} Dice {summary['foreground_mean']['Dice']:.3f}")
+    print("\nwall time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s")
+    print(f"wrote: dataset {raw}\n       model {workdir / 'nnUNet_results'}\n       predictions and "
+          f"summary.json {pred}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""End to end through nnU-Net's own commands, run as subprocesses on CPU:
+
+make-dataset -> nnUNetv2_plan_and_preprocess --verify_dataset_integrity ->
+nnUNetv2_train -tr nnUNetTrainerPDE3D_2epochs_4iters -device cpu -> nnUNetv2_predict ->
+nnUNetv2_evaluate_folder against labelsTs; once for the BraTS-like regions dataset and once
+for the LiTS-like labels dataset (anisotropic spacing). The LiTS-like run also warm-starts
+a PDE3D training from a stock nnUNetTrainer checkpoint with -pretrained_weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
+
+pytestmark = pytest.mark.e2e
+
+SMOKE = "nnUNetTrainerPDE3D_2epochs_4iters"
+BIN = Path(sys.executable).parent
+
+DATASETS = {
+    # kind: (dataset id, make-dataset size)
+    "brats-like": (971, "40"),
+    "lits-like": (972, "24,48,48"),
+}
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> str:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc.stdout
+
+
+class Workspace:
+    """nnU-Net folders for one dataset, with the trained smoke model and predictions."""
+
+    def __init__(self, root: Path, kind: str):
+        self.root = root
+        self.kind = kind
+        self.dataset_id, size = DATASETS[kind]
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+        self.env.update(
+            nnUNet_raw=str(root / "raw"),
+            nnUNet_preprocessed=str(root / "preprocessed"),
+            nnUNet_results=str(root / "results"),
+            nnUNet_n_proc_DA="0",  # augmentation in the main process: predictable on 2 cores
+            **{EXT_TRAINER_VAR: str(trainer_dir())},
+        )
+        self.env["PATH"] = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
+        self.did = str(self.dataset_id)
+        _run(["nnunet-pde", "make-dataset", kind, "--id", self.did, "--num-train", "6",
+              "--num-test", "2", "--size", size, "--seed", "3"], self.env)
+        (self.raw,) = (root / "raw").glob(f"Dataset{self.dataset_id}_*")
+        _run(["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", "3d_fullres",
+              "--verify_dataset_integrity", "-np", "2"], self.env)
+        (self.preprocessed,) = (root / "preprocessed").glob(f"Dataset{self.dataset_id}_*")
+        self.train_log = _run(
+            ["nnUNetv2_train", self.did, "3d_fullres", "0", "-tr", SMOKE, "-device", "cpu"], self.env
+        )
+        self.model_dir = root / "results" / self.raw.name / f"{SMOKE}__nnUNetPlans__3d_fullres"
+        self.pred = root / "pred"
+        _run(["nnUNetv2_predict", "-i", str(self.raw / "imagesTs"), "-o", str(self.pred), "-d",
+              self.did, "-c", "3d_fullres", "-f", "0", "-tr", SMOKE, "-device", "cpu"], self.env)
+        _run(["nnUNetv2_evaluate_folder", str(self.raw / "labelsTs"), str(self.pred), "-djfile",
+              str(self.raw / "dataset.json"), "-pfile", str(self.preprocessed / "nnUNetPlans.json")],
+             self.env)
+        self.summary = json.loads((self.pred / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module", params=sorted(DATASETS))
+def workspace(request, tmp_path_factory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def test_training_writes_a_pde3d_checkpoint_and_fold_validation(workspace):
+    fold = workspace.model_dir / "fold_0"
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == SMOKE
+    assert ckpt["current_epoch"] == 2
+    pde_keys = [k for k in ckpt["network_weights"] if ".pde." in k]
+    assert pde_keys, "the trained network has no PDE block"
+    # the gate left its zero initialisation: the block takes part in training
+    gates = [v for k, v in ckpt["network_weights"].items() if k.endswith(".pde.gamma")]
+    assert gates and all(torch.count_nonzero(g) > 0 for g in gates)
+    val = json.loads((fold / "validation" / "summary.json").read_text())
+    assert val["foreground_mean"]["Dice"] >= 0
+
+
+def test_predictions_match_the_test_labels_geometry(workspace):
+    refs = sorted((workspace.raw / "labelsTs").glob("*.nii.gz"))
+    assert len(refs) == 2
+    for ref_file in refs:
+        ref = sitk.ReadImage(str(ref_file))
+        pred = sitk.ReadImage(str(workspace.pred / ref_file.name))
+        assert pred.GetSize() == ref.GetSize()
+        assert np.allclose(pred.GetSpacing(), ref.GetSpacing())
+        labels = set(np.unique(sitk.GetArrayFromImage(pred)).tolist())
+        assert labels <= {0, 1, 2, 3}
+
+
+def test_dice_against_labels_ts_covers_every_region(workspace):
+    ds = json.loads((workspace.raw / "dataset.json").read_text())
+    n_fg = len([k for k in ds["labels"] if k != "background"])
+    assert len(workspace.summary["mean"]) == n_fg
+    for metrics in workspace.summary["mean"].values():
+        assert 0.0 <= metrics["Dice"] <= 1.0 or np.isnan(metrics["Dice"])
+    assert len(workspace.summary["metric_per_case"]) == 2
+
+
+def test_warmstart_from_a_stock_checkpoint_with_pretrained_weights(workspace, tmp_path):
+    if workspace.kind != "lits-like":
+        pytest.skip("warm-start is exercised once, on the labels dataset")
+    # a real stock checkpoint, written by nnU-Net's own trainer on this dataset
+    code = (
+        "import torch, json\n"
+        "from batchgenerators.utilities.file_and_folder_operations import load_json\n"
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n"
+        f"plans = load_json({str(workspace.preprocessed / 'nnUNetPlans.json')!r})\n"
+        f"ds = load_json({str(workspace.preprocessed / 'dataset.json')!r})\n"
+        "plans['continue_training'] = False\n"
+        "t = nnUNetTrainer(plans, '3d_fullres', 1, ds, torch.device('cpu'))\n"
+        "t.initialize()\n"
+        f"t.save_checkpoint({str(tmp_path / 'stock.pth')!r})\n"
+    )
+    _run([sys.executable, "-c", code], workspace.env)
+    _run(["nnunet-pde", "warmstart", str(tmp_path / "stock.pth"), str(tmp_path / "pde.pth"),
+          "--trainer", SMOKE], workspace.env)
+    log = _run(["nnUNetv2_train", workspace.did, "3d_fullres", "1", "-tr", SMOKE, "-device", "cpu",
+                "-pretrained_weights", str(tmp_path / "pde.pth")], workspace.env)
+    assert "Loading pretrained weights" in log
+    assert (workspace.model_dir / "fold_1" / "checkpoint_final.pth").is_file()

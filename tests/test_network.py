@@ -1,0 +1,167 @@
+"""PDE3D-UNet built from the real plans fixtures: backbone, block placement, identity at
+init, key compatibility with the stock network, deep supervision, errors, spacing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import load_plans, managers
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_pde.network import (
+    UnsupportedPlansError,
+    build_pde3d_network,
+    pde_blocks,
+    resolve_stages,
+    stage_spacings,
+)
+from nnunet_pde.pde import PDEBlock, PDEConfig
+from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
+
+
+def _input_for(plans: dict, n_in: int, seed: int = 0) -> torch.Tensor:
+    """A random input the network can process: 32^3 for 4-stage plans, 64^3 for 6-stage
+    plans (so that the bottleneck keeps 2^3 voxels for instance norm)."""
+    n_stages = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["n_stages"]
+    side = 32 if n_stages <= 4 else 64
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, n_in, side, side, side, generator=g)
+
+
+def test_builds_on_the_class_with_the_planned_backbone(plans_case):
+    plans, ds = load_plans(plans_case)
+    pm, cm, n_in, n_out = managers(plans, ds)
+    net = nnUNetTrainerPDE3D.build_network_architecture(pm, cm, n_in, n_out, True)
+    expected = PlainConvUNet if "plain" in plans_case else ResidualEncoderUNet
+    assert type(net) is expected
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    blocks = pde_blocks(net)
+    # default placement: after the stage that feeds the bottleneck
+    s = arch["n_stages"] - 2
+    assert list(blocks) == [f"encoder.stages.{s}.pde"]
+    block = blocks[f"encoder.stages.{s}.pde"]
+    assert isinstance(block, PDEBlock)
+    assert sum(p.numel() for p in block.parameters()) > 0
+    # the block sits at the end of that stage, so its output is both skip and next input
+    assert list(net.encoder.stages[s]._modules)[-1] == "pde"
+
+
+def test_backbone_keys_identical_and_fresh_block_is_identity(plans_case):
+    plans, ds = load_plans(plans_case)
+    pm, cm, n_in, n_out = managers(plans, ds)
+    torch.manual_seed(0)
+    stock = nnUNetTrainer.build_network_architecture(pm, cm, n_in, n_out, False).eval()
+    pde = nnUNetTrainerPDE3D.build_network_architecture(pm, cm, n_in, n_out, False).eval()
+    stock_sd, pde_sd = stock.state_dict(), pde.state_dict()
+
+    assert set(stock_sd) <= set(pde_sd)
+    extra = set(pde_sd) - set(stock_sd)
+    assert extra and all(".pde." in k for k in extra)
+    assert all(stock_sd[k].shape == pde_sd[k].shape for k in stock_sd)
+
+    missing, unexpected = pde.load_state_dict(stock_sd, strict=False)
+    assert set(missing) == extra and not unexpected
+    x = _input_for(plans, n_in)
+    with torch.no_grad():
+        assert torch.equal(pde(x), stock(x))
+
+
+def test_deep_supervision_on_and_off_share_one_state_dict():
+    plans, ds = load_plans("tiny_plain")
+    pm, cm, n_in, n_out = managers(plans, ds)
+    on = nnUNetTrainerPDE3D.build_network_architecture(pm, cm, n_in, n_out, True)
+    off = nnUNetTrainerPDE3D.build_network_architecture(pm, cm, n_in, n_out, False)
+    assert on.state_dict().keys() == off.state_dict().keys()
+    off.load_state_dict(on.state_dict())  # strict
+    x = torch.randn(2, n_in, 32, 32, 32)
+    out_on = on(x)
+    assert isinstance(out_on, (list, tuple)) and len(out_on) == 3  # 4 stages -> 3 decoder outputs
+    assert out_on[0].shape == (2, n_out, 32, 32, 32)
+    assert out_on[1].shape[-1] == 16
+    out_off = off(x)
+    assert torch.is_tensor(out_off) and out_off.shape == (2, n_out, 32, 32, 32)
+    # nnU-Net toggles deep supervision through decoder.deep_supervision
+    on.decoder.deep_supervision = False
+    assert torch.is_tensor(on(x))
+
+
+def test_every_parameter_gets_a_gradient_in_training():
+    plans, ds = load_plans("tiny_resencm")
+    pm, cm, n_in, n_out = managers(plans, ds)
+    net = nnUNetTrainerPDE3D.build_network_architecture(pm, cm, n_in, n_out, True).train()
+    out = net(torch.randn(2, n_in, 32, 32, 32))
+    sum(o.float().mean() for o in out).backward()
+    no_grad = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not no_grad
+
+
+def test_2d_configuration_is_rejected_with_a_clear_message():
+    plans, ds = load_plans("tiny_plain")
+    pm, cm, n_in, n_out = managers(plans, ds, configuration="2d")
+    with pytest.raises(UnsupportedPlansError, match="3-D configuration"):
+        nnUNetTrainerPDE3D.build_network_architecture(pm, cm, n_in, n_out, True)
+
+
+def test_unsupported_architecture_is_rejected_naming_the_supported_ones():
+    plans, ds = load_plans("tiny_plain")
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = (
+        "dynamic_network_architectures.architectures.unet.ResidualUNet"
+    )
+    pm, cm, n_in, n_out = managers(plans, ds)
+    with pytest.raises(UnsupportedPlansError, match="PlainConvUNet.*ResidualEncoderUNet"):
+        nnUNetTrainerPDE3D.build_network_architecture(pm, cm, n_in, n_out, True)
+
+
+def test_stage_spacings_multiply_cumulative_strides():
+    spacing = (3.0, 0.8, 0.8)
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], 2]
+    got = stage_spacings(spacing, strides)
+    assert got == pytest.approx(
+        [(3.0, 0.8, 0.8), (3.0, 1.6, 1.6), (6.0, 3.2, 3.2), (12.0, 6.4, 6.4)]
+    )
+    with pytest.raises(UnsupportedPlansError):
+        stage_spacings(spacing, [[1, 1]])
+
+
+def test_resolve_stages_counts_negative_indices_from_the_bottleneck():
+    assert resolve_stages((-2,), 6) == [4]
+    assert resolve_stages((0, -1, 0), 4) == [0, 3]
+    with pytest.raises(UnsupportedPlansError, match="out of range"):
+        resolve_stages((6,), 6)
+
+
+def test_anisotropic_plans_give_an_anisotropic_block():
+    """The same learned parameters evolve features differently when the plans' spacing
+    is anisotropic: the block uses the stage's physical spacing."""
+    iso_plans, ds = load_plans("tiny_plain")
+    aniso_plans, _ = load_plans("tiny_plain")
+    aniso_plans["configurations"]["3d_fullres"]["spacing"] = [3.0, 0.8, 0.8]
+    nets = []
+    for plans in (iso_plans, aniso_plans):
+        pm, cm, n_in, n_out = managers(plans, ds)
+        torch.manual_seed(0)
+        nets.append(nnUNetTrainerPDE3D.build_network_architecture(pm, cm, n_in, n_out, False))
+    (iso_block,) = pde_blocks(nets[0]).values()
+    (aniso_block,) = pde_blocks(nets[1]).values()
+    aniso_block.load_state_dict(iso_block.state_dict())
+    torch.manual_seed(1)
+    channels = iso_plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"][
+        "features_per_stage"
+    ][-2]
+    u = torch.randn(1, channels, 6, 6, 6)
+    with torch.no_grad():
+        a, b = iso_block.evolve(u), aniso_block.evolve(u)
+    assert not torch.allclose(a, b)
+
+
+def test_custom_placement_and_no_blocks():
+    plans, ds = load_plans("brats_plain")
+    pm, cm, n_in, n_out = managers(plans, ds)
+    cfg = dataclasses.replace(PDEConfig(), stages=(0, 2, -2))
+    net = build_pde3d_network(pm, cm, n_in, n_out, True, config=cfg)
+    assert sorted(pde_blocks(net)) == [f"encoder.stages.{s}.pde" for s in (0, 2, 4)]
+    bare = build_pde3d_network(pm, cm, n_in, n_out, True, config=None)
+    assert not pde_blocks(bare)
