@@ -3,12 +3,13 @@
 This is glue between nnU-Net's plans and the pure PDE layer in :mod:`nnunet_pde.pde`.
 The backbone is exactly the network nnU-Net planned (``PlainConvUNet`` for the default
 plans, ``ResidualEncoderUNet`` for ``nnUNetResEncUNet{M,L,XL}Plans``), built by nnU-Net's
-own :func:`get_network_from_plans`. A PDE block is then appended to the ``nn.Sequential``
-of each selected encoder stage under the child name ``pde``, so
+own :func:`get_network_from_plans`. A PDE block is then appended, under the child name
+``pde``, to the ``nn.Sequential`` that a selected encoder stage runs (the stage itself for
+PlainConvUNet, the stage's ``blocks`` for ResidualEncoderUNet), so
 
 * every backbone parameter keeps the name it has in the stock network
   (``encoder.stages.4.0.convs.0.conv.weight`` ...) and the PDE parameters are new keys
-  ``encoder.stages.<s>.pde.*``;
+  (``encoder.stages.<s>.pde.*``, ``encoder.stages.<s>.blocks.pde.*`` for ResEnc);
 * the block's output is both the skip connection of that stage and the input of the next
   stage, i.e. the encoder is interleaved with PDE layers;
 * a freshly built block is the identity (zero-initialised gate), so the network computes
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
 from torch import nn
 
 from nnunet_pde.pde import PDEBlock, PDEConfig
@@ -118,6 +120,20 @@ def check_supported(configuration_manager: ConfigurationManager) -> None:
         )
 
 
+def _stage_sequential(stage: nn.Module, index: int) -> nn.Sequential:
+    """The ``nn.Sequential`` whose output is the stage's output, to append a block to."""
+    if isinstance(stage, nn.Sequential):
+        return stage
+    # ResidualEncoder stages (without pooling) are StackedResidualBlocks, whose forward is
+    # exactly ``self.blocks(x)``.
+    if isinstance(stage, StackedResidualBlocks) and isinstance(stage.blocks, nn.Sequential):
+        return stage.blocks
+    raise UnsupportedPlansError(
+        f"encoder stage {index} is a {type(stage).__name__}; a PDE block can only be appended "
+        "to an nn.Sequential stage or a StackedResidualBlocks"
+    )
+
+
 def insert_pde_blocks(
     network: nn.Module, spacing: Sequence[float], strides: Sequence, config: PDEConfig
 ) -> dict[int, PDEBlock]:
@@ -145,11 +161,7 @@ def insert_pde_blocks(
     spacings = stage_spacings(spacing, strides)
     inserted: dict[int, PDEBlock] = {}
     for s in resolve_stages(config.stages, len(stages)):
-        stage = stages[s]
-        if not isinstance(stage, nn.Sequential):
-            raise UnsupportedPlansError(
-                f"encoder stage {s} is a {type(stage).__name__}, expected nn.Sequential"
-            )
+        stage = _stage_sequential(stages[s], s)
         if PDE_CHILD_NAME in stage._modules:
             raise ValueError(f"encoder stage {s} already has a PDE block")
         block = PDEBlock(int(channels[s]), spacings[s], config)
