@@ -68,7 +68,9 @@ def merge_stock_weights(
         if key not in stock_state and PDE_KEY_MARKER not in key:
             problems.append(f"backbone key '{key}' is missing from the stock checkpoint")
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} problems)" if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5]) + (
+            f"; ... ({len(problems)} problems)" if len(problems) > 5 else ""
+        )
         raise ValueError(
             "the stock checkpoint does not match the PDE3D network built from its own plans "
             f"(was it trained with the same plans identifier and configuration?): {shown}"
@@ -100,7 +102,9 @@ def warmstart_checkpoint(
     if not src.is_file():
         raise FileNotFoundError(f"stock checkpoint not found: {src}")
     if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} exists; pass --overwrite to replace it or choose another path")
+        raise FileExistsError(
+            f"{dst} exists; pass --overwrite to replace it or choose another path"
+        )
     if dst.resolve() == src.resolve():
         raise ValueError("the output path must differ from the stock checkpoint")
     checkpoint = torch.load(src, map_location="cpu", weights_only=False)
@@ -112,7 +116,10 @@ def warmstart_checkpoint(
         "network_weights": merged,
         "init_args": checkpoint["init_args"],
         "trainer_name": trainer_class.__name__,
-        "warmstarted_from": {"path": str(src.resolve()), "trainer_name": checkpoint.get("trainer_name")},
+        "warmstarted_from": {
+            "path": str(src.resolve()),
+            "trainer_name": checkpoint.get("trainer_name"),
+        },
     }
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")

@@ -7,6 +7,7 @@ Subcommands (each has ``--help``)::
     nnunet-pde list-trainers    list every trainer with its one-line description
     nnunet-pde make-dataset     write a synthetic BraTS-like or LiTS-like raw dataset
     nnunet-pde warmstart        turn a stock nnUNetTrainer checkpoint into a PDE3D one
+    nnunet-pde evaluate         boundary-aware metrics of a prediction folder (Dice, HD95, NSD...)
 """
 
 from __future__ import annotations
@@ -73,8 +74,7 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     raw_root = args.raw or os.environ.get("nnUNet_raw")
     if not raw_root:
         print(
-            "error: no output folder: pass --raw DIR or set nnUNet_raw "
-            '(eval "$(nnunet-pde env)")',
+            'error: no output folder: pass --raw DIR or set nnUNet_raw (eval "$(nnunet-pde env)")',
             file=sys.stderr,
         )
         return 2
@@ -113,7 +113,9 @@ def _cmd_warmstart(args: argparse.Namespace) -> int:
 
     try:
         trainer = find_trainer(args.trainer)
-        out = warmstart_checkpoint(args.stock_checkpoint, args.output, trainer, overwrite=args.overwrite)
+        out = warmstart_checkpoint(
+            args.stock_checkpoint, args.output, trainer, overwrite=args.overwrite
+        )
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "env",
-        help="print the export lines nnU-Net needs (use: eval \"$(nnunet-pde env)\")",
+        help='print the export lines nnU-Net needs (use: eval "$(nnunet-pde env)")',
         description="Print shell export lines: nnUNet_extTrainer pointing at the nnunet-pde "
         "trainers of this install, and nnUNet_raw/nnUNet_preprocessed/nnUNet_results if unset. "
         'Example: eval "$(nnunet-pde env --root ~/nnunet_data)"',
@@ -170,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("kind", choices=["brats-like", "lits-like"])
     p.add_argument("--id", type=int, required=True, help="dataset id (1-999)")
-    p.add_argument("--name", default=None, help="dataset name (default: SyntheticBraTS / SyntheticLiTS)")
+    p.add_argument(
+        "--name", default=None, help="dataset name (default: SyntheticBraTS / SyntheticLiTS)"
+    )
     p.add_argument("--num-train", type=int, default=8, help="training cases (default 8)")
     p.add_argument("--num-test", type=int, default=2, help="test cases (default 2)")
     p.add_argument(
@@ -178,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--noise", type=float, default=None, help="noise level (see docs/datasets.md)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--raw", type=Path, default=None, help="nnUNet_raw folder (default: $nnUNet_raw)")
+    p.add_argument(
+        "--raw", type=Path, default=None, help="nnUNet_raw folder (default: $nnUNet_raw)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.set_defaults(func=_cmd_make_dataset)
 
@@ -190,14 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
         "nnunet-pde warmstart $nnUNet_results/Dataset501_SyntheticBraTS/"
         "nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth pde_init.pth",
     )
-    p.add_argument("stock_checkpoint", type=Path, help="checkpoint_final.pth of a stock nnU-Net fold")
+    p.add_argument(
+        "stock_checkpoint", type=Path, help="checkpoint_final.pth of a stock nnU-Net fold"
+    )
     p.add_argument("output", type=Path, help="where to write the PDE3D checkpoint")
     p.add_argument(
-        "--trainer", default="nnUNetTrainerPDE3D", help="PDE3D trainer to build (default nnUNetTrainerPDE3D)"
+        "--trainer",
+        default="nnUNetTrainerPDE3D",
+        help="PDE3D trainer to build (default nnUNetTrainerPDE3D)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=_cmd_warmstart)
 
+    from nnunet_pde.metrics.evaluate import register_cli as register_evaluate
+
+    register_evaluate(sub)
     return parser
 
 

@@ -164,16 +164,16 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
     env = os.environ if environ is None else environ
     checks: list[Check] = []
 
-    if sys.version_info >= (3, 10):
-        checks.append(Check("ok", f"Python {sys.version.split()[0]}"))
-    else:
-        checks.append(Check("fail", f"Python {sys.version.split()[0]} is too old", "use Python >= 3.10"))
+    # pip refuses to install on Python < 3.10 (requires-python), so this only reports.
+    checks.append(Check("ok", f"Python {sys.version.split()[0]} ({sys.executable})"))
 
     try:
         nn_version = importlib.metadata.version("nnunetv2")
     except importlib.metadata.PackageNotFoundError:
         nn_version = None
-        checks.append(Check("fail", "nnunetv2 is not installed", "pip install 'nnunetv2>=2.8.1,<2.9'"))
+        checks.append(
+            Check("fail", "nnunetv2 is not installed", "pip install 'nnunetv2>=2.8.1,<2.9'")
+        )
     if nn_version is not None:
         if (2, 8, 1) <= _version_tuple(nn_version) < (2, 9):
             checks.append(Check("ok", f"nnunetv2 {nn_version}"))
@@ -190,7 +190,11 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
         import torch
 
         cuda = torch.cuda.is_available()
-        dev = f"CUDA: {torch.cuda.get_device_name(0)}" if cuda else "no CUDA device (train with -device cpu)"
+        dev = (
+            f"CUDA: {torch.cuda.get_device_name(0)}"
+            if cuda
+            else "no CUDA device (train with -device cpu)"
+        )
         checks.append(Check("ok", f"torch {torch.__version__}, {dev}"))
     except Exception as exc:  # noqa: BLE001 - report any import failure
         checks.append(Check("fail", f"torch cannot be imported: {exc}", "reinstall torch"))
@@ -219,7 +223,8 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
         checks.append(
             Check(
                 "fail",
-                f"{EXT_TRAINER_VAR} is not set: nnUNetv2_train/-predict cannot find nnunet-pde trainers",
+                f"{EXT_TRAINER_VAR} is not set: nnUNetv2_train/-predict cannot find "
+                "nnunet-pde trainers",
                 'eval "$(nnunet-pde env)"',
             )
         )
@@ -235,7 +240,9 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
                 Check("warn", f"{var}={value} does not exist yet", f"mkdir -p {shlex.quote(value)}")
             )
         elif not os.access(value, os.W_OK):
-            checks.append(Check("fail", f"{var}={value} is not writable", "choose a writable folder"))
+            checks.append(
+                Check("fail", f"{var}={value} is not writable", "choose a writable folder")
+            )
         else:
             checks.append(Check("ok", f"{var}={value}"))
 

@@ -47,7 +47,9 @@ class UnsupportedPlansError(ValueError):
     """The plans ask for a network that PDE3D-UNet cannot be built on."""
 
 
-def stage_spacings(spacing: Sequence[float], strides: Sequence[Sequence[int] | int]) -> list[tuple[float, ...]]:
+def stage_spacings(
+    spacing: Sequence[float], strides: Sequence[Sequence[int] | int]
+) -> list[tuple[float, ...]]:
     """Physical voxel spacing of every encoder stage's output.
 
     Parameters

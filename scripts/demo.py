@@ -38,7 +38,9 @@ def run(cmd: list[str], env: dict[str, str], step: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="output folder (must not exist)")
     parser.add_argument("--dataset-id", type=int, default=991)
     parser.add_argument("--num-train", type=int, default=8)
@@ -69,36 +71,88 @@ def main() -> int:
     times: dict[str, float] = {}
     t_start = time.perf_counter()
     times["dataset"] = run(
-        ["nnunet-pde", "make-dataset", "brats-like", "--id", did, "--num-train", str(args.num_train),
-         "--num-test", str(args.num_test), "--size", args.size, "--seed", str(args.seed)],
-        env, "1/5 make synthetic BraTS-like dataset",
+        [
+            "nnunet-pde",
+            "make-dataset",
+            "brats-like",
+            "--id",
+            did,
+            "--num-train",
+            str(args.num_train),
+            "--num-test",
+            str(args.num_test),
+            "--size",
+            args.size,
+            "--seed",
+            str(args.seed),
+        ],
+        env,
+        "1/5 make synthetic BraTS-like dataset",
     )
     times["plan_and_preprocess"] = run(
-        ["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "--verify_dataset_integrity",
-         "-np", "2"],
-        env, "2/5 nnU-Net plan and preprocess",
+        [
+            "nnUNetv2_plan_and_preprocess",
+            "-d",
+            did,
+            "-c",
+            "3d_fullres",
+            "--verify_dataset_integrity",
+            "-np",
+            "2",
+        ],
+        env,
+        "2/5 nnU-Net plan and preprocess",
     )
     times["train"] = run(
         ["nnUNetv2_train", did, "3d_fullres", "0", "-tr", args.trainer, "-device", args.device],
-        env, f"3/5 train {args.trainer}, fold 0",
+        env,
+        f"3/5 train {args.trainer}, fold 0",
     )
     raw = next((workdir / "nnUNet_raw").glob(f"Dataset{args.dataset_id:03d}_*"))
     pred = workdir / "predictions"
     times["predict"] = run(
-        ["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", did, "-c", "3d_fullres",
-         "-f", "0", "-tr", args.trainer, "-device", args.device],
-        env, "4/5 nnUNetv2_predict on the test images",
+        [
+            "nnUNetv2_predict",
+            "-i",
+            str(raw / "imagesTs"),
+            "-o",
+            str(pred),
+            "-d",
+            did,
+            "-c",
+            "3d_fullres",
+            "-f",
+            "0",
+            "-tr",
+            args.trainer,
+            "-device",
+            args.device,
+        ],
+        env,
+        "4/5 nnUNetv2_predict on the test images",
     )
-    plans = next((workdir / "nnUNet_preprocessed").glob(f"Dataset{args.dataset_id:03d}_*")) / "nnUNetPlans.json"
+    plans = (
+        next((workdir / "nnUNet_preprocessed").glob(f"Dataset{args.dataset_id:03d}_*"))
+        / "nnUNetPlans.json"
+    )
     times["evaluate"] = run(
-        ["nnUNetv2_evaluate_folder", str(raw / "labelsTs"), str(pred), "-djfile", str(raw / "dataset.json"),
-         "-pfile", str(plans)],
-        env, "5/5 nnUNetv2_evaluate_folder against labelsTs",
+        [
+            "nnUNetv2_evaluate_folder",
+            str(raw / "labelsTs"),
+            str(pred),
+            "-djfile",
+            str(raw / "dataset.json"),
+            "-pfile",
+            str(plans),
+        ],
+        env,
+        "5/5 nnUNetv2_evaluate_folder against labelsTs",
     )
     total = time.perf_counter() - t_start
 
     summary = json.loads((pred / "summary.json").read_text())
     labels = json.loads((raw / "dataset.json").read_text())["labels"]
+
     def as_tuple(v: object) -> tuple:
         return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
@@ -110,9 +164,15 @@ def main() -> int:
         name = names.get(as_tuple(key_to_label_or_region(key)), key)
         print(f"  {name:<16} {key:<12} Dice {metrics['Dice']:.3f}")
     print(f"  {'mean':<29} Dice {summary['foreground_mean']['Dice']:.3f}")
-    print("\nwall time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s")
-    print(f"wrote: dataset {raw}\n       model {workdir / 'nnUNet_results'}\n       predictions and "
-          f"summary.json {pred}")
+    print(
+        "\nwall time per step: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+        + f"; total {total:.0f} s"
+    )
+    print(
+        f"wrote: dataset {raw}\n       model {workdir / 'nnUNet_results'}\n       predictions and "
+        f"summary.json {pred}"
+    )
     return 0
 
 

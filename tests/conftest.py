@@ -1,46 +1,12 @@
-"""Shared fixtures: the real plans files produced by nnU-Net's planner (tests/fixtures/plans)."""
+"""Fixtures shared by the top-level tests."""
 
 from __future__ import annotations
 
-import copy
-import json
-from pathlib import Path
-
 import pytest
-
-FIXTURES = Path(__file__).parent / "fixtures" / "plans"
-REPO = Path(__file__).resolve().parent.parent
-
-#: (plans file, dataset.json file) of every shared fixture: default and ResEnc M plans for a
-#: tiny 1-channel labels dataset (4 stages) and a BraTS-sized 4-channel regions dataset (6 stages).
-PLANS_CASES = {
-    "tiny_plain": ("plans_tiny_plain.json", "dataset_tiny_labels.json"),
-    "tiny_resencm": ("plans_tiny_resencm.json", "dataset_tiny_labels.json"),
-    "brats_plain": ("plans_brats_plain.json", "dataset_brats_regions.json"),
-    "brats_resencm": ("plans_brats_resencm.json", "dataset_brats_regions.json"),
-}
-
-
-def load_plans(case: str) -> tuple[dict, dict]:
-    """(plans, dataset_json) dicts of a fixture case (fresh copies)."""
-    plans_file, ds_file = PLANS_CASES[case]
-    plans = json.loads((FIXTURES / plans_file).read_text())
-    dataset_json = json.loads((FIXTURES / ds_file).read_text())
-    return copy.deepcopy(plans), dataset_json
-
-
-def managers(plans: dict, dataset_json: dict, configuration: str = "3d_fullres"):
-    """(plans_manager, configuration_manager, num_input_channels, num_output_channels)."""
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    pm = PlansManager(plans)
-    cm = pm.get_configuration(configuration)
-    n_in = determine_num_input_channels(pm, cm, dataset_json)
-    n_out = pm.get_label_manager(dataset_json).num_segmentation_heads
-    return pm, cm, n_in, n_out
+from plan_fixtures import PLANS_CASES
 
 
 @pytest.fixture(params=sorted(PLANS_CASES))
 def plans_case(request) -> str:
+    """Name of a plans fixture: tiny/BraTS-sized x default/ResEnc M plans."""
     return request.param

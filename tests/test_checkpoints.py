@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
-from conftest import load_plans, managers
+from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from plan_fixtures import load_plans, managers
 
 from nnunet_pde.checkpoints import warmstart_checkpoint
-from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 
 
 def _stock_checkpoint(path, case="tiny_plain", seed=0):
@@ -25,8 +25,13 @@ def _stock_checkpoint(path, case="tiny_plain", seed=0):
     torch.save(
         {
             "network_weights": net.state_dict(),
-            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0,
-                          "dataset_json": ds, "device": torch.device("cpu")},
+            "init_args": {
+                "plans": plans,
+                "configuration": "3d_fullres",
+                "fold": 0,
+                "dataset_json": ds,
+                "device": torch.device("cpu"),
+            },
             "trainer_name": "nnUNetTrainer",
             "current_epoch": 1000,
         },
@@ -86,14 +91,30 @@ def test_refuses_to_overwrite_and_rejects_mismatched_plans(tmp_path):
 
 def test_cli_warmstart_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "nnunet_pde.cli", "warmstart", str(tmp_path / "missing.pth"),
-         str(tmp_path / "out.pth")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "nnunet_pde.cli",
+            "warmstart",
+            str(tmp_path / "missing.pth"),
+            str(tmp_path / "out.pth"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "nnunet_pde.cli", "warmstart", str(tmp_path / "missing.pth"),
-         str(tmp_path / "out.pth"), "--trainer", "nnUNetTrainerNope"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "nnunet_pde.cli",
+            "warmstart",
+            str(tmp_path / "missing.pth"),
+            str(tmp_path / "out.pth"),
+            "--trainer",
+            "nnUNetTrainerNope",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "unknown trainer" in proc.stderr

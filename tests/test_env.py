@@ -40,7 +40,9 @@ def test_export_lines_keep_what_the_user_already_set(tmp_path):
     assert "export nnUNet_raw=" not in text
     # already present: nothing to add
     env = {EXT_TRAINER_VAR: f"{other}{os.pathsep}{trainer_dir()}"}
-    assert not any(line.startswith(f"export {EXT_TRAINER_VAR}") for line in export_lines(environ=env))
+    assert not any(
+        line.startswith(f"export {EXT_TRAINER_VAR}") for line in export_lines(environ=env)
+    )
 
 
 def test_eval_env_in_a_new_shell_lets_nnunet_resolve_the_trainer(tmp_path):
@@ -49,7 +51,8 @@ def test_eval_env_in_a_new_shell_lets_nnunet_resolve_the_trainer(tmp_path):
     script = (
         f'cd {tmp_path} && eval "$({" ".join(CLI)} env)" && '
         f'{sys.executable} -c "from nnunetv2.utilities.find_objects import '
-        "recursive_find_trainer_class_by_name as f; print('FOUND', f('nnUNetTrainerPDE3D').__name__)\" "
+        "recursive_find_trainer_class_by_name as f; "
+        "print('FOUND', f('nnUNetTrainerPDE3D').__name__)\" "
         '&& echo "RAW=$nnUNet_raw"'
     )
     out = subprocess.run(

@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import load_plans, managers
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from plan_fixtures import load_plans, managers
 
 from nnunet_pde.network import (
     UnsupportedPlansError,
@@ -19,7 +20,6 @@ from nnunet_pde.network import (
     stage_spacings,
 )
 from nnunet_pde.pde import PDEBlock, PDEConfig
-from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 
 
 def _input_for(plans: dict, n_in: int, seed: int = 0) -> torch.Tensor:
@@ -41,7 +41,9 @@ def test_builds_on_the_class_with_the_planned_backbone(plans_case):
     blocks = pde_blocks(net)
     # default placement: after the stage that feeds the bottleneck
     s = arch["n_stages"] - 2
-    expected_name = f"encoder.stages.{s}.pde" if "plain" in plans_case else f"encoder.stages.{s}.blocks.pde"
+    expected_name = (
+        f"encoder.stages.{s}.pde" if "plain" in plans_case else f"encoder.stages.{s}.blocks.pde"
+    )
     assert list(blocks) == [expected_name]
     block = blocks[expected_name]
     assert isinstance(block, PDEBlock)
@@ -123,7 +125,7 @@ def test_stage_spacings_multiply_cumulative_strides():
     got = stage_spacings(spacing, strides)
     expected = [(3.0, 0.8, 0.8), (3.0, 1.6, 1.6), (6.0, 3.2, 3.2), (12.0, 6.4, 6.4)]
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g == pytest.approx(e)
     with pytest.raises(UnsupportedPlansError):
         stage_spacings(spacing, [[1, 1]])

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from plan_fixtures import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,18 @@ def test_every_package_on_disk_is_listed_in_pyproject():
 
 def test_wheel_install_ships_trainers_and_env_points_into_site_packages(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
         check=True,
     )
     (wheel,) = (tmp_path / "dist").glob("nnunet_pde-*.whl")
@@ -44,8 +54,17 @@ def test_wheel_install_ships_trainers_and_env_points_into_site_packages(tmp_path
 
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-         str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
     )
     # -S: no site-packages, hence no editable-install finder that would shadow the wheel;

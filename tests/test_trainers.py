@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import REPO, load_plans
+from plan_fixtures import REPO, load_plans
 
 from nnunet_pde.env import EXT_TRAINER_VAR, list_trainers, trainer_dir
 
@@ -49,10 +49,15 @@ def test_nnunet_finder_resolves_every_trainer_from_ext_trainer_dir():
 def test_finder_fails_without_the_env_var():
     env = {k: v for k, v in os.environ.items() if k != EXT_TRAINER_VAR}
     proc = subprocess.run(
-        [sys.executable, "-c",
-         "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
-         "f('nnUNetTrainerPDE3D')"],
-        env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
+            "f('nnUNetTrainerPDE3D')",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0 and "nnUNet_extTrainer" in proc.stderr
 
@@ -69,12 +74,16 @@ def test_short_variants_change_only_the_training_length(tmp_path, monkeypatch):
     trainers = list_trainers()
     full = _make_trainer(trainers["nnUNetTrainerPDE3D"], tmp_path, monkeypatch)
     assert (full.num_epochs, full.num_iterations_per_epoch, full.num_val_iterations_per_epoch) == (
-        1000, 250, 50
+        1000,
+        250,
+        50,
     )
     smoke = _make_trainer(trainers["nnUNetTrainerPDE3D_2epochs_4iters"], tmp_path, monkeypatch)
-    assert (smoke.num_epochs, smoke.num_iterations_per_epoch, smoke.num_val_iterations_per_epoch) == (
-        2, 4, 2
-    )
+    assert (
+        smoke.num_epochs,
+        smoke.num_iterations_per_epoch,
+        smoke.num_val_iterations_per_epoch,
+    ) == (2, 4, 2)
     five = _make_trainer(trainers["nnUNetTrainerPDE3D_5epochs"], tmp_path, monkeypatch)
     assert (five.num_epochs, five.num_iterations_per_epoch) == (5, 250)
     # nnU-Net records the constructor arguments by name to re-create the trainer

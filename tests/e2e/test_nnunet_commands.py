@@ -38,7 +38,8 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> str:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc.stdout
 
@@ -55,27 +56,85 @@ class Workspace:
             nnUNet_raw=str(root / "raw"),
             nnUNet_preprocessed=str(root / "preprocessed"),
             nnUNet_results=str(root / "results"),
-            nnUNet_n_proc_DA="0",  # augmentation in the main process: predictable on 2 cores
             **{EXT_TRAINER_VAR: str(trainer_dir())},
         )
         self.env["PATH"] = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
         self.did = str(self.dataset_id)
-        _run(["nnunet-pde", "make-dataset", kind, "--id", self.did, "--num-train", "6",
-              "--num-test", "2", "--size", size, "--seed", "3"], self.env)
+        _run(
+            [
+                "nnunet-pde",
+                "make-dataset",
+                kind,
+                "--id",
+                self.did,
+                "--num-train",
+                "6",
+                "--num-test",
+                "2",
+                "--size",
+                size,
+                "--seed",
+                "3",
+            ],
+            self.env,
+        )
         (self.raw,) = (root / "raw").glob(f"Dataset{self.dataset_id}_*")
-        _run(["nnUNetv2_plan_and_preprocess", "-d", self.did, "-c", "3d_fullres",
-              "--verify_dataset_integrity", "-np", "2"], self.env)
+        _run(
+            [
+                "nnUNetv2_plan_and_preprocess",
+                "-d",
+                self.did,
+                "-c",
+                "3d_fullres",
+                "--verify_dataset_integrity",
+                "-np",
+                "2",
+            ],
+            self.env,
+        )
         (self.preprocessed,) = (root / "preprocessed").glob(f"Dataset{self.dataset_id}_*")
+        # Augmentation in the main process from here on: predictable on 2 cores. (Not for
+        # planning: nnU-Net 2.8.1's planner calls torch.set_num_threads(nnUNet_n_proc_DA),
+        # which fails for 0.)
+        self.env["nnUNet_n_proc_DA"] = "0"
         self.train_log = _run(
-            ["nnUNetv2_train", self.did, "3d_fullres", "0", "-tr", SMOKE, "-device", "cpu"], self.env
+            ["nnUNetv2_train", self.did, "3d_fullres", "0", "-tr", SMOKE, "-device", "cpu"],
+            self.env,
         )
         self.model_dir = root / "results" / self.raw.name / f"{SMOKE}__nnUNetPlans__3d_fullres"
         self.pred = root / "pred"
-        _run(["nnUNetv2_predict", "-i", str(self.raw / "imagesTs"), "-o", str(self.pred), "-d",
-              self.did, "-c", "3d_fullres", "-f", "0", "-tr", SMOKE, "-device", "cpu"], self.env)
-        _run(["nnUNetv2_evaluate_folder", str(self.raw / "labelsTs"), str(self.pred), "-djfile",
-              str(self.raw / "dataset.json"), "-pfile", str(self.preprocessed / "nnUNetPlans.json")],
-             self.env)
+        _run(
+            [
+                "nnUNetv2_predict",
+                "-i",
+                str(self.raw / "imagesTs"),
+                "-o",
+                str(self.pred),
+                "-d",
+                self.did,
+                "-c",
+                "3d_fullres",
+                "-f",
+                "0",
+                "-tr",
+                SMOKE,
+                "-device",
+                "cpu",
+            ],
+            self.env,
+        )
+        _run(
+            [
+                "nnUNetv2_evaluate_folder",
+                str(self.raw / "labelsTs"),
+                str(self.pred),
+                "-djfile",
+                str(self.raw / "dataset.json"),
+                "-pfile",
+                str(self.preprocessed / "nnUNetPlans.json"),
+            ],
+            self.env,
+        )
         self.summary = json.loads((self.pred / "summary.json").read_text())
 
 
@@ -135,9 +194,31 @@ def test_warmstart_from_a_stock_checkpoint_with_pretrained_weights(workspace, tm
         f"t.save_checkpoint({str(tmp_path / 'stock.pth')!r})\n"
     )
     _run([sys.executable, "-c", code], workspace.env)
-    _run(["nnunet-pde", "warmstart", str(tmp_path / "stock.pth"), str(tmp_path / "pde.pth"),
-          "--trainer", SMOKE], workspace.env)
-    log = _run(["nnUNetv2_train", workspace.did, "3d_fullres", "1", "-tr", SMOKE, "-device", "cpu",
-                "-pretrained_weights", str(tmp_path / "pde.pth")], workspace.env)
+    _run(
+        [
+            "nnunet-pde",
+            "warmstart",
+            str(tmp_path / "stock.pth"),
+            str(tmp_path / "pde.pth"),
+            "--trainer",
+            SMOKE,
+        ],
+        workspace.env,
+    )
+    log = _run(
+        [
+            "nnUNetv2_train",
+            workspace.did,
+            "3d_fullres",
+            "1",
+            "-tr",
+            SMOKE,
+            "-device",
+            "cpu",
+            "-pretrained_weights",
+            str(tmp_path / "pde.pth"),
+        ],
+        workspace.env,
+    )
     assert "Loading pretrained weights" in log
     assert (workspace.model_dir / "fold_1" / "checkpoint_final.pth").is_file()
