@@ -12,7 +12,7 @@
   step of themselves, see :func:`diffusion_step_residual`.
 * ``L_tv``: total variation of the foreground probabilities at full resolution,
   spacing-aware, ignoring voxels under nnU-Net's ignore label; :func:`total_variation`.
-* ``w(epoch)``: linear warm-up from 0 to 1 over ``warmup_epochs`` epochs.
+* ``w(epoch)``: linear warm-up from 0 to 1 over the first ``warmup_fraction`` of the epochs.
 
 Tensors are ``(B, C, D, H, W)`` (numpy axis order for the spatial axes); spacings are in
 mm, numpy axis order, and are normalised so that their smallest entry is 1 (the same
@@ -47,9 +47,9 @@ class RegularizerConfig:
         loss-only ablation uses it instead of embedded blocks).
     pred_tau:
         Time step of the implicit diffusion step in ``L_pred``, in (finest voxel)^2.
-    warmup_epochs:
-        The lambdas ramp linearly from 0 (epoch 0) to their value at this epoch; 0 means
-        no warm-up.
+    warmup_fraction:
+        Fraction of the training epochs over which the lambdas ramp linearly from 0
+        (epoch 0) to their value; 0 means no warm-up.
     tv_eps:
         Smoothing of the TV magnitude ``sqrt(|grad p|^2 + eps^2) - eps`` (differentiable at
         0, exactly 0 on constant maps).
@@ -59,15 +59,19 @@ class RegularizerConfig:
     lambda_tv: float = 0.0
     lambda_pred: float = 0.0
     pred_tau: float = 1.0
-    warmup_epochs: int = 0
+    warmup_fraction: float = 0.0
     tv_eps: float = 1e-3
 
     def __post_init__(self) -> None:
-        for name in ("lambda_pde", "lambda_tv", "lambda_pred", "warmup_epochs"):
+        for name in ("lambda_pde", "lambda_tv", "lambda_pred"):
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"RegularizerConfig.{name} must be >= 0, got {getattr(self, name)}"
                 )
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(
+                f"RegularizerConfig.warmup_fraction must be in [0, 1], got {self.warmup_fraction}"
+            )
         if self.pred_tau <= 0 or self.tv_eps <= 0:
             raise ValueError("RegularizerConfig.pred_tau and tv_eps must be > 0")
 
@@ -237,6 +241,8 @@ class RegularizedSegmentationLoss(nn.Module):
         Callable returning the PDE blocks whose ``last_residuals`` feed ``L_reg``; only
         called when ``lambda_pde > 0``. A callable (not a module) so the network's
         parameters are not registered twice.
+    warmup_epochs:
+        Length of the linear warm-up of the regulariser weights, in epochs (0: none).
 
     The most recent terms are in :attr:`last_terms` (detached); :attr:`epoch` drives the
     warm-up and is set by the trainer at the start of each epoch.
@@ -250,6 +256,7 @@ class RegularizedSegmentationLoss(nn.Module):
         has_regions: bool,
         ignore_label: int | None = None,
         blocks: Callable[[], Iterable[nn.Module]] | None = None,
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         if config.lambda_pde > 0 and blocks is None:
@@ -260,14 +267,15 @@ class RegularizedSegmentationLoss(nn.Module):
         self.has_regions = has_regions
         self.ignore_label = ignore_label
         self._blocks = blocks
+        self.warmup_epochs = int(warmup_epochs)
         self.epoch = 0
         self.last_terms: dict[str, float] = {}
 
     def warmup_factor(self) -> float:
         """``min(1, epoch / warmup_epochs)``; 1 without warm-up."""
-        if self.config.warmup_epochs <= 0:
+        if self.warmup_epochs <= 0:
             return 1.0
-        return min(1.0, self.epoch / self.config.warmup_epochs)
+        return min(1.0, self.epoch / self.warmup_epochs)
 
     def block_consistency(self) -> torch.Tensor | None:
         """Mean over blocks of their recorded residual terms; clears the records."""

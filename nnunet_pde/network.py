@@ -18,6 +18,7 @@ PlainConvUNet, the stage's ``blocks`` for ResidualEncoderUNet), so
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -80,28 +81,6 @@ def stage_spacings(
     return out
 
 
-def resolve_stages(stages: Sequence[int], n_stages: int) -> list[int]:
-    """Turn configured stage indices (negative = counted from the bottleneck end) into
-    sorted, unique, non-negative encoder stage indices.
-
-    Raises
-    ------
-    UnsupportedPlansError
-        If an index is out of range for a network with ``n_stages`` encoder stages.
-    """
-    resolved = set()
-    for s in stages:
-        idx = s + n_stages if s < 0 else s
-        if not 0 <= idx < n_stages:
-            raise UnsupportedPlansError(
-                f"PDE block stage index {s} is out of range for a network with {n_stages} "
-                f"encoder stages (valid: {-n_stages}..{n_stages - 1}; -1 is the bottleneck, "
-                "-2 the stage that feeds it)"
-            )
-        resolved.add(idx)
-    return sorted(resolved)
-
-
 def check_supported(configuration_manager: ConfigurationManager) -> None:
     """Raise :class:`UnsupportedPlansError` with a helpful message if the configuration's
     network is not a 3-D PlainConvUNet / ResidualEncoderUNet."""
@@ -162,7 +141,13 @@ def insert_pde_blocks(
     channels = network.encoder.output_channels
     spacings = stage_spacings(spacing, strides)
     inserted: dict[int, PDEBlock] = {}
-    for s in resolve_stages(config.stages, len(stages)):
+    try:
+        selected = config.resolve_stages(len(stages))
+    except ValueError as exc:
+        raise UnsupportedPlansError(
+            f"{exc} (-1 is the bottleneck, -2 the stage feeding it)"
+        ) from exc
+    for s in selected:
         stage = _stage_sequential(stages[s], s)
         if PDE_CHILD_NAME in stage._modules:
             raise ValueError(f"encoder stage {s} already has a PDE block")
@@ -179,11 +164,14 @@ def build_pde3d_network(
     num_output_channels: int,
     enable_deep_supervision: bool = True,
     config: PDEConfig | None = None,
+    all_stages: bool = False,
 ) -> nn.Module:
     """Build the planned backbone and insert PDE blocks as ``config`` says.
 
     With ``config=None`` no block is inserted and the result is the stock network
-    (the backbone-only ablation).
+    (the backbone-only ablation). ``all_stages=True`` puts a block after every encoder
+    stage, bottleneck included, whatever ``config.stages`` says (the number of stages
+    depends on the plans).
 
     Raises
     ------
@@ -203,6 +191,8 @@ def build_pde3d_network(
         deep_supervision=enable_deep_supervision,
     )
     if config is not None:
+        if all_stages:
+            config = dataclasses.replace(config, stages=tuple(range(len(network.encoder.stages))))
         insert_pde_blocks(
             network,
             configuration_manager.spacing,

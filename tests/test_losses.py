@@ -93,9 +93,14 @@ def test_wrapper_adds_weighted_terms_with_warmup_and_clears_block_records():
     block = PDEBlock(2, (1.0, 1.0, 1.0), PDEConfig()).train()
     torch.manual_seed(0)
     u = torch.randn(1, 2, 6, 6, 6)
-    cfg = RegularizerConfig(lambda_pde=0.5, lambda_tv=0.1, lambda_pred=2.0, warmup_epochs=4)
+    cfg = RegularizerConfig(lambda_pde=0.5, lambda_tv=0.1, lambda_pred=2.0)
     loss = RegularizedSegmentationLoss(
-        _IdentitySegLoss(), cfg, (1.0, 1.0, 1.0), has_regions=False, blocks=lambda: [block]
+        _IdentitySegLoss(),
+        cfg,
+        (1.0, 1.0, 1.0),
+        has_regions=False,
+        blocks=lambda: [block],
+        warmup_epochs=4,
     )
     logits = [torch.randn(1, 3, 6, 6, 6), torch.randn(1, 3, 3, 3, 3)]
     target = [torch.randint(0, 3, (1, 1, 6, 6, 6)), torch.randint(0, 3, (1, 1, 3, 3, 3))]
@@ -138,6 +143,8 @@ def test_block_residual_vanishes_when_the_implicit_system_is_solved():
 def test_config_rejects_negative_weights():
     with pytest.raises(ValueError, match="lambda_tv"):
         RegularizerConfig(lambda_tv=-1)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        RegularizerConfig(warmup_fraction=1.5)
     with pytest.raises(ValueError, match="blocks"):
         RegularizedSegmentationLoss(
             _IdentitySegLoss(), RegularizerConfig(lambda_pde=1), (1, 1, 1), False

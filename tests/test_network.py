@@ -16,7 +16,6 @@ from nnunet_pde.network import (
     UnsupportedPlansError,
     build_pde3d_network,
     pde_blocks,
-    resolve_stages,
     stage_spacings,
 )
 from nnunet_pde.pde import PDEBlock, PDEConfig
@@ -131,11 +130,13 @@ def test_stage_spacings_multiply_cumulative_strides():
         stage_spacings(spacing, [[1, 1]])
 
 
-def test_resolve_stages_counts_negative_indices_from_the_bottleneck():
-    assert resolve_stages((-2,), 6) == [4]
-    assert resolve_stages((0, -1, 0), 4) == [0, 3]
+def test_stage_indices_out_of_range_for_the_plans_are_rejected():
+    plans, ds = load_plans("tiny_plain")  # 4 stages
+    pm, cm, n_in, n_out = managers(plans, ds)
     with pytest.raises(UnsupportedPlansError, match="out of range"):
-        resolve_stages((6,), 6)
+        build_pde3d_network(pm, cm, n_in, n_out, True, config=PDEConfig(stages=(4,)))
+    net = build_pde3d_network(pm, cm, n_in, n_out, True, config=PDEConfig(stages=(0, -1)))
+    assert sorted(pde_blocks(net)) == ["encoder.stages.0.pde", "encoder.stages.3.pde"]
 
 
 def test_anisotropic_plans_give_an_anisotropic_block():

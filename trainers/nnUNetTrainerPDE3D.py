@@ -1,31 +1,53 @@
-"""PDE3D-UNet trainers: the planned nnU-Net 3-D U-Net with PDE blocks in its encoder.
+"""PDE3D-UNet trainers: the full model and the paper's ablations.
 
-Every class here is listed, with what it changes, in ``docs/trainers.md``.
+Every class is listed, with what it changes and the ablation it serves, in
+``docs/trainers.md`` (a test keeps the two in agreement). A variant changes class
+attributes only:
+
+* ``pde_config``: the PDE blocks (:class:`nnunet_pde.pde.PDEConfig`), ``None`` for none;
+  ``pde_all_stages``: a block after every encoder stage;
+* ``reg_config``: the regulariser terms (:class:`nnunet_pde.losses.RegularizerConfig`);
+* ``use_sgd``: nnU-Net's SGD + poly schedule instead of AdamW + warm-up/cosine;
+* ``epochs`` / ``iterations_per_epoch`` / ``val_iterations_per_epoch``: training length.
+
+``build_network_architecture`` reads only class attributes, because ``nnUNetv2_predict``
+calls it on the class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmark_5epochs import (
+    nnUNetTrainerBenchmark_5epochs,
+)
+from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmark_5epochs_noDataLoading import (  # noqa: E501
+    nnUNetTrainerBenchmark_5epochs_noDataLoading,
+)
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
+from nnunet_pde.losses import RegularizerConfig
 from nnunet_pde.network import build_pde3d_network
 from nnunet_pde.pde import PDEConfig
-from nnunet_pde.training import TrainingLengthMixin
+from nnunet_pde.training import AdamWCosineMixin, RegularizedLossMixin, TrainingLengthMixin
+
+#: The full model's regulariser (see docs/trainers.md for how the weights were chosen).
+FULL_REGULARIZER = RegularizerConfig(lambda_pde=0.1, lambda_tv=0.05, warmup_fraction=0.1)
 
 
-class nnUNetTrainerPDE3D(TrainingLengthMixin, nnUNetTrainer):
-    """Full PDE3D-UNet: one semi-implicit anisotropic-diffusion PDE block (K=2 steps,
-    learned response) after the encoder stage that feeds the bottleneck.
+class nnUNetTrainerPDE3D(
+    RegularizedLossMixin, AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer
+):
+    """Full PDE3D-UNet: a PDE block (semi-implicit anisotropic diffusion, K=2, learned
+    response) after the stage feeding the bottleneck; Dice+CE + PDE consistency + TV;
+    AdamW with warm-up and cosine annealing."""
 
-    All configuration lives in the class attribute :attr:`pde_config` so that
-    :meth:`build_network_architecture` works when called on the class, as
-    ``nnUNetv2_predict`` does.
-    """
-
-    pde_config: ClassVar[PDEConfig] = PDEConfig()
+    pde_config: ClassVar[PDEConfig | None] = PDEConfig()
+    pde_all_stages: ClassVar[bool] = False
+    reg_config: ClassVar[RegularizerConfig] = FULL_REGULARIZER
 
     @classmethod
     def build_network_architecture(
@@ -43,7 +65,121 @@ class nnUNetTrainerPDE3D(TrainingLengthMixin, nnUNetTrainer):
             num_output_channels,
             enable_deep_supervision,
             config=cls.pde_config,
+            all_stages=cls.pde_all_stages,
         )
+
+
+def _pde(**changes) -> PDEConfig:
+    return dataclasses.replace(nnUNetTrainerPDE3D.pde_config, **changes)
+
+
+# ---------------------------------------------------------------- ablations of the paper
+
+
+class nnUNetTrainerPDE3D_Backbone(nnUNetTrainerPDE3D):
+    """Ablation 1, backbone only: no PDE blocks, no regulariser; same optimiser and
+    schedule as the full model."""
+
+    pde_config = None
+    reg_config = RegularizerConfig()
+
+
+class nnUNetTrainerPDE3D_LossOnly(nnUNetTrainerPDE3D):
+    """Ablation 2, backbone + PDE regulariser as a loss term only: no embedded blocks;
+    PDE consistency of the predicted probabilities (distance from one implicit diffusion
+    step of themselves) + TV."""
+
+    pde_config = None
+    reg_config = RegularizerConfig(lambda_pred=1.0, lambda_tv=0.05, warmup_fraction=0.1)
+
+
+class nnUNetTrainerPDE3D_NoReg(nnUNetTrainerPDE3D):
+    """Embedded PDE blocks, no regulariser terms (plain Dice+CE)."""
+
+    reg_config = RegularizerConfig()
+
+
+# ------------------------------------------------------------- number of steps K
+
+
+class nnUNetTrainerPDE3D_K1(nnUNetTrainerPDE3D):
+    """K=1 PDE step per block."""
+
+    pde_config = _pde(steps=1)
+
+
+class nnUNetTrainerPDE3D_K3(nnUNetTrainerPDE3D):
+    """K=3 PDE steps per block."""
+
+    pde_config = _pde(steps=3)
+
+
+class nnUNetTrainerPDE3D_K5(nnUNetTrainerPDE3D):
+    """K=5 PDE steps per block."""
+
+    pde_config = _pde(steps=5)
+
+
+# ------------------------------------------------------------------------ solvers
+
+
+class nnUNetTrainerPDE3D_Explicit(nnUNetTrainerPDE3D):
+    """Explicit Euler steps (time step clamped to the CFL bound)."""
+
+    pde_config = _pde(solver="explicit")
+
+
+class nnUNetTrainerPDE3D_GaussSeidel(nnUNetTrainerPDE3D):
+    """Semi-implicit steps solved by one red-black Gauss-Seidel sweep."""
+
+    pde_config = _pde(solver="gauss_seidel")
+
+
+class nnUNetTrainerPDE3D_CrankNicolson(nnUNetTrainerPDE3D):
+    """Crank-Nicolson steps (one Jacobi sweep, stable time-step clamp)."""
+
+    pde_config = _pde(solver="crank_nicolson")
+
+
+# ---------------------------------------------------------------------- operators
+
+
+class nnUNetTrainerPDE3D_Laplacian(nnUNetTrainerPDE3D):
+    """Linear spacing-aware heat equation (no edge stopping) instead of anisotropic
+    diffusion."""
+
+    pde_config = _pde(operator="laplacian")
+
+
+class nnUNetTrainerPDE3D_Moment(nnUNetTrainerPDE3D):
+    """Anisotropic diffusion plus PDE-Net moment-constrained first/second derivatives
+    (3^3 kernels), IMEX."""
+
+    pde_config = _pde(operator="moment", kernel_size=3)
+
+
+class nnUNetTrainerPDE3D_Moment5(nnUNetTrainerPDE3D):
+    """As _Moment with 5^3 moment kernels."""
+
+    pde_config = _pde(operator="moment", kernel_size=5)
+
+
+# ------------------------------------------------------------ placement, optimiser
+
+
+class nnUNetTrainerPDE3D_AllStages(nnUNetTrainerPDE3D):
+    """A PDE block after every encoder stage (bottleneck included)."""
+
+    pde_all_stages = True
+
+
+class nnUNetTrainerPDE3D_SGD(nnUNetTrainerPDE3D):
+    """Full model with nnU-Net's SGD (lr 1e-2, Nesterov) + poly schedule."""
+
+    use_sgd = True
+
+
+# --------------------------------------------------------------- training length
 
 
 class nnUNetTrainerPDE3D_1epoch(nnUNetTrainerPDE3D):
@@ -65,9 +201,23 @@ class nnUNetTrainerPDE3D_10epochs(nnUNetTrainerPDE3D):
 
 
 class nnUNetTrainerPDE3D_2epochs_4iters(nnUNetTrainerPDE3D):
-    """Smoke test: 2 epochs x 4 training iterations, 2 validation iterations per epoch.
-    Exercises the whole pipeline (train, checkpoint, validation, export) in about a
-    minute on a CPU; learns nothing useful."""
+    """Smoke test: 2 epochs x 4 training iterations, 2 validation iterations per epoch."""
+
+    epochs = 2
+    iterations_per_epoch = 4
+    val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerPDE3D_Backbone_2epochs_4iters(nnUNetTrainerPDE3D_Backbone):
+    """Smoke test of the backbone ablation (2 epochs x 4 iterations)."""
+
+    epochs = 2
+    iterations_per_epoch = 4
+    val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerPDE3D_LossOnly_2epochs_4iters(nnUNetTrainerPDE3D_LossOnly):
+    """Smoke test of the loss-only ablation (2 epochs x 4 iterations)."""
 
     epochs = 2
     iterations_per_epoch = 4
@@ -75,10 +225,35 @@ class nnUNetTrainerPDE3D_2epochs_4iters(nnUNetTrainerPDE3D):
 
 
 class nnUNetTrainerPDE3D_Demo(nnUNetTrainerPDE3D):
-    """The README demo: 25 epochs x 8 iterations, 2 validation iterations per epoch,
-    enough for the synthetic BraTS-like tumour to be segmented on a 2-core CPU in a few
-    minutes."""
+    """The README demo: 20 epochs x 8 iterations, 2 validation iterations per epoch."""
 
-    epochs = 25
+    epochs = 20
     iterations_per_epoch = 8
     val_iterations_per_epoch = 2
+
+
+# ---------------------------------------------------- nnU-Net's benchmark procedure
+
+
+class nnUNetTrainerPDE3D_Benchmark_5epochs(nnUNetTrainerPDE3D, nnUNetTrainerBenchmark_5epochs):
+    """nnU-Net's GPU benchmark (5 epochs, fastest epoch to benchmark_result.json) for the
+    full model."""
+
+
+class nnUNetTrainerPDE3D_Benchmark_5epochs_noDataLoading(
+    nnUNetTrainerPDE3D, nnUNetTrainerBenchmark_5epochs_noDataLoading
+):
+    """As _Benchmark_5epochs with synthetic batches (no data loading)."""
+
+
+class nnUNetTrainerPDE3D_Backbone_Benchmark_5epochs(
+    nnUNetTrainerPDE3D_Backbone, nnUNetTrainerBenchmark_5epochs
+):
+    """nnU-Net's GPU benchmark for the backbone ablation (the reference of the PDE3D
+    overhead)."""
+
+
+class nnUNetTrainerPDE3D_Backbone_Benchmark_5epochs_noDataLoading(
+    nnUNetTrainerPDE3D_Backbone, nnUNetTrainerBenchmark_5epochs_noDataLoading
+):
+    """As _Backbone_Benchmark_5epochs with synthetic batches (no data loading)."""
