@@ -201,11 +201,13 @@ class nnUNetTrainerPDE3D_10epochs(nnUNetTrainerPDE3D):
 
 
 class nnUNetTrainerPDE3D_2epochs_4iters(nnUNetTrainerPDE3D):
-    """Smoke test: 2 epochs x 4 training iterations, 2 validation iterations per epoch."""
+    """Smoke test: 2 epochs x 4 training iterations, 2 validation iterations per epoch,
+    checkpoint_latest.pth after every epoch."""
 
     epochs = 2
     iterations_per_epoch = 4
     val_iterations_per_epoch = 2
+    save_every_epochs = 1
 
 
 class nnUNetTrainerPDE3D_Backbone_2epochs_4iters(nnUNetTrainerPDE3D_Backbone):
@@ -214,6 +216,7 @@ class nnUNetTrainerPDE3D_Backbone_2epochs_4iters(nnUNetTrainerPDE3D_Backbone):
     epochs = 2
     iterations_per_epoch = 4
     val_iterations_per_epoch = 2
+    save_every_epochs = 1
 
 
 class nnUNetTrainerPDE3D_LossOnly_2epochs_4iters(nnUNetTrainerPDE3D_LossOnly):
@@ -222,6 +225,7 @@ class nnUNetTrainerPDE3D_LossOnly_2epochs_4iters(nnUNetTrainerPDE3D_LossOnly):
     epochs = 2
     iterations_per_epoch = 4
     val_iterations_per_epoch = 2
+    save_every_epochs = 1
 
 
 class nnUNetTrainerPDE3D_Demo(nnUNetTrainerPDE3D):

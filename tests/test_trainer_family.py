@@ -1,0 +1,265 @@
+"""Every PDE3D-family trainer: what it builds, one real training step through nnU-Net's
+trainer on a preprocessed synthetic dataset (CPU), and DDP safety in a real 2-process
+gloo run."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from plan_fixtures import load_plans, managers
+
+from nnunet_pde.env import EXT_TRAINER_VAR, list_trainers, trainer_dir
+from nnunet_pde.losses import RegularizedSegmentationLoss
+from nnunet_pde.network import pde_blocks
+from nnunet_pde.training import LOSS_TERM_KEYS
+
+BIN = Path(sys.executable).parent
+
+
+def pde_family() -> dict[str, type]:
+    from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
+
+    return {n: c for n, c in list_trainers().items() if issubclass(c, nnUNetTrainerPDE3D)}
+
+
+def cpu_trainers() -> list[str]:
+    """Trainers that can run on a CPU (nnU-Net's benchmark trainers require CUDA)."""
+    return sorted(n for n in pde_family() if "Benchmark" not in n)
+
+
+# ------------------------------------------------------------------ what each builds
+
+
+#: On the BraTS-sized plans (30M parameters per build) one trainer of each structure.
+BRATS_SUBSET = {
+    "nnUNetTrainerPDE3D",
+    "nnUNetTrainerPDE3D_Backbone",
+    "nnUNetTrainerPDE3D_AllStages",
+    "nnUNetTrainerPDE3D_Moment5",
+}
+
+
+@pytest.mark.parametrize("case", ["tiny_plain", "tiny_resencm", "brats_resencm"])
+def test_every_trainer_builds_what_its_configuration_says(case):
+    plans, ds = load_plans(case)
+    pm, cm, n_in, n_out = managers(plans, ds)
+    n_stages = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["n_stages"]
+    for name, cls in pde_family().items():
+        if case.startswith("brats") and name not in BRATS_SUBSET:
+            continue
+        net = cls.build_network_architecture(pm, cm, n_in, n_out, True)
+        blocks = pde_blocks(net)
+        if cls.pde_config is None:
+            assert not blocks, name
+            continue
+        expected = n_stages if cls.pde_all_stages else len(cls.pde_config.stages)
+        assert len(blocks) == expected, name
+        for block in blocks.values():
+            assert dataclasses.replace(block.config, stages=()) == dataclasses.replace(
+                cls.pde_config, stages=()
+            ), name
+
+
+def test_ablations_differ_from_the_full_model_in_what_their_names_say():
+    fam = pde_family()
+    full = fam["nnUNetTrainerPDE3D"]
+    assert full.pde_config.steps == 2 and full.pde_config.solver == "semi_implicit"
+    assert set(full.reg_config.active_terms) == {"pde", "tv"} and not full.use_sgd
+    assert fam["nnUNetTrainerPDE3D_Backbone"].pde_config is None
+    assert fam["nnUNetTrainerPDE3D_Backbone"].reg_config.active_terms == ()
+    assert fam["nnUNetTrainerPDE3D_LossOnly"].pde_config is None
+    assert set(fam["nnUNetTrainerPDE3D_LossOnly"].reg_config.active_terms) == {"pred", "tv"}
+    assert fam["nnUNetTrainerPDE3D_NoReg"].reg_config.active_terms == ()
+    assert fam["nnUNetTrainerPDE3D_NoReg"].pde_config == full.pde_config
+    for k in (1, 3, 5):
+        assert fam[f"nnUNetTrainerPDE3D_K{k}"].pde_config.steps == k
+    assert fam["nnUNetTrainerPDE3D_Explicit"].pde_config.solver == "explicit"
+    assert fam["nnUNetTrainerPDE3D_GaussSeidel"].pde_config.solver == "gauss_seidel"
+    assert fam["nnUNetTrainerPDE3D_CrankNicolson"].pde_config.solver == "crank_nicolson"
+    assert fam["nnUNetTrainerPDE3D_Laplacian"].pde_config.operator == "laplacian"
+    assert fam["nnUNetTrainerPDE3D_Moment"].pde_config.kernel_size == 3
+    assert fam["nnUNetTrainerPDE3D_Moment5"].pde_config.kernel_size == 5
+    assert fam["nnUNetTrainerPDE3D_AllStages"].pde_all_stages
+    assert fam["nnUNetTrainerPDE3D_SGD"].use_sgd
+
+
+# ------------------------------------------------- one training step through nnU-Net
+
+
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory):
+    """A tiny preprocessed BraTS-like (regions) dataset: env for nnU-Net + plans + json."""
+    root = tmp_path_factory.mktemp("family")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update(
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "pre"),
+        nnUNet_results=str(root / "res"),
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **{EXT_TRAINER_VAR: str(trainer_dir())},
+    )
+    for cmd in (
+        [
+            "nnunet-pde",
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "961",
+            "--size",
+            "32",
+            "--num-train",
+            "5",
+            "--num-test",
+            "0",
+            "--seed",
+            "1",
+        ],
+        ["nnUNetv2_plan_and_preprocess", "-d", "961", "-c", "3d_fullres", "-np", "2"],
+    ):
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+    (folder,) = (root / "pre").glob("Dataset961_*")
+    return env, folder
+
+
+@pytest.fixture
+def nnunet_env(preprocessed, monkeypatch):
+    env, folder = preprocessed
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", cpu_trainers())
+def test_one_training_step_is_finite_and_logs_every_loss_term(name, nnunet_env):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    plans = load_json(str(nnunet_env / "nnUNetPlans.json"))
+    ds = load_json(str(nnunet_env / "dataset.json"))
+    plans["continue_training"] = False
+    trainer = list_trainers()[name](plans, "3d_fullres", 0, ds, torch.device("cpu"))
+    trainer.on_train_start()
+    try:
+        trainer.on_epoch_start()
+        trainer.on_train_epoch_start()
+        out = trainer.train_step(next(trainer.dataloader_train))
+        trainer.on_train_epoch_end([out])
+    finally:
+        trainer.dataloader_train = trainer.dataloader_val = None
+    assert np.isfinite(out["loss"])
+    assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
+    logged = trainer.logger.local_logger.my_fantastic_logging
+    expected = {LOSS_TERM_KEYS["seg"]} | {
+        LOSS_TERM_KEYS[t] for t in trainer.reg_config.active_terms
+    }
+    assert expected <= set(logged)
+    for key in expected:
+        assert len(logged[key]) == 1 and np.isfinite(logged[key][0]), (name, key)
+    # the schedule: AdamW warms up from a fraction of its peak; SGD starts at nnU-Net's 1e-2
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    if trainer.use_sgd:
+        assert isinstance(trainer.optimizer, torch.optim.SGD) and lr == pytest.approx(1e-2)
+    else:
+        assert isinstance(trainer.optimizer, torch.optim.AdamW) and 0 < lr <= trainer.adamw_lr
+
+
+# -------------------------------------------------------------------------- DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, names: list[str], result_dir: str) -> None:
+    """Build each trainer's network + loss, wrap in DDP (no find_unused_parameters, as
+    nnU-Net does), run two optimisation steps; DDP raises if a parameter got no gradient."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        plans, ds = load_plans("tiny_plain")
+        pm, cm, n_in, n_out = managers(plans, ds)
+        trainers = list_trainers()
+        for name in names:
+            cls = trainers[name]
+            torch.manual_seed(0)
+            net = cls.build_network_architecture(pm, cm, n_in, n_out, True)
+            # step the blocks away from their identity init so every path carries gradient
+            with torch.no_grad():
+                for block in pde_blocks(net).values():
+                    block.gamma.fill_(0.5)
+            ddp = DDP(net)
+            seg = DeepSupervisionWrapper(
+                DC_and_CE_loss(
+                    {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": True},
+                    {},
+                    weight_ce=1,
+                    weight_dice=1,
+                    dice_class=MemoryEfficientSoftDiceLoss,
+                ),
+                [4 / 7, 2 / 7, 1 / 7],
+            )
+            loss = RegularizedSegmentationLoss(
+                seg,
+                cls.reg_config,
+                cm.spacing,
+                has_regions=False,
+                blocks=(lambda n=net: pde_blocks(n).values())
+                if cls.reg_config.lambda_pde > 0
+                else None,
+            )
+            opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+            g = torch.Generator().manual_seed(rank)
+            for _ in range(2):
+                x = torch.randn(1, n_in, 32, 32, 32, generator=g)
+                target = [
+                    torch.randint(0, n_out, (1, 1, 32 // f, 32 // f, 32 // f), generator=g)
+                    for f in (1, 2, 4)
+                ]
+                opt.zero_grad()
+                loss(ddp(x), target).backward()
+                missing = [n for n, p in net.named_parameters() if p.grad is None]
+                assert not missing, (name, missing)
+                opt.step()
+            # gradients were all-reduced: replicas stay identical
+            flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+            gathered = [torch.zeros_like(flat) for _ in range(world)]
+            dist.all_gather(gathered, flat)
+            assert torch.equal(gathered[0], gathered[1]), name
+        Path(result_dir, f"ok_{rank}").write_text("\n".join(names))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo_every_parameter_gets_a_gradient(tmp_path):
+    names = [
+        "nnUNetTrainerPDE3D",
+        "nnUNetTrainerPDE3D_NoReg",
+        "nnUNetTrainerPDE3D_LossOnly",
+        "nnUNetTrainerPDE3D_Laplacian",
+        "nnUNetTrainerPDE3D_Moment",
+        "nnUNetTrainerPDE3D_CrankNicolson",
+    ]
+    mp.spawn(_ddp_worker, args=(2, _free_port(), names, str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "ok_0").read_text().split() == names
+    assert (tmp_path / "ok_1").read_text().split() == names
