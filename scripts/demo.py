@@ -6,7 +6,9 @@ Steps, each a real command run as a subprocess with its output streamed:
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres --verify_dataset_integrity``
 3. ``nnUNetv2_train ... -tr nnUNetTrainerPDE3D_Demo -device cpu``  (fold 0)
 4. ``nnUNetv2_predict`` on imagesTs with the trained fold
-5. ``nnUNetv2_evaluate_folder`` against labelsTs, then the Dice per region is printed.
+5. ``nnUNetv2_evaluate_folder`` against labelsTs (nnU-Net's Dice)
+6. ``nnunet-pde evaluate`` (HD95, NSD, ... which nnU-Net does not compute); then the Dice
+   and HD95 per region are printed.
 
 Everything is written to a new folder ``demo_work/run-<timestamp>`` (or ``--workdir``,
 which must not exist yet): the demo never touches your own nnU-Net folders.
@@ -87,7 +89,7 @@ def main() -> int:
             str(args.seed),
         ],
         env,
-        "1/5 make synthetic BraTS-like dataset",
+        "1/6 make synthetic BraTS-like dataset",
     )
     times["plan_and_preprocess"] = run(
         [
@@ -101,12 +103,12 @@ def main() -> int:
             "2",
         ],
         env,
-        "2/5 nnU-Net plan and preprocess",
+        "2/6 nnU-Net plan and preprocess",
     )
     times["train"] = run(
         ["nnUNetv2_train", did, "3d_fullres", "0", "-tr", args.trainer, "-device", args.device],
         env,
-        f"3/5 train {args.trainer}, fold 0",
+        f"3/6 train {args.trainer}, fold 0",
     )
     raw = next((workdir / "nnUNet_raw").glob(f"Dataset{args.dataset_id:03d}_*"))
     pred = workdir / "predictions"
@@ -129,7 +131,7 @@ def main() -> int:
             args.device,
         ],
         env,
-        "4/5 nnUNetv2_predict on the test images",
+        "4/6 nnUNetv2_predict on the test images",
     )
     plans = (
         next((workdir / "nnUNet_preprocessed").glob(f"Dataset{args.dataset_id:03d}_*"))
@@ -146,9 +148,26 @@ def main() -> int:
             str(plans),
         ],
         env,
-        "5/5 nnUNetv2_evaluate_folder against labelsTs",
+        "5/6 nnUNetv2_evaluate_folder against labelsTs",
+    )
+    evaluation = workdir / "evaluation"
+    times["boundary_metrics"] = run(
+        [
+            "nnunet-pde",
+            "evaluate",
+            str(pred),
+            str(raw / "labelsTs"),
+            "--dataset-json",
+            str(raw / "dataset.json"),
+            "--output",
+            str(evaluation),
+            "--no-progress",
+        ],
+        env,
+        "6/6 nnunet-pde evaluate (boundary metrics)",
     )
     total = time.perf_counter() - t_start
+    boundary = json.loads((evaluation / "metrics_summary.json").read_text())["regions"]
 
     summary = json.loads((pred / "summary.json").read_text())
     labels = json.loads((raw / "dataset.json").read_text())["labels"]
@@ -162,7 +181,10 @@ def main() -> int:
     print(f"\nTest-set Dice per region ({args.num_test} cases, {args.trainer}, fold 0):")
     for key, metrics in summary["mean"].items():
         name = names.get(as_tuple(key_to_label_or_region(key)), key)
-        print(f"  {name:<16} {key:<12} Dice {metrics['Dice']:.3f}")
+        hd95 = (
+            boundary.get(name, {}).get("metrics", {}).get("hd95_mm", {}).get("mean", float("nan"))
+        )
+        print(f"  {name:<16} {key:<12} Dice {metrics['Dice']:.3f}   HD95 {hd95:5.2f} mm")
     print(f"  {'mean':<29} Dice {summary['foreground_mean']['Dice']:.3f}")
     print(
         "\nwall time per step: "
@@ -171,7 +193,7 @@ def main() -> int:
     )
     print(
         f"wrote: dataset {raw}\n       model {workdir / 'nnUNet_results'}\n       predictions and "
-        f"summary.json {pred}"
+        f"summary.json {pred}\n       boundary metrics {evaluation}"
     )
     return 0
 

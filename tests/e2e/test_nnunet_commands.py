@@ -3,8 +3,9 @@
 make-dataset -> nnUNetv2_plan_and_preprocess --verify_dataset_integrity ->
 nnUNetv2_train -tr nnUNetTrainerPDE3D_2epochs_4iters -device cpu -> nnUNetv2_predict ->
 nnUNetv2_evaluate_folder against labelsTs; once for the BraTS-like regions dataset and once
-for the LiTS-like labels dataset (anisotropic spacing). The LiTS-like run also warm-starts
-a PDE3D training from a stock nnUNetTrainer checkpoint with -pretrained_weights.
+for the LiTS-like labels dataset (anisotropic spacing). On the LiTS-like dataset also: a
+warm start from a stock nnUNetTrainer checkpoint with -pretrained_weights, and the model's
+lifecycle (interrupt + --c resume, find_best_configuration, export/import zip).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +224,106 @@ def test_warmstart_from_a_stock_checkpoint_with_pretrained_weights(workspace, tm
     )
     assert "Loading pretrained weights" in log
     assert (workspace.model_dir / "fold_1" / "checkpoint_final.pth").is_file()
+
+
+def test_resume_find_best_configuration_export_and_import(workspace, tmp_path):
+    """Interrupt a training after its first epoch, resume it with --c, then run
+    nnUNetv2_find_best_configuration over two folds, export the model to a zip, install
+    it into an empty results folder and predict from there."""
+    if workspace.kind != "lits-like":
+        pytest.skip("the model lifecycle is exercised once, on the labels dataset")
+    fold2 = workspace.model_dir / "fold_2"
+    log_file = tmp_path / "interrupted.log"
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(
+            ["nnUNetv2_train", workspace.did, "3d_fullres", "2", "-tr", SMOKE, "-device", "cpu"],
+            env=workspace.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        # "Epoch 1" is printed after epoch 0 ended, i.e. after checkpoint_latest.pth was saved
+        deadline = time.monotonic() + 600
+        while "Epoch 1" not in log_file.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, "training did not reach epoch 1"
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait()
+    assert (fold2 / "checkpoint_latest.pth").is_file()
+    assert not (fold2 / "checkpoint_final.pth").exists(), "killed too late"
+
+    resumed = _run(
+        ["nnUNetv2_train", workspace.did, "3d_fullres", "2", "-tr", SMOKE, "-device", "cpu", "--c"],
+        workspace.env,
+    )
+    assert "Epoch 1" in resumed and "Epoch 0" not in resumed
+    final = torch.load(fold2 / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2
+    logged = final["logging"]
+    for key in ("train_loss_seg", "train_loss_pde", "train_loss_tv"):
+        assert len(logged[key]) == 2 and all(np.isfinite(logged[key])), key
+
+    _run(
+        [
+            "nnUNetv2_find_best_configuration",
+            workspace.did,
+            "-c",
+            "3d_fullres",
+            "-tr",
+            SMOKE,
+            "-f",
+            "0",
+            "2",
+            "-np",
+            "2",
+        ],
+        workspace.env,
+    )
+    results_ds = workspace.root / "results" / workspace.raw.name
+    info = json.loads((results_ds / "inference_information.json").read_text())
+    assert SMOKE in json.dumps(info["best_model_or_ensemble"])
+
+    zip_file = tmp_path / "model.zip"
+    _run(
+        [
+            "nnUNetv2_export_model_to_zip",
+            "-d",
+            workspace.did,
+            "-o",
+            str(zip_file),
+            "-c",
+            "3d_fullres",
+            "-tr",
+            SMOKE,
+            "-f",
+            "0",
+            "2",
+        ],
+        workspace.env,
+    )
+    env2 = dict(workspace.env, nnUNet_results=str(tmp_path / "results2"))
+    _run(["nnUNetv2_install_pretrained_model_from_zip", str(zip_file)], env2)
+    pred2 = tmp_path / "pred2"
+    _run(
+        [
+            "nnUNetv2_predict",
+            "-i",
+            str(workspace.raw / "imagesTs"),
+            "-o",
+            str(pred2),
+            "-d",
+            workspace.did,
+            "-c",
+            "3d_fullres",
+            "-f",
+            "0",
+            "2",
+            "-tr",
+            SMOKE,
+            "-device",
+            "cpu",
+        ],
+        env2,
+    )
+    assert sorted(p.name for p in pred2.glob("*.nii.gz")) == sorted(
+        p.name for p in (workspace.raw / "labelsTs").glob("*.nii.gz")
+    )
