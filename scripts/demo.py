@@ -66,7 +66,10 @@ def main() -> int:
     for line in export_lines(environ=env):
         if line.startswith("export nnUNet_extTrainer="):
             env["nnUNet_extTrainer"] = line.split("=", 1)[1].strip("'")
+    # nnU-Net sizes its worker pools for a workstation (8 processes by default); the demo
+    # targets a 2-core machine. Values the user exported win.
     env.setdefault("nnUNet_n_proc_DA", "2")
+    env.setdefault("nnUNet_def_n_proc", "2")
     print(f"demo folder: {workdir}\nnnUNet_extTrainer={env['nnUNet_extTrainer']}")
 
     did = str(args.dataset_id)

@@ -105,6 +105,7 @@ def preprocessed(tmp_path_factory):
         nnUNet_raw=str(root / "raw"),
         nnUNet_preprocessed=str(root / "pre"),
         nnUNet_results=str(root / "res"),
+        nnUNet_def_n_proc="2",
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         **{EXT_TRAINER_VAR: str(trainer_dir())},
     )

@@ -58,6 +58,8 @@ class Workspace:
             nnUNet_raw=str(root / "raw"),
             nnUNet_preprocessed=str(root / "preprocessed"),
             nnUNet_results=str(root / "results"),
+            # nnU-Net's worker pools (export, validation) default to 8 processes; 2 cores here
+            nnUNet_def_n_proc="2",
             **{EXT_TRAINER_VAR: str(trainer_dir())},
         )
         self.env["PATH"] = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
