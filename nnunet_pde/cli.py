@@ -8,6 +8,7 @@ Subcommands (each has ``--help``)::
     nnunet-pde make-dataset     write a synthetic BraTS-like or LiTS-like raw dataset
     nnunet-pde warmstart        turn a stock nnUNetTrainer checkpoint into a PDE3D one
     nnunet-pde evaluate         boundary-aware metrics of a prediction folder (Dice, HD95, NSD...)
+    nnunet-pde benchmark        run / report a cross-validation grid of trainers (local or SLURM)
 """
 
 from __future__ import annotations
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nnunet_pde.metrics.evaluate import register_cli as register_evaluate
 
     register_evaluate(sub)
+    from nnunet_pde.benchmark.cli import register_cli as register_benchmark
+
+    register_benchmark(sub)
     return parser
 
 

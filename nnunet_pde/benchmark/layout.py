@@ -1,0 +1,193 @@
+"""nnU-Net's folder layout, as the benchmark commands read it, and the environment checks.
+
+``$nnUNet_results/<DatasetNNN_Name>/<trainer>__<plans>__<configuration>/fold_<k>/`` holds a
+fold's ``checkpoint_final.pth`` (written at the end of training; ``checkpoint_latest.pth`` is
+then deleted), ``checkpoint_latest.pth`` / ``checkpoint_best.pth`` (during training) and
+``validation/`` with the fold's out-of-fold predictions and nnU-Net's ``summary.json``.
+``$nnUNet_preprocessed/<DatasetNNN_Name>/`` holds ``<plans>.json``, ``dataset.json``,
+``splits_final.json`` and ``gt_segmentations/``, the reference segmentations nnU-Net's own
+validation scores against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = [
+    "BenchmarkError",
+    "FOLD_FINISHED",
+    "FOLD_INTERRUPTED",
+    "FOLD_NEW",
+    "fold_dir",
+    "fold_state",
+    "require_env_folder",
+    "resolve_dataset_name",
+    "trainer_dir_name",
+]
+
+FOLD_NEW = "new"
+FOLD_INTERRUPTED = "interrupted"
+FOLD_FINISHED = "finished"
+
+_DATASET_NAME = re.compile(r"^Dataset(\d{3})_[A-Za-z0-9_\-]+$")
+
+
+class BenchmarkError(ValueError):
+    """The benchmark cannot run as asked; the message says what to change."""
+
+
+def require_env_folder(
+    var: str, environ: Mapping[str, str] | None = None, create: bool = False
+) -> Path:
+    """The folder named by environment variable ``var``; BenchmarkError if unset or missing.
+
+    With ``create``, a missing folder is created (as nnU-Net does for ``nnUNet_results``).
+    """
+    env = os.environ if environ is None else environ
+    value = env.get(var)
+    if not value:
+        raise BenchmarkError(
+            f"{var} is not set. nnU-Net needs nnUNet_raw, nnUNet_preprocessed and "
+            'nnUNet_results; set them, e.g. with eval "$(nnunet-pde env)"'
+        )
+    path = Path(value)
+    if create and not path.exists():
+        path.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+        raise BenchmarkError(f"{var}={value} does not exist or is not a folder")
+    return path
+
+
+def resolve_dataset_name(dataset: str | int, environ: Mapping[str, str] | None = None) -> str:
+    """``DatasetNNN_Name`` for a dataset id (``"501"``, ``501``) or name, as nnU-Net does.
+
+    A name is returned as given (after a format check). An id is looked up as
+    ``DatasetNNN_*`` in ``$nnUNet_preprocessed``, ``$nnUNet_raw`` and ``$nnUNet_results``
+    (those that are set); exactly one distinct name must be found.
+    """
+    env = os.environ if environ is None else environ
+    text = str(dataset).strip()
+    if text.startswith("Dataset"):
+        if not _DATASET_NAME.match(text):
+            raise BenchmarkError(
+                f"'{text}' is not an nnU-Net dataset name (DatasetNNN_Name, e.g. "
+                "Dataset501_SyntheticBraTS)"
+            )
+        return text
+    try:
+        dataset_id = int(text)
+    except ValueError:
+        raise BenchmarkError(
+            f"dataset must be an id (e.g. 501) or a name (Dataset501_SyntheticBraTS), got '{text}'"
+        ) from None
+    if not 0 < dataset_id < 1000:
+        raise BenchmarkError(f"dataset ids are 1 to 999, got {dataset_id}")
+    prefix = f"Dataset{dataset_id:03d}_"
+    found: set[str] = set()
+    searched = []
+    for var in ("nnUNet_preprocessed", "nnUNet_raw", "nnUNet_results"):
+        value = env.get(var)
+        if value and Path(value).is_dir():
+            searched.append(f"{var}={value}")
+            found.update(
+                p.name for p in Path(value).iterdir() if p.is_dir() and p.name.startswith(prefix)
+            )
+    if not found:
+        raise BenchmarkError(
+            f"no dataset with id {dataset_id} ({prefix}*) in "
+            f"{', '.join(searched) or 'any nnU-Net folder (none is set)'}"
+        )
+    if len(found) > 1:
+        raise BenchmarkError(
+            f"dataset id {dataset_id} is ambiguous: {', '.join(sorted(found))}; pass the full name"
+        )
+    return found.pop()
+
+
+def trainer_dir_name(trainer: str, plans: str, configuration: str) -> str:
+    """nnU-Net's model folder name ``<trainer>__<plans>__<configuration>``."""
+    return f"{trainer}__{plans}__{configuration}"
+
+
+def fold_dir(
+    results: str | os.PathLike[str],
+    dataset: str,
+    trainer: str,
+    plans: str,
+    configuration: str,
+    fold: int | str,
+) -> Path:
+    """``<results>/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``."""
+    return (
+        Path(results) / dataset / trainer_dir_name(trainer, plans, configuration) / f"fold_{fold}"
+    )
+
+
+def fold_state(folder: str | os.PathLike[str]) -> str:
+    """Whether a fold is :data:`FOLD_FINISHED`, :data:`FOLD_INTERRUPTED` or :data:`FOLD_NEW`.
+
+    * finished: ``checkpoint_final.pth`` and ``validation/summary.json`` exist;
+    * interrupted: some checkpoint exists (``checkpoint_latest.pth``, ``checkpoint_best.pth``,
+      or ``checkpoint_final.pth`` without a finished validation) - ``nnUNetv2_train --c``
+      continues from the final, else the latest, else the best checkpoint, and runs the
+      validation at the end;
+    * new: no checkpoint (log files of a run that died before its first checkpoint do not
+      count: it starts again from scratch).
+    """
+    folder = Path(folder)
+    final = (folder / "checkpoint_final.pth").is_file()
+    if final and (folder / "validation" / "summary.json").is_file():
+        return FOLD_FINISHED
+    if (
+        final
+        or (folder / "checkpoint_latest.pth").is_file()
+        or (folder / "checkpoint_best.pth").is_file()
+    ):
+        return FOLD_INTERRUPTED
+    return FOLD_NEW
+
+
+def read_splits(preprocessed_dataset: Path) -> list[dict[str, list[str]]] | None:
+    """``splits_final.json`` of a preprocessed dataset (list of ``{"train", "val"}``) or None."""
+    path = preprocessed_dataset / "splits_final.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def parse_folds(folds: Sequence[str | int]) -> list[int]:
+    """Fold numbers as ints, in the given order, without duplicates; BenchmarkError otherwise."""
+    out: list[int] = []
+    for f in folds:
+        try:
+            k = int(f)
+        except (TypeError, ValueError):
+            raise BenchmarkError(
+                f"folds are integers (0 1 2 3 4 for nnU-Net's 5-fold CV), got '{f}'"
+            ) from None
+        if k < 0:
+            raise BenchmarkError(f"folds are >= 0, got {k}")
+        if k in out:
+            raise BenchmarkError(f"fold {k} is listed twice")
+        out.append(k)
+    if not out:
+        raise BenchmarkError("no folds given")
+    return out
+
+
+def check_trainer_names(trainers: Sequence[str]) -> list[str]:
+    """Trainer names in the given order; BenchmarkError on an empty list or duplicates."""
+    if not trainers:
+        raise BenchmarkError("no trainers given (--trainers T1 T2 ...)")
+    seen: list[str] = []
+    for t in trainers:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", t):
+            raise BenchmarkError(f"'{t}' is not a trainer class name")
+        if t in seen:
+            raise BenchmarkError(f"trainer {t} is listed twice")
+        seen.append(t)
+    return seen

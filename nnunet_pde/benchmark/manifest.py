@@ -1,0 +1,155 @@
+"""The manifest of a ``benchmark run``: what ran, how, where, with which software.
+
+One JSON file per invocation in ``$nnUNet_results/<dataset>/nnunet_pde_benchmark/``, named
+after the UTC start time (``manifest_20260124T101500Z.json``, with ``_1``, ``_2`` ... when two
+runs start in the same second). An existing manifest is never replaced: the file is created
+exclusively and only that invocation rewrites it, atomically, as its jobs finish.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MANIFEST_DIRNAME",
+    "create_manifest_file",
+    "git_revision",
+    "software_versions",
+    "utc_now",
+    "write_manifest",
+]
+
+#: Sub-folder of ``$nnUNet_results/<dataset>`` that holds the manifests and local logs.
+MANIFEST_DIRNAME = "nnunet_pde_benchmark"
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 with seconds (``2026-01-24T10:15:00+00:00``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def software_versions() -> dict[str, str | None]:
+    """Versions of python, torch, nnunetv2, dynamic-network-architectures and nnunet-pde.
+
+    Read from the installed distributions' metadata, so nothing heavy is imported; ``None``
+    for a package that is not installed.
+    """
+    return {
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "nnunetv2": _version("nnunetv2"),
+        "dynamic_network_architectures": _version("dynamic-network-architectures"),
+        "nnunet_pde": _version("nnunet-pde"),
+        "submitit": _version("submitit"),
+    }
+
+
+def git_revision(path: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """``git rev-parse HEAD`` of the repository holding ``path`` and whether it is dirty.
+
+    ``path`` defaults to this package's source folder (the nnunet-pde checkout of an editable
+    install). Returns None when git is missing or ``path`` is not inside a work tree (e.g. a
+    wheel install).
+    """
+    folder = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {
+        "repository": top.stdout.strip() or None,
+        "commit": head.stdout.strip(),
+        "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None,
+    }
+
+
+def host_info() -> dict[str, Any]:
+    """Host name, user, platform and CPU count of the machine that launched the run."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = None
+    return {
+        "hostname": socket.gethostname(),
+        "user": user,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python_executable": sys.executable,
+    }
+
+
+def create_manifest_file(folder: str | os.PathLike[str], started: datetime | None = None) -> Path:
+    """Create a new, empty, uniquely named manifest file in ``folder`` and return its path.
+
+    The name is ``manifest_<UTC start, YYYYmmddTHHMMSSZ>[_k].json``; creation is exclusive
+    (``O_EXCL``), so an older manifest is never overwritten, even by a concurrent run.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = (started or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    k = 0
+    while True:
+        name = f"manifest_{stamp}{'' if k == 0 else f'_{k}'}.json"
+        path = folder / name
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            k += 1
+            continue
+        os.close(fd)
+        return path
+
+
+def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
+    """Atomically (re)write this run's own manifest file (temporary file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,585 @@
+"""``nnunet-pde benchmark run``: train every (trainer, fold) of a cross-validation grid.
+
+For each trainer ``T`` and fold ``k`` the command is nnU-Net's own::
+
+    nnUNetv2_train DATASET CONFIGURATION k -tr T -p PLANS [-device D] [--c] [EXTRA...]
+
+The grid is resumable: a fold with ``checkpoint_final.pth`` and ``validation/summary.json``
+is skipped, a fold with a checkpoint but no finished validation is continued with ``--c``,
+and any other fold is trained from scratch (see :func:`nnunet_pde.benchmark.layout.fold_state`).
+Every invocation writes a new manifest (:mod:`nnunet_pde.benchmark.manifest`) and one log
+per fold in ``$nnUNet_results/<dataset>/nnunet_pde_benchmark/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nnunet_pde.benchmark.executors import Executor, Job, JobResult
+from nnunet_pde.benchmark.layout import (
+    FOLD_FINISHED,
+    FOLD_INTERRUPTED,
+    BenchmarkError,
+    check_trainer_names,
+    fold_dir,
+    fold_state,
+    parse_folds,
+    require_env_folder,
+    resolve_dataset_name,
+    trainer_dir_name,
+)
+from nnunet_pde.benchmark.manifest import (
+    MANIFEST_DIRNAME,
+    create_manifest_file,
+    git_revision,
+    host_info,
+    software_versions,
+    utc_now,
+    write_manifest,
+)
+
+__all__ = [
+    "ACTION_CONTINUE",
+    "ACTION_SKIP",
+    "ACTION_TRAIN",
+    "FoldTask",
+    "RunOutcome",
+    "build_train_command",
+    "check_run_environment",
+    "plan_grid",
+    "run_benchmark",
+]
+
+ACTION_SKIP = "skip"
+ACTION_CONTINUE = "continue"
+ACTION_TRAIN = "train"
+
+DEFAULT_TRAIN_COMMAND = ("nnUNetv2_train",)
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """One cell of the grid and what ``benchmark run`` will do with it.
+
+    Attributes
+    ----------
+    trainer, fold
+        The cell.
+    state
+        :func:`~nnunet_pde.benchmark.layout.fold_state` of its folder before the run.
+    action
+        ``skip`` (finished), ``continue`` (``--c``) or ``train`` (from scratch).
+    folder
+        ``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<k>``.
+    command
+        The ``nnUNetv2_train`` argument vector (empty for ``skip``).
+    log
+        Where the executor writes the command's output.
+    """
+
+    trainer: str
+    fold: int
+    state: str
+    action: str
+    folder: Path
+    command: tuple[str, ...]
+    log: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.trainer}/fold_{self.fold}"
+
+    def command_line(self) -> str:
+        """The command as a shell would take it."""
+        return shlex.join(self.command)
+
+
+def build_train_command(
+    dataset: str,
+    configuration: str,
+    fold: int,
+    trainer: str,
+    plans: str,
+    device: str | None = None,
+    continue_training: bool = False,
+    extra_args: Sequence[str] = (),
+    train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
+) -> tuple[str, ...]:
+    """``nnUNetv2_train DATASET CONF FOLD -tr T -p P [-device D] [--c] [EXTRA...]``.
+
+    ``train_command`` replaces ``nnUNetv2_train`` (e.g. a container wrapper such as
+    ``apptainer exec img.sif nnUNetv2_train``); the nnU-Net arguments follow it.
+    """
+    cmd = [*train_command, dataset, configuration, str(fold), "-tr", trainer, "-p", plans]
+    if device is not None:
+        cmd += ["-device", device]
+    if continue_training:
+        cmd.append("--c")
+    cmd += list(extra_args)
+    return tuple(cmd)
+
+
+def benchmark_folder(results: Path, dataset: str) -> Path:
+    """``$nnUNet_results/<dataset>/nnunet_pde_benchmark``: manifests and logs."""
+    return results / dataset / MANIFEST_DIRNAME
+
+
+def plan_grid(
+    results: str | os.PathLike[str],
+    dataset: str,
+    configuration: str,
+    plans: str,
+    trainers: Sequence[str],
+    folds: Sequence[int | str],
+    device: str | None = None,
+    extra_args: Sequence[str] = (),
+    train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
+) -> list[FoldTask]:
+    """Decide skip / continue / train for every (trainer, fold), trainers outermost.
+
+    Reads only the fold folders; runs nothing.
+    """
+    results = Path(results)
+    logs = benchmark_folder(results, dataset) / "logs"
+    tasks = []
+    for trainer in check_trainer_names(trainers):
+        for fold in parse_folds(folds):
+            folder = fold_dir(results, dataset, trainer, plans, configuration, fold)
+            state = fold_state(folder)
+            if state == FOLD_FINISHED:
+                action, command = ACTION_SKIP, ()
+            else:
+                action = ACTION_CONTINUE if state == FOLD_INTERRUPTED else ACTION_TRAIN
+                command = build_train_command(
+                    dataset,
+                    configuration,
+                    fold,
+                    trainer,
+                    plans,
+                    device=device,
+                    continue_training=action == ACTION_CONTINUE,
+                    extra_args=extra_args,
+                    train_command=train_command,
+                )
+            log = logs / f"{trainer_dir_name(trainer, plans, configuration)}_fold_{fold}.log"
+            tasks.append(FoldTask(trainer, fold, state, action, folder, command, log))
+    return tasks
+
+
+def _split_paths(value: str | None) -> list[str]:
+    return [p for p in (value or "").split(os.pathsep) if p.strip()]
+
+
+def check_run_environment(
+    dataset: str | int,
+    configuration: str,
+    plans: str,
+    environ: Mapping[str, str] | None = None,
+    train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
+    require_ext_trainer: bool = True,
+) -> tuple[str, Path, Path]:
+    """Check what ``nnUNetv2_train`` will need before anything starts.
+
+    Checks that ``nnUNet_results`` and ``nnUNet_preprocessed`` are existing folders, that
+    ``nnUNet_extTrainer`` is set and lists the nnunet-pde trainers folder, that the dataset
+    resolves to one name, that it was planned and preprocessed with ``plans`` for
+    ``configuration``, and that the training command is on ``PATH``.
+
+    Returns
+    -------
+    (dataset_name, results, preprocessed_dataset_folder)
+
+    Raises
+    ------
+    BenchmarkError
+        With what is wrong and how to fix it.
+    """
+    import json
+
+    env = os.environ if environ is None else environ
+    results = require_env_folder("nnUNet_results", env, create=True)
+    preprocessed = require_env_folder("nnUNet_preprocessed", env)
+    if require_ext_trainer:
+        from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
+
+        ext = _split_paths(env.get(EXT_TRAINER_VAR))
+        tdir = trainer_dir()
+        if not ext:
+            raise BenchmarkError(
+                f"{EXT_TRAINER_VAR} is not set, so nnUNetv2_train cannot find the nnunet-pde "
+                f'trainers; run: eval "$(nnunet-pde env)"'
+            )
+        if not any(Path(p).resolve() == tdir for p in ext if Path(p).exists()):
+            raise BenchmarkError(
+                f"{EXT_TRAINER_VAR}={env.get(EXT_TRAINER_VAR)} does not list this install's "
+                f'trainers folder {tdir}; run: eval "$(nnunet-pde env)"'
+            )
+    name = resolve_dataset_name(dataset, env)
+    pre = preprocessed / name
+    plans_file = pre / f"{plans}.json"
+    if not plans_file.is_file():
+        raise BenchmarkError(
+            f"{plans_file} does not exist: plan and preprocess first, e.g. "
+            f"nnUNetv2_plan_and_preprocess -d {name[7:10].lstrip('0')} -c {configuration}"
+            + ("" if plans == "nnUNetPlans" else f" (with the planner that writes {plans})")
+        )
+    try:
+        configurations = json.loads(plans_file.read_text()).get("configurations", {})
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"{plans_file} is not valid JSON: {exc}") from None
+    if configuration not in configurations:
+        raise BenchmarkError(
+            f"configuration '{configuration}' is not in {plans_file} "
+            f"(it has: {', '.join(configurations) or 'none'})"
+        )
+    exe = train_command[0] if train_command else ""
+    if not exe or shutil.which(exe, path=env.get("PATH")) is None:
+        raise BenchmarkError(
+            f"'{exe}' is not on PATH; activate the environment where nnunetv2 is installed"
+        )
+    return name, results, pre
+
+
+@dataclass
+class RunOutcome:
+    """What one ``benchmark run`` did."""
+
+    tasks: list[FoldTask]
+    results: dict[str, JobResult] = field(default_factory=dict)
+    manifest: Path | None = None
+    interrupted: bool = False
+    dry_run: bool = False
+
+    def _keys(self, predicate: Callable[[FoldTask, JobResult | None], bool]) -> list[str]:
+        return [t.key for t in self.tasks if predicate(t, self.results.get(t.key))]
+
+    @property
+    def skipped(self) -> list[str]:
+        return self._keys(lambda t, r: t.action == ACTION_SKIP)
+
+    @property
+    def succeeded(self) -> list[str]:
+        return self._keys(lambda t, r: r is not None and _outcome(t, r) == "finished")
+
+    @property
+    def failed(self) -> list[str]:
+        return self._keys(lambda t, r: r is not None and _outcome(t, r) == "failed")
+
+    @property
+    def submitted(self) -> list[str]:
+        return self._keys(lambda t, r: r is not None and _outcome(t, r) == "submitted")
+
+    @property
+    def not_run(self) -> list[str]:
+        return self._keys(lambda t, r: t.action != ACTION_SKIP and r is None)
+
+    @property
+    def ok(self) -> bool:
+        if self.dry_run:
+            return True
+        return not (self.failed or self.not_run or self.interrupted)
+
+
+def _outcome(task: FoldTask, result: JobResult) -> str:
+    if result.returncode is None and result.error is None and result.job_id is not None:
+        return "submitted"
+    if result.returncode == 0 and result.error is None and fold_state(task.folder) == FOLD_FINISHED:
+        return "finished"
+    return "failed"
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def run_benchmark(
+    dataset: str | int,
+    trainers: Sequence[str],
+    executor: Executor,
+    configuration: str = "3d_fullres",
+    plans: str = "nnUNetPlans",
+    folds: Sequence[int | str] = (0, 1, 2, 3, 4),
+    device: str | None = None,
+    extra_args: Sequence[str] = (),
+    train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
+    dry_run: bool = False,
+    environ: Mapping[str, str] | None = None,
+    print_fn: Callable[[str], None] = print,
+    require_ext_trainer: bool = True,
+) -> RunOutcome:
+    """Run (or, with ``dry_run``, print) the grid; see the module docstring.
+
+    Parameters
+    ----------
+    dataset
+        Dataset id or ``DatasetNNN_Name``.
+    trainers, folds
+        The grid (trainer names as for ``-tr``; folds of ``splits_final.json``).
+    executor
+        :class:`~nnunet_pde.benchmark.executors.LocalExecutor` or
+        :class:`~nnunet_pde.benchmark.executors.SlurmExecutor`.
+    configuration, plans, device, extra_args, train_command
+        See :func:`build_train_command`.
+    dry_run
+        Print the decisions and commands; write and run nothing.
+    environ
+        Environment of the checks and of the commands (default ``os.environ``).
+    print_fn
+        Where progress lines go.
+    require_ext_trainer
+        Require ``nnUNet_extTrainer`` to list the nnunet-pde trainers (off only for grids
+        of nnU-Net's own trainers).
+
+    Returns
+    -------
+    RunOutcome
+        Per task the action and the executor's result, and the manifest path.
+    """
+    env = dict(os.environ if environ is None else environ)
+    trainers = check_trainer_names(trainers)
+    folds = parse_folds(folds)
+    name, results, _ = check_run_environment(
+        dataset,
+        configuration,
+        plans,
+        env,
+        train_command=train_command,
+        require_ext_trainer=require_ext_trainer,
+    )
+    tasks = plan_grid(
+        results,
+        name,
+        configuration,
+        plans,
+        trainers,
+        folds,
+        device=device,
+        extra_args=extra_args,
+        train_command=train_command,
+    )
+    outcome = RunOutcome(tasks, dry_run=dry_run)
+    to_run = [t for t in tasks if t.action != ACTION_SKIP]
+    n_skip = len(tasks) - len(to_run)
+    print_fn(
+        f"benchmark {name} {configuration} -p {plans}: {len(trainers)} trainer(s) x "
+        f"{len(tasks) // max(1, len(trainers))} fold(s) = {len(tasks)} runs; "
+        f"{n_skip} finished (skipped), "
+        f"{sum(t.action == ACTION_CONTINUE for t in to_run)} to continue (--c), "
+        f"{sum(t.action == ACTION_TRAIN for t in to_run)} to train"
+    )
+    if dry_run:
+        for t in tasks:
+            if t.action == ACTION_SKIP:
+                print_fn(f"# skip {t.key}: finished ({t.folder})")
+            else:
+                print_fn(t.command_line())
+        return outcome
+
+    bench_dir = benchmark_folder(results, name)
+    started_dt = datetime.now(timezone.utc)
+    manifest_path = create_manifest_file(bench_dir, started_dt)
+    outcome.manifest = manifest_path
+    lock = threading.Lock()
+    job_entries: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        job_entries[t.key] = {
+            "trainer": t.trainer,
+            "fold": t.fold,
+            "folder": str(t.folder),
+            "state_before": t.state,
+            "action": t.action,
+            "command": list(t.command),
+            "command_line": t.command_line() if t.command else None,
+            "log": str(t.log) if t.command else None,
+            "started": None,
+            "ended": None,
+            "returncode": None,
+            "job_id": None,
+            "error": None,
+            "outcome": "skipped" if t.action == ACTION_SKIP else "pending",
+        }
+    manifest: dict[str, Any] = {
+        "kind": "nnunet_pde benchmark run manifest",
+        "format_version": 1,
+        "status": "running",
+        "started": started_dt.isoformat(timespec="seconds"),
+        "ended": None,
+        "dataset": name,
+        "configuration": configuration,
+        "plans": plans,
+        "trainers": list(trainers),
+        "folds": [int(f) for f in folds],
+        "device": device,
+        "extra_args": list(extra_args),
+        "train_command": list(train_command),
+        "executor": executor.describe(),
+        "argv": list(sys.argv),
+        "environment": {
+            k: env.get(k)
+            for k in (
+                "nnUNet_raw",
+                "nnUNet_preprocessed",
+                "nnUNet_results",
+                "nnUNet_extTrainer",
+                "nnUNet_n_proc_DA",
+                "nnUNet_def_n_proc",
+                "nnUNet_compile",
+                "CUDA_VISIBLE_DEVICES",
+            )
+        },
+        "software": software_versions(),
+        "git": git_revision(),
+        "host": host_info(),
+        "jobs": list(job_entries.values()),
+    }
+
+    def save() -> None:
+        with lock:
+            manifest["jobs"] = list(job_entries.values())
+            write_manifest(manifest_path, manifest)
+
+    save()
+    task_by_key = {t.key: t for t in tasks}
+    index = {t.key: i + 1 for i, t in enumerate(to_run)}
+    t0: dict[str, float] = {}
+
+    def on_start(job: Job, result: JobResult) -> None:
+        t = task_by_key[job.key]
+        t0[job.key] = time.monotonic()
+        with lock:
+            job_entries[job.key].update(
+                started=result.started, job_id=result.job_id, outcome="running", **result.extra
+            )
+        where = f"SLURM job {result.job_id}" if result.job_id else f"log {t.log}"
+        what = "continue (--c)" if t.action == ACTION_CONTINUE else "train"
+        print_fn(f"[{index[job.key]}/{len(to_run)}] {what} {t.trainer} fold {t.fold} ({where})")
+        save()
+
+    def on_end(job: Job, result: JobResult) -> None:
+        t = task_by_key[job.key]
+        outcome.results[job.key] = result
+        state = _outcome(t, result)
+        if state == "failed" and result.error is None and result.returncode == 0:
+            result.error = (
+                "exit code 0 but no checkpoint_final.pth + validation/summary.json in the fold "
+                "folder"
+            )
+        with lock:
+            job_entries[job.key].update(
+                started=result.started or job_entries[job.key]["started"],
+                ended=result.ended,
+                returncode=result.returncode,
+                job_id=result.job_id,
+                error=result.error,
+                outcome=state,
+                **result.extra,
+            )
+        took = f" in {_fmt_duration(time.monotonic() - t0[job.key])}" if job.key in t0 else ""
+        if state == "finished":
+            print_fn(f"[{index[job.key]}/{len(to_run)}] done {t.trainer} fold {t.fold}{took}")
+        else:
+            why = result.error or f"exit code {result.returncode}"
+            print_fn(
+                f"[{index[job.key]}/{len(to_run)}] FAILED {t.trainer} fold {t.fold}{took}: "
+                f"{why}; see {t.log}"
+            )
+        save()
+
+    jobs = [Job(t.key, t.command, t.log, env) for t in to_run]
+    restore = _sigterm_as_interrupt()
+    try:
+        if jobs:
+            results_list = executor.run(jobs, on_start=on_start, on_end=on_end)
+            for job, res in zip(jobs, results_list, strict=True):
+                if job.key not in outcome.results:
+                    outcome.results[job.key] = res
+                    with lock:
+                        job_entries[job.key].update(
+                            job_id=res.job_id,
+                            returncode=res.returncode,
+                            error=res.error,
+                            outcome=_outcome(task_by_key[job.key], res),
+                            **res.extra,
+                        )
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        with lock:
+            for entry in job_entries.values():
+                if entry["outcome"] in ("pending", "running"):
+                    entry["outcome"] = "interrupted"
+        print_fn("interrupted: the running folds will continue with --c on the next run")
+    finally:
+        restore()
+        manifest["ended"] = utc_now()
+        if outcome.interrupted:
+            manifest["status"] = "interrupted"
+        elif outcome.failed:
+            manifest["status"] = "failed"
+        elif outcome.submitted:
+            manifest["status"] = "submitted"
+        else:
+            manifest["status"] = "completed"
+        save()
+
+    print_fn(_summary_text(outcome, bench_dir))
+    return outcome
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Treat SIGTERM (``kill``, a cancelled batch job) and SIGINT as Ctrl-C while the grid runs.
+
+    The local executor starts trainings in their own sessions, so without this a killed
+    ``benchmark run`` would leave them running unsupervised. Returns the function that
+    restores the previous handler; does nothing outside the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    # A process started in the background of a non-interactive shell inherits an ignored
+    # SIGINT; an explicit interrupt (kill -INT) should still stop the grid cleanly.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+    return restore
+
+
+def _summary_text(outcome: RunOutcome, bench_dir: Path) -> str:
+    lines = ["", "summary:"]
+    for label, keys in (
+        ("finished now", outcome.succeeded),
+        ("skipped (already finished)", outcome.skipped),
+        ("submitted (not waited for)", outcome.submitted),
+        ("FAILED", outcome.failed),
+        ("interrupted or not started", outcome.not_run),
+    ):
+        if keys:
+            lines.append(f"  {label}: {len(keys)}: {', '.join(keys)}")
+    lines.append(f"  logs: {bench_dir / 'logs'}")
+    lines.append(f"  manifest: {outcome.manifest}")
+    if outcome.failed:
+        lines.append(
+            "  rerun the same command to retry the failed folds (finished ones are skipped)"
+        )
+    return "\n".join(lines)
