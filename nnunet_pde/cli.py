@@ -8,6 +8,7 @@ Subcommands (each has ``--help``)::
     nnunet-pde make-dataset     write a synthetic BraTS-like or LiTS-like raw dataset
     nnunet-pde warmstart        turn a stock nnUNetTrainer checkpoint into a PDE3D one
     nnunet-pde evaluate         boundary-aware metrics of a prediction folder (Dice, HD95, NSD...)
+    nnunet-pde inspect          what the PDE blocks of a trained checkpoint learned
     nnunet-pde benchmark        run / report a cross-validation grid of trainers (local or SLURM)
 """
 
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nnunet_pde.benchmark.cli import register_cli as register_benchmark
 
     register_benchmark(sub)
+    from nnunet_pde.inspect_checkpoint import register_cli as register_inspect
+
+    register_inspect(sub)
     return parser
 
 

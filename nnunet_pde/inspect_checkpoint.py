@@ -1,0 +1,409 @@
+"""What the PDE blocks of a trained PDE3D-UNet learned (``nnunet-pde inspect CHECKPOINT``).
+
+:func:`inspect_checkpoint` is a pure function of a checkpoint file: it rebuilds the network
+of the trainer that wrote the checkpoint (``trainer_name``, one of our trainers) from the
+plans, configuration and dataset.json stored in the checkpoint's ``init_args``, loads the
+weights and returns :func:`nnunet_pde.pde.describe_block` of every PDE block, keyed by the
+block's module name (``encoder.stages.4.pde``). :func:`format_summary` turns that report
+into text and :func:`plot_report` into PNG figures; :func:`register_cli` adds the
+subcommand to ``nnunet-pde``.
+
+Units follow :func:`describe_block`: time steps in (finest-axis voxel)^2, spacing in mm,
+axis order ``(D, H, W)`` (named z, y, x in derivative names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CheckpointError",
+    "format_summary",
+    "inspect_checkpoint",
+    "plot_report",
+    "register_cli",
+]
+
+#: Prefixes a saved state dict may carry from DDP / torch.compile wrappers.
+_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """The file is not an nnU-Net checkpoint of an nnunet-pde trainer."""
+
+
+def _strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix) :]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read an nnU-Net checkpoint (``checkpoint_final.pth`` ...) on CPU.
+
+    The file is unpickled in full (``weights_only=False``, as nnU-Net itself does, because
+    ``init_args`` holds the plans and a ``torch.device``): only inspect files you trust.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    CheckpointError
+        If it cannot be read or lacks ``network_weights`` / ``trainer_name`` / ``init_args``.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+        raise CheckpointError(
+            f"{path} cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise CheckpointError(
+            f"{path} has no 'network_weights': not an nnU-Net checkpoint (expected "
+            "checkpoint_final.pth, checkpoint_best.pth or checkpoint_latest.pth of a fold)"
+        )
+    if not checkpoint.get("trainer_name"):
+        raise CheckpointError(f"{path} has no 'trainer_name': cannot tell which network to build")
+    return checkpoint
+
+
+def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Describe every PDE block of the network stored in an nnU-Net checkpoint.
+
+    Parameters
+    ----------
+    path:
+        A checkpoint written by ``nnUNetv2_train ... -tr <nnunet-pde trainer>``.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``checkpoint`` (path), ``trainer_name``, ``configuration``,
+        ``plans_name``, ``epoch`` (``current_epoch`` or ``None``) and ``blocks``: module name
+        -> :func:`~nnunet_pde.pde.describe_block` of that block (empty for trainers without
+        blocks, e.g. ``nnUNetTrainerPDE3D_Backbone``).
+
+    Raises
+    ------
+    FileNotFoundError, CheckpointError
+        See :func:`load_checkpoint`; also if the weights do not fit the rebuilt network.
+    ValueError
+        If ``trainer_name`` is not an nnunet-pde trainer (the message lists the known ones).
+    """
+    from nnunet_pde.checkpoints import build_network_for_checkpoint
+    from nnunet_pde.env import find_trainer
+    from nnunet_pde.network import pde_blocks
+    from nnunet_pde.pde import describe_block
+
+    checkpoint = load_checkpoint(path)
+    trainer_name = str(checkpoint["trainer_name"])
+    trainer = find_trainer(trainer_name)
+    network = build_network_for_checkpoint(trainer, checkpoint)
+    try:
+        network.load_state_dict(_strip_wrappers(checkpoint["network_weights"]))
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"the weights in {path} do not fit the {trainer_name} network built from the "
+            f"checkpoint's own plans: {str(exc).splitlines()[0]}"
+        ) from None
+    init_args = checkpoint["init_args"]
+    return {
+        "checkpoint": str(Path(path)),
+        "trainer_name": trainer_name,
+        "configuration": init_args.get("configuration"),
+        "plans_name": init_args["plans"].get("plans_name"),
+        "epoch": checkpoint.get("current_epoch"),
+        "blocks": {name: describe_block(block) for name, block in pde_blocks(network).items()},
+    }
+
+
+# -------------------------------------------------------------------------- summary
+
+
+def _stats(values: list[float] | None) -> str:
+    if not values:
+        return "n/a"
+    a = np.asarray(values, dtype=np.float64)
+    return f"min {a.min():.4g}  median {np.median(a):.4g}  max {a.max():.4g}"
+
+
+def dominant_term(terms: dict[str, float]) -> str | None:
+    """Name of the term with the largest magnitude (``None`` if there is none)."""
+    if not terms:
+        return None
+    return max(terms.items(), key=lambda item: abs(item[1]))[0]
+
+
+def _moment_summary(moment: dict[str, Any], top: int) -> list[str]:
+    lines = [f"  moment kernels {moment['kernel_size']}^3, accuracy {moment['accuracy']}:"]
+    for k in moment["kernels"]:
+        extra = {n: v for n, v in k["effective_terms"].items() if n != k["target"]}
+        lead = dominant_term(extra)
+        err = f"largest error term {extra[lead]:+.3g}*{lead}" if lead else "no error term"
+        lines.append(
+            f"    {k['target']:<8} free moments max|.| {k['free_moments_max_abs']:.3g}, {err}"
+        )
+    channels = moment["channels"]
+    dominant = Counter(dominant_term(c["effective_terms"]) or "none" for c in channels)
+    lines.append(
+        "  dominant derivative per channel: "
+        + ", ".join(f"{name} ({n})" for name, n in dominant.most_common())
+    )
+    strength = [
+        (max((abs(v) for v in c["effective_terms"].values()), default=0.0), i)
+        for i, c in enumerate(channels)
+    ]
+    shown = [i for s, i in sorted(strength, reverse=True)[:top] if s > 0]
+    if shown:
+        lines.append(f"  strongest channels (of {len(channels)}):")
+        lines.extend(f"    channel {i}: {channels[i]['expression']}" for i in shown)
+    return lines
+
+
+def format_summary(report: dict[str, Any], top: int = 5) -> str:
+    """Readable text of an :func:`inspect_checkpoint` report (``top`` channels shown per
+    moment block)."""
+    head = (
+        f"{report['checkpoint']}: {report['trainer_name']}, {report.get('plans_name')} / "
+        f"{report.get('configuration')}"
+        + (f", epoch {report['epoch']}" if report.get("epoch") is not None else "")
+    )
+    lines = [head]
+    if not report["blocks"]:
+        lines.append("no PDE blocks in this network (a backbone-only or loss-only trainer)")
+    for name, b in report["blocks"].items():
+        cfg = b["config"]
+        spacing = "x".join(f"{h:g}" for h in b["spacing_mm"])
+        lines.append("")
+        lines.append(
+            f"{name}: {b['channels']} channels, spacing {spacing} mm (D,H,W); "
+            f"{cfg['operator']} / {cfg['solver']}, K={cfg['steps']}, J={cfg['inner_iterations']}"
+        )
+        tau_eff = b["tau_effective"]
+        lines.append(
+            f"  tau {b['tau']:.4g} (tau_max {cfg['tau_max']:g}), effective tau "
+            f"{min(tau_eff):.4g} .. {max(tau_eff):.4g}  [(finest voxel)^2]"
+        )
+        lines.append(f"  gamma  {_stats(b['gamma'])}")
+        lines.append(f"  alpha  {_stats(b['alpha'])}")
+        lines.append(
+            f"  kappa  {_stats(b['kappa'])}"
+            if b["kappa"] is not None
+            else "  kappa  none (linear Laplacian)"
+        )
+        if b["moment"] is not None:
+            lines.extend(_moment_summary(b["moment"], top))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _file_stem(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _central_slices(kernel: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The three central slices of a cubic 3-D kernel, normal to z (D), y (H), x (W)."""
+    c = kernel.shape[0] // 2
+    return [("z=0 (y,x)", kernel[c]), ("y=0 (z,x)", kernel[:, c]), ("x=0 (z,y)", kernel[:, :, c])]
+
+
+def plot_report(report: dict[str, Any], out_dir: str | Path, max_channels: int = 8) -> list[Path]:
+    """Write PNG figures of an :func:`inspect_checkpoint` report into ``out_dir``.
+
+    Per block ``<block>_parameters.png`` (per-channel effective tau, gamma, alpha, kappa)
+    and, for moment blocks, ``<block>_moment_kernels.png`` (central slices of every
+    derivative kernel ``q_j``, before division by ``h^|alpha|``) and
+    ``<block>_channel_kernels.png`` (central slices of the combined kernels ``sum_j c_j q_j``
+    of the ``max_channels`` strongest channels; left out when every coefficient is zero).
+    Returns the written paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from nnunet_pde.pde import moments_to_kernel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(fig: Any, name: str) -> None:
+        path = out / name
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    for name, b in report["blocks"].items():
+        stem = _file_stem(name)
+        panels = [
+            ("effective tau [(finest voxel)^2]", b["tau_effective"]),
+            ("gate gamma", b["gamma"]),
+            ("diffusivity alpha", b["alpha"]),
+        ]
+        if b["kappa"] is not None:
+            panels.append(("edge threshold kappa", b["kappa"]))
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.0 * len(panels)), sharex=True)
+        for ax, (label, values) in zip(np.atleast_1d(axes), panels, strict=True):
+            ax.bar(np.arange(len(values)), values, width=1.0, color="tab:blue")
+            ax.set_ylabel(label, fontsize=8)
+        np.atleast_1d(axes)[0].axhline(b["tau"], color="tab:red", lw=1, label="learned tau")
+        np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper right")
+        np.atleast_1d(axes)[-1].set_xlabel("channel")
+        fig.suptitle(f"{name} ({b['config']['operator']}, {b['config']['solver']})")
+        save(fig, f"{stem}_parameters.png")
+
+        moment = b["moment"]
+        if moment is None:
+            continue
+        kernels = [
+            (
+                k["target"],
+                moments_to_kernel(torch.tensor(k["moments"], dtype=torch.float64), ndim=3).numpy(),
+            )
+            for k in moment["kernels"]
+        ]
+        save(
+            _kernel_grid(plt, kernels, f"{name}: derivative kernels q_j"),
+            f"{stem}_moment_kernels.png",
+        )
+        strength = sorted(
+            (
+                (max((abs(v) for v in c["effective_terms"].values()), default=0.0), i)
+                for i, c in enumerate(moment["channels"])
+            ),
+            reverse=True,
+        )[:max_channels]
+        chans = [
+            (
+                f"ch {i}: {dominant_term(moment['channels'][i]['effective_terms']) or '0'}",
+                np.asarray(moment["channels"][i]["kernel"]),
+            )
+            for s, i in strength
+            if s > 0
+        ]
+        if chans:  # all coefficients zero (a fresh block): nothing to draw
+            save(
+                _kernel_grid(plt, chans, f"{name}: combined kernels of the strongest channels"),
+                f"{stem}_channel_kernels.png",
+            )
+    return written
+
+
+def _kernel_grid(plt: Any, kernels: list[tuple[str, np.ndarray]], title: str) -> Any:
+    """One row per kernel, three columns of central slices, symmetric colour scale."""
+    fig, axes = plt.subplots(
+        len(kernels), 3, figsize=(6.5, 1.9 * len(kernels)), squeeze=False, layout="constrained"
+    )
+    for row, (label, kernel) in enumerate(kernels):
+        vmax = float(np.abs(kernel).max()) or 1.0
+        for col, (slice_label, image) in enumerate(_central_slices(kernel)):
+            ax = axes[row, col]
+            im = ax.imshow(image, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(slice_label, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=8)
+        fig.colorbar(im, ax=axes[row].tolist(), shrink=0.8)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+# ------------------------------------------------------------------------------ CLI
+
+_EXAMPLE = """example:
+  nnunet-pde inspect $nnUNet_results/Dataset501_SyntheticBraTS/\\
+nnUNetTrainerPDE3D__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth \\
+      --json pde_report.json --plot pde_figures/
+"""
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    try:
+        report = inspect_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(report, top=args.top))
+    written: list[Path] = []
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
+        written.append(args.json)
+    if args.plot is not None:
+        written.extend(plot_report(report, args.plot))
+    print()
+    if written:
+        print(f"wrote {len(written)} file(s):")
+        for path in written:
+            print(f"  {path}")
+    else:
+        print("nothing written (--json FILE for the full report, --plot DIR for figures)")
+    return 0
+
+
+def register_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``inspect`` subcommand to an ``argparse`` subparsers object.
+
+    The parser sets ``func``, which returns the exit code (0, or 2 with a one-line
+    ``error: ...`` on stderr for a missing file, a file that is not an nnU-Net checkpoint
+    or a trainer that is not ours).
+    """
+    p = subparsers.add_parser(
+        "inspect",
+        help="what the PDE blocks of a trained checkpoint learned (time step, diffusivity, "
+        "edge thresholds, moment kernels)",
+        description="Rebuild the network of the nnunet-pde trainer that wrote CHECKPOINT, load "
+        "its weights and report for every PDE block the learned time step (and the effective "
+        "per-channel step after the stability clamp), gate, diffusivity alpha and edge "
+        "threshold kappa per channel and, for moment operators, the moment arrays and which "
+        "derivatives the kernels effectively approximate.",
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        type=Path,
+        help="checkpoint_final.pth / checkpoint_best.pth of a fold trained with an nnunet-pde "
+        "trainer",
+    )
+    p.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="write the full report as JSON"
+    )
+    p.add_argument(
+        "--plot", type=Path, default=None, metavar="DIR", help="write PNG figures into DIR"
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=5,
+        help="channels listed per moment block in the summary (default 5)",
+    )
+    p.set_defaults(func=_cmd_inspect)
+    return p

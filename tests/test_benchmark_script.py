@@ -1,0 +1,102 @@
+"""scripts/benchmark_pde.py: stock vs PDE3D step time and memory, alternating."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from plan_fixtures import FIXTURES, REPO
+
+SCRIPT = REPO / "scripts" / "benchmark_pde.py"
+TINY = [
+    "--plans",
+    str(FIXTURES / "plans_tiny_plain.json"),
+    "--dataset-json",
+    str(FIXTURES / "dataset_tiny_labels.json"),
+]
+
+
+def _load_script():
+    """The script as a module (registered in sys.modules: it defines dataclasses)."""
+    if "benchmark_pde" in sys.modules:
+        return sys.modules["benchmark_pde"]
+    spec = importlib.util.spec_from_file_location("benchmark_pde", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark_pde"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runs_on_the_tiny_plans_and_writes_consistent_json(tmp_path):
+    out = tmp_path / "bench" / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--patch", "32", "32", "32", "--batch", "1"]
+        + ["--reps", "2", "--warmup", "0", "--threads", "1", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "rep 2/2" in proc.stdout and f"wrote {out}" in proc.stdout
+    res = json.loads(out.read_text())
+    assert set(res["models"]) == {"stock", "pde3d"}
+    assert res["settings"]["patch"] == [32, 32, 32] and res["settings"]["batch"] == 1
+    assert res["settings"]["pde_stages"] == ["encoder.stages.2.pde"]
+    stock, pde = res["models"]["stock"], res["models"]["pde3d"]
+    for m in (stock, pde):
+        assert len(m["times_s"]) == 2 and all(t > 0 for t in m["times_s"])
+        assert len(m["cpu_times_s"]) == 2 and all(t > 0 for t in m["cpu_times_s"])
+        assert m["median_memory_bytes"] > 0
+    assert pde["parameters"] > stock["parameters"]
+    assert res["ratio"]["time"] == pytest.approx(pde["median_time_s"] / stock["median_time_s"])
+    assert res["ratio"]["cpu_time"] == pytest.approx(
+        pde["median_cpu_time_s"] / stock["median_cpu_time_s"]
+    )
+    per_rep = sorted(p / s for s, p in zip(stock["times_s"], pde["times_s"], strict=True))
+    assert res["ratio"]["time_paired_median"] == pytest.approx(sum(per_rep) / 2)
+    assert res["ratio"]["memory"] == pytest.approx(
+        pde["median_memory_bytes"] / stock["median_memory_bytes"]
+    )
+    # a PDE block saves its steps' activations: more than the stock network, never less
+    assert pde["memory"]["saved_tensor_bytes"] > stock["memory"]["saved_tensor_bytes"]
+    assert res["memory_kind"].startswith("cpu: bytes of the tensors autograd saves")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--placement", "everywhere"], "--placement must be"),
+        (["--placement", "0,9"], "out of range"),
+        (["--patch", "32", "30", "32"], "not divisible by the network's total stride 8x8x8"),
+        (["--reps", "0"], "--reps must be >= 1"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_clear_message(capsys, extra, message):
+    assert _load_script().main([*TINY, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_bad_arguments_exit_2_as_a_command():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--placement", "bottleneck"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "error: --placement must be" in proc.stderr
+
+
+def test_saved_tensor_count_dedupes_storages_and_skips_parameters():
+    import torch
+
+    bench = _load_script()
+    w = torch.nn.Parameter(torch.ones(4))
+    x = torch.ones(1000, 4, requires_grad=True)  # 16,000 bytes
+    with bench.count_saved_tensors([w]) as counted:
+        y = x * w  # saves x and w
+        (y * x).sum()  # saves y and x again: x counted once
+    assert counted["bytes"] == 2 * 16000 and counted["tensors"] == 2

@@ -1,0 +1,176 @@
+"""`nnunet-pde inspect`: what the PDE blocks of a checkpoint learned."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
+    nnUNetTrainerPDE3D,
+    nnUNetTrainerPDE3D_Backbone,
+    nnUNetTrainerPDE3D_Moment,
+)
+from plan_fixtures import load_plans, managers
+
+from nnunet_pde.inspect_checkpoint import (
+    format_summary,
+    inspect_checkpoint,
+    plot_report,
+    register_cli,
+)
+from nnunet_pde.network import pde_blocks
+
+
+def _save_checkpoint(path, trainer, perturb=None, seed=0, trainer_name=None):
+    """A checkpoint shaped like nnUNetTrainer.save_checkpoint's, of ``trainer``'s network."""
+    plans, ds = load_plans("tiny_plain")
+    pm, cm, n_in, n_out = managers(plans, ds)
+    torch.manual_seed(seed)
+    net = trainer.build_network_architecture(pm, cm, n_in, n_out, True)
+    if perturb is not None:
+        with torch.no_grad():
+            for block in pde_blocks(net).values():
+                perturb(block)
+    torch.save(
+        {
+            "network_weights": net.state_dict(),
+            "init_args": {
+                "plans": plans,
+                "configuration": "3d_fullres",
+                "fold": 0,
+                "dataset_json": ds,
+                "device": torch.device("cpu"),
+            },
+            "trainer_name": trainer_name or trainer.__name__,
+            "current_epoch": 7,
+        },
+        path,
+    )
+    return net
+
+
+def _perturb(block) -> None:
+    gen = torch.Generator().manual_seed(1)
+    block.tau_logit.fill_(0.3)
+    block.gamma.copy_(torch.randn(block.gamma.shape, generator=gen))
+    block.conductance.alpha_raw.copy_(torch.randn(block.channels, generator=gen))
+    block.conductance.kappa_raw.copy_(torch.randn(block.channels, generator=gen))
+    if block.moment is not None:
+        block.moment.free_moments.copy_(0.1 * torch.randn(block.moment.free_moments.shape))
+        block.moment.theta.zero_()
+        block.moment.theta[0, 0] = math.atanh(0.5)  # channel 0: 0.5 d/dz
+        block.moment.theta[5, 1] = math.atanh(-0.8)  # channel 1: -0.8 d2/dx2
+
+
+def _softplus(t: torch.Tensor) -> list[float]:
+    return torch.nn.functional.softplus(t.double()).tolist()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-pde")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+def test_report_values_are_the_checkpoint_parameters(tmp_path):
+    path = tmp_path / "checkpoint_final.pth"
+    net = _save_checkpoint(path, nnUNetTrainerPDE3D, _perturb)
+    report = inspect_checkpoint(path)
+    json.dumps(report)
+    assert report["trainer_name"] == "nnUNetTrainerPDE3D"
+    assert report["configuration"] == "3d_fullres" and report["epoch"] == 7
+    (name, block), = pde_blocks(net).items()  # fmt: skip
+    assert list(report["blocks"]) == [name] == ["encoder.stages.2.pde"]
+    info = report["blocks"][name]
+    cfg = block.config
+    assert info["tau"] == pytest.approx(cfg.tau_max / (1 + math.exp(-0.3)))
+    assert info["tau_effective"] == pytest.approx([info["tau"]] * block.channels)
+    assert info["gamma"] == pytest.approx(block.gamma.double().tolist())
+    assert info["alpha"] == pytest.approx(_softplus(block.conductance.alpha_raw))
+    kappa = [v + 1e-3 for v in _softplus(block.conductance.kappa_raw)]  # floor 1e-3
+    assert info["kappa"] == pytest.approx(kappa, rel=1e-5)
+    assert info["moment"] is None
+
+    text = format_summary(report)
+    assert "encoder.stages.2.pde" in text and f"tau {info['tau']:.4g}" in text
+
+
+def test_moment_report_names_the_learned_derivatives(tmp_path):
+    path = tmp_path / "checkpoint_final.pth"
+    net = _save_checkpoint(path, nnUNetTrainerPDE3D_Moment, _perturb)
+    block = next(iter(pde_blocks(net).values()))
+    info = next(iter(inspect_checkpoint(path)["blocks"].values()))
+    mom = info["moment"]
+    assert mom["kernel_size"] == 3
+    assert mom["channels"][0]["coefficients"]["d/dz"] == pytest.approx(0.5)
+    assert mom["channels"][1]["coefficients"]["d2/dx2"] == pytest.approx(-0.8)
+    # with free moments != 0 the effective terms gain learned error terms, but the
+    # constrained leading term stays the target
+    assert mom["channels"][0]["effective_terms"]["d/dz"] == pytest.approx(0.5)
+    assert mom["kernels"][0]["free_moments_max_abs"] == pytest.approx(
+        float(block.moment.free_moments.detach()[block.moment.free_index < 27].abs().max())
+    )
+    assert info["tau_effective"] == pytest.approx(block.time_step().double().tolist())
+
+    text = format_summary(report := inspect_checkpoint(path))
+    assert "dominant derivative per channel" in text
+    assert "channel 1: " in text and "0.8*d2/dx2" in text
+    figures = plot_report(report, tmp_path / "fig")
+    assert sorted(p.name for p in figures) == [
+        "encoder_stages_2_pde_channel_kernels.png",
+        "encoder_stages_2_pde_moment_kernels.png",
+        "encoder_stages_2_pde_parameters.png",
+    ]
+    assert all(p.stat().st_size > 1000 for p in figures)
+
+
+def test_cli_prints_writes_json_and_plots(tmp_path, capsys):
+    path = tmp_path / "checkpoint_final.pth"
+    _save_checkpoint(path, nnUNetTrainerPDE3D, _perturb)
+    out_json = tmp_path / "report" / "pde.json"
+    assert _run(["inspect", str(path), "--json", str(out_json), "--plot", str(tmp_path / "p")]) == 0
+    printed = capsys.readouterr().out
+    assert "encoder.stages.2.pde" in printed and "alpha  min" in printed
+    assert str(out_json) in printed
+    assert json.loads(out_json.read_text()) == json.loads(json.dumps(inspect_checkpoint(path)))
+    assert (tmp_path / "p" / "encoder_stages_2_pde_parameters.png").is_file()
+
+
+def test_backbone_checkpoint_has_no_blocks(tmp_path, capsys):
+    path = tmp_path / "checkpoint_final.pth"
+    _save_checkpoint(path, nnUNetTrainerPDE3D_Backbone)
+    assert inspect_checkpoint(path)["blocks"] == {}
+    assert _run(["inspect", str(path)]) == 0
+    assert "no PDE blocks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "not_torch", "no_weights", "stock_trainer", "shape"])
+def test_errors_exit_2_with_a_message(tmp_path, capsys, case):
+    path = tmp_path / "checkpoint_final.pth"
+    expected = {
+        "missing": "checkpoint not found",
+        "not_torch": "cannot be read as a PyTorch checkpoint",
+        "no_weights": "not an nnU-Net checkpoint",
+        "stock_trainer": "unknown trainer 'nnUNetTrainer'",
+        "shape": "do not fit",
+    }[case]
+    if case == "not_torch":
+        path.write_text("hello")
+    elif case == "no_weights":
+        torch.save({"state": 1}, path)
+    elif case == "stock_trainer":
+        _save_checkpoint(path, nnUNetTrainerPDE3D_Backbone, trainer_name="nnUNetTrainer")
+    elif case == "shape":
+        # weights of the moment network under the name of the diffusion trainer
+        _save_checkpoint(path, nnUNetTrainerPDE3D_Moment, trainer_name="nnUNetTrainerPDE3D")
+    assert _run(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err
