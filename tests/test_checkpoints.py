@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
-from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from plan_fixtures import load_plans, managers
 
 from nnunet_pde.checkpoints import warmstart_checkpoint
+from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 
 
 def _stock_checkpoint(path, case="tiny_plain", seed=0):

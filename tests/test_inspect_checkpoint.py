@@ -8,11 +8,6 @@ import math
 
 import pytest
 import torch
-from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
-    nnUNetTrainerPDE3D,
-    nnUNetTrainerPDE3D_Backbone,
-    nnUNetTrainerPDE3D_Moment,
-)
 from plan_fixtures import load_plans, managers
 
 from nnunet_pde.inspect_checkpoint import (
@@ -22,6 +17,11 @@ from nnunet_pde.inspect_checkpoint import (
     register_cli,
 )
 from nnunet_pde.network import pde_blocks
+from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
+    nnUNetTrainerPDE3D,
+    nnUNetTrainerPDE3D_Backbone,
+    nnUNetTrainerPDE3D_Moment,
+)
 
 
 def _save_checkpoint(path, trainer, perturb=None, seed=0, trainer_name=None):

@@ -8,7 +8,6 @@ import dataclasses
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
-from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from plan_fixtures import load_plans, managers
 
@@ -19,6 +18,7 @@ from nnunet_pde.network import (
     stage_spacings,
 )
 from nnunet_pde.pde import PDEBlock, PDEConfig
+from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 
 
 def _input_for(plans: dict, n_in: int, seed: int = 0) -> torch.Tensor:

@@ -15,12 +15,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ for plan_fixtures
 
-from nnunet_pde.trainers.nnUNetTrainerBaselines import (  # noqa: E402
-    nnUNetTrainerESUNet,
-    nnUNetTrainerSwinUNet3D,
-    nnUNetTrainerSwinUNETR,
-    nnUNetTrainerVNet,
-)
 from plan_fixtures import PLANS_CASES, load_plans, managers  # noqa: E402
 
 from nnunet_pde.baselines import (  # noqa: E402
@@ -28,6 +22,12 @@ from nnunet_pde.baselines import (  # noqa: E402
     SwinUNet3D,
     UnsupportedConfigurationError,
     plans_with_adapted_patch,
+)
+from nnunet_pde.trainers.nnUNetTrainerBaselines import (  # noqa: E402
+    nnUNetTrainerESUNet,
+    nnUNetTrainerSwinUNet3D,
+    nnUNetTrainerSwinUNETR,
+    nnUNetTrainerVNet,
 )
 
 #: trainers whose network has deep-supervision outputs

@@ -14,11 +14,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ for plan_fixtures
 
-from nnunet_pde.trainers import nnUNetTrainerBaselines as baselines  # noqa: E402
 from plan_fixtures import REPO, load_plans  # noqa: E402
 
 from nnunet_pde.baselines import adapt_patch_size, plans_with_adapted_patch  # noqa: E402
 from nnunet_pde.env import EXT_TRAINER_VAR, list_trainers, trainer_dir  # noqa: E402
+from nnunet_pde.trainers import nnUNetTrainerBaselines as baselines  # noqa: E402
 from nnunet_pde.training import WarmupCosineLRScheduler  # noqa: E402
 
 BASELINES = sorted(
