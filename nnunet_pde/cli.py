@@ -9,7 +9,9 @@ Subcommands (each has ``--help``)::
     nnunet-pde warmstart        turn a stock nnUNetTrainer checkpoint into a PDE3D one
     nnunet-pde evaluate         boundary-aware metrics of a prediction folder (Dice, HD95, NSD...)
     nnunet-pde inspect          what the PDE blocks of a trained checkpoint learned
-    nnunet-pde benchmark        run / report a cross-validation grid of trainers (local or SLURM)
+    nnunet-pde benchmark        run / report a cross-validation grid of trainers (local or SLURM),
+                                and the robustness comparisons (few labels, noisy labels, shift)
+    nnunet-pde derive           derive robustness data: noisy-labels, shifted-images
 """
 
 from __future__ import annotations
@@ -209,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=_cmd_warmstart)
+
+    p = sub.add_parser(
+        "derive",
+        help="derive robustness data from a dataset: noisy-labels, shifted-images",
+        description="Derive the data of the robustness regimes from an existing nnU-Net raw "
+        "dataset without touching it: `noisy-labels` writes a new dataset with corrupted "
+        "training labels (clean ones kept in labelsTr_clean), `shifted-images` writes its test "
+        "images under scanner-shift perturbations at graded severities. See docs/robustness.md.",
+    )
+    derive = p.add_subparsers(dest="derive_command", required=True, metavar="KIND")
+    from nnunet_pde.robustness.noisy_labels import register_cli as register_noisy_labels
+
+    register_noisy_labels(derive)
+    from nnunet_pde.robustness.scanner_shift import register_cli as register_shifted_images
+
+    register_shifted_images(derive)
 
     from nnunet_pde.metrics.evaluate import register_cli as register_evaluate
 

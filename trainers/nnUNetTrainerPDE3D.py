@@ -238,6 +238,15 @@ class nnUNetTrainerPDE3D_Demo(nnUNetTrainerPDE3D):
     val_iterations_per_epoch = 2
 
 
+class nnUNetTrainerPDE3D_Backbone_Demo(nnUNetTrainerPDE3D_Backbone):
+    """The backbone ablation with the demo's length (20 epochs x 8 iterations): the
+    reference of the small robustness example in docs/robustness.md."""
+
+    epochs = 20
+    iterations_per_epoch = 8
+    val_iterations_per_epoch = 2
+
+
 # ---------------------------------------------------- nnU-Net's benchmark procedure
 
 

@@ -1,4 +1,4 @@
-"""``nnunet-pde benchmark run`` and ``nnunet-pde benchmark report``."""
+"""``nnunet-pde benchmark run``, ``report`` and ``robustness``."""
 
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="dataset id (e.g. 501) or name (Dataset501_SyntheticBraTS)")
+def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
+    if dataset:
+        p.add_argument("dataset", help="dataset id (e.g. 501) or name (Dataset501_SyntheticBraTS)")
     p.add_argument(
         "-c",
         "--configuration",
@@ -138,15 +139,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from nnunet_pde.benchmark.report import make_report
+def _policy(args: argparse.Namespace) -> Any:
+    """The :class:`~nnunet_pde.metrics.ImputationPolicy` of ``--impute`` / ``--worst-value``."""
     from nnunet_pde.metrics import ImputationPolicy
 
+    if args.worst_value is not None and args.impute != "worst":
+        raise BenchmarkError("--worst-value only applies to --impute worst")
+    if args.impute == "worst" and args.worst_value is None:
+        raise BenchmarkError("--impute worst needs --worst-value MM (e.g. 373.13 as in BraTS)")
+    return ImputationPolicy(args.impute, args.worst_value)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from nnunet_pde.benchmark.report import make_report
+
     try:
-        if args.worst_value is not None and args.impute != "worst":
-            raise BenchmarkError("--worst-value only applies to --impute worst")
-        if args.impute == "worst" and args.worst_value is None:
-            raise BenchmarkError("--impute worst needs --worst-value MM (e.g. 373.13 as in BraTS)")
         outcome = make_report(
             args.dataset,
             args.trainers,
@@ -157,7 +164,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             output=args.output,
             overwrite=args.overwrite,
             tolerance_mm=args.tolerance_mm,
-            policy=ImputationPolicy(args.impute, args.worst_value),
+            policy=_policy(args),
             metrics=args.metrics,
             n_bootstrap=args.bootstrap,
             seed=args.seed,
@@ -187,15 +194,244 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_options(
+    p: argparse.ArgumentParser, output_default: str, metrics_default: tuple[str, ...]
+) -> None:
+    """Output, metric and imputation options shared by ``report`` and ``robustness``."""
+    from nnunet_pde.benchmark.report import METRIC_INFO
+    from nnunet_pde.metrics import IMPUTATION_POLICIES
+
+    others = " ".join(m for m in METRIC_INFO if m not in metrics_default)
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"output folder (default {output_default})",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing report files")
+    p.add_argument(
+        "--tolerance-mm", type=float, default=1.0, help="NSD tolerance in mm (default 1.0)"
+    )
+    p.add_argument(
+        "--impute",
+        choices=IMPUTATION_POLICIES,
+        default="volume_diagonal",
+        help="what infinite distances (one mask empty) count as: left out, --worst-value "
+        "mm, or the image diagonal (default volume_diagonal)",
+    )
+    p.add_argument(
+        "--worst-value",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="the value in mm for --impute worst (BraTS uses 373.13)",
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=list(metrics_default),
+        metavar="METRIC",
+        help=f"metrics in the tables (default {' '.join(metrics_default)}; also {others})",
+    )
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="evaluation processes (default: CPUs, at most 8)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+_ROBUSTNESS_EXAMPLES = {
+    "few-labels": """\
+example:
+  # nnUNetTrainerPDE3D_Frac05 ... _Frac50 and nnUNetTrainerPDE3D (100 %), same for the backbone
+  nnunet-pde benchmark robustness few-labels 501 \\
+      --trainers nnUNetTrainerPDE3D_Backbone nnUNetTrainerPDE3D --fractions 5 10 25 50
+
+writes per_case.csv, summary.csv, auc.csv, tables.md, robustness.json and one PNG per
+metric into $nnUNet_results/<dataset>/nnunet_pde_robustness/few-labels (or --output).
+See docs/robustness.md.
+""",
+    "noisy-labels": """\
+example:
+  # 501 is clean, 601 and 602 were made by `nnunet-pde derive noisy-labels 501 ...`
+  nnunet-pde benchmark robustness noisy-labels --datasets 501 601 602 \\
+      --trainers nnUNetTrainerPDE3D_Backbone nnUNetTrainerPDE3D
+
+Always scored against the clean labels (labelsTr of the clean dataset, labelsTr_clean of a
+derived one). One curve per corruption mode, x = magnitude_mm, the clean dataset at 0.
+Outputs in $nnUNet_results/<clean dataset>/nnunet_pde_robustness/noisy-labels.
+""",
+    "scanner-shift": """\
+example:
+  nnunet-pde derive shifted-images 501 --output shift501
+  nnunet-pde benchmark robustness scanner-shift 501 --shifted shift501 \\
+      --trainers nnUNetTrainerPDE3D_Backbone nnUNetTrainerPDE3D --predict --device cuda
+
+--predict runs nnUNetv2_predict for every missing (trainer, perturbation, level) folder
+under shift501/predictions/<trainer>/ (resumable); without it missing predictions are an
+error that lists the commands. Outputs in
+$nnUNet_results/<dataset>/nnunet_pde_robustness/scanner-shift.
+""",
+}
+
+
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    from nnunet_pde.robustness import report as rob
+
+    common = {
+        "configuration": args.configuration,
+        "plans": args.plans,
+        "folds": args.folds,
+        "output": args.output,
+        "overwrite": args.overwrite,
+        "tolerance_mm": args.tolerance_mm,
+        "metrics": args.metrics,
+        "num_workers": args.workers,
+        "progress": not args.no_progress,
+        "print_fn": lambda s: print(s, flush=True),
+    }
+    try:
+        common["policy"] = _policy(args)
+        if args.regime == "few-labels":
+            outcome = rob.robustness_few_labels(
+                args.dataset, args.trainers, fractions=args.fractions, **common
+            )
+        elif args.regime == "noisy-labels":
+            outcome = rob.robustness_noisy_labels(args.datasets, args.trainers, **common)
+        else:
+            outcome = rob.robustness_scanner_shift(
+                args.dataset,
+                args.shifted,
+                args.trainers,
+                predictions=args.predictions,
+                predict=args.predict,
+                device=args.device,
+                extra_args=shlex.split(args.extra_args or ""),
+                predict_command=shlex.split(args.predict_command),
+                **common,
+            )
+    except (BenchmarkError, ValueError, FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n" + rob.format_auc_overview(outcome))
+    if outcome.warnings:
+        print(f"\n{len(outcome.warnings)} warning(s), also in {rob.TABLES_MD}:")
+        for w in outcome.warnings:
+            print(f"  - {w}")
+    print(f"\nwrote {len(outcome.files)} files to {outcome.output}:")
+    for f in outcome.files:
+        print(f"  {f.name}")
+    print(f"tables: {outcome.output / rob.TABLES_MD}")
+    return 0
+
+
+def _register_robustness(sub: Any) -> None:
+    rp = sub.add_parser(
+        "robustness",
+        help="metric vs label fraction, label noise or scanner shift, per trainer",
+        description="Robustness comparisons of trainers: `few-labels` (the _FracNN trainers), "
+        "`noisy-labels` (datasets from `nnunet-pde derive noisy-labels`, scored against the "
+        "clean labels) and `scanner-shift` (test images from `nnunet-pde derive "
+        "shifted-images`). Each writes per-case and summary CSVs, the drop from the clean "
+        "point, the normalised area under the metric-versus-severity curve (AUC), Markdown "
+        "tables and one figure per curve. See docs/robustness.md.",
+    )
+    rsub = rp.add_subparsers(dest="regime", required=True, metavar="REGIME")
+    helps = {
+        "few-labels": "pool the out-of-fold predictions of <T>_FracNN and of <T> (all labels); "
+        "metric vs label fraction",
+        "noisy-labels": "the same trainers on a clean dataset and its noisy-label copies, "
+        "scored against the clean labels; metric vs noise magnitude per mode",
+        "scanner-shift": "test predictions on shifted images (optionally made here with "
+        "nnUNetv2_predict); metric vs severity per perturbation",
+    }
+    for regime in ("few-labels", "noisy-labels", "scanner-shift"):
+        p = rsub.add_parser(
+            regime,
+            help=helps[regime],
+            description=helps[regime][0].upper() + helps[regime][1:] + ".",
+            epilog=_ROBUSTNESS_EXAMPLES[regime],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common(p, dataset=regime != "noisy-labels")
+        if regime == "few-labels":
+            p.add_argument(
+                "--fractions",
+                nargs="+",
+                default=["5", "10", "25", "50"],
+                metavar="PERCENT",
+                help="label fractions in percent, the NN of the <T>_FracNN trainers (default "
+                "5 10 25 50); 100 %% is <T> itself and always included",
+            )
+        elif regime == "noisy-labels":
+            p.add_argument(
+                "--datasets",
+                nargs="+",
+                required=True,
+                metavar="DATASET",
+                help="the clean dataset and its noisy-label copies (ids or names)",
+            )
+        else:
+            p.add_argument(
+                "--shifted",
+                type=Path,
+                required=True,
+                metavar="DIR",
+                help="output folder of nnunet-pde derive shifted-images (nnunet_pde_shift.json)",
+            )
+            p.add_argument(
+                "--predictions",
+                type=Path,
+                default=None,
+                metavar="DIR",
+                help="predictions as DIR/<trainer>/clean and DIR/<trainer>/<perturbation>/"
+                "level<k> (default: <shifted>/predictions)",
+            )
+            p.add_argument(
+                "--predict",
+                action="store_true",
+                help="run nnUNetv2_predict for the missing prediction folders (resumable)",
+            )
+            p.add_argument(
+                "--device",
+                default=None,
+                help="nnUNetv2_predict -device (cuda, cpu, mps; default: nnU-Net's, cuda)",
+            )
+            p.add_argument(
+                "--extra-args",
+                default="",
+                metavar="'ARGS'",
+                help="more nnUNetv2_predict arguments, one quoted string, e.g. '-npp 1 -nps 1'",
+            )
+            p.add_argument(
+                "--predict-command",
+                default="nnUNetv2_predict",
+                metavar="'CMD'",
+                help="the prediction command, e.g. 'apptainer exec nnunet.sif "
+                "nnUNetv2_predict' (default nnUNetv2_predict)",
+            )
+        _evaluation_options(
+            p,
+            output_default="$nnUNet_results/<dataset>/nnunet_pde_robustness/" + regime,
+            metrics_default=("dice", "hd95_mm"),
+        )
+        p.set_defaults(func=_cmd_robustness)
+
+
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``benchmark`` (with ``run`` and ``report``) to an argparse subparsers object."""
+    """Add ``benchmark`` (``run``, ``report``, ``robustness``) to an argparse subparsers object."""
     bench = subparsers.add_parser(
         "benchmark",
-        help="train a cross-validation grid of trainers (run) and compare them (report)",
+        help="train a cross-validation grid of trainers (run), compare them (report) and their "
+        "robustness (robustness)",
         description="Cross-validation benchmarking of several trainers: `run` trains every "
         "(trainer, fold) with nnUNetv2_train, locally or on SLURM, resumably; `report` pools "
         "the out-of-fold predictions and writes tables with statistics, box plots and an HTML "
-        "page. See docs/benchmarking.md.",
+        "page; `robustness` compares them with few labels, noisy labels or shifted test "
+        "images. See docs/benchmarking.md and docs/robustness.md.",
     )
     sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="ACTION")
 
@@ -281,8 +517,6 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_run)
 
-    from nnunet_pde.metrics import IMPUTATION_POLICIES
-
     p = sub.add_parser(
         "report",
         help="tables, statistics, box plots and an HTML page of the cross-validation results",
@@ -302,37 +536,10 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="trainer the others are tested against (default: the first of --trainers)",
     )
-    p.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help="output folder (default $nnUNet_results/<dataset>/nnunet_pde_report)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace existing report files")
-    p.add_argument(
-        "--tolerance-mm", type=float, default=1.0, help="NSD tolerance in mm (default 1.0)"
-    )
-    p.add_argument(
-        "--impute",
-        choices=IMPUTATION_POLICIES,
-        default="volume_diagonal",
-        help="what infinite distances (one mask empty) count as: left out, --worst-value "
-        "mm, or the image diagonal (default volume_diagonal)",
-    )
-    p.add_argument(
-        "--worst-value",
-        type=float,
-        default=None,
-        metavar="MM",
-        help="the value in mm for --impute worst (BraTS uses 373.13)",
-    )
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=["dice", "hd95_mm", "nsd", "assd_mm"],
-        metavar="METRIC",
-        help="metrics in the tables (default dice hd95_mm nsd assd_mm; also hausdorff_mm, "
-        "precision, recall, pred_volume_mm3, ref_volume_mm3)",
+    _evaluation_options(
+        p,
+        output_default="$nnUNet_results/<dataset>/nnunet_pde_report",
+        metrics_default=("dice", "hd95_mm", "nsd", "assd_mm"),
     )
     p.add_argument(
         "--bootstrap",
@@ -341,12 +548,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         help="bootstrap resamples (default 10000)",
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=None,
-        help="evaluation processes (default: CPUs, at most 8)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_report)
+
+    _register_robustness(sub)
     return bench
