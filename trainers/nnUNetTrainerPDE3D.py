@@ -36,7 +36,8 @@ from nnunet_pde.training import AdamWCosineMixin, RegularizedLossMixin, Training
 
 #: The full model's regulariser. The weights make each term about 2 % of the Dice+CE loss at
 #: the start of training (measured on the synthetic BraTS-like data: L_pde ~0.16, L_tv ~0.2
-#: against L_seg ~0.73); they are not tuned yet.
+#: against L_seg ~0.73), and they were the best of (0, 0), (0.1, 0.05), (0.4, 0.2) in the small
+#: sweep recorded in docs/trainers.md (scripts/lambda_sweep.py, 2 folds, synthetic data).
 FULL_REGULARIZER = RegularizerConfig(lambda_pde=0.1, lambda_tv=0.05, warmup_fraction=0.1)
 
 
