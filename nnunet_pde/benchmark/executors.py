@@ -254,6 +254,11 @@ class LocalExecutor(Executor):
                 return result
             with self._lock:
                 self._procs[job.key] = proc
+                # Ctrl-C between Popen and the registration above: _terminate_all has already
+                # taken its list of processes without this one, so stop it here.
+                stopped = self._stop.is_set()
+            if stopped:
+                self._stop_process(proc, time.monotonic() + self.grace_s)
             try:
                 result.returncode = proc.wait()
             finally:
@@ -276,13 +281,25 @@ class LocalExecutor(Executor):
                 pass
         deadline = time.monotonic() + self.grace_s
         for p in procs:
+            self._stop_process(p, deadline, terminated=True)
+
+    @staticmethod
+    def _stop_process(
+        p: subprocess.Popen[bytes], deadline: float, terminated: bool = False
+    ) -> None:
+        """SIGTERM ``p``'s process group (unless already sent), SIGKILL it at ``deadline``."""
+        if not terminated:
             try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def run(
         self,

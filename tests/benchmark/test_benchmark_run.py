@@ -420,3 +420,26 @@ def test_slurm_job_environment_keeps_the_nodes_allocation() -> None:
         {"A": "1", "CUDA_VISIBLE_DEVICES": "0"}, {}
     )
     assert job_environment(None, node) is None
+
+
+def test_local_executor_stops_a_command_started_while_it_was_being_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between Popen and the registration of the process: the worker stops it itself
+    (otherwise the interrupted run would wait for the whole command)."""
+    from nnunet_pde.benchmark import executors
+
+    ex = LocalExecutor(grace_s=5)
+    real_popen = subprocess.Popen
+
+    def popen_then_interrupt(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        ex._terminate_all()  # finds no registered process yet
+        return proc
+
+    monkeypatch.setattr(executors.subprocess, "Popen", popen_then_interrupt)
+    job = Job("a", ("bash", "-c", "sleep 60"), tmp_path / "a.log")
+    t0 = time.monotonic()
+    (result,) = ex.run([job])
+    assert time.monotonic() - t0 < 20
+    assert result.returncode == -signal.SIGTERM and result.error == "interrupted"
