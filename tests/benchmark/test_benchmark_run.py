@@ -340,9 +340,12 @@ def test_local_executor_interrupt_terminates_children(tmp_path: Path) -> None:
     marker = tmp_path / "started"
     log = str(tmp_path / "a.log")
     script.write_text(
-        "import sys\n"
+        "import signal, sys\n"
         "from pathlib import Path\n"
         "from nnunet_pde.benchmark.executors import Job, LocalExecutor\n"
+        # a test run started in the background (`cmd &`) inherits SIGINT ignored; a user's
+        # Ctrl-C in a terminal is delivered, which is what this test is about
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"job = Job('a', ('bash', '-c', 'touch {marker}; sleep 60'), Path({log!r}))\n"
         "try:\n"
         "    LocalExecutor(grace_s=5).run([job])\n"
