@@ -23,6 +23,7 @@ __all__ = [
     "FOLD_INTERRUPTED",
     "FOLD_NEW",
     "fold_dir",
+    "find_raw_dataset",
     "fold_state",
     "require_env_folder",
     "resolve_dataset_name",
@@ -60,6 +61,53 @@ def require_env_folder(
     if not path.is_dir():
         raise BenchmarkError(f"{var}={value} does not exist or is not a folder")
     return path
+
+
+def find_raw_dataset(source: object, raw_root: str | os.PathLike[str] | None) -> Path:
+    """The raw dataset folder of a dataset id (``501``, ``"501"``), a ``DatasetNNN_Name`` in
+    ``raw_root``, or the path of a dataset folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such dataset id, name or folder.
+    ValueError
+        ``source`` is of the wrong type, an id outside 1-999 or found twice, or an id or name
+        was given without a ``raw_root`` to look it up in.
+    """
+    if isinstance(source, bool) or not isinstance(source, str | int | os.PathLike):
+        raise ValueError(f"source must be a dataset id, name or folder; got {source!r}")
+    root = None if raw_root is None else Path(raw_root)
+    text = str(source).strip()
+    if not isinstance(source, os.PathLike) and re.fullmatch(r"\d+", text):
+        dataset_id = int(text)
+        if not 1 <= dataset_id <= 999:
+            raise ValueError(f"dataset ids are 1 to 999, got {dataset_id}")
+        if root is None:
+            raise ValueError(
+                f"cannot resolve dataset id {dataset_id}: pass raw_root (--raw DIR), set "
+                "nnUNet_raw, or give the path of the dataset folder"
+            )
+        prefix = f"Dataset{dataset_id:03d}_"
+        found = (
+            sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
+            if root.is_dir()
+            else []
+        )
+        if not found:
+            raise FileNotFoundError(f"no dataset with id {dataset_id} ({prefix}*) in {root}")
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise ValueError(f"dataset id {dataset_id} is ambiguous in {root}: {names}")
+        return found[0]
+    if isinstance(source, str) and root is not None and (root / text).is_dir():
+        return root / text
+    if Path(source).is_dir():
+        return Path(source)
+    where = f"a dataset in {root}" if root is not None else "a dataset (no nnUNet_raw given)"
+    raise FileNotFoundError(
+        f"source dataset {source} does not exist: it is neither a folder nor {where}"
+    )
 
 
 def resolve_dataset_name(dataset: str | int, environ: Mapping[str, str] | None = None) -> str:

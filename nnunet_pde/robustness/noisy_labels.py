@@ -78,6 +78,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from nnunet_pde.benchmark.layout import find_raw_dataset
+
 __all__ = [
     "CLEAN_LABELS_DIR",
     "DERIVED_JSON",
@@ -749,43 +751,6 @@ def _resolve_raw_root(raw_root: str | os.PathLike[str] | None, source: object) -
     )
 
 
-def _resolve_source(source: object, raw_root: Path) -> Path:
-    """The source dataset folder from an id, a ``DatasetNNN_Name`` or a path."""
-    if isinstance(source, bool):
-        raise ValueError(f"source must be a dataset id, name or folder; got {source!r}")
-    text = str(source).strip() if isinstance(source, str | Integral) else None
-    if text is not None and re.fullmatch(r"\d+", text):
-        dataset_id = int(text)
-        if not 1 <= dataset_id <= 999:
-            raise ValueError(f"dataset ids are 1 to 999, got {dataset_id}")
-        prefix = f"Dataset{dataset_id:03d}_"
-        found = (
-            sorted(p for p in raw_root.iterdir() if p.is_dir() and p.name.startswith(prefix))
-            if raw_root.is_dir()
-            else []
-        )
-        if not found:
-            raise FileNotFoundError(f"no dataset with id {dataset_id} ({prefix}*) in {raw_root}")
-        if len(found) > 1:
-            names = ", ".join(p.name for p in found)
-            raise ValueError(f"dataset id {dataset_id} is ambiguous in {raw_root}: {names}")
-        return found[0]
-    if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        if (
-            isinstance(source, str)
-            and _DATASET_FOLDER.match(source)
-            and (raw_root / source).is_dir()
-        ):
-            return raw_root / source
-        if path.is_dir():
-            return path
-        raise FileNotFoundError(
-            f"source dataset {source} not found (neither a folder nor a dataset in {raw_root})"
-        )
-    raise ValueError(f"source must be a dataset id, name or folder; got {source!r}")
-
-
 def _label_files(folder: Path, file_ending: str) -> dict[str, Path]:
     return {
         p.name[: -len(file_ending)]: p
@@ -1009,7 +974,7 @@ def derive_noisy_labels(
         dataset_id, mode, magnitude_mm, fraction, seed, name, smoothness_mm, blobs, progress
     )
     raw_root = _resolve_raw_root(raw_root, source)
-    src = _resolve_source(source, raw_root)
+    src = find_raw_dataset(source, raw_root)
     dj_path = src / "dataset.json"
     if not dj_path.is_file():
         raise FileNotFoundError(f"{src} has no dataset.json; is it an nnU-Net raw dataset?")

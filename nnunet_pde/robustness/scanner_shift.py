@@ -66,6 +66,8 @@ from typing import Any
 
 import numpy as np
 
+from nnunet_pde.benchmark.layout import find_raw_dataset
+
 __all__ = [
     "DEFAULT_LEVELS",
     "LEVELS",
@@ -626,36 +628,14 @@ def _check_3d_scalar(image: Any, path: Path) -> None:
 def _resolve_source(
     source: str | int | os.PathLike[str], raw_root: str | os.PathLike[str] | None
 ) -> Path:
-    """The raw dataset folder of an id, a ``DatasetNNN_Name`` or a path."""
-    text = str(source).strip()
-    if isinstance(source, os.PathLike) or os.sep in text or Path(text).is_dir():
-        folder = Path(source)
-        if not folder.is_dir():
-            raise ShiftError(f"source {folder} does not exist or is not a folder")
-        return folder
-    root_text = raw_root if raw_root is not None else os.environ.get("nnUNet_raw")
-    if not root_text:
-        raise ShiftError(
-            f"cannot resolve dataset {text!r}: pass raw_root (--raw DIR), set nnUNet_raw, "
-            "or give the path of the dataset folder"
-        )
-    root = Path(root_text)
-    if not root.is_dir():
+    """The raw dataset folder of an id, a ``DatasetNNN_Name`` or a path (as ShiftError)."""
+    root = raw_root if raw_root is not None else os.environ.get("nnUNet_raw") or None
+    if root is not None and not Path(root).is_dir():
         raise ShiftError(f"nnUNet_raw folder {root} does not exist or is not a folder")
-    if re.fullmatch(r"\d{1,3}", text):
-        prefix = f"Dataset{int(text):03d}_"
-        found = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
-        if not found:
-            raise ShiftError(f"no dataset with id {int(text)} ({prefix}*) in {root}")
-        if len(found) > 1:
-            names = ", ".join(p.name for p in found)
-            raise ShiftError(f"dataset id {int(text)} is ambiguous in {root}: {names}")
-        return found[0]
-    if (root / text).is_dir():
-        return root / text
-    raise ShiftError(
-        f"source {text!r} is neither a dataset id, a dataset folder in {root}, nor a path"
-    )
+    try:
+        return find_raw_dataset(source, root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ShiftError(str(exc)) from None
 
 
 def _read_dataset_json(folder: Path) -> dict[str, Any]:
