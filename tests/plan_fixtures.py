@@ -39,3 +39,24 @@ def managers(plans: dict, dataset_json: dict, configuration: str = "3d_fullres")
     n_in = determine_num_input_channels(pm, cm, dataset_json)
     n_out = pm.get_label_manager(dataset_json).num_segmentation_heads
     return pm, cm, n_in, n_out
+
+
+def nnunet_subprocess_env(root: Path) -> dict[str, str]:
+    """Environment for running nnU-Net's and nnunet-pde's commands as subprocesses on CPU:
+    nnU-Net folders ``root/raw``, ``root/pre``, ``root/res``, our trainers, this venv's
+    ``bin`` first on PATH, and nnU-Net's worker pools at 2 processes (default 8)."""
+    import os
+    import sys
+
+    from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update(
+        nnUNet_raw=str(root / "raw"),
+        nnUNet_preprocessed=str(root / "pre"),
+        nnUNet_results=str(root / "res"),
+        nnUNet_def_n_proc="2",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        **{EXT_TRAINER_VAR: str(trainer_dir())},
+    )
+    return env

@@ -5,10 +5,8 @@ gloo run."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +14,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from plan_fixtures import load_plans, managers
+from plan_fixtures import load_plans, managers, nnunet_subprocess_env
 
-from nnunet_pde.env import EXT_TRAINER_VAR, list_trainers, trainer_dir
+from nnunet_pde.env import list_trainers
 from nnunet_pde.losses import RegularizedSegmentationLoss
 from nnunet_pde.network import pde_blocks
 from nnunet_pde.training import LOSS_TERM_KEYS
-
-BIN = Path(sys.executable).parent
 
 
 def pde_family() -> dict[str, type]:
@@ -106,15 +102,7 @@ def test_ablations_differ_from_the_full_model_in_what_their_names_say():
 def preprocessed(tmp_path_factory):
     """A tiny preprocessed BraTS-like (regions) dataset: env for nnU-Net + plans + json."""
     root = tmp_path_factory.mktemp("family")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(
-        nnUNet_raw=str(root / "raw"),
-        nnUNet_preprocessed=str(root / "pre"),
-        nnUNet_results=str(root / "res"),
-        nnUNet_def_n_proc="2",
-        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        **{EXT_TRAINER_VAR: str(trainer_dir())},
-    )
+    env = nnunet_subprocess_env(root)
     for cmd in (
         [
             "nnunet-pde",

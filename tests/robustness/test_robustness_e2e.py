@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from plan_fixtures import nnunet_subprocess_env
 
-from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 from nnunet_pde.metrics.evaluate import evaluate_segmentations, regions_from_dataset_json
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
 CLEAN, NOISY = "973", "974"
 FRAC = "nnUNetTrainerPDE3D_Backbone_2epochs_4iters_Frac50"
 FULL = "nnUNetTrainerPDE3D_Backbone_2epochs_4iters"
@@ -40,15 +37,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(
-        nnUNet_raw=str(root / "raw"),
-        nnUNet_preprocessed=str(root / "pre"),
-        nnUNet_results=str(root / "res"),
-        nnUNet_def_n_proc="2",
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        **{EXT_TRAINER_VAR: str(trainer_dir())},
-    )
+    env = nnunet_subprocess_env(root)
     make = ["nnunet-pde", "make-dataset", "brats-like", "--id", CLEAN, "--size", "32"]
     _run([*make, "--num-train", "5", "--num-test", "2", "--seed", "4"], env)
     derive = ["nnunet-pde", "derive", "noisy-labels", CLEAN, "--id", NOISY, "--mode", "dilate"]
