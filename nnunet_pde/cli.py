@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,20 +74,34 @@ def _parse_size(text: str) -> int | tuple[int, int, int]:
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> int:
-    from nnunet_pde.data.synthetic import make_synthetic_dataset
+    from nnunet_pde.data.synthetic import (
+        MIN_CV_CASES,
+        check_size_fits_memory,
+        make_synthetic_dataset,
+    )
+    from nnunet_pde.errors import NnunetPdeError
 
     raw_root = args.raw or os.environ.get("nnUNet_raw")
     if not raw_root:
-        print(
-            'error: no output folder: pass --raw DIR or set nnUNet_raw (eval "$(nnunet-pde env)")',
-            file=sys.stderr,
+        raise NnunetPdeError(
+            'no output folder: pass --raw DIR or set nnUNet_raw (eval "$(nnunet-pde env)")',
+            "--raw",
         )
-        return 2
+    raw_flag = "--raw" if args.raw else "nnUNet_raw"
     kwargs = {}
     if args.size is not None:
         kwargs["size"] = args.size
     if args.noise is not None:
         kwargs["noise"] = args.noise
+    check_size_fits_memory(args.kind, kwargs.get("size"))
+    if isinstance(args.num_train, int) and 1 <= args.num_train < MIN_CV_CASES:
+        print(
+            f"warning: --num-train {args.num_train}: nnU-Net's 5-fold cross-validation "
+            f"(folds 0-4) needs at least {MIN_CV_CASES} training cases; with fewer, "
+            "nnUNetv2_train fails unless you write your own splits_final.json",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         folder = make_synthetic_dataset(
             args.kind,
@@ -100,9 +115,14 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
             progress=lambda msg: print(msg, flush=True),
             **kwargs,
         )
-    except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except NnunetPdeError:
+        raise
+    except OSError as exc:
+        raise NnunetPdeError(
+            f"cannot write the dataset into {raw_root}: {exc.strerror or exc}; choose a "
+            "writable folder",
+            raw_flag,
+        ) from None
     print(
         f"wrote {args.kind} dataset {folder} ({args.num_train} training, {args.num_test} test "
         f"cases). Next: nnUNetv2_plan_and_preprocess -d {args.id} -c 3d_fullres "
@@ -114,15 +134,15 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 def _cmd_warmstart(args: argparse.Namespace) -> int:
     from nnunet_pde.checkpoints import warmstart_checkpoint
     from nnunet_pde.env import find_trainer
+    from nnunet_pde.errors import NnunetPdeError
 
     try:
         trainer = find_trainer(args.trainer)
-        out = warmstart_checkpoint(
-            args.stock_checkpoint, args.output, trainer, overwrite=args.overwrite
-        )
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        raise NnunetPdeError(str(exc), "--trainer") from None
+    out = warmstart_checkpoint(
+        args.stock_checkpoint, args.output, trainer, overwrite=args.overwrite
+    )
     print(
         f"wrote {out}. Train from it with:\n  nnUNetv2_train DATASET CONFIGURATION FOLD "
         f"-tr {args.trainer} -pretrained_weights {out}"
@@ -241,9 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; expected failures end as one ``error:`` line and exit code 2.
+
+    Ctrl-C and SIGTERM stop the command after its clean-up (temporary files are removed)
+    with exit code 130 / 143 and one line on stderr.
+    """
+    from nnunet_pde.errors import Interrupted, NnunetPdeError, interrupt_signals, report_failure
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        with interrupt_signals():
+            return int(args.func(args) or 0)
+    except (NnunetPdeError, OSError) as exc:
+        return report_failure(exc)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(
+            f"error: interrupted by {signal.Signals(signum).name}; temporary files were "
+            "removed and no partial output was left",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,10 +13,10 @@ per fold in ``$nnUNet_results/<dataset>/nnunet_pde_benchmark/``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -48,6 +48,7 @@ from nnunet_pde.benchmark.manifest import (
     utc_now,
     write_manifest,
 )
+from nnunet_pde.errors import interrupt_signals
 
 __all__ = [
     "ACTION_CONTINUE",
@@ -501,7 +502,10 @@ def run_benchmark(
         save()
 
     jobs = [Job(t.key, t.command, t.log, env) for t in to_run]
-    restore = _sigterm_as_interrupt()
+    restore = contextlib.ExitStack()
+    # SIGTERM (kill, a cancelled batch job) stops the grid like Ctrl-C: the local executor
+    # starts trainings in their own sessions, which would otherwise run on unsupervised.
+    restore.enter_context(interrupt_signals())
     try:
         if jobs:
             results_list = executor.run(jobs, on_start=on_start, on_end=on_end)
@@ -524,7 +528,7 @@ def run_benchmark(
                     entry["outcome"] = "interrupted"
         print_fn("interrupted: the running folds will continue with --c on the next run")
     finally:
-        restore()
+        restore.close()
         manifest["ended"] = utc_now()
         if outcome.interrupted:
             manifest["status"] = "interrupted"
@@ -538,31 +542,6 @@ def run_benchmark(
 
     print_fn(_summary_text(outcome, bench_dir))
     return outcome
-
-
-def _sigterm_as_interrupt() -> Callable[[], None]:
-    """Treat SIGTERM (``kill``, a cancelled batch job) and SIGINT as Ctrl-C while the grid runs.
-
-    The local executor starts trainings in their own sessions, so without this a killed
-    ``benchmark run`` would leave them running unsupervised. Returns the function that
-    restores the previous handler; does nothing outside the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    # A process started in the background of a non-interactive shell inherits an ignored
-    # SIGINT; an explicit interrupt (kill -INT) should still stop the grid cleanly.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-
-    return restore
 
 
 def _summary_text(outcome: RunOutcome, bench_dir: Path) -> str:

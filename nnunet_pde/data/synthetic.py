@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -31,11 +29,18 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.data import brats_like, lits_like
+from nnunet_pde.errors import NnunetPdeError, check_replaceable, staged_folder
 
 DATASET_KINDS: tuple[str, ...] = ("brats-like", "lits-like")
 FILE_ENDING = ".nii.gz"
 GENERATOR_VERSION = 1
 MIN_SIZE = 16
+#: nnU-Net's default 5-fold cross-validation needs at least this many training cases.
+MIN_CV_CASES = 5
+#: Peak bytes per voxel of one case while it is generated (float64 fields and their
+#: temporaries), measured with tracemalloc (129 and 360 at 48^3 and 32x64x64), rounded up.
+BYTES_PER_VOXEL = {"brats-like": 160, "lits-like": 400}
+MARKER_COMMAND = "make-dataset"
 
 _SPLIT_TRAIN, _SPLIT_TEST = 0, 1
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -158,25 +163,27 @@ def _validate(
     noise: object,
     seed: object,
 ) -> tuple[str, int, str, int, int, tuple[int, int, int], tuple[float, float, float], float, int]:
-    """Check every argument; raise ValueError naming the first bad one."""
+    """Check every argument; raise NnunetPdeError naming the first bad one by its flag."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(DATASET_KINDS)}; got {kind!r}")
+        raise NnunetPdeError(f"must be one of {', '.join(DATASET_KINDS)}; got {kind!r}", "KIND")
     spec = KINDS[kind]
     if not _is_int(dataset_id) or not 1 <= dataset_id <= 999:
-        raise ValueError(
-            "dataset_id must be an integer from 1 to 999 (nnU-Net uses 3 digits); "
-            f"got {dataset_id!r}"
+        raise NnunetPdeError(
+            f"the dataset id must be an integer from 1 to 999 (nnU-Net uses 3 digits); "
+            f"got {dataset_id!r}",
+            "--id",
         )
     name = spec.default_name if name is None else name
     if not isinstance(name, str) or not _NAME_PATTERN.match(name):
-        raise ValueError(
-            "name must be letters, digits, '_' or '-' (starting with a letter or digit); "
-            f"got {name!r}"
+        raise NnunetPdeError(
+            "the name must be letters, digits, '_' or '-' (starting with a letter or digit); "
+            f"got {name!r}",
+            "--name",
         )
     if not _is_int(num_train) or num_train < 1:
-        raise ValueError(f"num_train must be an integer >= 1; got {num_train!r}")
+        raise NnunetPdeError(f"must be an integer >= 1; got {num_train!r}", "--num-train")
     if not _is_int(num_test) or num_test < 0:
-        raise ValueError(f"num_test must be an integer >= 0; got {num_test!r}")
+        raise NnunetPdeError(f"must be an integer >= 0; got {num_test!r}", "--num-test")
     if size is None:
         size = spec.default_size
     elif _is_int(size):
@@ -186,9 +193,10 @@ def _validate(
         or len(size) != 3
         or not all(_is_int(s) and s >= MIN_SIZE for s in size)
     ):
-        raise ValueError(
-            f"size must be an integer or three integers (z, y, x), each >= {MIN_SIZE} voxels; "
-            f"got {size!r}"
+        raise NnunetPdeError(
+            f"must be an integer or three integers (z, y, x), each >= {MIN_SIZE} voxels; "
+            f"got {size!r}",
+            "--size",
         )
     if spacing is None:
         spacing = spec.default_spacing
@@ -202,7 +210,7 @@ def _validate(
             for s in spacing
         )
     ):
-        raise ValueError(
+        raise NnunetPdeError(
             "spacing must be a positive number or three positive numbers (z, y, x) in mm; "
             f"got {spacing!r}"
         )
@@ -214,9 +222,9 @@ def _validate(
         or not np.isfinite(noise)
         or noise < 0
     ):
-        raise ValueError(f"noise must be a finite number >= 0; got {noise!r}")
+        raise NnunetPdeError(f"must be a finite number >= 0; got {noise!r}", "--noise")
     if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+        raise NnunetPdeError(f"must be an integer >= 0; got {seed!r}", "--seed")
     return (
         kind,
         int(dataset_id),
@@ -230,10 +238,58 @@ def _validate(
     )
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"  # pragma: no cover
+
+
+def check_size_fits_memory(kind: str, size: object) -> None:
+    """Refuse an image size whose generation would not fit into the available memory.
+
+    The estimate is :data:`BYTES_PER_VOXEL` times the voxels of one case (cases are made one
+    at a time); it must stay below half of the memory available now.
+    """
+    if kind not in KINDS:
+        return
+    if size is None:
+        size = KINDS[kind].default_size
+    elif _is_int(size):
+        size = (size, size, size)
+    if not isinstance(size, Sequence) or len(size) != 3 or not all(_is_int(s) for s in size):
+        return  # the validation names the problem
+    voxels = int(np.prod([max(int(s), 0) for s in size], dtype=object))
+    need = voxels * BYTES_PER_VOXEL[kind]
+    available = _available_memory()
+    if available is not None and need > available // 2:
+        raise NnunetPdeError(
+            f"{'x'.join(str(s) for s in size)} voxels would need about {_bytes(need)} of "
+            f"memory per case, more than half of the {_bytes(available)} available; choose a "
+            "smaller size (e.g. 64 or 32,96,96)",
+            "--size",
+        )
+
+
 def _check_destination(raw_root: Path, dataset_id: int, folder_name: str, overwrite: bool) -> None:
     """Refuse an existing dataset folder (unless ``overwrite``) and any other use of the id."""
     if raw_root.exists() and not raw_root.is_dir():
-        raise NotADirectoryError(f"raw_root {raw_root} exists and is not a folder")
+        raise NnunetPdeError(f"{raw_root} exists and is not a folder", "--raw")
     prefix = f"Dataset{dataset_id:03d}_"
     if raw_root.is_dir():
         others = sorted(
@@ -244,14 +300,16 @@ def _check_destination(raw_root: Path, dataset_id: int, folder_name: str, overwr
         if others:
             raise FileExistsError(
                 f"dataset id {dataset_id} is already used by {', '.join(others)} in "
-                f"{raw_root}; nnU-Net needs unique ids, so choose another id "
-                f"(overwrite only replaces {folder_name})"
+                f"{raw_root}; nnU-Net needs unique ids, so choose another --id "
+                f"(--overwrite only replaces {folder_name})"
             )
     target = raw_root / folder_name
+    if target.exists() and overwrite:
+        check_replaceable(target, True, MARKER_COMMAND, flag="--overwrite")
     if target.exists() and not overwrite:
         raise FileExistsError(
-            f"{target} already exists; pass overwrite=True (--overwrite) to replace it "
-            "or choose another id"
+            f"{target} already exists; pass --overwrite to replace it or choose another "
+            "--id"
         )
 
 
@@ -344,7 +402,8 @@ def make_synthetic_dataset(
         kind, dataset_id, name, num_train, num_test, size, spacing, noise, seed
     )
     if progress is not None and not callable(progress):
-        raise ValueError(f"progress must be callable or None; got {progress!r}")
+        raise NnunetPdeError(f"progress must be callable or None; got {progress!r}")
+    check_size_fits_memory(kind, size)
     raw_root = Path(raw_root)
     folder_name = dataset_folder_name(dataset_id, name)
     _check_destination(raw_root, dataset_id, folder_name, overwrite)
@@ -365,12 +424,7 @@ def make_synthetic_dataset(
     jobs = [(cid, _SPLIT_TRAIN, i, "imagesTr", "labelsTr") for i, cid in enumerate(train_ids)]
     jobs += [(cid, _SPLIT_TEST, i, "imagesTs", "labelsTs") for i, cid in enumerate(test_ids)]
 
-    raw_root.mkdir(parents=True, exist_ok=True)
-    # Hidden names that do not start with "Dataset", so nnU-Net never mistakes them for a dataset.
-    token = uuid.uuid4().hex[:8]
-    tmp = raw_root / f".{folder_name}.tmp-{token}"
-    old = raw_root / f".{folder_name}.old-{token}"
-    try:
+    with staged_folder(target, command=MARKER_COMMAND) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (tmp / sub).mkdir(parents=True)
         case_params = {}
@@ -386,15 +440,4 @@ def make_synthetic_dataset(
         (tmp / "dataset.json").write_text(json.dumps(content, indent=4) + "\n")
         record = {**settings, "cases": case_params}
         (tmp / "synthetic.json").write_text(json.dumps(record, indent=1) + "\n")
-
-        if target.exists():  # overwrite=True was checked above
-            target.rename(old)
-        tmp.rename(target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            old.rename(target)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return target

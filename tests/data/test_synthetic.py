@@ -315,9 +315,14 @@ def test_refuses_existing_folder_and_overwrite_replaces_it(tmp_path: Path):
     with pytest.raises(FileExistsError, match="overwrite"):
         make_synthetic_dataset("brats-like", tmp_path, 10, **_small(seed=2))
     assert marker.exists()
+    # --overwrite replaces only what make-dataset wrote: a file of the user's is in the way
+    with pytest.raises(ValueError, match="stale.txt"):
+        make_synthetic_dataset("brats-like", tmp_path, 10, overwrite=True, **_small(seed=2))
+    assert marker.read_text() == "old"
+    marker.unlink()
     before = _read(folder / "imagesTr" / "brats_000_0000.nii.gz")[0]
     again = make_synthetic_dataset("brats-like", tmp_path, 10, overwrite=True, **_small(seed=2))
-    assert again == folder and not marker.exists()
+    assert again == folder
     assert not np.array_equal(before, _read(folder / "imagesTr" / "brats_000_0000.nii.gz")[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "Dataset010_SyntheticBraTS"
@@ -338,20 +343,20 @@ def test_refuses_duplicate_id_even_with_overwrite(tmp_path: Path):
 @pytest.mark.parametrize(
     "kwargs,argument",
     [
-        ({"kind": "kits-like"}, "kind"),
-        ({"dataset_id": 0}, "dataset_id"),
-        ({"dataset_id": 1000}, "dataset_id"),
-        ({"dataset_id": "5"}, "dataset_id"),
-        ({"name": "bad/name"}, "name"),
-        ({"name": ""}, "name"),
-        ({"num_train": 0}, "num_train"),
-        ({"num_test": -1}, "num_test"),
-        ({"size": 15}, "size"),
-        ({"size": (32, 32)}, "size"),
-        ({"size": (32, 8, 32)}, "size"),
-        ({"noise": -0.1}, "noise"),
-        ({"noise": float("nan")}, "noise"),
-        ({"seed": -1}, "seed"),
+        ({"kind": "kits-like"}, "KIND"),
+        ({"dataset_id": 0}, "--id"),
+        ({"dataset_id": 1000}, "--id"),
+        ({"dataset_id": "5"}, "--id"),
+        ({"name": "bad/name"}, "--name"),
+        ({"name": ""}, "--name"),
+        ({"num_train": 0}, "--num-train"),
+        ({"num_test": -1}, "--num-test"),
+        ({"size": 15}, "--size"),
+        ({"size": (32, 32)}, "--size"),
+        ({"size": (32, 8, 32)}, "--size"),
+        ({"noise": -0.1}, "--noise"),
+        ({"noise": float("nan")}, "--noise"),
+        ({"seed": -1}, "--seed"),
         ({"spacing": (1.0, 0.0, 1.0)}, "spacing"),
         ({"progress": "yes"}, "progress"),
     ],
