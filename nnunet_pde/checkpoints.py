@@ -11,14 +11,60 @@ network computes. :func:`warmstart_checkpoint` writes such a checkpoint, which
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from nnunet_pde.errors import CheckpointError, NnunetPdeError, atomic_save
 from nnunet_pde.network import PDE_CHILD_NAME
 
 PDE_KEY_MARKER = f".{PDE_CHILD_NAME}."
+
+
+def load_checkpoint(
+    path: str | Path, flag: str = "CHECKPOINT", need_trainer_name: bool = True
+) -> dict[str, Any]:
+    """Read an nnU-Net checkpoint (``checkpoint_final.pth`` ...) on CPU.
+
+    The file is unpickled in full (``weights_only=False``, as nnU-Net itself does, because
+    ``init_args`` holds the plans and a ``torch.device``): only read files you trust.
+
+    Raises
+    ------
+    CheckpointError
+        If ``path`` is missing or a folder, cannot be read (truncated, empty, not PyTorch),
+        or lacks ``network_weights`` (or ``trainer_name`` with ``need_trainer_name``); the
+        message starts with ``flag``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        names = ("checkpoint_final.pth", "checkpoint_best.pth")
+        inside = [n for n in names if (path / n).is_file()]
+        hint = f"e.g. {path / inside[0]}" if inside else "e.g. .../fold_0/checkpoint_final.pth"
+        raise CheckpointError(f"{path} is a folder; pass the checkpoint file, {hint}", flag)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}", flag)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
+        why = " ".join(str(exc).split()) or "empty file"
+        raise CheckpointError(
+            f"{path} cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {why}); "
+            "it may be truncated (copy it again) or not a checkpoint",
+            flag,
+        ) from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise CheckpointError(
+            f"{path} has no 'network_weights': not an nnU-Net checkpoint (expected "
+            "checkpoint_final.pth, checkpoint_best.pth or checkpoint_latest.pth of a fold)",
+            flag,
+        )
+    if need_trainer_name and not checkpoint.get("trainer_name"):
+        raise CheckpointError(
+            f"{path} has no 'trainer_name': cannot tell which network to build", flag
+        )
+    return checkpoint
 
 
 def build_network_for_checkpoint(trainer_class: type, checkpoint: dict) -> torch.nn.Module:
@@ -30,7 +76,7 @@ def build_network_for_checkpoint(trainer_class: type, checkpoint: dict) -> torch
     init_args = checkpoint.get("init_args") or {}
     missing = [k for k in ("plans", "configuration", "dataset_json") if k not in init_args]
     if missing:
-        raise ValueError(
+        raise CheckpointError(
             f"the checkpoint has no init_args[{', '.join(missing)}]: it was not written by "
             "nnU-Net's trainer (expected checkpoint_final.pth or checkpoint_best.pth of a fold)"
         )
@@ -71,7 +117,7 @@ def merge_stock_weights(
         shown = "; ".join(problems[:5]) + (
             f"; ... ({len(problems)} problems)" if len(problems) > 5 else ""
         )
-        raise ValueError(
+        raise NnunetPdeError(
             "the stock checkpoint does not match the PDE3D network built from its own plans "
             f"(was it trained with the same plans identifier and configuration?): {shown}"
         )
@@ -99,17 +145,26 @@ def warmstart_checkpoint(
     """
     src = Path(stock_checkpoint)
     dst = Path(output)
-    if not src.is_file():
-        raise FileNotFoundError(f"stock checkpoint not found: {src}")
+    if dst.is_dir():
+        raise NnunetPdeError(
+            f"{dst} is a folder; give the file to write, e.g. {dst / 'pde_init.pth'}", "OUTPUT"
+        )
     if dst.exists() and not overwrite:
         raise FileExistsError(
-            f"{dst} exists; pass --overwrite to replace it or choose another path"
+            f"OUTPUT: {dst} exists; pass --overwrite to replace it or choose another path"
         )
-    if dst.resolve() == src.resolve():
-        raise ValueError("the output path must differ from the stock checkpoint")
-    checkpoint = torch.load(src, map_location="cpu", weights_only=False)
-    if "network_weights" not in checkpoint:
-        raise ValueError(f"{src} has no 'network_weights': not an nnU-Net checkpoint")
+    if src.exists() and dst.resolve() == src.resolve():
+        raise NnunetPdeError("must differ from STOCK_CHECKPOINT (which is only read)", "OUTPUT")
+    checkpoint = load_checkpoint(src, "STOCK_CHECKPOINT", need_trainer_name=False)
+    if any(PDE_KEY_MARKER in key for key in checkpoint["network_weights"]):
+        raise NnunetPdeError(
+            f"{src} already has PDE block weights (trainer "
+            f"{checkpoint.get('trainer_name') or 'unknown'}); warmstart only converts stock "
+            "nnUNetTrainer checkpoints. Pass it to -pretrained_weights directly (its trained "
+            "PDE weights are then kept), or warm-start from the stock checkpoint (PDE blocks "
+            "reset to the identity)",
+            "STOCK_CHECKPOINT",
+        )
     network = build_network_for_checkpoint(trainer_class, checkpoint)
     merged = merge_stock_weights(network.state_dict(), checkpoint["network_weights"])
     out = {
@@ -121,8 +176,12 @@ def warmstart_checkpoint(
             "trainer_name": checkpoint.get("trainer_name"),
         },
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(dst, lambda tmp: torch.save(out, tmp))
+    except (OSError, RuntimeError) as exc:  # torch.save reports write errors as RuntimeError
+        why = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+        raise NnunetPdeError(
+            f"cannot write {dst}: {why}; choose a writable folder", "OUTPUT"
+        ) from None
     return dst

@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nnunet_pde.errors import cli_command
+
 
 def _cmd_env(args: argparse.Namespace) -> int:
     from nnunet_pde.env import export_lines
@@ -73,6 +75,7 @@ def _parse_size(text: str) -> int | tuple[int, int, int]:
     raise argparse.ArgumentTypeError(f"--size must have 1 or 3 entries, got '{text}'")
 
 
+@cli_command
 def _cmd_make_dataset(args: argparse.Namespace) -> int:
     from nnunet_pde.data.synthetic import (
         MIN_CV_CASES,
@@ -131,6 +134,7 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_command
 def _cmd_warmstart(args: argparse.Namespace) -> int:
     from nnunet_pde.checkpoints import warmstart_checkpoint
     from nnunet_pde.env import find_trainer

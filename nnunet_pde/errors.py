@@ -22,6 +22,7 @@ The helpers below are used by every command that writes files:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -36,11 +37,13 @@ from typing import Any
 
 __all__ = [
     "OUTPUT_MARKER",
+    "CheckpointError",
     "Interrupted",
     "NnunetPdeError",
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "cli_command",
     "check_replaceable",
     "error_line",
     "interrupt_signals",
@@ -74,6 +77,10 @@ class NnunetPdeError(ValueError):
         if self.flag and not text.startswith(f"{self.flag}:"):
             return f"{self.flag}: {text}"
         return text
+
+
+class CheckpointError(NnunetPdeError):
+    """The file is not a readable nnU-Net checkpoint of the kind the command needs."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -114,6 +121,19 @@ def report_failure(exc: BaseException, stream: Any = None) -> int:
     """Print ``exc`` as one ``error:`` line on stderr; return exit code 2."""
     print(error_line(exc), file=stream or sys.stderr, flush=True)
     return 2
+
+
+def cli_command(func: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a subcommand handler: expected failures become one ``error:`` line, exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return func(*args, **kwargs)
+        except (NnunetPdeError, OSError) as exc:
+            return report_failure(exc)
+
+    return wrapper
 
 
 @contextlib.contextmanager

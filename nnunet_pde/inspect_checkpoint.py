@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nnunet_pde.errors import CheckpointError, NnunetPdeError, cli_command
 
 __all__ = [
     "CheckpointError",
@@ -35,8 +37,27 @@ __all__ = [
 _WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
-    """The file is not an nnU-Net checkpoint of an nnunet-pde trainer."""
+def _state_dict_mismatch(expected: dict[str, Any], found: dict[str, Any], exc: Exception) -> str:
+    """What ``load_state_dict`` found wrong, on one line: missing, unexpected, other shapes."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(v.shape)
+    ]
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"Missing key(s) {few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected key(s) {few(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatch (checkpoint vs network) {few(shapes)}")
+    return "; ".join(parts) or " ".join(str(exc).split())
 
 
 def _strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
@@ -54,37 +75,10 @@ def _strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read an nnU-Net checkpoint (``checkpoint_final.pth`` ...) on CPU.
+    """:func:`nnunet_pde.checkpoints.load_checkpoint` (imported lazily: it needs torch)."""
+    from nnunet_pde.checkpoints import load_checkpoint as load
 
-    The file is unpickled in full (``weights_only=False``, as nnU-Net itself does, because
-    ``init_args`` holds the plans and a ``torch.device``): only inspect files you trust.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` is not a file.
-    CheckpointError
-        If it cannot be read or lacks ``network_weights`` / ``trainer_name`` / ``init_args``.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
-        raise CheckpointError(
-            f"{path} cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise CheckpointError(
-            f"{path} has no 'network_weights': not an nnU-Net checkpoint (expected "
-            "checkpoint_final.pth, checkpoint_best.pth or checkpoint_latest.pth of a fold)"
-        )
-    if not checkpoint.get("trainer_name"):
-        raise CheckpointError(f"{path} has no 'trainer_name': cannot tell which network to build")
-    return checkpoint
+    return load(path, "CHECKPOINT")
 
 
 def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -110,21 +104,37 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     ValueError
         If ``trainer_name`` is not an nnunet-pde trainer (the message lists the known ones).
     """
-    from nnunet_pde.checkpoints import build_network_for_checkpoint
+    from nnunet_pde.checkpoints import PDE_KEY_MARKER, build_network_for_checkpoint
     from nnunet_pde.env import find_trainer
     from nnunet_pde.network import pde_blocks
     from nnunet_pde.pde import describe_block
 
     checkpoint = load_checkpoint(path)
     trainer_name = str(checkpoint["trainer_name"])
-    trainer = find_trainer(trainer_name)
+    weights = _strip_wrappers(checkpoint["network_weights"])
+    try:
+        trainer = find_trainer(trainer_name)
+    except ValueError:
+        if not any(PDE_KEY_MARKER in key for key in weights):
+            raise CheckpointError(
+                f"this checkpoint has no PDE blocks: {path} was written by {trainer_name}, "
+                "not by an nnunet-pde trainer; inspect a checkpoint of nnUNetTrainerPDE3D or "
+                "a variant (nnunet-pde list-trainers)",
+                "CHECKPOINT",
+            ) from None
+        raise CheckpointError(
+            f"{path} was written by trainer '{trainer_name}', which is not an nnunet-pde "
+            "trainer (see nnunet-pde list-trainers)",
+            "CHECKPOINT",
+        ) from None
     network = build_network_for_checkpoint(trainer, checkpoint)
     try:
-        network.load_state_dict(_strip_wrappers(checkpoint["network_weights"]))
+        network.load_state_dict(weights)
     except RuntimeError as exc:
         raise CheckpointError(
             f"the weights in {path} do not fit the {trainer_name} network built from the "
-            f"checkpoint's own plans: {str(exc).splitlines()[0]}"
+            f"checkpoint's own plans: {_state_dict_mismatch(network.state_dict(), weights, exc)}",
+            "CHECKPOINT",
         ) from None
     init_args = checkpoint["init_args"]
     return {
@@ -343,20 +353,42 @@ nnUNetTrainerPDE3D__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth \\
 """
 
 
+def _writable_target(path: Path, flag: str, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    if not folder and path.is_dir():
+        example = path / "pde.json"
+        raise NnunetPdeError(f"{path} is a folder; give a file name, e.g. {example}", flag)
+    if folder and path.exists() and not path.is_dir():
+        raise NnunetPdeError(f"{path} exists and is not a folder", flag)
+    probe = path if folder else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise NnunetPdeError(f"cannot write into {probe}; choose a writable folder", flag)
+
+
+@cli_command
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    try:
-        report = inspect_checkpoint(args.checkpoint)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(report, top=args.top))
-    written: list[Path] = []
+    from nnunet_pde.errors import atomic_write_text
+
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
-        written.append(args.json)
+        _writable_target(args.json, "--json")
     if args.plot is not None:
-        written.extend(plot_report(report, args.plot))
+        _writable_target(args.plot, "--plot", folder=True)
+    report = inspect_checkpoint(args.checkpoint)
+    text = format_summary(report, top=args.top)
+    written: list[Path] = []
+    try:
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.json, json.dumps(report, indent=1, allow_nan=True) + "\n")
+            written.append(args.json)
+        if args.plot is not None:
+            written.extend(plot_report(report, args.plot))
+    except OSError as exc:
+        flag = "--plot" if written or args.json is None else "--json"
+        raise NnunetPdeError(f"cannot write: {exc.strerror or exc}", flag) from None
+    print(text)
     print()
     if written:
         print(f"wrote {len(written)} file(s):")

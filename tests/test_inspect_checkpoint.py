@@ -159,7 +159,7 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, case):
         "missing": "checkpoint not found",
         "not_torch": "cannot be read as a PyTorch checkpoint",
         "no_weights": "not an nnU-Net checkpoint",
-        "stock_trainer": "unknown trainer 'nnUNetTrainer'",
+        "stock_trainer": "no PDE blocks",
         "shape": "do not fit",
     }[case]
     if case == "not_torch":

@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from nnunet_pde.errors import NnunetPdeError
+
 __all__ = [
     "BenchmarkError",
     "FOLD_FINISHED",
@@ -37,7 +39,7 @@ FOLD_FINISHED = "finished"
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_[A-Za-z0-9_\-]+$")
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(NnunetPdeError):
     """The benchmark cannot run as asked; the message says what to change."""
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from nnunet_pde.errors import NnunetPdeError
 from nnunet_pde.metrics.aggregate import (
     IMPUTATION_POLICIES,
     ImputationPolicy,
@@ -81,7 +82,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 SPACING_RTOL = 1e-4
 
 
-class EvaluationError(ValueError):
+class EvaluationError(NnunetPdeError):
     """The input folders cannot be evaluated as given; the message says what to change."""
 
 

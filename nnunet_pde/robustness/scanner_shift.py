@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.benchmark.layout import find_raw_dataset
+from nnunet_pde.errors import NnunetPdeError
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -98,7 +99,7 @@ KIND = "shifted-images"
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-class ShiftError(ValueError):
+class ShiftError(NnunetPdeError):
     """The request cannot be carried out as given; the message says what to change."""
 
 
