@@ -26,7 +26,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_pde.errors import NnunetPdeError
+from nnunet_pde.errors import NnunetPdeError, atomic_save
 from nnunet_pde.metrics.aggregate import (
     IMPUTATION_POLICIES,
     ImputationPolicy,
@@ -256,6 +255,36 @@ def read_segmentation(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return sitk.GetArrayFromImage(img), np.asarray(img.GetSpacing()[::-1], dtype=np.float64)
 
 
+def _checked_labels(seg: np.ndarray, path: Path, what: str, allowed: set[int]) -> np.ndarray:
+    """``seg`` as integers; EvaluationError for non-integer values or undeclared labels.
+
+    An undeclared value would silently count as background in every region, and a map of
+    probabilities or a resampled float image would score as an empty prediction.
+    """
+    if not np.issubdtype(seg.dtype, np.integer):
+        if seg.dtype == bool:
+            seg = seg.astype(np.uint8)
+        else:
+            finite = np.isfinite(seg)
+            if not finite.all() or not np.array_equal(seg, np.round(seg)):
+                bad = np.unique(seg[~finite | (seg != np.round(seg))])[:3]
+                raise EvaluationError(
+                    f"the {what} {path} is not an integer label map ({seg.dtype} values such "
+                    f"as {', '.join(f'{v:g}' for v in bad)}); write label values (e.g. "
+                    "nnUNetv2_predict output, or argmax of probabilities), not probabilities"
+                )
+            seg = seg.astype(np.int64)
+    values = np.unique(seg)
+    unknown = sorted(int(v) for v in values if int(v) not in allowed)
+    if unknown:
+        raise EvaluationError(
+            f"the {what} {path} contains label value(s) {', '.join(map(str, unknown))} that "
+            f"dataset.json does not declare (it declares {', '.join(map(str, sorted(allowed)))});"
+            " fix the file or pass the dataset.json it belongs to (--dataset-json)"
+        )
+    return seg
+
+
 def _geometry_problem(
     case: str,
     shape_p: Sequence[int],
@@ -333,8 +362,13 @@ def evaluate_case(
     tolerance_mm: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Read one prediction/reference pair and return its CSV rows (one per region)."""
+    allowed = {0, *(v for r in regions for v in r.values)}
+    if ignore_label is not None:
+        allowed.add(int(ignore_label))
     pred_seg, sp_p = read_segmentation(pred_path)
     ref_seg, sp_r = read_segmentation(ref_path)
+    pred_seg = _checked_labels(pred_seg, pred_path, "prediction", allowed)
+    ref_seg = _checked_labels(ref_seg, ref_path, "reference", allowed)
     problem = _geometry_problem(case, pred_seg.shape, sp_p, ref_seg.shape, sp_r)
     if problem:
         raise EvaluationError(f"geometry differs between prediction and reference: {problem}")
@@ -411,14 +445,12 @@ def _run_cases(tasks: list[tuple], num_workers: int, progress: bool) -> list[lis
 
 def _atomic_write(path: Path, write: Callable[[Any], None], newline: str | None = None) -> None:
     """Write through a temporary file in the same folder so a crash leaves no half file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline=newline, encoding="utf-8") as fh:
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "w", newline=newline, encoding="utf-8") as fh:
             write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_save(path, save)
 
 
 def _format_cell(value: Any) -> Any:
@@ -551,12 +583,17 @@ def evaluate_folders(
     file_ending = str(ds.get("file_ending", ".nii.gz"))
 
     out_dir = Path(output_dir) if output_dir is not None else pred_dir
+    if write and out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationError(
+            f"--output: {out_dir} exists and is not a folder; give a folder for "
+            f"{PER_CASE_CSV} and {SUMMARY_JSON}"
+        )
     csv_path, json_path = out_dir / PER_CASE_CSV, out_dir / SUMMARY_JSON
     if write and not overwrite:
         existing = [str(p) for p in (csv_path, json_path) if p.exists()]
         if existing:
             raise FileExistsError(
-                f"{' and '.join(existing)} already exist(s); pass --overwrite (overwrite=True) to "
+                f"{' and '.join(existing)} already exist(s); pass --overwrite to "
                 "replace, or --output DIR to write elsewhere"
             )
 
