@@ -19,7 +19,8 @@ import os
 import pkgutil
 import shlex
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,6 +236,14 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
         value = env.get(var)
         if not value:
             checks.append(Check("warn", f"{var} is not set", 'eval "$(nnunet-pde env)"'))
+        elif os.path.exists(value) and not os.path.isdir(value):
+            checks.append(
+                Check(
+                    "fail",
+                    f"{var}={value} is not a folder (it is a file)",
+                    f"point {var} at a folder, e.g. eval \"$(nnunet-pde env)\" after unset {var}",
+                )
+            )
         elif not os.path.isdir(value):
             checks.append(
                 Check("warn", f"{var}={value} does not exist yet", f"mkdir -p {shlex.quote(value)}")
@@ -251,29 +260,63 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
     return checks
 
 
+@contextlib.contextmanager
+def _quiet_trainer_scan() -> Iterator[None]:
+    """nnU-Net's finder prints every module it inspects, and importing its trainer folder
+    imports timm, whose ``torch.jit.interface`` FutureWarning says nothing about our setup."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.interface", category=FutureWarning
+        )
+        yield
+
+
+def find_trainer_with_nnunet(
+    names: Sequence[str], environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, type], dict[str, str]]:
+    """Resolve trainer names with nnU-Net's own finder, as ``nnUNetv2_train -tr`` does.
+
+    ``nnUNet_extTrainer`` is taken from ``environ`` (default ``os.environ``) for the search.
+
+    Returns
+    -------
+    (found, problems)
+        Trainer classes by name, and for the names that did not resolve why not.
+    """
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    env = os.environ if environ is None else environ
+    saved = os.environ.get(EXT_TRAINER_VAR)
+    os.environ[EXT_TRAINER_VAR] = env.get(EXT_TRAINER_VAR) or ""
+    found: dict[str, type] = {}
+    problems: dict[str, str] = {}
+    try:
+        for name in names:
+            try:
+                with _quiet_trainer_scan():
+                    cls = recursive_find_trainer_class_by_name(name)
+            except Exception as exc:  # noqa: BLE001 - nnU-Net raises RuntimeError/AssertionError
+                problems[name] = " ".join(str(exc).split())[:200] or type(exc).__name__
+                continue
+            if cls is None:
+                problems[name] = "not found"
+            else:
+                found[name] = cls
+    finally:
+        if saved is None:
+            os.environ.pop(EXT_TRAINER_VAR, None)
+        else:
+            os.environ[EXT_TRAINER_VAR] = saved
+    return found, problems
+
+
 def _check_trainer_resolution(env: Mapping[str, str], tdir: Path) -> list[Check]:
     """Resolve every trainer with nnU-Net's own finder, as nnUNetv2_train would."""
     try:
         names = list(list_trainers())
     except Exception as exc:  # noqa: BLE001 - a broken trainer module must be reported
         return [Check("fail", f"importing the trainer modules failed: {exc!r}")]
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    saved = os.environ.get(EXT_TRAINER_VAR)
-    os.environ[EXT_TRAINER_VAR] = env.get(EXT_TRAINER_VAR) or ""
-    unresolved = []
-    try:
-        for name in names:
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    recursive_find_trainer_class_by_name(name)
-            except Exception:  # noqa: BLE001 - nnU-Net raises RuntimeError/AssertionError
-                unresolved.append(name)
-    finally:
-        if saved is None:
-            os.environ.pop(EXT_TRAINER_VAR, None)
-        else:
-            os.environ[EXT_TRAINER_VAR] = saved
+    unresolved = list(find_trainer_with_nnunet(names, env)[1])
     if unresolved:
         return [
             Check(

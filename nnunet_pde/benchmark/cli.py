@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_pde.benchmark.layout import BenchmarkError
+from nnunet_pde.errors import cli_command
 
 __all__ = ["register_cli"]
 
@@ -76,6 +77,7 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
     )
 
 
+@cli_command
 def _cmd_run(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark.executors import LocalExecutor, SlurmExecutor, parse_time_minutes
     from nnunet_pde.benchmark.run import run_benchmark
@@ -93,6 +95,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "--slurm-folder": args.slurm_folder is not None,
                 "--no-wait": args.no_wait,
             }
+        if args.executor == "local" and args.device == "cuda" and not args.dry_run:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise BenchmarkError(
+                    "cuda: this machine has no CUDA device that torch can use; pass "
+                    "--device cpu (or mps on Apple silicon), or run on a GPU machine",
+                    "--device",
+                )
         wrong = [k for k, given in slurm_opts.items() if given]
         if wrong:
             other = "local" if args.executor == "slurm" else "slurm"
@@ -150,6 +161,7 @@ def _policy(args: argparse.Namespace) -> Any:
     return ImputationPolicy(args.impute, args.worst_value)
 
 
+@cli_command
 def _cmd_report(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark.report import make_report
 
@@ -278,6 +290,7 @@ $nnUNet_results/<dataset>/nnunet_pde_robustness/scanner-shift.
 }
 
 
+@cli_command
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from nnunet_pde.robustness import report as rob
 

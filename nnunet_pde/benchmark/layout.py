@@ -25,8 +25,11 @@ __all__ = [
     "FOLD_INTERRUPTED",
     "FOLD_NEW",
     "fold_dir",
+    "checkpoint_problem",
     "find_raw_dataset",
     "fold_state",
+    "possible_folds",
+    "resume_checkpoint",
     "require_env_folder",
     "resolve_dataset_name",
     "trainer_dir_name",
@@ -199,6 +202,69 @@ def fold_state(folder: str | os.PathLike[str]) -> str:
     ):
         return FOLD_INTERRUPTED
     return FOLD_NEW
+
+
+def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a checkpoint file cannot be loaded (truncated, empty, not a PyTorch archive), or
+    None when it is a complete archive. Reads only the zip directory, not the weights."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "it is empty"
+        with zipfile.ZipFile(path) as archive:
+            if not any(n.endswith("data.pkl") for n in archive.namelist()):
+                return "it is a zip file but not a PyTorch checkpoint (no data.pkl)"
+    except zipfile.BadZipFile:
+        return f"it is truncated or not a PyTorch checkpoint ({size} bytes, no zip directory)"
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def resume_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint ``nnUNetv2_train --c`` would load: final, else latest, else best."""
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def possible_folds(preprocessed_dataset: Path) -> tuple[int, str]:
+    """How many folds ``nnUNetv2_train`` can run for a preprocessed dataset, and why.
+
+    ``splits_final.json`` decides when it exists; otherwise nnU-Net makes a 5-fold split,
+    which needs at least 5 training cases (``numTraining`` of its ``dataset.json``).
+
+    Raises
+    ------
+    BenchmarkError
+        Fewer than 5 training cases and no ``splits_final.json``.
+    """
+    try:
+        splits = read_splits(preprocessed_dataset)
+    except (OSError, ValueError) as exc:
+        raise BenchmarkError(
+            f"{preprocessed_dataset / 'splits_final.json'} cannot be read: {exc}"
+        ) from None
+    if splits is not None:
+        return len(splits), f"{preprocessed_dataset / 'splits_final.json'} has {len(splits)}"
+    try:
+        ds = json.loads((preprocessed_dataset / "dataset.json").read_text())
+        n_cases = int(ds["numTraining"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 5, "nnU-Net makes 5"
+    if n_cases < 5:
+        raise BenchmarkError(
+            f"{preprocessed_dataset.name} has {n_cases} training case(s), but nnU-Net's "
+            "5-fold cross-validation needs at least 5 (every fold would fail in its split); "
+            "add cases or write your own splits_final.json into "
+            f"{preprocessed_dataset}",
+            "--folds",
+        )
+    return 5, f"nnU-Net makes 5 for {n_cases} training cases"
 
 
 def read_splits(preprocessed_dataset: Path) -> list[dict[str, list[str]]] | None:

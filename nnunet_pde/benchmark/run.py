@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -32,11 +33,14 @@ from nnunet_pde.benchmark.layout import (
     FOLD_INTERRUPTED,
     BenchmarkError,
     check_trainer_names,
+    checkpoint_problem,
     fold_dir,
     fold_state,
     parse_folds,
+    possible_folds,
     require_env_folder,
     resolve_dataset_name,
+    resume_checkpoint,
     trainer_dir_name,
 )
 from nnunet_pde.benchmark.manifest import (
@@ -154,10 +158,15 @@ def plan_grid(
     results = Path(results)
     logs = benchmark_folder(results, dataset) / "logs"
     tasks = []
+    broken = []
     for trainer in check_trainer_names(trainers):
         for fold in parse_folds(folds):
             folder = fold_dir(results, dataset, trainer, plans, configuration, fold)
             state = fold_state(folder)
+            resume = resume_checkpoint(folder)
+            problem = None if resume is None else checkpoint_problem(resume)
+            if problem is not None:
+                broken.append(f"{resume} does not load: {problem}")
             if state == FOLD_FINISHED:
                 action, command = ACTION_SKIP, ()
             else:
@@ -175,6 +184,13 @@ def plan_grid(
                 )
             log = logs / f"{trainer_dir_name(trainer, plans, configuration)}_fold_{fold}.log"
             tasks.append(FoldTask(trainer, fold, state, action, folder, command, log))
+    if broken:
+        raise BenchmarkError(
+            f"{len(broken)} fold(s) cannot be skipped or continued: {'; '.join(broken[:3])}"
+            + (f"; ... ({len(broken) - 3} more)" if len(broken) > 3 else "")
+            + ". Move the file away (e.g. mv X X.broken) and rerun: the fold then continues "
+            "from another checkpoint or trains again"
+        )
     return tasks
 
 
@@ -250,6 +266,172 @@ def check_run_environment(
             f"'{exe}' is not on PATH; activate the environment where nnunetv2 is installed"
         )
     return name, results, pre
+
+
+#: the values of nnUNetv2_train -device
+DEVICES = ("cuda", "cpu", "mps")
+
+
+def check_device(device: str | None) -> None:
+    """``--device`` must be one of nnU-Net's (:data:`DEVICES`); BenchmarkError otherwise."""
+    if device is not None and device not in DEVICES:
+        raise BenchmarkError(
+            f"'{device}' is not an nnUNetv2_train device; use one of {', '.join(DEVICES)}",
+            "--device",
+        )
+
+
+def resolve_trainers(trainers: Sequence[str], environ: Mapping[str, str]) -> dict[str, type]:
+    """Trainer classes by name, found by nnU-Net's own finder as ``nnUNetv2_train -tr`` will.
+
+    Returns an empty dict when nnunetv2 is not importable here (the training command runs
+    elsewhere, e.g. in a container). Raises BenchmarkError naming the unknown trainers.
+    """
+    try:
+        from nnunet_pde.env import find_trainer_with_nnunet
+
+        found, problems = find_trainer_with_nnunet(trainers, environ)
+    except ImportError:
+        return {}
+    if problems:
+        raise BenchmarkError(
+            f"unknown trainer(s) {', '.join(problems)}: nnU-Net's finder does not find them "
+            "in nnunetv2 or in nnUNet_extTrainer; check the spelling (nnunet-pde "
+            "list-trainers lists ours)",
+            "--trainers",
+        )
+    return found
+
+
+#: seconds between two progress checks of the running folds (environment variable)
+PROGRESS_INTERVAL_VAR = "NNUNET_PDE_PROGRESS_INTERVAL"
+DEFAULT_PROGRESS_INTERVAL_S = 60.0
+NNUNET_DEFAULT_EPOCHS = 1000
+
+_LOG_EPOCH = re.compile(r"(?:^|: )Epoch (\d+)\s*$")
+_LOG_DICE = re.compile(r"(?:^|: )Pseudo dice (.*)$")
+_LOG_EPOCH_TIME = re.compile(r"(?:^|: )Epoch time: ([0-9.eE+-]+) s")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """The last epoch of a training log: 0-based index (as nnU-Net logs it), the pseudo Dice
+    per class or region of the last finished epoch, and the mean of the last epoch times (s)."""
+
+    epoch: int
+    pseudo_dice: tuple[float, ...]
+    epoch_time_s: float | None
+
+
+def parse_training_log(text: str) -> EpochProgress | None:
+    """Read nnU-Net's ``Epoch N`` / ``Pseudo dice [...]`` / ``Epoch time: T s`` lines."""
+    epoch = None
+    dice: tuple[float, ...] = ()
+    times: list[float] = []
+    for line in text.splitlines():
+        line = line.rstrip()
+        if m := _LOG_EPOCH.search(line):
+            epoch = int(m[1])
+        elif m := _LOG_DICE.search(line):
+            values = re.sub(r"np\.float\d+\(", "", m[1])
+            dice = tuple(float(v) for v in _NUMBER.findall(values))
+        elif m := _LOG_EPOCH_TIME.search(line):
+            times.append(float(m[1]))
+    if epoch is None:
+        return None
+    recent = times[-10:]
+    return EpochProgress(epoch, dice, sum(recent) / len(recent) if recent else None)
+
+
+def planned_epochs(trainer: str, cls: type | None) -> int:
+    """Epochs a trainer runs: our ``epochs`` class attribute, nnU-Net's ``_<N>epochs`` naming
+    convention, else nnU-Net's default 1000."""
+    value = getattr(cls, "epochs", None) if cls is not None else None
+    if isinstance(value, int) and value > 0:
+        return value
+    m = re.search(r"_(\d+)epochs", trainer)
+    return int(m[1]) if m else NNUNET_DEFAULT_EPOCHS
+
+
+def format_progress(progress: EpochProgress, total: int) -> str:
+    """``epoch 13/1000, pseudo Dice 0.71 0.64, 45.2 s/epoch, ETA 12.4 h``."""
+    text = f"epoch {progress.epoch + 1}/{total}"
+    if progress.pseudo_dice:
+        text += ", pseudo Dice " + " ".join(f"{d:.3f}" for d in progress.pseudo_dice)
+    if progress.epoch_time_s is not None:
+        left = max(0, total - progress.epoch - 1) * progress.epoch_time_s
+        text += f", {progress.epoch_time_s:.1f} s/epoch, ETA {_fmt_duration(left)}"
+    return text
+
+
+class _ProgressMonitor:
+    """Prints a line per running fold whenever its training log shows a new epoch."""
+
+    def __init__(self, print_fn: Callable[[str], None], interval_s: float) -> None:
+        self.print_fn = print_fn
+        self.interval_s = interval_s
+        self.running: dict[str, tuple[str, FoldTask, int, float, int]] = {}
+        self.last: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="fold-progress", daemon=True)
+
+    def start(self, key: str, prefix: str, task: FoldTask, total: int) -> None:
+        offset = task.log.stat().st_size if task.log.is_file() else 0
+        with self.lock:
+            self.running[key] = (prefix, task, total, time.time(), offset)
+
+    def end(self, key: str) -> None:
+        with self.lock:
+            self.running.pop(key, None)
+
+    def _text(self, task: FoldTask, started: float, offset: int) -> str:
+        logs = [
+            p for p in task.folder.glob("training_log_*.txt") if p.stat().st_mtime >= started - 1
+        ]
+        if logs:
+            return max(logs, key=lambda p: p.stat().st_mtime).read_text(errors="replace")
+        if task.log.is_file():
+            with open(task.log, errors="replace") as fh:
+                fh.seek(offset)
+                return fh.read()
+        return ""
+
+    def check(self) -> None:
+        with self.lock:
+            running = list(self.running.items())
+        for key, (prefix, task, total, started, offset) in running:
+            try:
+                progress = parse_training_log(self._text(task, started, offset))
+            except OSError:
+                continue
+            if progress is not None and self.last.get(key) != progress.epoch:
+                self.last[key] = progress.epoch
+                self.print_fn(
+                    f"{prefix} {task.trainer} fold {task.fold}: {format_progress(progress, total)}"
+                )
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self.check()
+
+    def __enter__(self) -> _ProgressMonitor:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _progress_interval(env: Mapping[str, str]) -> float:
+    text = env.get(PROGRESS_INTERVAL_VAR)
+    try:
+        value = float(text) if text else DEFAULT_PROGRESS_INTERVAL_S
+    except ValueError:
+        raise BenchmarkError(f"{PROGRESS_INTERVAL_VAR}={text} is not a number of seconds") from None
+    return max(0.05, value)
 
 
 @dataclass
@@ -354,7 +536,8 @@ def run_benchmark(
     env = dict(os.environ if environ is None else environ)
     trainers = check_trainer_names(trainers)
     folds = parse_folds(folds)
-    name, results, _ = check_run_environment(
+    check_device(device)
+    name, results, pre = check_run_environment(
         dataset,
         configuration,
         plans,
@@ -362,6 +545,15 @@ def run_benchmark(
         train_command=train_command,
         require_ext_trainer=require_ext_trainer,
     )
+    n_folds, why = possible_folds(pre)
+    impossible = [f for f in folds if f >= n_folds]
+    if impossible:
+        raise BenchmarkError(
+            f"fold(s) {', '.join(map(str, impossible))} do not exist: {why} folds "
+            f"(0-{n_folds - 1})",
+            "--folds",
+        )
+    trainer_classes = resolve_trainers(trainers, env)
     tasks = plan_grid(
         results,
         name,
@@ -469,10 +661,18 @@ def run_benchmark(
         where = f"SLURM job {result.job_id}" if result.job_id else f"log {t.log}"
         what = "continue (--c)" if t.action == ACTION_CONTINUE else "train"
         print_fn(f"[{index[job.key]}/{len(to_run)}] {what} {t.trainer} fold {t.fold} ({where})")
+        monitor.start(
+            job.key,
+            f"[{index[job.key]}/{len(to_run)}]",
+            t,
+            planned_epochs(t.trainer, trainer_classes.get(t.trainer)),
+        )
         save()
 
     def on_end(job: Job, result: JobResult) -> None:
         t = task_by_key[job.key]
+        monitor.check()
+        monitor.end(job.key)
         outcome.results[job.key] = result
         state = _outcome(t, result)
         if state == "failed" and result.error is None and result.returncode == 0:
@@ -502,10 +702,12 @@ def run_benchmark(
         save()
 
     jobs = [Job(t.key, t.command, t.log, env) for t in to_run]
+    monitor = _ProgressMonitor(print_fn, _progress_interval(env))
     restore = contextlib.ExitStack()
     # SIGTERM (kill, a cancelled batch job) stops the grid like Ctrl-C: the local executor
     # starts trainings in their own sessions, which would otherwise run on unsupervised.
     restore.enter_context(interrupt_signals())
+    restore.enter_context(monitor)
     try:
         if jobs:
             results_list = executor.run(jobs, on_start=on_start, on_end=on_end)

@@ -93,8 +93,12 @@ def make_nnunet_env(root: Path, with_gt: bool = True) -> dict[str, str]:
 FAKE_TRAINER = textwrap.dedent(
     '''\
     """Stand-in for nnUNetv2_train: writes a finished fold and logs its arguments."""
-    import json, os, sys, time
+    import json, os, sys, time, zipfile
     from pathlib import Path
+
+    def fake_checkpoint(path):  # a complete (empty) PyTorch archive, as torch.save writes
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", b"")
 
     args = sys.argv[1:]
     dataset, conf, fold = args[0], args[1], args[2]
@@ -106,13 +110,13 @@ FAKE_TRAINER = textwrap.dedent(
     print("fake training", " ".join(args), flush=True)
     out = Path(os.environ["nnUNet_results"]) / dataset / f"{tr}__{plans}__{conf}" / f"fold_{fold}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoint_latest.pth").write_bytes(b"fake")  # as after nnU-Net's first epoch
+    fake_checkpoint(out / "checkpoint_latest.pth")  # as after nnU-Net's first epoch
     time.sleep(float(os.environ.get("FAKE_TRAIN_SLEEP", "0")))
     if f"{tr}/fold_{fold}" in os.environ.get("FAKE_TRAIN_FAIL", "").split(","):
         print("fake failure", file=sys.stderr)
         sys.exit(3)
     (out / "validation").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoint_final.pth").write_bytes(b"fake")
+    fake_checkpoint(out / "checkpoint_final.pth")
     (out / "checkpoint_latest.pth").unlink()
     (out / "validation" / "summary.json").write_text("{}")
     '''
@@ -149,5 +153,13 @@ def write_fold_predictions(
             i = CASES.index(c)
             write_seg(val / f"{c}.nii.gz", predict(i, reference_map(i)))
         (val / "summary.json").write_text("{}")
-        (model / f"fold_{k}" / "checkpoint_final.pth").write_bytes(b"fake")
+        write_fake_checkpoint(model / f"fold_{k}" / "checkpoint_final.pth")
     return model
+
+
+def write_fake_checkpoint(path: Path) -> None:
+    """A complete (empty) PyTorch archive: what benchmark run accepts as a finished fold."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"")

@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from benchmark_fixtures import CONF, DATASET, PLANS, make_nnunet_env, read_calls, write_fake_trainer
+from benchmark_fixtures import (
+    CONF,
+    DATASET,
+    PLANS,
+    make_nnunet_env,
+    read_calls,
+    write_fake_checkpoint,
+    write_fake_trainer,
+)
 
 from nnunet_pde.benchmark.executors import (
     Job,
@@ -53,7 +61,10 @@ def _fold(env: dict[str, str], trainer: str, fold: int) -> Path:
 def _make_fold(folder: Path, *files: str) -> None:
     for f in files:
         (folder / f).parent.mkdir(parents=True, exist_ok=True)
-        (folder / f).write_bytes(b"x")
+        if f.endswith(".pth"):
+            write_fake_checkpoint(folder / f)
+        else:
+            (folder / f).write_bytes(b"x")
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
