@@ -50,14 +50,13 @@ axis numbers in the TorchIO arguments are ``(x, y, z)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import re
-import shutil
 import sys
 import textwrap
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.benchmark.layout import find_raw_dataset
-from nnunet_pde.errors import NnunetPdeError
+from nnunet_pde.errors import NnunetPdeError, check_replaceable, staged_folder
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -97,6 +96,10 @@ FORMAT_VERSION = 1
 KIND = "shifted-images"
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+#: how the marker file of an output folder names this command
+MARKER_COMMAND = "derive shifted-images"
 
 
 class ShiftError(NnunetPdeError):
@@ -699,19 +702,9 @@ def _check_output(output: Path, dataset: Path, overwrite: bool) -> None:
         raise ShiftError(
             f"output {output} contains the source dataset {dataset}; choose another folder"
         )
-    if output.exists() and not output.is_dir():
-        raise ShiftError(f"output {output} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"output {output} exists and is not empty; pass overwrite=True (--overwrite) to "
-                "replace it or choose another folder"
-            )
-        if not (output / MANIFEST).is_file():
-            raise ShiftError(
-                f"output {output} is not empty and has no {MANIFEST}: it is not a "
-                "shifted-images folder, so it is not replaced even with overwrite"
-            )
+    # --overwrite replaces only a folder this command wrote, and only if nothing was added
+    # (e.g. the predictions/ of benchmark robustness scanner-shift)
+    check_replaceable(output, overwrite, MARKER_COMMAND, flag="--output")
 
 
 def _check_perturbations(perturbations: str | Iterable[str] | None) -> list[str]:
@@ -897,11 +890,10 @@ def derive_shifted_images(
         if report is not None:
             report(f"[{done}/{n_total}] {message}")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = output.parent / f".{output.name}.tmp-{token}"
-    old = output.parent / f".{output.name}.old-{token}"
-    try:
+    with contextlib.ExitStack() as stack:
+        if bar is not None:
+            stack.callback(bar.close)
+        tmp = stack.enter_context(staged_folder(output, command=MARKER_COMMAND))
         for name in names:
             for level in level_list:
                 level_folder(tmp, name, level).mkdir(parents=True)
@@ -955,18 +947,6 @@ def derive_shifted_images(
             "created_by": _created_by(),
         }
         _write_json(tmp / MANIFEST, manifest)
-        if output.exists():  # empty, or ours with overwrite=True (checked above)
-            output.rename(old)
-        tmp.rename(output)
-    except BaseException:
-        if old.exists() and not output.exists():
-            old.rename(output)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return output
 
 

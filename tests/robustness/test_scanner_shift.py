@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_pde.data.synthetic import make_synthetic_dataset
+from nnunet_pde.errors import OUTPUT_MARKER, NnunetPdeError
 from nnunet_pde.robustness.scanner_shift import (
     LEVELS,
     MANIFEST,
@@ -178,7 +179,9 @@ def test_every_file_written_with_the_source_geometry_and_pixel_type(shifted, key
                 assert b.GetDirection() == a.GetDirection()
                 assert b.GetPixelID() == a.GetPixelID()
                 assert not np.array_equal(_array(src), sitk.GetArrayFromImage(b)), (name, level)
-    assert sorted(p.name for p in run["output"].iterdir()) == sorted([*PERTURBATIONS, MANIFEST])
+    assert sorted(p.name for p in run["output"].iterdir()) == sorted(
+        [*PERTURBATIONS, MANIFEST, OUTPUT_MARKER]
+    )
     assert not [p for p in run["output"].parent.iterdir() if p.name.startswith(".")]
 
 
@@ -399,11 +402,18 @@ def test_existing_output_is_refused_without_overwrite(brats, tmp_path):
     out = tmp_path / "out"
     derive_shifted_images(brats, out, perturbations=["noise"], levels=[1], seed=0)
     first = _hashes(out)
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(NnunetPdeError, match="--overwrite"):
         derive_shifted_images(brats, out, perturbations=["noise"], levels=[1], seed=5)
     assert _hashes(out) == first
+    # anything added to the folder (e.g. predictions/) makes --overwrite refuse
+    (out / "predictions").mkdir()
+    (out / "predictions" / "case.nii.gz").write_bytes(b"mine")
+    with pytest.raises(NnunetPdeError, match="predictions/case.nii.gz"):
+        derive_shifted_images(brats, out, perturbations=["blur"], levels=[2], overwrite=True)
+    assert (out / "predictions" / "case.nii.gz").read_bytes() == b"mine"
+    shutil.rmtree(out / "predictions")
     derive_shifted_images(brats, out, perturbations=["blur"], levels=[2], overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == sorted(["blur", MANIFEST])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["blur", MANIFEST, OUTPUT_MARKER])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -411,7 +421,7 @@ def test_overwrite_never_replaces_a_folder_that_is_not_ours(brats, tmp_path):
     foreign = tmp_path / "results"
     foreign.mkdir()
     (foreign / "important.txt").write_text("keep me")
-    with pytest.raises(ShiftError, match="not a shifted-images folder"):
+    with pytest.raises(NnunetPdeError, match="was not written by"):
         derive_shifted_images(brats, foreign, perturbations=["noise"], levels=[1], overwrite=True)
     assert (foreign / "important.txt").read_text() == "keep me"
     assert sorted(p.name for p in foreign.iterdir()) == ["important.txt"]
