@@ -79,6 +79,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from nnunet_pde.benchmark.layout import find_raw_dataset
+from nnunet_pde.errors import NnunetPdeError
 
 __all__ = [
     "CLEAN_LABELS_DIR",
@@ -686,6 +687,46 @@ def _change_stats(
     return {"voxels_changed": int((clean != noisy).sum()), "structures": per}
 
 
+def label_damage(cases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """How much of each label/region the corruption changed, over the corrupted cases.
+
+    Per structure: ``fraction_changed`` (voxels added + removed over its clean voxels),
+    ``volume_ratio`` (noisy over clean voxels), ``cases_emptied`` (present in the clean
+    label, absent in the noisy one) of ``cases_present``. ``warnings`` names every structure
+    the corruption destroys rather than perturbs: emptied in some case, or changed by more
+    than its own clean volume.
+    """
+    per: dict[str, dict[str, Any]] = {}
+    for record in cases.values():
+        for name, st in (record.get("structures") or {}).items():
+            d = per.setdefault(
+                name,
+                {"voxels_clean": 0, "voxels_noisy": 0, "voxels_changed": 0,
+                 "cases_present": 0, "cases_emptied": 0},
+            )
+            d["voxels_clean"] += st["voxels_clean"]
+            d["voxels_noisy"] += st["voxels_noisy"]
+            d["voxels_changed"] += st["voxels_added"] + st["voxels_removed"]
+            if st["voxels_clean"] > 0:
+                d["cases_present"] += 1
+                d["cases_emptied"] += st["voxels_noisy"] == 0
+    warnings = []
+    for name, d in per.items():
+        clean = max(d["voxels_clean"], 1)
+        d["fraction_changed"] = _r(d["voxels_changed"] / clean)
+        d["volume_ratio"] = _r(d["voxels_noisy"] / clean)
+        if d["cases_emptied"]:
+            warnings.append(
+                f"'{name}' emptied in {d['cases_emptied']} of {d['cases_present']} case(s)"
+            )
+        elif d["fraction_changed"] > 1:
+            warnings.append(
+                f"'{name}' changed by {100 * d['fraction_changed']:.0f}% of its clean volume "
+                f"(noisy/clean volume {d['volume_ratio']:.3g})"
+            )
+    return {"structures": per, "warnings": warnings}
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -836,7 +877,7 @@ def _targets_to_replace(
 ) -> list[Path]:
     """Existing folders with the target id; refuse unless ``overwrite`` (and never the source)."""
     if raw_root.exists() and not raw_root.is_dir():
-        raise NotADirectoryError(f"raw_root {raw_root} exists and is not a folder")
+        raise NnunetPdeError(f"{raw_root} exists and is not a folder", "--raw")
     if not raw_root.is_dir():
         return []
     prefix = f"Dataset{dataset_id:03d}_"
@@ -849,7 +890,7 @@ def _targets_to_replace(
     if not overwrite:
         raise FileExistsError(
             f"dataset id {dataset_id} is already used in {raw_root} ({names}); pass "
-            "overwrite=True (--overwrite) to replace it, or choose another id"
+            "--overwrite to replace it, or choose another --id"
         )
     src = source.resolve()
     for p in existing:
@@ -1114,6 +1155,7 @@ def derive_noisy_labels(
             "num_corrupted": len(corrupted),
             "num_changed": int(n_changed),
             "corrupted_cases": sorted(corrupted),
+            "label_damage": label_damage({c: cases[c] for c in sorted(corrupted)}),
             "created_by": {
                 "tool": f"nnunet-pde {KIND}",
                 "version": __version__,
@@ -1226,6 +1268,14 @@ def _cmd_noisy_labels(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    damage = info.get("label_damage") or {}
+    if damage.get("warnings"):
+        print(
+            f"warning: --mode {args.mode} --magnitude {args.magnitude:g} destroys rather than "
+            f"perturbs the labels: {'; '.join(damage['warnings'])}; see label_damage in "
+            f"{DERIVED_JSON} (a smaller --magnitude, in mm, perturbs them)",
+            file=sys.stderr,
+        )
     print(
         f"wrote {folder}\n"
         f"  {info.get('mode')} {info.get('magnitude_mm'):g} mm on {', '.join(info['labels'])}: "
@@ -1233,7 +1283,13 @@ def _cmd_noisy_labels(args: argparse.Namespace) -> int:
         f"({info['num_changed']} changed)\n"
         f"  labelsTr: corrupted training labels; {CLEAN_LABELS_DIR}: the clean ones (evaluate "
         f"against these); {DERIVED_JSON}: every sampled parameter\n"
-        f"Next: nnUNetv2_plan_and_preprocess -d {args.id} -c 3d_fullres "
+        + "".join(
+            f"  {name}: {100 * d['fraction_changed']:.1f}% of its voxels changed, noisy/clean "
+            f"volume {d['volume_ratio']:.3g}, emptied in {d['cases_emptied']} of "
+            f"{d['cases_present']} case(s)\n"
+            for name, d in (damage.get("structures") or {}).items()
+        )
+        + f"Next: nnUNetv2_plan_and_preprocess -d {args.id} -c 3d_fullres "
         "--verify_dataset_integrity"
     )
     return 0

@@ -1,0 +1,1077 @@
+"""Bad input never loses data, never shows a traceback, never gives a silent wrong answer.
+
+One matrix of ``nnunet-pde`` invocations (bad ones and the good ones next to them), each run
+as a subprocess of ``python -m nnunet_pde.cli``. For every case the test asserts the exit
+code, that stderr holds no traceback (and, for a refusal, exactly one ``error:`` line),
+what the output says, and that the shared inputs (source datasets, checkpoints, prediction
+folders) and whatever existed before in the case's own folder are byte-identical afterwards
+(sha256 of every file, the file list included).
+
+``BAD_INPUT_RECORD=FILE`` appends one JSON line per case (id, command, exit code, whether a
+traceback was printed): how the counts in the closing note of issue 13 were measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from plan_fixtures import FIXTURES, REPO, nnunet_subprocess_env
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+DS = "Dataset001_SyntheticBraTS"
+DS4 = "Dataset004_Four"
+PDE_FOLDER = "nnUNetTrainerPDE3D__nnUNetPlans__3d_fullres"
+
+
+# ------------------------------------------------------------------------------ the world
+
+
+@dataclass
+class World:
+    """Inputs shared by all cases; hashed around every case."""
+
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def ds(self) -> Path:
+        return self.raw / DS
+
+    @property
+    def ck(self) -> Path:
+        return self.root / "ck"
+
+    @property
+    def ev(self) -> Path:
+        return self.root / "ev"
+
+
+def _write_seg(array: np.ndarray, path: Path, reference: Path) -> None:
+    import SimpleITK as sitk
+
+    ref = sitk.ReadImage(str(reference))
+    img = sitk.GetImageFromArray(array)
+    img.CopyInformation(ref)
+    sitk.WriteImage(img, str(path), useCompression=True)
+
+
+def _checkpoint(path: Path, trainer: type, trainer_name: str | None = None) -> None:
+    from plan_fixtures import load_plans, managers
+
+    plans, ds = load_plans("tiny_plain")
+    pm, cm, n_in, n_out = managers(plans, ds)
+    torch.manual_seed(0)
+    net = trainer.build_network_architecture(pm, cm, n_in, n_out, True)
+    torch.save(
+        {
+            "network_weights": net.state_dict(),
+            "init_args": {
+                "plans": plans,
+                "configuration": "3d_fullres",
+                "fold": 0,
+                "dataset_json": ds,
+                "device": torch.device("cpu"),
+            },
+            "trainer_name": trainer_name or trainer.__name__,
+            "current_epoch": 3,
+        },
+        path,
+    )
+
+
+def _read_only_folder(parent: Path) -> Path | None:
+    """A folder that this process cannot write into (None when there is none, e.g. root
+    without a read-only mount)."""
+    folder = parent / "readonly"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    probe = folder / "probe"
+    try:
+        probe.mkdir()
+    except OSError:
+        return folder
+    probe.rmdir()
+    os.chmod(folder, 0o755)
+    folder.rmdir()
+    for candidate in (Path("/sys/nnunet_pde_readonly"), Path("/proc/nnunet_pde_readonly")):
+        try:
+            candidate.mkdir()
+        except OSError:
+            return candidate
+        candidate.rmdir()  # pragma: no cover - writable /sys
+    return None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_pde.data.synthetic import make_synthetic_dataset
+    from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
+        nnUNetTrainerPDE3D,
+        nnUNetTrainerPDE3D_Moment,
+    )
+
+    root = tmp_path_factory.mktemp("world")
+    w = World(root, nnunet_subprocess_env(root))
+    w.env.update(PYTHONWARNINGS="default", nnUNet_n_proc_DA="0", COLUMNS="200")
+    w.env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (os.environ.get("BAD_INPUT_PYTHONPATH"), os.environ.get("PYTHONPATH")) if p
+    )
+    make_synthetic_dataset("brats-like", w.raw, 1, num_train=5, num_test=1, size=16)
+    make_synthetic_dataset("lits-like", w.raw, 4, name="Four", num_train=4, num_test=0, size=16)
+    # preprocessed folders as far as benchmark run reads them
+    for name in (DS, DS4):
+        pre = root / "pre" / name
+        pre.mkdir(parents=True)
+        shutil.copy(FIXTURES / "plans_tiny_plain.json", pre / "nnUNetPlans.json")
+        shutil.copy(w.raw / name / "dataset.json", pre / "dataset.json")
+    # checkpoints
+    w.ck.mkdir()
+    _checkpoint(w.ck / "stock.pth", nnUNetTrainer)
+    _checkpoint(w.ck / "pde.pth", nnUNetTrainerPDE3D)
+    # weights of the moment network under the name of the diffusion trainer
+    _checkpoint(w.ck / "mismatch.pth", nnUNetTrainerPDE3D_Moment, "nnUNetTrainerPDE3D")
+    data = (w.ck / "stock.pth").read_bytes()
+    (w.ck / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (w.ck / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    (w.ck / "empty.pth").write_bytes(b"")
+    (w.ck / "folder").mkdir()
+    # results: fold 0 "finished" with a truncated checkpoint, fold 1 finished for real
+    for fold, ckpt in ((0, "truncated.pth"), (1, "pde.pth")):
+        fd = root / "res" / DS / PDE_FOLDER / f"fold_{fold}"
+        (fd / "validation").mkdir(parents=True)
+        shutil.copy(w.ck / ckpt, fd / "checkpoint_final.pth")
+        (fd / "validation" / "summary.json").write_text("{}\n")
+    # evaluation folders
+    ref = w.ds / "labelsTs" / "brats_test_000.nii.gz"
+    import SimpleITK as sitk
+
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(ref)))
+    for name, array in {
+        "pred": seg,
+        "pred7": np.where(seg == 1, 7, seg).astype(np.uint8),
+        "predfloat": seg.astype(np.float32) * 0.5,
+        "ref9": np.where(seg == 2, 9, seg).astype(np.uint8),
+    }.items():
+        (w.ev / name).mkdir(parents=True)
+        _write_seg(array, w.ev / name / ref.name, ref)
+    (w.ev / "existing_file").write_text("not a folder\n")
+    # fake nnUNetv2_train for the progress case: nnU-Net's log lines, then a finished fold
+    (w.root / "fake_train.py").write_text(_FAKE_TRAIN)
+    w.readonly = _read_only_folder(root)  # type: ignore[attr-defined]
+    return w
+
+
+_FAKE_TRAIN = """\
+import sys, time, os, pathlib, torch
+ds, conf, fold = sys.argv[1:4]
+trainer = sys.argv[sys.argv.index("-tr") + 1]
+res = pathlib.Path(os.environ["nnUNet_results"])
+fd = res / ds / f"{trainer}__nnUNetPlans__{conf}" / f"fold_{fold}"
+fd.mkdir(parents=True, exist_ok=True)
+log = fd / "training_log_2026_1_1_00_00_00.txt"
+for epoch in range(3):
+    for line in (f"Epoch {epoch}", "Current learning rate: 0.01", "train_loss -0.1",
+                 "val_loss -0.2", f"Pseudo dice [np.float32(0.{epoch + 5}), np.float32(0.4)]",
+                 "Epoch time: 0.4 s"):
+        with open(log, "a") as f:
+            f.write(f"2026-01-01 00:00:00.000000: {line}\\n")
+        print(line, flush=True)
+    time.sleep(0.6)
+torch.save({"network_weights": {}}, fd / "checkpoint_final.pth")
+(fd / "validation").mkdir(exist_ok=True)
+(fd / "validation" / "summary.json").write_text("{}")
+"""
+
+
+# ------------------------------------------------------------------------------ the cases
+
+
+@dataclass
+class Case:
+    """One invocation. ``argv`` and ``setup`` get (world, case folder)."""
+
+    id: str
+    argv: Callable[[World, Path], list[str]]
+    rc: int
+    err: str | None = None  # in the error line (rc 2) or stderr
+    out: str | None = None  # in stdout
+    not_in: tuple[str, ...] = ()  # in neither stdout nor stderr
+    setup: Callable[[World, Path], None] | None = None
+    env: Callable[[World, Path], dict[str, str]] | None = None
+    after: Callable[[World, Path], None] | None = None  # further checks
+    send: int | None = None  # signal to send once the command printed its first line
+    protect_case_dir: bool | None = None  # default: only for refusals
+    marks: tuple = field(default_factory=tuple)
+
+    @property
+    def command(self) -> str:
+        return self.id.split(":")[0]
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def _no_leftovers(w: World, d: Path) -> None:
+    hidden = [p for p in _listing(d) if any(part.startswith(".") for part in p.split("/"))]
+    hidden = [p for p in hidden if ".nnunet_pde_written.json" not in p]
+    assert not hidden, f"temporary files left behind: {hidden}"
+
+
+def _shifted(w: World, d: Path, predictions: bool) -> None:
+    from nnunet_pde.robustness.scanner_shift import derive_shifted_images
+
+    derive_shifted_images(
+        w.ds, d / "shift", perturbations=["noise"], levels=[1], progress=False, workers=1
+    )
+    if predictions:
+        (d / "shift" / "predictions" / "T" / "clean").mkdir(parents=True)
+        (d / "shift" / "predictions" / "T" / "clean" / "case.nii.gz").write_bytes(b"x")
+        (d / "shift" / "notes.txt").write_text("mine\n")
+
+
+def _stock_output(w: World, d: Path) -> None:
+    (d / "out.pth").write_bytes(b"previous output")
+
+
+def _dataset_exists(w: World, d: Path) -> None:
+    from nnunet_pde.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset("brats-like", d / "raw", 3, num_train=1, num_test=0, size=16)
+
+
+def _foreign_file_in_dataset(w: World, d: Path) -> None:
+    _dataset_exists(w, d)
+    (d / "raw" / "Dataset003_SyntheticBraTS" / "my_notes.txt").write_text("keep me\n")
+
+
+def _noisy_summary(w: World, d: Path) -> None:
+    info = json.loads(
+        next((d / "raw").glob("Dataset6*")).joinpath("nnunet_pde_derived.json").read_text()
+    )
+    assert "label_damage" in info
+
+
+def _ro(w: World) -> str:
+    if w.readonly is None:  # type: ignore[attr-defined]
+        pytest.skip("no read-only folder available")
+    return str(w.readonly)  # type: ignore[attr-defined]
+
+
+CASES: list[Case] = [
+    # ---------------------------------------------------------------- env / doctor / list
+    Case("env:good", lambda w, d: ["env"], 0, out="nnUNet_extTrainer"),
+    Case("doctor:good", lambda w, d: ["doctor"], 0, out="resolves all", not_in=("Warning",)),
+    Case(
+        "doctor:raw-is-a-file",
+        lambda w, d: ["doctor"],
+        1,
+        out="is not a folder",
+        not_in=("mkdir -p /etc/passwd",),
+        env=lambda w, d: {"nnUNet_raw": "/etc/passwd"},
+    ),
+    Case(
+        "list-trainers:no-monai-warning",
+        lambda w, d: ["list-trainers"],
+        0,
+        out="nnUNetTrainerPDE3D",
+        not_in=("FutureWarning", "Warning"),
+    ),
+    # ---------------------------------------------------------------- make-dataset
+    Case(
+        "make-dataset:good",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "2",
+            "--size",
+            "16",
+            "--num-train",
+            "5",
+            "--num-test",
+            "1",
+            "--raw",
+            str(d / "raw"),
+        ],
+        0,
+        out="wrote brats-like dataset",
+        after=_no_leftovers,
+    ),
+    Case(
+        "make-dataset:four-cases-warns",
+        lambda w, d: [
+            "make-dataset",
+            "lits-like",
+            "--id",
+            "2",
+            "--size",
+            "16",
+            "--num-train",
+            "4",
+            "--num-test",
+            "0",
+            "--raw",
+            str(d / "raw"),
+        ],
+        0,
+        err="at least 5",
+    ),
+    Case(
+        "make-dataset:raw-read-only",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "2",
+            "--size",
+            "16",
+            "--raw",
+            _ro(w) + "/raw",
+        ],
+        2,
+        err="--raw",
+    ),
+    Case(
+        "make-dataset:raw-is-a-file",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "2",
+            "--raw",
+            str(w.ev / "existing_file"),
+        ],
+        2,
+        err="not a folder",
+    ),
+    Case(
+        "make-dataset:env-raw-read-only",
+        lambda w, d: ["make-dataset", "brats-like", "--id", "2", "--size", "16"],
+        2,
+        err="nnUNet_raw",
+        env=lambda w, d: {"nnUNet_raw": _ro(w) + "/raw"},
+    ),
+    Case(
+        "make-dataset:size-2000",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "2",
+            "--size",
+            "2000",
+            "--raw",
+            str(d / "raw"),
+        ],
+        2,
+        err="--size",
+    ),
+    Case(
+        "make-dataset:size-100000",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "2",
+            "--size",
+            "100000",
+            "--raw",
+            str(d / "raw"),
+        ],
+        2,
+        err="--size",
+    ),
+    Case(
+        "make-dataset:size-too-small",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "2",
+            "--size",
+            "8",
+            "--raw",
+            str(d / "raw"),
+        ],
+        2,
+        err="--size",
+    ),
+    Case(
+        "make-dataset:bad-id",
+        lambda w, d: ["make-dataset", "brats-like", "--id", "0", "--raw", str(d / "raw")],
+        2,
+        err="--id",
+        not_in=("dataset_id",),
+    ),
+    Case(
+        "make-dataset:exists",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "3",
+            "--size",
+            "16",
+            "--raw",
+            str(d / "raw"),
+        ],
+        2,
+        err="--overwrite",
+        not_in=("overwrite=True",),
+        setup=_dataset_exists,
+    ),
+    Case(
+        "make-dataset:overwrite-own",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "3",
+            "--size",
+            "16",
+            "--num-train",
+            "5",
+            "--raw",
+            str(d / "raw"),
+            "--overwrite",
+        ],
+        0,
+        setup=_dataset_exists,
+        after=_no_leftovers,
+    ),
+    Case(
+        "make-dataset:overwrite-foreign-file",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "3",
+            "--size",
+            "16",
+            "--num-train",
+            "5",
+            "--raw",
+            str(d / "raw"),
+            "--overwrite",
+        ],
+        2,
+        err="my_notes.txt",
+        setup=_foreign_file_in_dataset,
+    ),
+    Case(
+        "make-dataset:sigint",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "2",
+            "--size",
+            "48",
+            "--num-train",
+            "60",
+            "--raw",
+            str(d / "raw"),
+        ],
+        130,
+        err="interrupted",
+        send=signal.SIGINT,
+        after=_no_leftovers,
+        protect_case_dir=False,
+    ),
+    Case(
+        "make-dataset:sigterm",
+        lambda w, d: [
+            "make-dataset",
+            "brats-like",
+            "--id",
+            "2",
+            "--size",
+            "48",
+            "--num-train",
+            "60",
+            "--raw",
+            str(d / "raw"),
+        ],
+        143,
+        err="interrupted",
+        send=signal.SIGTERM,
+        after=_no_leftovers,
+        protect_case_dir=False,
+    ),
+    # ---------------------------------------------------------------- warmstart
+    Case(
+        "warmstart:good",
+        lambda w, d: ["warmstart", str(w.ck / "stock.pth"), str(d / "out.pth")],
+        0,
+        out="wrote",
+    ),
+    *[
+        Case(
+            f"warmstart:{kind}-checkpoint",
+            lambda w, d, kind=kind: ["warmstart", str(w.ck / f"{kind}.pth"), str(d / "o.pth")],
+            2,
+            err="STOCK_CHECKPOINT",
+        )
+        for kind in ("truncated", "random", "empty")
+    ],
+    Case(
+        "warmstart:missing",
+        lambda w, d: ["warmstart", str(w.ck / "nope.pth"), str(d / "o.pth")],
+        2,
+        err="not found",
+    ),
+    Case(
+        "warmstart:input-is-a-folder",
+        lambda w, d: ["warmstart", str(w.ck / "folder"), str(d / "o.pth")],
+        2,
+        err="is a folder",
+    ),
+    Case(
+        "warmstart:output-read-only",
+        lambda w, d: ["warmstart", str(w.ck / "stock.pth"), _ro(w) + "/o.pth"],
+        2,
+        err="OUTPUT",
+    ),
+    Case(
+        "warmstart:output-is-a-folder",
+        lambda w, d: ["warmstart", str(w.ck / "stock.pth"), str(d / "dir"), "--overwrite"],
+        2,
+        err="is a folder",
+        setup=lambda w, d: (d / "dir").mkdir(),
+    ),
+    Case(
+        "warmstart:output-exists",
+        lambda w, d: ["warmstart", str(w.ck / "stock.pth"), str(d / "out.pth")],
+        2,
+        err="--overwrite",
+        setup=_stock_output,
+    ),
+    Case(
+        "warmstart:pde3d-checkpoint",
+        lambda w, d: ["warmstart", str(w.ck / "pde.pth"), str(d / "o.pth")],
+        2,
+        err="already",
+    ),
+    Case(
+        "warmstart:unknown-trainer",
+        lambda w, d: [
+            "warmstart",
+            str(w.ck / "stock.pth"),
+            str(d / "o.pth"),
+            "--trainer",
+            "nnUNetTrainerPDE3D_Nope",
+        ],
+        2,
+        err="--trainer",
+    ),
+    # ---------------------------------------------------------------- inspect
+    Case("inspect:good", lambda w, d: ["inspect", str(w.ck / "pde.pth")], 0, out="encoder"),
+    Case(
+        "inspect:good-json",
+        lambda w, d: ["inspect", str(w.ck / "pde.pth"), "--json", str(d / "r.json")],
+        0,
+        out="wrote 1 file",
+    ),
+    *[
+        Case(
+            f"inspect:{kind}-checkpoint",
+            lambda w, d, kind=kind: ["inspect", str(w.ck / f"{kind}.pth")],
+            2,
+            err="CHECKPOINT",
+        )
+        for kind in ("truncated", "random", "empty")
+    ],
+    Case(
+        "inspect:stock-checkpoint",
+        lambda w, d: ["inspect", str(w.ck / "stock.pth")],
+        2,
+        err="no PDE blocks",
+    ),
+    Case(
+        "inspect:weights-do-not-fit",
+        lambda w, d: ["inspect", str(w.ck / "mismatch.pth")],
+        2,
+        err="Missing key",
+    ),
+    Case(
+        "inspect:folder",
+        lambda w, d: ["inspect", str(w.ck / "folder")],
+        2,
+        err="is a folder",
+    ),
+    Case(
+        "inspect:json-read-only",
+        lambda w, d: ["inspect", str(w.ck / "pde.pth"), "--json", _ro(w) + "/r.json"],
+        2,
+        err="--json",
+    ),
+    # ---------------------------------------------------------------- evaluate
+    Case(
+        "evaluate:good",
+        lambda w, d: [
+            "evaluate",
+            str(w.ev / "pred"),
+            str(w.ds / "labelsTs"),
+            "--dataset-json",
+            str(w.ds / "dataset.json"),
+            "--output",
+            str(d / "out"),
+            "--no-progress",
+            "-j",
+            "1",
+        ],
+        0,
+        out="Wrote",
+    ),
+    *[
+        Case(
+            f"evaluate:{name}",
+            lambda w, d, p=p, r=r: [
+                "evaluate",
+                str(w.ev / p),
+                str(r(w)),
+                "--dataset-json",
+                str(w.ds / "dataset.json"),
+                "--output",
+                str(d / "out"),
+                "--no-progress",
+                "-j",
+                "1",
+            ],
+            2,
+            err=err,
+        )
+        for name, p, r, err in (
+            ("pred-label-7", "pred7", lambda w: w.ds / "labelsTs", "7"),
+            ("pred-float-map", "predfloat", lambda w: w.ds / "labelsTs", "integer"),
+            ("ref-label-9", "pred", lambda w: w.ev / "ref9", "9"),
+        )
+    ],
+    Case(
+        "evaluate:output-is-a-file",
+        lambda w, d: [
+            "evaluate",
+            str(w.ev / "pred"),
+            str(w.ds / "labelsTs"),
+            "--dataset-json",
+            str(w.ds / "dataset.json"),
+            "--output",
+            str(w.ev / "existing_file"),
+            "--no-progress",
+        ],
+        2,
+        err="--output",
+        not_in=("Errno",),
+    ),
+    Case(
+        "evaluate:missing-pred",
+        lambda w, d: ["evaluate", str(d / "nope"), str(w.ds / "labelsTs")],
+        2,
+        err="does not exist",
+    ),
+    # ---------------------------------------------------------------- derive noisy-labels
+    Case(
+        "derive-noisy-labels:good",
+        lambda w, d: [
+            "derive",
+            "noisy-labels",
+            str(w.ds),
+            "--id",
+            "601",
+            "--mode",
+            "erode",
+            "--magnitude",
+            "1",
+            "--raw",
+            str(d / "raw"),
+            "--quiet",
+        ],
+        0,
+        out="wrote",
+        after=_noisy_summary,
+    ),
+    Case(
+        "derive-noisy-labels:erode-1e6",
+        lambda w, d: [
+            "derive",
+            "noisy-labels",
+            str(w.ds),
+            "--id",
+            "601",
+            "--mode",
+            "erode",
+            "--magnitude",
+            "1e6",
+            "--raw",
+            str(d / "raw"),
+            "--quiet",
+        ],
+        0,
+        err="emptied",
+        out="emptied in",
+        after=_noisy_summary,
+    ),
+    Case(
+        "derive-noisy-labels:add-blobs-500",
+        lambda w, d: [
+            "derive",
+            "noisy-labels",
+            str(w.ds),
+            "--id",
+            "601",
+            "--mode",
+            "add-blobs",
+            "--magnitude",
+            "500",
+            "--raw",
+            str(d / "raw"),
+            "--quiet",
+        ],
+        0,
+        err="destroys rather than perturbs",
+        after=_noisy_summary,
+    ),
+    Case(
+        "derive-noisy-labels:exists",
+        lambda w, d: [
+            "derive",
+            "noisy-labels",
+            str(w.ds),
+            "--id",
+            "3",
+            "--mode",
+            "erode",
+            "--magnitude",
+            "1",
+            "--raw",
+            str(d / "raw"),
+            "--quiet",
+        ],
+        2,
+        err="--overwrite",
+        not_in=("overwrite=True",),
+        setup=_dataset_exists,
+    ),
+    # ---------------------------------------------------------------- derive shifted-images
+    Case(
+        "derive-shifted-images:good",
+        lambda w, d: [
+            "derive",
+            "shifted-images",
+            str(w.ds),
+            "--output",
+            str(d / "s"),
+            "--perturbations",
+            "noise",
+            "--levels",
+            "1",
+            "--no-progress",
+            "--workers",
+            "1",
+        ],
+        0,
+        out="Wrote",
+    ),
+    Case(
+        "derive-shifted-images:overwrite-own",
+        lambda w, d: [
+            "derive",
+            "shifted-images",
+            str(w.ds),
+            "--output",
+            str(d / "shift"),
+            "--perturbations",
+            "noise",
+            "--levels",
+            "1",
+            "--no-progress",
+            "--workers",
+            "1",
+            "--overwrite",
+        ],
+        0,
+        out="Wrote",
+        setup=lambda w, d: _shifted(w, d, predictions=False),
+        after=_no_leftovers,
+    ),
+    Case(
+        "derive-shifted-images:overwrite-keeps-predictions",
+        lambda w, d: [
+            "derive",
+            "shifted-images",
+            str(w.ds),
+            "--output",
+            str(d / "shift"),
+            "--perturbations",
+            "noise",
+            "--levels",
+            "1",
+            "--no-progress",
+            "--workers",
+            "1",
+            "--overwrite",
+        ],
+        2,
+        err="predictions",
+        setup=lambda w, d: _shifted(w, d, predictions=True),
+    ),
+    Case(
+        "derive-shifted-images:exists",
+        lambda w, d: [
+            "derive",
+            "shifted-images",
+            str(w.ds),
+            "--output",
+            str(d / "shift"),
+            "--perturbations",
+            "noise",
+            "--levels",
+            "1",
+            "--no-progress",
+        ],
+        2,
+        err="--overwrite",
+        not_in=("overwrite=True",),
+        setup=lambda w, d: _shifted(w, d, predictions=False),
+    ),
+    # ---------------------------------------------------------------- benchmark run
+    Case(
+        "benchmark-run:dry-run-good",
+        lambda w, d: [
+            "benchmark",
+            "run",
+            "1",
+            "--trainers",
+            "nnUNetTrainerPDE3D",
+            "--folds",
+            "1",
+            "2",
+            "--dry-run",
+            "--device",
+            "cpu",
+        ],
+        0,
+        out="# skip nnUNetTrainerPDE3D/fold_1",
+    ),
+    Case(
+        "benchmark-run:dry-run-truncated-final",
+        lambda w, d: [
+            "benchmark",
+            "run",
+            "1",
+            "--trainers",
+            "nnUNetTrainerPDE3D",
+            "--folds",
+            "0",
+            "--dry-run",
+            "--device",
+            "cpu",
+        ],
+        2,
+        err="checkpoint_final.pth",
+    ),
+    Case(
+        "benchmark-run:unknown-trainer",
+        lambda w, d: [
+            "benchmark",
+            "run",
+            "1",
+            "--trainers",
+            "nnUNetTrainerPDE3D_Nope",
+            "--dry-run",
+        ],
+        2,
+        err="unknown trainer",
+    ),
+    Case(
+        "benchmark-run:unknown-trainer-no-dry-run",
+        lambda w, d: [
+            "benchmark",
+            "run",
+            "1",
+            "--trainers",
+            "nnUNetTrainerPDE3D_Nope",
+            "--folds",
+            "3",
+        ],
+        2,
+        err="unknown trainer",
+    ),
+    Case(
+        "benchmark-run:bad-device",
+        lambda w, d: [
+            "benchmark",
+            "run",
+            "1",
+            "--trainers",
+            "nnUNetTrainerPDE3D",
+            "--folds",
+            "2",
+            "--device",
+            "gpu",
+            "--dry-run",
+        ],
+        2,
+        err="--device",
+    ),
+    Case(
+        "benchmark-run:four-cases",
+        lambda w, d: ["benchmark", "run", "4", "--trainers", "nnUNetTrainerPDE3D", "--dry-run"],
+        2,
+        err="--folds",
+    ),
+    Case(
+        "benchmark-run:fold-5",
+        lambda w, d: [
+            "benchmark",
+            "run",
+            "1",
+            "--trainers",
+            "nnUNetTrainerPDE3D",
+            "--folds",
+            "5",
+            "--dry-run",
+        ],
+        2,
+        err="--folds",
+    ),
+    Case(
+        "benchmark-run:progress",
+        lambda w, d: [
+            "benchmark",
+            "run",
+            "1",
+            "--trainers",
+            "nnUNetTrainerPDE3D",
+            "--folds",
+            "2",
+            "--device",
+            "cpu",
+            "--train-command",
+            f"{sys.executable} {w.root / 'fake_train.py'}",
+        ],
+        0,
+        out="epoch 2",
+        env=lambda w, d: {"nnUNet_results": str(d / "res"), "NNUNET_PDE_PROGRESS_INTERVAL": "0.3"},
+        protect_case_dir=False,
+    ),
+]
+
+
+def _tree_hash(paths: list[Path]) -> dict[str, str]:
+    out = {}
+    for top in paths:
+        if not top.exists():
+            continue
+        for p in sorted(top.rglob("*")):
+            key = str(p)
+            out[key] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def _run(case: Case, w: World, d: Path) -> subprocess.CompletedProcess:
+    env = dict(w.env)
+    if case.env is not None:
+        env.update(case.env(w, d))
+    cmd = [sys.executable, "-m", "nnunet_pde.cli", *case.argv(w, d)]
+    if case.send is None:
+        return subprocess.run(
+            cmd, env=env, cwd=d, capture_output=True, text=True, timeout=300, check=False
+        )
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=d,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    first = proc.stdout.readline()  # the first progress line: the dataset is being written
+    time.sleep(0.3)
+    proc.send_signal(case.send)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, first + out, err)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, world: World, tmp_path: Path) -> None:
+    d = tmp_path / "case"
+    d.mkdir()
+    if case.setup is not None:
+        case.setup(world, d)
+    protect = [world.root]
+    if case.protect_case_dir if case.protect_case_dir is not None else case.rc == 2:
+        protect.append(d)
+    elif case.setup is not None:
+        protect = [world.root]
+    before = _tree_hash(protect)
+    result = _run(case, world, d)
+    record = os.environ.get("BAD_INPUT_RECORD")
+    if record:
+        with open(record, "a") as fh:
+            fh.write(
+                json.dumps(
+                    {
+                        "id": case.id,
+                        "command": case.command,
+                        "rc": result.returncode,
+                        "traceback": "Traceback" in result.stderr,
+                        "stderr_tail": result.stderr.strip().splitlines()[-1:] or "",
+                    }
+                )
+                + "\n"
+            )
+    info = f"\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stderr, info
+    assert result.returncode == case.rc, info
+    err_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if case.rc == 2:
+        assert len(err_lines) == 1 and err_lines[0].startswith("error: "), info
+    if case.err is not None:
+        assert case.err in result.stderr, info
+    if case.out is not None:
+        assert case.out in result.stdout, info
+    for text in case.not_in:
+        assert text not in result.stdout + result.stderr, info
+    assert _tree_hash(protect) == before, "inputs or pre-existing outputs changed" + info
+    if case.after is not None:
+        case.after(world, d)
+
+
+def test_matrix_covers_every_command() -> None:
+    commands = {c.command for c in CASES}
+    assert commands >= {
+        "env",
+        "doctor",
+        "list-trainers",
+        "make-dataset",
+        "warmstart",
+        "inspect",
+        "evaluate",
+        "derive-noisy-labels",
+        "derive-shifted-images",
+        "benchmark-run",
+    }
+    assert REPO.is_dir()
