@@ -4,9 +4,15 @@
 
 * ``L_seg``: the loss nnU-Net builds (``DeepSupervisionWrapper`` around Dice+CE, or
   Dice+BCE for region datasets), untouched.
-* ``L_reg``: PDE consistency recorded by the PDE blocks during the forward pass (mean over
-  blocks of the implicit-step residual ``mean(r^2)`` plus the flux divergence at the final
-  state ``mean(D[u_K]^2)``).
+* ``L_reg``: PDE consistency recorded by the PDE blocks during the forward pass: the mean
+  over blocks of the edge energy of each block's final state
+  (:func:`nnunet_pde.pde.block.edge_energy`: mean ``log(1 + |grad z|^2)`` of the final
+  features ``z`` normalised to zero mean and unit standard deviation per sample and
+  channel). It is dimensionless, invariant to the scale and offset of the features, does
+  not involve the learned diffusivities (so it cannot be lowered by switching the PDE off
+  or by shrinking ``alpha``), and cannot be lowered by shrinking or flattening the
+  features (they are normalised). It favours features made of few regions with sharp
+  boundaries; see docs/pde_layer.md.
 * ``L_pred``: PDE consistency of the *predictions* (the loss-only ablation, no embedded
   blocks): the squared distance of the foreground probabilities from one implicit diffusion
   step of themselves, see :func:`diffusion_step_residual`.
@@ -263,6 +269,10 @@ class RegularizedSegmentationLoss(nn.Module):
             raise ValueError("lambda_pde > 0 needs the network's PDE blocks (blocks=...)")
         self.seg_loss = seg_loss
         self.config = config
+        if config.lambda_pde > 0:
+            # The blocks record only what this loss reads, and only when it reads it.
+            for block in blocks():
+                block.record_consistency = True
         self.spacing = tuple(float(s) for s in spacing)
         self.has_regions = has_regions
         self.ignore_label = ignore_label

@@ -20,10 +20,17 @@ PLANS_CASES = {
     "brats_resencm": ("plans_brats_resencm.json", "dataset_brats_regions.json"),
 }
 
+#: Fixtures used by name only (not in the PLANS_CASES parametrisation): nnU-Net's planner on
+#: a thick-slice LiTS-like CT dataset (nnunet-pde make-dataset lits-like --size 24,96,96):
+#: spacing (4, 0.8, 0.8) mm and anisotropic strides [1,1,1], [1,2,2], [1,2,2], [2,2,2], ...
+EXTRA_CASES = {
+    "lits_aniso": ("plans_lits_aniso_plain.json", "dataset_lits_labels.json"),
+}
+
 
 def load_plans(case: str) -> tuple[dict, dict]:
     """(plans, dataset_json) dicts of a fixture case (fresh copies)."""
-    plans_file, ds_file = PLANS_CASES[case]
+    plans_file, ds_file = {**PLANS_CASES, **EXTRA_CASES}[case]
     plans = json.loads((FIXTURES / plans_file).read_text())
     dataset_json = json.loads((FIXTURES / ds_file).read_text())
     return copy.deepcopy(plans), dataset_json

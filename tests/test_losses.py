@@ -127,17 +127,52 @@ def test_wrapper_adds_weighted_terms_with_warmup_and_clears_block_records():
     )
 
 
-def test_block_residual_vanishes_when_the_implicit_system_is_solved():
-    torch.manual_seed(0)
-    u = torch.randn(1, 2, 8, 8, 8)
-    residuals = []
-    for j in (1, 4, 16, 64):
-        cfg = PDEConfig(inner_iterations=j, steps=1, response=False)
-        block = PDEBlock(2, (1.0, 1.0, 1.0), cfg).train()
-        block.evolve(u)
-        residuals.append(block.last_residuals["implicit_residual"].item())
-    assert all(a > b for a, b in zip(residuals, residuals[1:], strict=False))
-    assert residuals[-1] < 1e-6 * residuals[0]
+def test_wrapper_switches_block_recording_on_only_when_it_reads_it():
+    block = PDEBlock(2, (1.0, 1.0, 1.0), PDEConfig()).train()
+    RegularizedSegmentationLoss(
+        _IdentitySegLoss(), RegularizerConfig(lambda_tv=0.1), (1, 1, 1), False
+    )
+    assert not block.record_consistency
+    RegularizedSegmentationLoss(
+        _IdentitySegLoss(),
+        RegularizerConfig(lambda_pde=0.1),
+        (1, 1, 1),
+        False,
+        blocks=lambda: [block],
+    )
+    assert block.record_consistency
+
+
+def _tv_reference(p: np.ndarray, valid: np.ndarray, h, eps: float) -> float:
+    """Numpy TV over voxels x whose forward neighbours x+e_d (every d) and x are valid."""
+    n = p.shape
+    total, count = 0.0, 0
+    for z in range(n[0] - 1):
+        for y in range(n[1] - 1):
+            for x in range(n[2] - 1):
+                pts = [(z, y, x), (z + 1, y, x), (z, y + 1, x), (z, y, x + 1)]
+                if not all(valid[q] for q in pts):
+                    continue
+                g = [(p[pts[d + 1]] - p[z, y, x]) / h[d] for d in range(3)]
+                total += np.sqrt(sum(v * v for v in g) + eps * eps) - eps
+                count += 1
+    return total / max(count, 1)
+
+
+@pytest.mark.parametrize("spot", [(2, 3, 4), (0, 0, 0), (4, 4, 3)])
+def test_tv_with_a_single_ignored_voxel_matches_a_reference(spot):
+    """One ignored voxel removes itself and every voxel whose forward neighbour it is along
+    any axis: fails if one neighbour check is dropped (anisotropic spacing on purpose)."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(1, 1, 5, 6, 5, generator=g)
+    valid = torch.ones(1, 1, 5, 6, 5, dtype=torch.bool)
+    valid[(0, 0, *spot)] = False
+    h = (2.0, 1.0, 1.5)
+    got = total_variation(p, h, valid, eps=1e-3).item()
+    hn = tuple(v / min(h) for v in h)
+    ref = _tv_reference(p[0, 0].numpy().astype(np.float64), valid[0, 0].numpy(), hn, 1e-3)
+    assert got == pytest.approx(ref, rel=1e-5)
+    assert got != pytest.approx(total_variation(p, h, None, eps=1e-3).item(), rel=1e-6)
 
 
 def test_config_rejects_negative_weights():

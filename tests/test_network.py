@@ -163,6 +163,31 @@ def test_anisotropic_plans_give_an_anisotropic_block():
     assert not torch.allclose(a, b)
 
 
+def test_every_block_gets_its_own_stage_spacing_with_anisotropic_strides():
+    """Real anisotropic plans (first strides (1, 2, 2)): a block that got the plans' spacing,
+    or the previous stage's, has the wrong physical_spacing."""
+    plans, ds = load_plans("lits_aniso")
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    assert arch["strides"][:3] == [[1, 1, 1], [1, 2, 2], [1, 2, 2]]
+    pm, cm, n_in, n_out = managers(plans, ds)
+    cfg = PDEConfig(stages=tuple(range(arch["n_stages"])))
+    net = build_pde3d_network(pm, cm, n_in, n_out, True, config=cfg)
+    blocks = pde_blocks(net)
+    h = (4.0, 0.8, 0.8)  # the plans' spacing, written out independently
+    expected = {
+        0: (h[0], h[1], h[2]),
+        1: (h[0], 2 * h[1], 2 * h[2]),
+        2: (h[0], 4 * h[1], 4 * h[2]),
+        3: (2 * h[0], 8 * h[1], 8 * h[2]),
+        4: (4 * h[0], 16 * h[1], 16 * h[2]),
+    }
+    assert sorted(blocks) == [f"encoder.stages.{s}.pde" for s in expected]
+    for s, spacing in expected.items():
+        block = blocks[f"encoder.stages.{s}.pde"]
+        assert block.physical_spacing == pytest.approx(spacing, rel=1e-6), s
+        assert block.spacing == pytest.approx(tuple(v / min(spacing) for v in spacing), rel=1e-6)
+
+
 def test_custom_placement_and_no_blocks():
     plans, ds = load_plans("brats_plain")
     pm, cm, n_in, n_out = managers(plans, ds)

@@ -86,7 +86,13 @@ def test_ablations_differ_from_the_full_model_in_what_their_names_say():
     for k in (1, 3, 5):
         assert fam[f"nnUNetTrainerPDE3D_K{k}"].pde_config.steps == k
     assert fam["nnUNetTrainerPDE3D_Explicit"].pde_config.solver == "explicit"
-    assert fam["nnUNetTrainerPDE3D_GaussSeidel"].pde_config.solver == "gauss_seidel"
+    one_gs = fam["nnUNetTrainerPDE3D_OneSweepGaussSeidel"].pde_config
+    assert (one_gs.solver, one_gs.inner_iterations) == ("gauss_seidel", 1)
+    one_j = fam["nnUNetTrainerPDE3D_OneSweepJacobi"].pde_config
+    assert (one_j.solver, one_j.inner_iterations, one_j.jacobi_omega) == ("jacobi", 1, 1.0)
+    damped = fam["nnUNetTrainerPDE3D_DampedJacobi3"].pde_config
+    assert (damped.solver, damped.inner_iterations) == ("jacobi", 3)
+    assert damped.jacobi_omega == pytest.approx(2 / 3)
     assert fam["nnUNetTrainerPDE3D_CrankNicolson"].pde_config.solver == "crank_nicolson"
     assert fam["nnUNetTrainerPDE3D_Laplacian"].pde_config.operator == "laplacian"
     assert fam["nnUNetTrainerPDE3D_Moment"].pde_config.kernel_size == 3

@@ -127,21 +127,35 @@ class nnUNetTrainerPDE3D_K5(nnUNetTrainerPDE3D):
 
 
 class nnUNetTrainerPDE3D_Explicit(nnUNetTrainerPDE3D):
-    """Explicit Euler steps (time step clamped to the CFL bound)."""
+    """Forward Euler steps; time step ``tau / (1 + tau R)`` inside the CFL bound ``1 / R``."""
 
     pde_config = _pde(solver="explicit")
 
 
-class nnUNetTrainerPDE3D_GaussSeidel(nnUNetTrainerPDE3D):
-    """Semi-implicit steps solved by one red-black Gauss-Seidel sweep."""
+class nnUNetTrainerPDE3D_CrankNicolson(nnUNetTrainerPDE3D):
+    """Crank-Nicolson on the AOS splitting (exact tridiagonal solves), time step inside
+    the bound that keeps it positive."""
+
+    pde_config = _pde(solver="crank_nicolson")
+
+
+class nnUNetTrainerPDE3D_OneSweepJacobi(nnUNetTrainerPDE3D):
+    """The paper's semi-implicit step: one Jacobi sweep of the implicit system from u^n
+    (algebraically a per-voxel rescaled explicit step)."""
+
+    pde_config = _pde(solver="jacobi")
+
+
+class nnUNetTrainerPDE3D_OneSweepGaussSeidel(nnUNetTrainerPDE3D):
+    """The paper's semi-implicit step with one red-black Gauss-Seidel sweep from u^n."""
 
     pde_config = _pde(solver="gauss_seidel")
 
 
-class nnUNetTrainerPDE3D_CrankNicolson(nnUNetTrainerPDE3D):
-    """Crank-Nicolson steps (one Jacobi sweep, stable time-step clamp)."""
+class nnUNetTrainerPDE3D_DampedJacobi3(nnUNetTrainerPDE3D):
+    """Three damped Jacobi sweeps (omega = 2/3) of the implicit system from u^n."""
 
-    pde_config = _pde(solver="crank_nicolson")
+    pde_config = _pde(solver="jacobi", inner_iterations=3, jacobi_omega=2.0 / 3.0)
 
 
 # ---------------------------------------------------------------------- operators

@@ -10,9 +10,43 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import PDEConfig
-from .operators import Conductance, MomentOperator, Response, apply_weights, diagonal
-from .solvers import residual, solve
+from .operators import Conductance, MomentOperator, Response, apply_weights, diagonal, pad_faces
+from .solvers import aos_step, explicit_step, sweep_step
 from .stencils import checkerboard
+
+#: Variance floor of the per-channel feature normalisation (as InstanceNorm's eps).
+NORM_EPS = 1e-5
+
+
+def normalise(u: torch.Tensor, eps: float = NORM_EPS) -> tuple[torch.Tensor, ...]:
+    """Per sample and channel ``(u - mean) / std`` over the spatial axes.
+
+    Returns ``(u_hat, mean, std)``, the statistics shaped ``(B, C, 1, ..., 1)``.
+    """
+    dims = tuple(range(2, u.ndim))
+    mean = u.mean(dim=dims, keepdim=True)
+    var = (u - mean).square().mean(dim=dims, keepdim=True)
+    std = torch.sqrt(var + eps)
+    return (u - mean) / std, mean, std
+
+
+def edge_energy(z: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """Mean Perona-Malik energy ``log(1 + |dz/h|^2)`` per face of ``z`` normalised by itself.
+
+    ``z`` is first normalised per sample and channel (zero mean, unit spatial standard
+    deviation), then ``(1/m) sum_d mean_faces log(1 + ((z(x+e_d) - z(x)) / h_d)^2)``. It is
+    dimensionless and invariant to the scale and offset of ``z``; within-region variation
+    costs like its square, a sharp edge only logarithmically, so for a fixed variance the
+    cheapest fields are a few regions separated by sharp boundaries.
+    """
+    z, _, _ = normalise(z)
+    total = None
+    for d, h in enumerate(spacing):
+        s = torch.diff(z, dim=2 + d) / h
+        term = torch.log1p(s * s).mean()
+        total = term if total is None else total + term
+    assert total is not None
+    return total / len(spacing)
 
 
 class PDEBlock(nn.Module):
@@ -41,7 +75,13 @@ class PDEBlock(nn.Module):
     moment operators), ``moment.free_moments`` and ``moment.theta`` ``(J, C)`` (moment
     operator), ``response.*`` (if ``response``).
 
-    In training mode ``forward``/``evolve`` record :attr:`last_residuals` for the loss.
+    The block evolves the features normalised per sample and channel (zero mean, unit
+    spatial standard deviation) and maps the result back, so it is equivariant to the
+    scale and offset of its input and ``kappa`` is in units of the channel's own spread.
+
+    In training mode, and only while :attr:`record_consistency` is True (the loss wrapper
+    sets it when ``lambda_pde > 0``), ``forward``/``evolve`` record
+    ``last_residuals = {"energy": ...}``: :func:`edge_energy` of the final state.
     """
 
     def __init__(self, channels: int, spacing: Sequence[float], config: PDEConfig) -> None:
@@ -82,41 +122,61 @@ class PDEBlock(nn.Module):
             if config.response
             else None
         )
+        #: Whether training forwards record the consistency energy for the loss; the
+        #: loss wrapper switches it on only when its weight ``lambda_pde`` is positive.
+        self.record_consistency = False
         self.last_residuals: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ parameters
     def tau(self) -> torch.Tensor:
-        """Learned time step ``tau_max * sigmoid(tau_logit)`` (scalar), before any clamp."""
+        """Learned time step ``tau_max * sigmoid(tau_logit)`` (scalar), before any bound."""
         return self.config.tau_max * torch.sigmoid(self.tau_logit)
 
-    def time_step(self, kernel: torch.Tensor | None = None) -> torch.Tensor:
-        """Time step per channel ``(C,)`` actually used, after the stability clamp.
+    def stability_rate(self) -> torch.Tensor | None:
+        """Per-channel rate ``R_c`` with ``tau R_c <= 1`` the solver's stability bound.
 
-        ``tau_eff = tau / max(1, tau * R_c)``, i.e. ``min(tau, 1 / R_c)`` written without
-        dividing by a possibly zero ``R_c``. The rate bound ``R_c`` is
+        * ``explicit``: ``R = alpha_c sum_d 2 / h_d^2`` bounds the diagonal ``S`` of ``-A``
+          (``phi <= 1``); ``tau S <= 1`` makes forward Euler a convex combination.
+        * ``crank_nicolson``: ``R = m alpha_c max_d 1 / h_d^2``; ``m tau S_d / 2 <= 1`` makes
+          the explicit half ``I + (m tau / 2) A_d`` non-negative, so every AOS term is a
+          convex combination (no oscillation, maximum principle). In L2 CN is stable for
+          any ``tau`` anyway.
+        * ``semi_implicit``, ``jacobi``, ``gauss_seidel``: ``None`` (no bound needed).
+        """
+        solver = self.config.solver
+        alpha = self.conductance.alpha()
+        if solver == "explicit":
+            return alpha * sum(2.0 / h**2 for h in self.spacing)
+        if solver == "crank_nicolson":
+            return alpha * (self.ndim * max(1.0 / h**2 for h in self.spacing))
+        return None
 
-        * explicit: ``S_max + G`` (``S_max = sum_d 2 alpha_c / h_d^2`` bounds the diagonal
-          of ``-A``, ``G`` is the Gershgorin bound of the moment operator, 0 without it):
-          ``tau S <= 1`` makes the diffusion update a convex combination;
-        * Crank-Nicolson: ``S_max / 2 + G``: ``tau S <= 2`` keeps every Jacobi sweep of the
-          CN system a convex combination;
-        * semi-implicit / Gauss-Seidel: ``G`` (diffusion is unconditionally stable).
+    def time_step(self) -> torch.Tensor:
+        """Time step of the diffusion and reaction per channel ``(C,)``.
+
+        ``tau / (1 + tau R_c)`` where the solver has a stability rate ``R_c``
+        (:meth:`stability_rate`): a smooth, strictly increasing function of ``tau`` and of
+        the diffusivity that is always below ``min(tau, 1 / R_c)``, so the bound holds by
+        construction and no clamp ever cuts a gradient. ``tau`` itself otherwise.
         """
         tau = self.tau()
-        rate = None
-        solver = self.config.solver
-        if solver == "explicit":
-            rate = self.conductance.max_diagonal()
-        elif solver == "crank_nicolson":
-            rate = 0.5 * self.conductance.max_diagonal()
-        if self.moment is not None:
-            if kernel is None:
-                kernel = self.moment.channel_kernels()
-            g = MomentOperator.gershgorin(kernel)
-            rate = g if rate is None else rate + g
+        rate = self.stability_rate()
         if rate is None:
             return tau.expand(self.channels)
-        return tau / torch.clamp(tau * rate, min=1.0)
+        return tau / (1.0 + tau * rate)
+
+    def moment_time_step(self, kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """Time step of the moment sub-step per channel: ``tau / (1 + tau G_c)``.
+
+        ``G_c = sum_k |K_c[k]|`` (Gershgorin) bounds ``||M||`` in the max and L2 norms, so
+        the sub-step amplifies by at most ``1 + tau_M G_c < 2`` per step, whatever ``tau``
+        is, and it no longer shares (or throttles) the diffusion's step.
+        """
+        assert self.moment is not None, "no moment operator in this block"
+        if kernel is None:
+            kernel = self.moment.channel_kernels()
+        tau = self.tau()
+        return tau / (1.0 + tau * MomentOperator.gershgorin(kernel))
 
     # ------------------------------------------------------------------ dynamics
     def flux_divergence(self, u: torch.Tensor, kernel: torch.Tensor | None = None) -> torch.Tensor:
@@ -128,69 +188,67 @@ class PDEBlock(nn.Module):
             out = out + self.moment.apply(u, kernel)
         return out
 
-    def _explicit_terms(self, u: torch.Tensor, kernel: torch.Tensor | None) -> torch.Tensor | None:
-        """Terms every solver treats explicitly (IMEX): reaction and moment operator."""
-        out = None
-        if self.response is not None:
-            out = self.response(u)
-        if self.moment is not None:
-            assert kernel is not None
-            m = self.moment.apply(u, kernel)
-            out = m if out is None else out + m
-        return out
-
     def _step(
         self,
         u: torch.Tensor,
         tau: torch.Tensor,
+        tau_m: torch.Tensor | None,
         kernel: torch.Tensor | None,
         red: torch.Tensor | None,
-        record: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One time step from ``u``; returns ``u_next`` and ``mean(r^2)`` if ``record``."""
-        weights = self.conductance.face_weights(u)  # lagged at u^n
-        explicit = self._explicit_terms(u, kernel)
-        b = u if explicit is None else u + tau * explicit
+    ) -> torch.Tensor:
+        """One time step from ``u`` (normalised features): diffusion + reaction, then the
+        moment sub-step (Lie splitting)."""
+        b = u if self.response is None else u + tau * self.response(u)
+        interior = self.conductance.interior_weights(u)  # lagged at u^n
         solver = self.config.solver
-        theta = tau
-        if solver == "explicit":
-            v = b + tau * apply_weights(u, weights)
-            diag = diagonal(weights) if record else None
+        if solver == "semi_implicit":
+            v = aos_step(u, b, interior, tau, 1.0)
+        elif solver == "crank_nicolson":
+            v = aos_step(u, b, interior, tau, 0.5)
         else:
-            if solver == "crank_nicolson":
-                theta = 0.5 * tau
-                b = b + theta * apply_weights(u, weights)
-            diag = diagonal(weights)
-            method = "red_black" if solver == "gauss_seidel" else "jacobi"
-            v = solve(u, b, weights, diag, theta, self.config.inner_iterations, method, red)
-        if not record:
-            return v, None
-        assert diag is not None
-        # For explicit steps this is the backward-Euler residual of the explicit result.
-        r = residual(v, b, weights, diag, theta)
-        return v, (r * r).mean()
+            weights = [pad_faces(w, d) for d, w in enumerate(interior)]
+            if solver == "explicit":
+                v = explicit_step(u, b, weights, tau)
+            else:
+                v = sweep_step(
+                    u,
+                    b,
+                    weights,
+                    diagonal(weights),
+                    tau,
+                    self.config.inner_iterations,
+                    solver,
+                    self.config.jacobi_omega,
+                    red,
+                )
+        if self.moment is not None:
+            assert kernel is not None and tau_m is not None
+            v = v + tau_m * self.moment.apply(v, kernel)
+        return v
 
-    def _integrate(self, u: torch.Tensor) -> torch.Tensor:
-        record = self.training
-        kernel = self.moment.channel_kernels().to(u.dtype) if self.moment is not None else None
-        tau = self.time_step(kernel).to(u.dtype).reshape(1, -1, *([1] * self.ndim))
+    def integrate(self, u: torch.Tensor) -> torch.Tensor:
+        """``K`` steps from features ``u`` that are already normalised (see :func:`normalise`).
+
+        Runs in ``u``'s dtype (no autocast handling: :meth:`evolve` and :meth:`forward` do
+        that). In training mode with :attr:`record_consistency` it records
+        ``last_residuals = {"energy": edge_energy(u_K)}``.
+        """
+        view = (1, -1, *([1] * self.ndim))
+        kernel = None
+        tau_m = None
+        if self.moment is not None:
+            kernel = self.moment.channel_kernels().to(u.dtype)
+            tau_m = self.moment_time_step(kernel).to(u.dtype).reshape(view)
+        tau = self.time_step().to(u.dtype).reshape(view)
         red = checkerboard(u.shape[2:], u.device) if self.config.solver == "gauss_seidel" else None
         use_ckpt = self.config.checkpointing and torch.is_grad_enabled()
-        res_sum = None
         for _ in range(self.config.steps):
             if use_ckpt:
-                u, r2 = checkpoint(self._step, u, tau, kernel, red, record, use_reentrant=False)
+                u = checkpoint(self._step, u, tau, tau_m, kernel, red, use_reentrant=False)
             else:
-                u, r2 = self._step(u, tau, kernel, red, record)
-            if r2 is not None:
-                res_sum = r2 if res_sum is None else res_sum + r2
-        if record:
-            assert res_sum is not None
-            d = self.flux_divergence(u, kernel)
-            self.last_residuals = {
-                "implicit_residual": res_sum / self.config.steps,
-                "flux_divergence": (d * d).mean(),
-            }
+                u = self._step(u, tau, tau_m, kernel, red)
+        if self.training and self.record_consistency:
+            self.last_residuals = {"energy": edge_energy(u, self.spacing)}
         return u
 
     @staticmethod
@@ -201,6 +259,10 @@ class PDEBlock(nn.Module):
     def evolve(self, u: torch.Tensor) -> torch.Tensor:
         """Integrate ``K`` steps from ``u`` (no gate); float32 inside, input dtype out.
 
+        The features are normalised per sample and channel (zero mean, unit spatial
+        standard deviation), evolved, and mapped back, so ``evolve(a u + b) = a evolve(u) +
+        b`` for per-channel ``a > 0``, ``b`` (up to the variance floor ``NORM_EPS``).
+
         Parameters
         ----------
         u:
@@ -208,7 +270,9 @@ class PDEBlock(nn.Module):
         """
         self._check_input(u)
         with torch.autocast(device_type=u.device.type, enabled=False):
-            out = self._integrate(u.to(self._compute_dtype(u.dtype)))
+            uc = u.to(self._compute_dtype(u.dtype))
+            u_hat, mean, std = normalise(uc)
+            out = mean + std * self.integrate(u_hat)
         return out.to(u.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,9 +280,10 @@ class PDEBlock(nn.Module):
         self._check_input(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(self._compute_dtype(x.dtype))
-            u = self._integrate(xc)
+            x_hat, _, std = normalise(xc)
+            u_hat = self.integrate(x_hat)
             gamma = self.gamma.to(xc.dtype).reshape(1, -1, *([1] * self.ndim))
-            y = xc + gamma * (u - xc)
+            y = xc + gamma * std * (u_hat - x_hat)
         return y.to(x.dtype)
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -11,9 +11,19 @@ import math
 from dataclasses import dataclass
 
 OPERATORS: tuple[str, ...] = ("diffusion", "laplacian", "moment")
-SOLVERS: tuple[str, ...] = ("explicit", "semi_implicit", "gauss_seidel", "crank_nicolson")
-#: Solvers that solve a linear system per step with ``inner_iterations`` sweeps.
-ITERATIVE_SOLVERS: tuple[str, ...] = ("semi_implicit", "gauss_seidel", "crank_nicolson")
+SOLVERS: tuple[str, ...] = (
+    "semi_implicit",
+    "crank_nicolson",
+    "explicit",
+    "jacobi",
+    "gauss_seidel",
+)
+#: Solvers that approximate the unsplit implicit system by ``inner_iterations`` sweeps
+#: started from ``u^n`` (the paper's "one inner iterate"; one sweep is a rescaled explicit
+#: step, see docs/pde_layer.md).
+ITERATIVE_SOLVERS: tuple[str, ...] = ("jacobi", "gauss_seidel")
+#: Solvers that solve their (split) systems exactly: one tridiagonal solve per axis.
+EXACT_SOLVERS: tuple[str, ...] = ("semi_implicit", "crank_nicolson")
 KERNEL_SIZES: tuple[int, ...] = (3, 5)
 
 
@@ -28,13 +38,21 @@ class PDEConfig:
         equation) or ``"moment"`` (edge-stopping diffusion plus PDE-Net moment-constrained
         first and second derivatives, integrated IMEX).
     solver:
-        ``"explicit"``, ``"semi_implicit"`` (Jacobi), ``"gauss_seidel"`` (red-black) or
-        ``"crank_nicolson"``.
+        ``"semi_implicit"`` (default): additive operator splitting (AOS, Weickert et al.
+        1998), one exact tridiagonal solve per axis and step, conductances lagged at
+        ``u^n``; ``"crank_nicolson"``: the same splitting with ``theta = 1/2``;
+        ``"explicit"``: forward Euler; ``"jacobi"`` / ``"gauss_seidel"``: the paper's
+        ``inner_iterations`` (damped) Jacobi or red-black Gauss-Seidel sweeps of the
+        unsplit implicit system started from ``u^n`` (one sweep is a rescaled explicit
+        step).
     steps:
         Number of time steps ``K``.
     inner_iterations:
-        Number of sweeps ``J`` per step of the iterative solvers (must be 1 for
-        ``"explicit"``, which has no linear system).
+        Number of sweeps ``J`` per step of ``"jacobi"`` / ``"gauss_seidel"`` (must be 1
+        for the other solvers, which have no sweeps).
+    jacobi_omega:
+        Damping ``omega`` in ``(0, 1]`` of the Jacobi sweeps (``2/3`` is the classic damped
+        Jacobi smoother); only ``"jacobi"`` uses it.
     kernel_size:
         Edge length (3 or 5 voxels) of the moment kernels; only used by ``"moment"``.
     accuracy:
@@ -42,7 +60,8 @@ class PDEConfig:
     tau_init, tau_max:
         Initial value and upper bound of the learnable time step ``tau = tau_max *
         sigmoid(theta)``, in units of (finest-axis voxel)^2 (spacing is normalised so its
-        smallest entry is 1). Requires ``0 < tau_init < tau_max``.
+        smallest entry is 1). Requires ``0 < tau_init < tau_max``. Solvers with a
+        stability bound ``R`` use ``tau / (1 + tau R)``, always inside it.
     response:
         Whether the learned pointwise reaction term ``N_psi`` exists.
     response_hidden:
@@ -57,7 +76,8 @@ class PDEConfig:
         Initial diffusivity ``alpha_c = softplus(.)`` (per channel, > 0).
     kappa_init:
         Initial edge threshold ``kappa_c`` of the conductance ``1/(1+(|grad u|/kappa)^2)``
-        (per channel, > 0, in feature units per normalised voxel).
+        (per channel, > 0, in units of the channel's spatial standard deviation per
+        finest voxel: the block evolves features normalised per sample and channel).
     coef_max:
         Bound of the moment coefficients ``c_j = coef_max * tanh(theta_j)``.
     """
@@ -66,6 +86,7 @@ class PDEConfig:
     solver: str = "semi_implicit"
     steps: int = 2
     inner_iterations: int = 1
+    jacobi_omega: float = 1.0
     kernel_size: int = 3
     accuracy: int = 2
     tau_init: float = 0.5
@@ -87,11 +108,24 @@ class PDEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"PDEConfig.{name}={value!r}: expected an integer >= 1")
-        if self.solver == "explicit" and self.inner_iterations != 1:
+        if self.solver not in ITERATIVE_SOLVERS and self.inner_iterations != 1:
             raise ValueError(
-                f"PDEConfig(solver='explicit', inner_iterations={self.inner_iterations}): "
-                "the explicit solver has no linear system to iterate on; use "
-                "inner_iterations=1 or an implicit solver"
+                f"PDEConfig(solver={self.solver!r}, inner_iterations={self.inner_iterations}): "
+                f"only the sweep solvers {ITERATIVE_SOLVERS} iterate; {self.solver!r} "
+                "solves its systems exactly (or has none): use inner_iterations=1"
+            )
+        if (
+            isinstance(self.jacobi_omega, bool)
+            or not isinstance(self.jacobi_omega, (int, float))
+            or not 0 < self.jacobi_omega <= 1
+        ):
+            raise ValueError(
+                f"PDEConfig.jacobi_omega={self.jacobi_omega!r}: expected a number in (0, 1]"
+            )
+        if self.jacobi_omega != 1 and self.solver != "jacobi":
+            raise ValueError(
+                f"PDEConfig(solver={self.solver!r}, jacobi_omega={self.jacobi_omega}): "
+                "only solver='jacobi' is damped"
             )
         if self.kernel_size not in KERNEL_SIZES:
             raise ValueError(

@@ -138,3 +138,17 @@ def describe_block(block: PDEBlock) -> dict[str, Any]:
             "channels": channels,
         }
     return out
+
+
+def relative_parameter_gradients(block: torch.nn.Module) -> dict[str, float]:
+    """RMS gradient of every parameter of ``block`` divided by the largest of them.
+
+    Call after a backward pass. A parameter without a gradient counts as 0. Used to check
+    that every PDE parameter is alive (receives a gradient) at initialisation.
+    """
+    rms = {}
+    for name, p in block.named_parameters():
+        g = p.grad
+        rms[name] = 0.0 if g is None else float(g.detach().double().square().mean().sqrt())
+    top = max(rms.values(), default=0.0)
+    return {k: (v / top if top > 0 else 0.0) for k, v in rms.items()}

@@ -29,6 +29,14 @@ from .stencils import (
 
 #: Lower bound of the edge threshold kappa: keeps |grad u| / kappa finite in float32.
 KAPPA_FLOOR = 1e-3
+#: Scale of the reaction term's output layer at initialisation (times PyTorch's default).
+RESPONSE_INIT_SCALE = 0.1
+#: Initial coefficient of the pure second derivatives d^2/dx_d^2 of the moment operator
+#: (``c = coef_max * tanh(theta)``); the other coefficients start at 0. A non-zero start
+#: keeps the free moments of those kernels and the moment step alive at initialisation
+#: (with every ``c = 0`` neither would receive a gradient); pure second derivatives with a
+#: positive coefficient are dissipative, so the start is a little extra diffusion.
+MOMENT_INIT_COEF = 0.05
 
 
 def inverse_softplus(y: float) -> float:
@@ -85,15 +93,14 @@ class Conductance(nn.Module):
         """
         return self.alpha() * sum(2.0 / h**2 for h in self.spacing)
 
-    def face_weights(self, u: torch.Tensor) -> list[torch.Tensor]:
-        """Face weights ``g / h_d^2`` per axis, conductances evaluated at ``u``.
+    def interior_weights(self, u: torch.Tensor) -> list[torch.Tensor]:
+        """Weights ``g / h_d^2`` of the interior faces per axis, conductances at ``u``.
 
         Returns
         -------
         list of torch.Tensor
-            Entry ``d`` has ``n_d + 1`` faces along spatial axis ``d`` (see
-            :func:`~nnunet_pde.pde.stencils.face_difference`); both boundary faces are 0
-            (zero flux).
+            Entry ``d`` has ``n_d - 1`` faces along spatial axis ``d`` (face ``f`` lies
+            between cells ``f`` and ``f + 1``); the other axes are full.
         """
         ndim = u.ndim - 2
         alpha = _channel_view(self.alpha().to(u.dtype), ndim)
@@ -107,8 +114,30 @@ class Conductance(nn.Module):
                 shape = list(u.shape)
                 shape[2 + d] -= 1
                 w = (alpha / (h * h)).expand(shape)
-            weights.append(pad_faces(w, d))
+            weights.append(w)
         return weights
+
+    def face_weights(self, u: torch.Tensor) -> list[torch.Tensor]:
+        """Face weights ``g / h_d^2`` per axis including the two zero-flux boundary faces.
+
+        Returns
+        -------
+        list of torch.Tensor
+            Entry ``d`` has ``n_d + 1`` faces along spatial axis ``d`` (see
+            :func:`~nnunet_pde.pde.stencils.face_difference`); both boundary faces are 0
+            (zero flux).
+        """
+        return [pad_faces(w, d) for d, w in enumerate(self.interior_weights(u))]
+
+
+def axis_apply(v: torch.Tensor, w: torch.Tensor, axis: int) -> torch.Tensor:
+    """``A_d v``: the 1-D flux-form operator along ``axis`` with interior face weights ``w``.
+
+    ``(A_d v)_i = w_i (v_{i+1} - v_i) - w_{i-1} (v_i - v_{i-1})`` with zero flux through the
+    boundary faces; sums to 0 over every grid line (conservative).
+    """
+    flux = w * torch.diff(v, dim=2 + axis)
+    return pad_faces(flux, axis).diff(dim=2 + axis)
 
 
 def apply_weights(v: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -166,7 +195,8 @@ class MomentOperator(nn.Module):
     (``free_moments``, one flat vector, zero-initialised = central differences). The full
     moment arrays are assembled every forward, so the constraint holds exactly after any
     optimiser step. Kernels are shared by all channels; coefficients
-    ``c_{j,c} = coef_max * tanh(theta_{j,c})`` are per channel and start at 0.
+    ``c_{j,c} = coef_max * tanh(theta_{j,c})`` are per channel; they start at 0 except the
+    pure second derivatives, which start at :data:`MOMENT_INIT_COEF`.
     """
 
     def __init__(
@@ -210,7 +240,12 @@ class MomentOperator(nn.Module):
         # Plain constants, resolved here so that forward never calls into numpy (dynamo).
         self.m2k_rows = matrix_rows(kernel_size, inverse=True)
         self.free_moments = nn.Parameter(torch.zeros(int(self.free_index.numel())))
-        self.theta = nn.Parameter(torch.zeros(len(self.alphas), channels))
+        theta0 = torch.zeros(len(self.alphas), channels)
+        c0 = math.atanh(min(MOMENT_INIT_COEF / self.coef_max, 0.5))
+        for j, alpha in enumerate(self.alphas):
+            if sum(alpha) == 2 and max(alpha) == 2:
+                theta0[j] = c0
+        self.theta = nn.Parameter(theta0)
         r = (kernel_size - 1) // 2
         self.offsets: list[tuple[int, ...]] = list(
             itertools.product(range(-r, r + 1), repeat=self.ndim)
@@ -260,8 +295,11 @@ class Response(nn.Module):
     """Pointwise reaction ``N(u) = W2 tanh(W1 u + b1) + b2`` (1x1x1 convolutions).
 
     ``tanh`` keeps ``|N(u)|`` bounded by ``||W2|| + |b2|`` whatever the magnitude of ``u``,
-    so the reaction cannot overflow under mixed precision; the output layer is
-    zero-initialised so the block's dynamics start as pure diffusion.
+    so the reaction cannot overflow under mixed precision. The output layer starts small
+    (PyTorch's default initialisation times :data:`RESPONSE_INIT_SCALE`, bias 0), not at 0:
+    a zero output layer would leave the input layer without any gradient at initialisation
+    (``dN/dW1`` is proportional to ``W2``). The block is still the identity at
+    initialisation through its gate ``gamma = 0``.
     """
 
     def __init__(self, channels: int, hidden: int, ndim: int) -> None:
@@ -270,7 +308,8 @@ class Response(nn.Module):
         self.ndim = ndim
         self.inp = conv(channels, hidden, kernel_size=1)
         self.out = conv(hidden, channels, kernel_size=1)
-        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.weight.mul_(RESPONSE_INIT_SCALE)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
