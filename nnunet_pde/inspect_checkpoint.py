@@ -52,7 +52,7 @@ def _state_dict_mismatch(expected: dict[str, Any], found: dict[str, Any], exc: E
 
     parts = []
     if missing:
-        parts.append(f"Missing key(s) {few(missing)}")
+        parts.append(f"missing key(s) {few(missing)}")
     if unexpected:
         parts.append(f"unexpected key(s) {few(unexpected)}")
     if shapes:

@@ -297,7 +297,19 @@ CASES: list[Case] = [
         out="nnUNetTrainerPDE3D",
         not_in=("FutureWarning", "Warning"),
     ),
+    Case(
+        "benchmark-run:usage-error",
+        lambda w, d: ["benchmark", "run", "1", "--trainers", "T", "--jobs", "0"],
+        2,
+        err="--jobs",
+    ),
     # ---------------------------------------------------------------- make-dataset
+    Case(
+        "make-dataset:size-not-a-number",
+        lambda w, d: ["make-dataset", "brats-like", "--id", "2", "--size", "abc"],
+        2,
+        err="--size",
+    ),
     Case(
         "make-dataset:good",
         lambda w, d: [
@@ -612,7 +624,7 @@ CASES: list[Case] = [
         "inspect:weights-do-not-fit",
         lambda w, d: ["inspect", str(w.ck / "mismatch.pth")],
         2,
-        err="Missing key",
+        err="unexpected key(s) encoder.stages",
     ),
     Case(
         "inspect:folder",
@@ -638,7 +650,7 @@ CASES: list[Case] = [
             "--output",
             str(d / "out"),
             "--no-progress",
-            "-j",
+            "--workers",
             "1",
         ],
         0,
@@ -656,7 +668,7 @@ CASES: list[Case] = [
                 "--output",
                 str(d / "out"),
                 "--no-progress",
-                "-j",
+                "--workers",
                 "1",
             ],
             2,
