@@ -90,7 +90,7 @@ def find_raw_dataset(source: object, raw_root: str | os.PathLike[str] | None) ->
             raise ValueError(f"dataset ids are 1 to 999, got {dataset_id}")
         if root is None:
             raise ValueError(
-                f"cannot resolve dataset id {dataset_id}: pass raw_root (--raw DIR), set "
+                f"cannot resolve dataset id {dataset_id}: pass --raw DIR, set "
                 "nnUNet_raw, or give the path of the dataset folder"
             )
         prefix = f"Dataset{dataset_id:03d}_"

@@ -787,7 +787,7 @@ def _resolve_raw_root(raw_root: str | os.PathLike[str] | None, source: object) -
     if isinstance(source, str | os.PathLike) and Path(source).is_dir():
         return Path(source).resolve().parent
     raise ValueError(
-        'no nnUNet_raw folder: pass raw_root (--raw DIR) or set nnUNet_raw (eval "$(nnunet-pde '
+        'no nnUNet_raw folder: pass --raw DIR or set nnUNet_raw (eval "$(nnunet-pde '
         'env)")'
     )
 
@@ -818,9 +818,9 @@ def _is_int(value: object) -> bool:
 
 def _positive(name: str, value: object, unit: str = " mm") -> float:
     if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number; got {value!r}")
+        raise NnunetPdeError(f"must be a finite number; got {value!r}", name)
     if value <= 0:
-        raise ValueError(f"{name} must be > 0{unit}; got {value!r}")
+        raise NnunetPdeError(f"must be > 0{unit}; got {value!r}", name)
     return float(value)
 
 
@@ -828,37 +828,40 @@ def _validate_parameters(
     dataset_id, mode, magnitude_mm, fraction, seed, name, smoothness_mm, blobs, progress
 ) -> tuple[int, str, float, float, int, float, int]:
     if not _is_int(dataset_id) or not 1 <= dataset_id <= 999:
-        raise ValueError(
-            "dataset_id must be an integer from 1 to 999 (nnU-Net uses 3 digits); "
-            f"got {dataset_id!r}"
+        raise NnunetPdeError(
+            f"the dataset id must be an integer from 1 to 999 (nnU-Net uses 3 digits); "
+            f"got {dataset_id!r}",
+            "--id",
         )
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        raise NnunetPdeError(f"must be one of {', '.join(MODES)}; got {mode!r}", "--mode")
     if isinstance(magnitude_mm, Real) and not isinstance(magnitude_mm, bool) and magnitude_mm == 0:
-        raise ValueError(
-            "magnitude must be > 0 mm: a 0 mm corruption is the source dataset itself (use it as "
+        raise NnunetPdeError(
+            "--magnitude must be > 0 mm: a 0 mm corruption is the source dataset itself (use it as "
             "the clean baseline)"
         )
-    magnitude_mm = _positive("magnitude (mm)", magnitude_mm)
+    magnitude_mm = _positive("--magnitude", magnitude_mm)
     if (
         not isinstance(fraction, Real)
         or isinstance(fraction, bool)
         or math.isnan(fraction)
         or not 0 < fraction <= 1
     ):
-        raise ValueError(
-            f"fraction must be in (0, 1] (the share of training cases to corrupt); got {fraction!r}"
+        raise NnunetPdeError(
+            f"must be in (0, 1] (the share of training cases to corrupt); got {fraction!r}",
+            "--fraction",
         )
     if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+        raise NnunetPdeError(f"must be an integer >= 0; got {seed!r}", "--seed")
     if name is not None and (not isinstance(name, str) or not _NAME_PATTERN.match(name)):
-        raise ValueError(
-            "name must be letters, digits, '_' or '-' (starting with a letter or digit); "
-            f"got {name!r}"
+        raise NnunetPdeError(
+            "must be letters, digits, '_' or '-' (starting with a letter or digit); "
+            f"got {name!r}",
+            "--name",
         )
-    smoothness_mm = _positive("smoothness (mm)", smoothness_mm)
+    smoothness_mm = _positive("--smoothness", smoothness_mm)
     if not _is_int(blobs) or blobs < 1:
-        raise ValueError(f"blobs must be an integer >= 1; got {blobs!r}")
+        raise NnunetPdeError(f"must be an integer >= 1; got {blobs!r}", "--blobs")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be callable or None; got {progress!r}")
     return (

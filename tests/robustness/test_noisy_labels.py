@@ -585,7 +585,7 @@ def test_existing_targets_need_overwrite_and_the_source_is_never_replaced(tmp_pa
         ({"magnitude_mm": -1.0}, ValueError, "> 0"),
         ({"magnitude_mm": 0.0}, ValueError, "> 0"),
         ({"magnitude_mm": float("inf")}, ValueError, "finite"),
-        ({"mode": "shrink"}, ValueError, "mode must be one of"),
+        ({"mode": "shrink"}, ValueError, "--mode: must be one of"),
         ({"labels": ["spleen"]}, ValueError, "unknown label 'spleen'"),
         ({"labels": [7]}, ValueError, "unknown label 7"),
         ({"labels": []}, ValueError, "empty"),
