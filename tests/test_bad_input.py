@@ -1087,3 +1087,37 @@ def test_matrix_covers_every_command() -> None:
         "benchmark-run",
     }
     assert REPO.is_dir()
+
+
+# ------------------------------------------------------------------ the guards themselves
+
+
+def test_overwrite_replaces_only_what_the_command_wrote(tmp_path: Path) -> None:
+    from nnunet_pde.errors import NnunetPdeError, check_replaceable, staged_folder
+
+    out = tmp_path / "out"
+    with staged_folder(out, command="demo") as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert check_replaceable(out, True, "demo") is True
+    with pytest.raises(NnunetPdeError, match="--overwrite"):
+        check_replaceable(out, False, "demo")
+    with pytest.raises(NnunetPdeError, match="was not written by"):
+        check_replaceable(out, True, "another command")
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(NnunetPdeError, match="mine.txt"):
+        check_replaceable(out, True, "demo")
+    # a failure inside the block leaves the old folder and no temporary one
+    (out / "mine.txt").unlink()
+    with pytest.raises(RuntimeError), staged_folder(out, command="demo") as tmp:
+        (tmp / "b.txt").write_text("2")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out / "a.txt").read_text() == "1" and not (out / "b.txt").exists()
+
+
+def test_error_lines_name_the_flag_and_the_os_problem() -> None:
+    from nnunet_pde.errors import NnunetPdeError, error_line
+
+    assert error_line(NnunetPdeError("must be >= 1", "--jobs")) == "error: --jobs: must be >= 1"
+    line = error_line(PermissionError(13, "Permission denied", "/x"))
+    assert line.startswith("error: /x: Permission denied;") and "\n" not in line

@@ -457,3 +457,28 @@ def test_local_executor_stops_a_command_started_while_it_was_being_interrupted(
     (result,) = ex.run([job])
     assert time.monotonic() - t0 < 20
     assert result.returncode == -signal.SIGTERM and result.error == "interrupted"
+
+
+def test_progress_line_from_an_nnunet_log():
+    from nnunet_pde.benchmark.run import format_progress, parse_training_log, planned_epochs
+
+    log = "\n".join(
+        [
+            "2026-01-01 10:00:00.000000: Epoch 0",
+            "2026-01-01 10:00:01.000000: Pseudo dice [np.float32(0.5), np.float32(0.25)]",
+            "2026-01-01 10:00:01.000000: Epoch time: 40.0 s",
+            "2026-01-01 10:00:02.000000: Epoch 1",
+            "2026-01-01 10:00:03.000000: Pseudo dice [0.75, 0.5]",
+            "2026-01-01 10:00:03.000000: Epoch time: 60.0 s",
+            "2026-01-01 10:00:04.000000: Epoch 2",
+        ]
+    )
+    progress = parse_training_log(log)
+    assert progress is not None and progress.epoch == 2
+    assert progress.pseudo_dice == (0.75, 0.5) and progress.epoch_time_s == 50.0
+    assert format_progress(progress, 4) == (
+        "epoch 3/4, pseudo Dice 0.750 0.500, 50.0 s/epoch, ETA 50 s"
+    )
+    assert parse_training_log("nothing yet") is None
+    assert planned_epochs("nnUNetTrainer_250epochs", None) == 250
+    assert planned_epochs("nnUNetTrainer", None) == 1000
