@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from plan_fixtures import FIXTURES, REPO, nnunet_subprocess_env
+from test_inspect_checkpoint import _save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -71,30 +71,6 @@ def _write_seg(array: np.ndarray, path: Path, reference: Path) -> None:
     img = sitk.GetImageFromArray(array)
     img.CopyInformation(ref)
     sitk.WriteImage(img, str(path), useCompression=True)
-
-
-def _checkpoint(path: Path, trainer: type, trainer_name: str | None = None) -> None:
-    from plan_fixtures import load_plans, managers
-
-    plans, ds = load_plans("tiny_plain")
-    pm, cm, n_in, n_out = managers(plans, ds)
-    torch.manual_seed(0)
-    net = trainer.build_network_architecture(pm, cm, n_in, n_out, True)
-    torch.save(
-        {
-            "network_weights": net.state_dict(),
-            "init_args": {
-                "plans": plans,
-                "configuration": "3d_fullres",
-                "fold": 0,
-                "dataset_json": ds,
-                "device": torch.device("cpu"),
-            },
-            "trainer_name": trainer_name or trainer.__name__,
-            "current_epoch": 3,
-        },
-        path,
-    )
 
 
 def _read_only_folder(parent: Path) -> Path | None:
@@ -146,10 +122,11 @@ def world(tmp_path_factory) -> World:
         shutil.copy(w.raw / name / "dataset.json", pre / "dataset.json")
     # checkpoints
     w.ck.mkdir()
-    _checkpoint(w.ck / "stock.pth", nnUNetTrainer)
-    _checkpoint(w.ck / "pde.pth", nnUNetTrainerPDE3D)
+    _save_checkpoint(w.ck / "stock.pth", nnUNetTrainer)
+    _save_checkpoint(w.ck / "pde.pth", nnUNetTrainerPDE3D)
     # weights of the moment network under the name of the diffusion trainer
-    _checkpoint(w.ck / "mismatch.pth", nnUNetTrainerPDE3D_Moment, "nnUNetTrainerPDE3D")
+    moment = nnUNetTrainerPDE3D_Moment
+    _save_checkpoint(w.ck / "mismatch.pth", moment, trainer_name="nnUNetTrainerPDE3D")
     data = (w.ck / "stock.pth").read_bytes()
     (w.ck / "truncated.pth").write_bytes(data[: len(data) // 2])
     (w.ck / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -278,716 +255,181 @@ def _ro(w: World) -> str:
     return str(w.readonly)  # type: ignore[attr-defined]
 
 
+Argv = Callable[[World, Path], list[str]]
+
+
+def _make(*args: str, raw: str | None = "raw") -> Argv:
+    """``make-dataset brats-like --id 2 --size 16 ARGS [--raw CASE/raw]``."""
+
+    def argv(w: World, d: Path) -> list[str]:
+        out = ["make-dataset", "brats-like", "--id", "2", "--size", "16", *args]
+        return out + (["--raw", str(d / raw)] if raw else [])
+
+    return argv
+
+
+def _warm(src: str, out: str = "o.pth", *args: str) -> Argv:
+    return lambda w, d: ["warmstart", str(w.ck / src), str(d / out), *args]
+
+
+def _inspect(ckpt: str, *args: str) -> Argv:
+    return lambda w, d: ["inspect", str(w.ck / ckpt), *args]
+
+
+def _evaluate(pred: str, ref: Callable[[World], Path] | None = None) -> Argv:
+    def argv(w: World, d: Path) -> list[str]:
+        reference = w.ds / "labelsTs" if ref is None else ref(w)
+        return ["evaluate", str(w.ev / pred), str(reference), "--dataset-json",
+                str(w.ds / "dataset.json"), "--output", str(d / "out"), "--no-progress",
+                "--workers", "1"]
+
+    return argv
+
+
+def _noisy(dataset_id: str, mode: str, magnitude: str) -> Argv:
+    return lambda w, d: ["derive", "noisy-labels", str(w.ds), "--id", dataset_id, "--mode",
+                         mode, "--magnitude", magnitude, "--raw", str(d / "raw"), "--quiet"]
+
+
+def _shift(out: str, *args: str) -> Argv:
+    return lambda w, d: ["derive", "shifted-images", str(w.ds), "--output", str(d / out),
+                         "--perturbations", "noise", "--levels", "1", "--no-progress",
+                         "--workers", "1", *args]
+
+
+def _bench(dataset: str, *args: str, trainer: str = "nnUNetTrainerPDE3D") -> Argv:
+    return lambda w, d: ["benchmark", "run", dataset, "--trainers", trainer, *args]
+
+
+def _fake_train(w: World, d: Path) -> list[str]:
+    return _bench("1", "--folds", "2", "--device", "cpu", "--train-command",
+                  f"{sys.executable} {w.root / 'fake_train.py'}")(w, d)
+
+
+def _shifted_with(predictions: bool) -> Callable[[World, Path], None]:
+    return lambda w, d: _shifted(w, d, predictions=predictions)
+
+
+def _ro_env(w: World, d: Path) -> dict[str, str]:
+    return {"nnUNet_raw": _ro(w) + "/raw"}
+
+
+_BIG = ("--size", "48", "--num-train", "60")
+_DRY = "--dry-run"
+
 CASES: list[Case] = [
     # ---------------------------------------------------------------- env / doctor / list
     Case("env:good", lambda w, d: ["env"], 0, out="nnUNet_extTrainer"),
     Case("doctor:good", lambda w, d: ["doctor"], 0, out="resolves all", not_in=("Warning",)),
-    Case(
-        "doctor:raw-is-a-file",
-        lambda w, d: ["doctor"],
-        1,
-        out="is not a folder",
-        not_in=("mkdir -p /etc/passwd",),
-        env=lambda w, d: {"nnUNet_raw": "/etc/passwd"},
-    ),
-    Case(
-        "list-trainers:no-monai-warning",
-        lambda w, d: ["list-trainers"],
-        0,
-        out="nnUNetTrainerPDE3D",
-        not_in=("FutureWarning", "Warning"),
-    ),
-    Case(
-        "benchmark-run:usage-error",
-        lambda w, d: ["benchmark", "run", "1", "--trainers", "T", "--jobs", "0"],
-        2,
-        err="--jobs",
-    ),
+    Case("doctor:raw-is-a-file", lambda w, d: ["doctor"], 1, out="is not a folder",
+         not_in=("mkdir -p /etc/passwd",), env=lambda w, d: {"nnUNet_raw": "/etc/passwd"}),
+    Case("list-trainers:no-monai-warning", lambda w, d: ["list-trainers"], 0,
+         out="nnUNetTrainerPDE3D", not_in=("FutureWarning", "Warning")),
     # ---------------------------------------------------------------- make-dataset
-    Case(
-        "make-dataset:size-not-a-number",
-        lambda w, d: ["make-dataset", "brats-like", "--id", "2", "--size", "abc"],
-        2,
-        err="--size",
-    ),
-    Case(
-        "make-dataset:good",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "2",
-            "--size",
-            "16",
-            "--num-train",
-            "5",
-            "--num-test",
-            "1",
-            "--raw",
-            str(d / "raw"),
-        ],
-        0,
-        out="wrote brats-like dataset",
-        after=_no_leftovers,
-    ),
-    Case(
-        "make-dataset:four-cases-warns",
-        lambda w, d: [
-            "make-dataset",
-            "lits-like",
-            "--id",
-            "2",
-            "--size",
-            "16",
-            "--num-train",
-            "4",
-            "--num-test",
-            "0",
-            "--raw",
-            str(d / "raw"),
-        ],
-        0,
-        err="at least 5",
-    ),
-    Case(
-        "make-dataset:raw-read-only",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "2",
-            "--size",
-            "16",
-            "--raw",
-            _ro(w) + "/raw",
-        ],
-        2,
-        err="--raw",
-    ),
-    Case(
-        "make-dataset:raw-is-a-file",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "2",
-            "--raw",
-            str(w.ev / "existing_file"),
-        ],
-        2,
-        err="not a folder",
-    ),
-    Case(
-        "make-dataset:env-raw-read-only",
-        lambda w, d: ["make-dataset", "brats-like", "--id", "2", "--size", "16"],
-        2,
-        err="nnUNet_raw",
-        env=lambda w, d: {"nnUNet_raw": _ro(w) + "/raw"},
-    ),
-    Case(
-        "make-dataset:size-2000",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "2",
-            "--size",
-            "2000",
-            "--raw",
-            str(d / "raw"),
-        ],
-        2,
-        err="--size",
-    ),
-    Case(
-        "make-dataset:size-100000",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "2",
-            "--size",
-            "100000",
-            "--raw",
-            str(d / "raw"),
-        ],
-        2,
-        err="--size",
-    ),
-    Case(
-        "make-dataset:size-too-small",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "2",
-            "--size",
-            "8",
-            "--raw",
-            str(d / "raw"),
-        ],
-        2,
-        err="--size",
-    ),
-    Case(
-        "make-dataset:bad-id",
-        lambda w, d: ["make-dataset", "brats-like", "--id", "0", "--raw", str(d / "raw")],
-        2,
-        err="--id",
-        not_in=("dataset_id",),
-    ),
-    Case(
-        "make-dataset:exists",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "3",
-            "--size",
-            "16",
-            "--raw",
-            str(d / "raw"),
-        ],
-        2,
-        err="--overwrite",
-        not_in=("overwrite=True",),
-        setup=_dataset_exists,
-    ),
-    Case(
-        "make-dataset:overwrite-own",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "3",
-            "--size",
-            "16",
-            "--num-train",
-            "5",
-            "--raw",
-            str(d / "raw"),
-            "--overwrite",
-        ],
-        0,
-        setup=_dataset_exists,
-        after=_no_leftovers,
-    ),
-    Case(
-        "make-dataset:overwrite-foreign-file",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "3",
-            "--size",
-            "16",
-            "--num-train",
-            "5",
-            "--raw",
-            str(d / "raw"),
-            "--overwrite",
-        ],
-        2,
-        err="my_notes.txt",
-        setup=_foreign_file_in_dataset,
-    ),
-    Case(
-        "make-dataset:sigint",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "2",
-            "--size",
-            "48",
-            "--num-train",
-            "60",
-            "--raw",
-            str(d / "raw"),
-        ],
-        130,
-        err="interrupted",
-        send=signal.SIGINT,
-        after=_no_leftovers,
-        protect_case_dir=False,
-    ),
-    Case(
-        "make-dataset:sigterm",
-        lambda w, d: [
-            "make-dataset",
-            "brats-like",
-            "--id",
-            "2",
-            "--size",
-            "48",
-            "--num-train",
-            "60",
-            "--raw",
-            str(d / "raw"),
-        ],
-        143,
-        err="interrupted",
-        send=signal.SIGTERM,
-        after=_no_leftovers,
-        protect_case_dir=False,
-    ),
+    Case("make-dataset:good", _make("--num-train", "5", "--num-test", "1"), 0,
+         out="wrote brats-like dataset", after=_no_leftovers),
+    Case("make-dataset:four-cases-warns", _make("--num-train", "4", "--num-test", "0"), 0,
+         err="at least 5"),
+    Case("make-dataset:raw-read-only", lambda w, d: _make(raw=None)(w, d) + ["--raw",
+         _ro(w) + "/raw"], 2, err="--raw"),
+    Case("make-dataset:raw-is-a-file", lambda w, d: _make(raw=None)(w, d) + ["--raw",
+         str(w.ev / "existing_file")], 2, err="not a folder"),
+    Case("make-dataset:env-raw-read-only", _make(raw=None), 2, err="nnUNet_raw", env=_ro_env),
+    Case("make-dataset:size-2000", _make("--size", "2000"), 2, err="--size"),
+    Case("make-dataset:size-100000", _make("--size", "100000"), 2, err="--size"),
+    Case("make-dataset:size-too-small", _make("--size", "8"), 2, err="--size"),
+    Case("make-dataset:size-not-a-number", _make("--size", "abc"), 2, err="--size"),
+    Case("make-dataset:bad-id", _make("--id", "0"), 2, err="--id", not_in=("dataset_id",)),
+    Case("make-dataset:exists", _make("--id", "3"), 2, err="--overwrite",
+         not_in=("overwrite=True",), setup=_dataset_exists),
+    Case("make-dataset:overwrite-own", _make("--id", "3", "--num-train", "5", "--overwrite"),
+         0, setup=_dataset_exists, after=_no_leftovers),
+    Case("make-dataset:overwrite-foreign-file", _make("--id", "3", "--overwrite"), 2,
+         err="my_notes.txt", setup=_foreign_file_in_dataset),
+    Case("make-dataset:sigint", _make(*_BIG), 130, err="interrupted", send=signal.SIGINT,
+         after=_no_leftovers, protect_case_dir=False),
+    Case("make-dataset:sigterm", _make(*_BIG), 143, err="interrupted", send=signal.SIGTERM,
+         after=_no_leftovers, protect_case_dir=False),
     # ---------------------------------------------------------------- warmstart
-    Case(
-        "warmstart:good",
-        lambda w, d: ["warmstart", str(w.ck / "stock.pth"), str(d / "out.pth")],
-        0,
-        out="wrote",
-    ),
+    Case("warmstart:good", _warm("stock.pth", "out.pth"), 0, out="wrote"),
     *[
-        Case(
-            f"warmstart:{kind}-checkpoint",
-            lambda w, d, kind=kind: ["warmstart", str(w.ck / f"{kind}.pth"), str(d / "o.pth")],
-            2,
-            err="STOCK_CHECKPOINT",
-        )
+        Case(f"warmstart:{kind}-checkpoint", _warm(f"{kind}.pth"), 2, err="STOCK_CHECKPOINT")
         for kind in ("truncated", "random", "empty")
     ],
-    Case(
-        "warmstart:missing",
-        lambda w, d: ["warmstart", str(w.ck / "nope.pth"), str(d / "o.pth")],
-        2,
-        err="not found",
-    ),
-    Case(
-        "warmstart:input-is-a-folder",
-        lambda w, d: ["warmstart", str(w.ck / "folder"), str(d / "o.pth")],
-        2,
-        err="is a folder",
-    ),
-    Case(
-        "warmstart:output-read-only",
-        lambda w, d: ["warmstart", str(w.ck / "stock.pth"), _ro(w) + "/o.pth"],
-        2,
-        err="OUTPUT",
-    ),
-    Case(
-        "warmstart:output-is-a-folder",
-        lambda w, d: ["warmstart", str(w.ck / "stock.pth"), str(d / "dir"), "--overwrite"],
-        2,
-        err="is a folder",
-        setup=lambda w, d: (d / "dir").mkdir(),
-    ),
-    Case(
-        "warmstart:output-exists",
-        lambda w, d: ["warmstart", str(w.ck / "stock.pth"), str(d / "out.pth")],
-        2,
-        err="--overwrite",
-        setup=_stock_output,
-    ),
-    Case(
-        "warmstart:pde3d-checkpoint",
-        lambda w, d: ["warmstart", str(w.ck / "pde.pth"), str(d / "o.pth")],
-        2,
-        err="already",
-    ),
-    Case(
-        "warmstart:unknown-trainer",
-        lambda w, d: [
-            "warmstart",
-            str(w.ck / "stock.pth"),
-            str(d / "o.pth"),
-            "--trainer",
-            "nnUNetTrainerPDE3D_Nope",
-        ],
-        2,
-        err="--trainer",
-    ),
+    Case("warmstart:missing", _warm("nope.pth"), 2, err="not found"),
+    Case("warmstart:input-is-a-folder", _warm("folder"), 2, err="is a folder"),
+    Case("warmstart:output-read-only",
+         lambda w, d: ["warmstart", str(w.ck / "stock.pth"), _ro(w) + "/o.pth"], 2,
+         err="OUTPUT"),
+    Case("warmstart:output-is-a-folder", _warm("stock.pth", "dir", "--overwrite"), 2,
+         err="is a folder", setup=lambda w, d: (d / "dir").mkdir()),
+    Case("warmstart:output-exists", _warm("stock.pth", "out.pth"), 2, err="--overwrite",
+         setup=_stock_output),
+    Case("warmstart:pde3d-checkpoint", _warm("pde.pth"), 2, err="already"),
+    Case("warmstart:unknown-trainer",
+         _warm("stock.pth", "o.pth", "--trainer", "nnUNetTrainerPDE3D_Nope"), 2,
+         err="--trainer"),
     # ---------------------------------------------------------------- inspect
-    Case("inspect:good", lambda w, d: ["inspect", str(w.ck / "pde.pth")], 0, out="encoder"),
-    Case(
-        "inspect:good-json",
-        lambda w, d: ["inspect", str(w.ck / "pde.pth"), "--json", str(d / "r.json")],
-        0,
-        out="wrote 1 file",
-    ),
+    Case("inspect:good", _inspect("pde.pth"), 0, out="encoder"),
+    Case("inspect:good-json", lambda w, d: _inspect("pde.pth", "--json", str(d / "r.json"))(w, d),
+         0, out="wrote 1 file"),
     *[
-        Case(
-            f"inspect:{kind}-checkpoint",
-            lambda w, d, kind=kind: ["inspect", str(w.ck / f"{kind}.pth")],
-            2,
-            err="CHECKPOINT",
-        )
+        Case(f"inspect:{kind}-checkpoint", _inspect(f"{kind}.pth"), 2, err="CHECKPOINT")
         for kind in ("truncated", "random", "empty")
     ],
-    Case(
-        "inspect:stock-checkpoint",
-        lambda w, d: ["inspect", str(w.ck / "stock.pth")],
-        2,
-        err="no PDE blocks",
-    ),
-    Case(
-        "inspect:weights-do-not-fit",
-        lambda w, d: ["inspect", str(w.ck / "mismatch.pth")],
-        2,
-        err="unexpected key(s) encoder.stages",
-    ),
-    Case(
-        "inspect:folder",
-        lambda w, d: ["inspect", str(w.ck / "folder")],
-        2,
-        err="is a folder",
-    ),
-    Case(
-        "inspect:json-read-only",
-        lambda w, d: ["inspect", str(w.ck / "pde.pth"), "--json", _ro(w) + "/r.json"],
-        2,
-        err="--json",
-    ),
+    Case("inspect:stock-checkpoint", _inspect("stock.pth"), 2, err="no PDE blocks"),
+    Case("inspect:weights-do-not-fit", _inspect("mismatch.pth"), 2,
+         err="unexpected key(s) encoder.stages"),
+    Case("inspect:folder", _inspect("folder"), 2, err="is a folder"),
+    Case("inspect:json-read-only",
+         lambda w, d: _inspect("pde.pth", "--json", _ro(w) + "/r.json")(w, d), 2, err="--json"),
     # ---------------------------------------------------------------- evaluate
-    Case(
-        "evaluate:good",
-        lambda w, d: [
-            "evaluate",
-            str(w.ev / "pred"),
-            str(w.ds / "labelsTs"),
-            "--dataset-json",
-            str(w.ds / "dataset.json"),
-            "--output",
-            str(d / "out"),
-            "--no-progress",
-            "--workers",
-            "1",
-        ],
-        0,
-        out="Wrote",
-    ),
-    *[
-        Case(
-            f"evaluate:{name}",
-            lambda w, d, p=p, r=r: [
-                "evaluate",
-                str(w.ev / p),
-                str(r(w)),
-                "--dataset-json",
-                str(w.ds / "dataset.json"),
-                "--output",
-                str(d / "out"),
-                "--no-progress",
-                "--workers",
-                "1",
-            ],
-            2,
-            err=err,
-        )
-        for name, p, r, err in (
-            ("pred-label-7", "pred7", lambda w: w.ds / "labelsTs", "7"),
-            ("pred-float-map", "predfloat", lambda w: w.ds / "labelsTs", "integer"),
-            ("ref-label-9", "pred", lambda w: w.ev / "ref9", "9"),
-        )
-    ],
-    Case(
-        "evaluate:output-is-a-file",
-        lambda w, d: [
-            "evaluate",
-            str(w.ev / "pred"),
-            str(w.ds / "labelsTs"),
-            "--dataset-json",
-            str(w.ds / "dataset.json"),
-            "--output",
-            str(w.ev / "existing_file"),
-            "--no-progress",
-        ],
-        2,
-        err="--output",
-        not_in=("Errno",),
-    ),
-    Case(
-        "evaluate:missing-pred",
-        lambda w, d: ["evaluate", str(d / "nope"), str(w.ds / "labelsTs")],
-        2,
-        err="does not exist",
-    ),
+    Case("evaluate:good", _evaluate("pred"), 0, out="Wrote"),
+    Case("evaluate:pred-label-7", _evaluate("pred7"), 2, err="7"),
+    Case("evaluate:pred-float-map", _evaluate("predfloat"), 2, err="integer"),
+    Case("evaluate:ref-label-9", _evaluate("pred", lambda w: w.ev / "ref9"), 2, err="9"),
+    Case("evaluate:output-is-a-file",
+         lambda w, d: _evaluate("pred")(w, d)[:-5] + ["--output", str(w.ev / "existing_file")],
+         2, err="--output", not_in=("Errno",)),
+    Case("evaluate:missing-pred",
+         lambda w, d: ["evaluate", str(d / "nope"), str(w.ds / "labelsTs")], 2,
+         err="does not exist"),
     # ---------------------------------------------------------------- derive noisy-labels
-    Case(
-        "derive-noisy-labels:good",
-        lambda w, d: [
-            "derive",
-            "noisy-labels",
-            str(w.ds),
-            "--id",
-            "601",
-            "--mode",
-            "erode",
-            "--magnitude",
-            "1",
-            "--raw",
-            str(d / "raw"),
-            "--quiet",
-        ],
-        0,
-        out="wrote",
-        after=_noisy_summary,
-    ),
-    Case(
-        "derive-noisy-labels:erode-1e6",
-        lambda w, d: [
-            "derive",
-            "noisy-labels",
-            str(w.ds),
-            "--id",
-            "601",
-            "--mode",
-            "erode",
-            "--magnitude",
-            "1e6",
-            "--raw",
-            str(d / "raw"),
-            "--quiet",
-        ],
-        0,
-        err="emptied",
-        out="emptied in",
-        after=_noisy_summary,
-    ),
-    Case(
-        "derive-noisy-labels:add-blobs-500",
-        lambda w, d: [
-            "derive",
-            "noisy-labels",
-            str(w.ds),
-            "--id",
-            "601",
-            "--mode",
-            "add-blobs",
-            "--magnitude",
-            "500",
-            "--raw",
-            str(d / "raw"),
-            "--quiet",
-        ],
-        0,
-        err="destroys rather than perturbs",
-        after=_noisy_summary,
-    ),
-    Case(
-        "derive-noisy-labels:exists",
-        lambda w, d: [
-            "derive",
-            "noisy-labels",
-            str(w.ds),
-            "--id",
-            "3",
-            "--mode",
-            "erode",
-            "--magnitude",
-            "1",
-            "--raw",
-            str(d / "raw"),
-            "--quiet",
-        ],
-        2,
-        err="--overwrite",
-        not_in=("overwrite=True",),
-        setup=_dataset_exists,
-    ),
+    Case("derive-noisy-labels:good", _noisy("601", "erode", "1"), 0, out="wrote",
+         after=_noisy_summary),
+    Case("derive-noisy-labels:erode-1e6", _noisy("601", "erode", "1e6"), 0, err="emptied",
+         out="emptied in", after=_noisy_summary),
+    Case("derive-noisy-labels:add-blobs-500", _noisy("601", "add-blobs", "500"), 0,
+         err="destroys rather than perturbs", after=_noisy_summary),
+    Case("derive-noisy-labels:exists", _noisy("3", "erode", "1"), 2, err="--overwrite",
+         not_in=("overwrite=True",), setup=_dataset_exists),
     # ---------------------------------------------------------------- derive shifted-images
-    Case(
-        "derive-shifted-images:good",
-        lambda w, d: [
-            "derive",
-            "shifted-images",
-            str(w.ds),
-            "--output",
-            str(d / "s"),
-            "--perturbations",
-            "noise",
-            "--levels",
-            "1",
-            "--no-progress",
-            "--workers",
-            "1",
-        ],
-        0,
-        out="Wrote",
-    ),
-    Case(
-        "derive-shifted-images:overwrite-own",
-        lambda w, d: [
-            "derive",
-            "shifted-images",
-            str(w.ds),
-            "--output",
-            str(d / "shift"),
-            "--perturbations",
-            "noise",
-            "--levels",
-            "1",
-            "--no-progress",
-            "--workers",
-            "1",
-            "--overwrite",
-        ],
-        0,
-        out="Wrote",
-        setup=lambda w, d: _shifted(w, d, predictions=False),
-        after=_no_leftovers,
-    ),
-    Case(
-        "derive-shifted-images:overwrite-keeps-predictions",
-        lambda w, d: [
-            "derive",
-            "shifted-images",
-            str(w.ds),
-            "--output",
-            str(d / "shift"),
-            "--perturbations",
-            "noise",
-            "--levels",
-            "1",
-            "--no-progress",
-            "--workers",
-            "1",
-            "--overwrite",
-        ],
-        2,
-        err="predictions",
-        setup=lambda w, d: _shifted(w, d, predictions=True),
-    ),
-    Case(
-        "derive-shifted-images:exists",
-        lambda w, d: [
-            "derive",
-            "shifted-images",
-            str(w.ds),
-            "--output",
-            str(d / "shift"),
-            "--perturbations",
-            "noise",
-            "--levels",
-            "1",
-            "--no-progress",
-        ],
-        2,
-        err="--overwrite",
-        not_in=("overwrite=True",),
-        setup=lambda w, d: _shifted(w, d, predictions=False),
-    ),
+    Case("derive-shifted-images:good", _shift("s"), 0, out="Wrote"),
+    Case("derive-shifted-images:overwrite-own", _shift("shift", "--overwrite"), 0, out="Wrote",
+         setup=_shifted_with(False), after=_no_leftovers),
+    Case("derive-shifted-images:overwrite-keeps-predictions", _shift("shift", "--overwrite"), 2,
+         err="predictions", setup=_shifted_with(True)),
+    Case("derive-shifted-images:exists", _shift("shift"), 2, err="--overwrite",
+         not_in=("overwrite=True",), setup=_shifted_with(False)),
     # ---------------------------------------------------------------- benchmark run
-    Case(
-        "benchmark-run:dry-run-good",
-        lambda w, d: [
-            "benchmark",
-            "run",
-            "1",
-            "--trainers",
-            "nnUNetTrainerPDE3D",
-            "--folds",
-            "1",
-            "2",
-            "--dry-run",
-            "--device",
-            "cpu",
-        ],
-        0,
-        out="# skip nnUNetTrainerPDE3D/fold_1",
-    ),
-    Case(
-        "benchmark-run:dry-run-truncated-final",
-        lambda w, d: [
-            "benchmark",
-            "run",
-            "1",
-            "--trainers",
-            "nnUNetTrainerPDE3D",
-            "--folds",
-            "0",
-            "--dry-run",
-            "--device",
-            "cpu",
-        ],
-        2,
-        err="checkpoint_final.pth",
-    ),
-    Case(
-        "benchmark-run:unknown-trainer",
-        lambda w, d: [
-            "benchmark",
-            "run",
-            "1",
-            "--trainers",
-            "nnUNetTrainerPDE3D_Nope",
-            "--dry-run",
-        ],
-        2,
-        err="unknown trainer",
-    ),
-    Case(
-        "benchmark-run:unknown-trainer-no-dry-run",
-        lambda w, d: [
-            "benchmark",
-            "run",
-            "1",
-            "--trainers",
-            "nnUNetTrainerPDE3D_Nope",
-            "--folds",
-            "3",
-        ],
-        2,
-        err="unknown trainer",
-    ),
-    Case(
-        "benchmark-run:bad-device",
-        lambda w, d: [
-            "benchmark",
-            "run",
-            "1",
-            "--trainers",
-            "nnUNetTrainerPDE3D",
-            "--folds",
-            "2",
-            "--device",
-            "gpu",
-            "--dry-run",
-        ],
-        2,
-        err="--device",
-    ),
-    Case(
-        "benchmark-run:four-cases",
-        lambda w, d: ["benchmark", "run", "4", "--trainers", "nnUNetTrainerPDE3D", "--dry-run"],
-        2,
-        err="--folds",
-    ),
-    Case(
-        "benchmark-run:fold-5",
-        lambda w, d: [
-            "benchmark",
-            "run",
-            "1",
-            "--trainers",
-            "nnUNetTrainerPDE3D",
-            "--folds",
-            "5",
-            "--dry-run",
-        ],
-        2,
-        err="--folds",
-    ),
-    Case(
-        "benchmark-run:progress",
-        lambda w, d: [
-            "benchmark",
-            "run",
-            "1",
-            "--trainers",
-            "nnUNetTrainerPDE3D",
-            "--folds",
-            "2",
-            "--device",
-            "cpu",
-            "--train-command",
-            f"{sys.executable} {w.root / 'fake_train.py'}",
-        ],
-        0,
-        out="epoch 2",
-        env=lambda w, d: {"nnUNet_results": str(d / "res"), "NNUNET_PDE_PROGRESS_INTERVAL": "0.3"},
-        protect_case_dir=False,
-    ),
+    Case("benchmark-run:dry-run-good", _bench("1", "--folds", "1", "2", _DRY, "--device", "cpu"),
+         0, out="# skip nnUNetTrainerPDE3D/fold_1"),
+    Case("benchmark-run:dry-run-truncated-final", _bench("1", "--folds", "0", _DRY), 2,
+         err="checkpoint_final.pth"),
+    Case("benchmark-run:unknown-trainer", _bench("1", _DRY, trainer="nnUNetTrainerPDE3D_Nope"),
+         2, err="unknown trainer"),
+    Case("benchmark-run:unknown-trainer-no-dry-run",
+         _bench("1", "--folds", "3", trainer="nnUNetTrainerPDE3D_Nope"), 2,
+         err="unknown trainer"),
+    Case("benchmark-run:bad-device", _bench("1", "--folds", "2", "--device", "gpu", _DRY), 2,
+         err="--device"),
+    Case("benchmark-run:four-cases", _bench("4", _DRY), 2, err="--folds"),
+    Case("benchmark-run:fold-5", _bench("1", "--folds", "5", _DRY), 2, err="--folds"),
+    Case("benchmark-run:usage-error", _bench("1", "--jobs", "0"), 2, err="--jobs"),
+    Case("benchmark-run:progress", _fake_train, 0, out="/1000, pseudo Dice 0.",
+         env=lambda w, d: {"nnUNet_results": str(d / "res"),
+                           "NNUNET_PDE_PROGRESS_INTERVAL": "0.3"},
+         protect_case_dir=False),
 ]
 
 
