@@ -101,6 +101,53 @@ def test_ablations_differ_from_the_full_model_in_what_their_names_say():
     assert fam["nnUNetTrainerPDE3D_SGD"].use_sgd
 
 
+def _distinct_pde_configs() -> dict[str, type]:
+    """One trainer per distinct PDE configuration (lengths and few-label variants share one)."""
+    seen: dict[tuple, str] = {}
+    for name, cls in sorted(pde_family().items(), key=lambda kv: len(kv[0])):
+        if cls.pde_config is None:
+            continue
+        key = (cls.pde_config, cls.pde_all_stages)
+        seen.setdefault(key, name)
+    return {n: pde_family()[n] for n in seen.values()}
+
+
+@pytest.mark.parametrize("name", sorted(_distinct_pde_configs()))
+def test_every_pde_parameter_gets_a_segmentation_gradient_at_init(name):
+    """With the gate opened, nnU-Net's Dice+CE reaches every PDE parameter: RMS gradient >= 1e-3
+    of the largest PDE-parameter gradient, in every block (no clamp active at init, nothing
+    multiplied by an exact 0)."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from nnunet_pde.pde.inspect import relative_parameter_gradients
+
+    plans, ds = load_plans("tiny_plain")
+    pm, cm, n_in, n_out = managers(plans, ds)
+    cls = pde_family()[name]
+    torch.manual_seed(0)
+    net = cls.build_network_architecture(pm, cm, n_in, n_out, False)
+    blocks = pde_blocks(net)
+    for block in blocks.values():
+        with torch.no_grad():
+            block.gamma.fill_(0.5)
+    loss = DC_and_CE_loss(
+        {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False},
+        {},
+        weight_ce=1,
+        weight_dice=1,
+        dice_class=MemoryEfficientSoftDiceLoss,
+    )
+    g = torch.Generator().manual_seed(1)
+    side = (24, 24, 24)  # divisible by the plans' total stride (8); small: this is per trainer
+    x = torch.randn(2, n_in, *side, generator=g)
+    y = torch.randint(0, n_out, (2, 1, *side), generator=g)
+    loss(net(x), y).backward()
+    for block_name, block in blocks.items():
+        rel = relative_parameter_gradients(block)
+        assert min(rel.values()) >= 1e-3, (name, block_name, rel)
+
+
 # ------------------------------------------------- one training step through nnU-Net
 
 
@@ -160,6 +207,11 @@ def test_one_training_step_is_finite_and_logs_every_loss_term(name, nnunet_env):
         trainer.dataloader_train = trainer.dataloader_val = None
     assert np.isfinite(out["loss"])
     assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
+    # Blocks record the consistency term only when the loss reads it (_NoReg: never).
+    reads = trainer.reg_config.lambda_pde > 0
+    for block in pde_blocks(trainer.network).values():
+        assert block.record_consistency == reads, name
+        assert block.last_residuals is None, name  # consumed by the loss, or never made
     logged = trainer.logger.local_logger.my_fantastic_logging
     expected = {LOSS_TERM_KEYS["seg"]} | {
         LOSS_TERM_KEYS[t] for t in trainer.reg_config.active_terms

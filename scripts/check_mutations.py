@@ -1,0 +1,153 @@
+"""Show that the numerical tests catch the mutations a review of the PDE layer named.
+
+Each mutation is a one-line textual change to a copy of ``nnunet_pde/`` (the repository is
+never modified). For each, the named tests run against the mutated copy (``PYTHONPATH``
+points at it) and must FAIL; they must pass on the unmodified copy. Prints one line per
+mutation and exits non-zero if any mutation survives.
+
+    python scripts/check_mutations.py            # all mutations, ~1-2 min on 2 cores
+    python scripts/check_mutations.py --list     # what would be applied
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # relative to the repository
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids relative to the repository
+
+
+MUTATIONS = (
+    Mutation(
+        "red-black Gauss-Seidel turned into Jacobi",
+        "nnunet_pde/pde/solvers.py",
+        "    v = torch.where(red, jacobi_sweep(v, b, weights, denom, tau), v)\n",
+        "    v0 = v\n    v = torch.where(red, jacobi_sweep(v0, b, weights, denom, tau), v)\n"
+        "    return torch.where(red, v, jacobi_sweep(v0, b, weights, denom, tau))\n",
+        ("tests/pde/test_pde_solvers.py::test_red_black_gauss_seidel_equals_sequential_reference",),
+    ),
+    Mutation(
+        "explicit half of Crank-Nicolson dropped",
+        "nnunet_pde/pde/solvers.py",
+        "        if theta < 1.0:\n            rhs =",
+        "        if False:\n            rhs =",
+        (
+            "tests/pde/test_pde_solvers.py::test_aos_step_equals_sparse_direct_solve_of_the_split_system",
+        ),
+    ),
+    Mutation(
+        "exact solve replaced by one Jacobi-like sweep",
+        "nnunet_pde/pde/tridiagonal.py",
+        "    return TridiagonalSolve.apply(a0, b0).movedim(0, dim)",
+        "    return (b0 / (1.0 + torch.nn.functional.pad(a0, (0,) * (2 * (a0.ndim - 1)) + (1, 0))"
+        " + torch.nn.functional.pad(a0, (0,) * (2 * (a0.ndim - 1)) + (0, 1)))).movedim(0, dim)",
+        (
+            "tests/pde/test_pde_solvers.py::test_aos_step_equals_sparse_direct_solve_of_the_split_system",
+        ),
+    ),
+    Mutation(
+        "every block given the plans' (full-resolution) spacing",
+        "nnunet_pde/network.py",
+        "        block = PDEBlock(int(channels[s]), spacings[s], config)",
+        "        block = PDEBlock(int(channels[s]), spacings[0], config)",
+        (
+            "tests/test_network.py::"
+            "test_every_block_gets_its_own_stage_spacing_with_anisotropic_strides",
+        ),
+    ),
+    Mutation(
+        "TV ignore mask without the forward-neighbour check",
+        "nnunet_pde/losses.py",
+        "        ok = ok & v[tuple(hi)]",
+        "        ok = ok",
+        ("tests/test_losses.py::test_tv_with_a_single_ignored_voxel_matches_a_reference",),
+    ),
+    Mutation(
+        "cosine schedule inverted",
+        "nnunet_pde/training.py",
+        "0.5 * (1.0 + math.cos(math.pi * t))",
+        "0.5 * (1.0 - math.cos(math.pi * t))",
+        ("tests/test_training_schedule.py::test_learning_rate_at_known_epochs",),
+    ),
+)
+
+
+def _copy_tree(dst: Path) -> None:
+    """nnunet_pde/ with trainers/ inside (the wheel layout) and tests/."""
+    shutil.copytree(
+        REPO / "nnunet_pde", dst / "nnunet_pde", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(
+        REPO / "trainers",
+        dst / "nnunet_pde" / "trainers",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copytree(REPO / "tests", dst / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", dst / "pyproject.toml")
+
+
+def _pytest(root: Path, tests: tuple[str, ...]) -> bool:
+    """True if the tests pass when run against the copy in ``root``."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return proc.returncode == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--list", action="store_true", help="print the mutations and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name}: {m.file}: {m.tests[0]}")
+        return 0
+    survived = 0
+    with tempfile.TemporaryDirectory(prefix="nnunet_pde_mutations_") as tmp:
+        root = Path(tmp)
+        _copy_tree(root)
+        for m in MUTATIONS:
+            path = root / m.file
+            original = path.read_text()
+            if original.count(m.old) != 1:
+                print(f"ERROR  {m.name}: the text to mutate is not found once in {m.file}")
+                survived += 1
+                continue
+            if not _pytest(root, m.tests):
+                print(f"ERROR  {m.name}: {m.tests} fail on the unmodified code")
+                survived += 1
+                continue
+            path.write_text(original.replace(m.old, m.new))
+            try:
+                caught = not _pytest(root, m.tests)
+            finally:
+                path.write_text(original)
+            status = "caught" if caught else "SURVIVED"
+            survived += not caught
+            print(f"{status:8s} {m.name}  <-  {', '.join(t.split('::')[-1] for t in m.tests)}")
+    print(f"summary: {len(MUTATIONS) - survived} of {len(MUTATIONS)} mutations caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
