@@ -143,18 +143,7 @@ def warmstart_checkpoint(
     Path
         The written file.
     """
-    src = Path(stock_checkpoint)
-    dst = Path(output)
-    if dst.is_dir():
-        raise NnunetPdeError(
-            f"{dst} is a folder; give the file to write, e.g. {dst / 'pde_init.pth'}", "OUTPUT"
-        )
-    if dst.exists() and not overwrite:
-        raise FileExistsError(
-            f"OUTPUT: {dst} exists; pass --overwrite to replace it or choose another path"
-        )
-    if src.exists() and dst.resolve() == src.resolve():
-        raise NnunetPdeError("must differ from STOCK_CHECKPOINT (which is only read)", "OUTPUT")
+    src, dst = check_warmstart_paths(stock_checkpoint, output, overwrite)
     checkpoint = load_checkpoint(src, "STOCK_CHECKPOINT", need_trainer_name=False)
     if any(PDE_KEY_MARKER in key for key in checkpoint["network_weights"]):
         raise NnunetPdeError(
@@ -185,3 +174,26 @@ def warmstart_checkpoint(
             f"cannot write {dst}: {why}; choose a writable folder", "OUTPUT"
         ) from None
     return dst
+
+
+def check_warmstart_paths(
+    stock_checkpoint: str | Path, output: str | Path, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """The checks of :func:`warmstart_checkpoint` that need no file to be read: the output
+    is not a folder, not the input, and exists only with ``overwrite``; the input is a file.
+    """
+    src = Path(stock_checkpoint)
+    dst = Path(output)
+    if dst.is_dir():
+        raise NnunetPdeError(
+            f"{dst} is a folder; give the file to write, e.g. {dst / 'pde_init.pth'}", "OUTPUT"
+        )
+    if dst.exists() and not overwrite:
+        raise FileExistsError(
+            f"OUTPUT: {dst} exists; pass --overwrite to replace it or choose another path"
+        )
+    if src.exists() and dst.resolve() == src.resolve():
+        raise NnunetPdeError("must differ from STOCK_CHECKPOINT (which is only read)", "OUTPUT")
+    if src.is_dir() or not src.is_file():
+        load_checkpoint(src, "STOCK_CHECKPOINT")  # says what is wrong with it
+    return src, dst

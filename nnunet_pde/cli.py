@@ -137,10 +137,11 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 
 @cli_command
 def _cmd_warmstart(args: argparse.Namespace) -> int:
-    from nnunet_pde.checkpoints import warmstart_checkpoint
+    from nnunet_pde.checkpoints import check_warmstart_paths, warmstart_checkpoint
     from nnunet_pde.env import find_trainer
     from nnunet_pde.errors import NnunetPdeError
 
+    check_warmstart_paths(args.stock_checkpoint, args.output, args.overwrite)  # fast first
     try:
         trainer = find_trainer(args.trainer)
     except ValueError as exc:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +198,7 @@ class Case:
     after: Callable[[World, Path], None] | None = None  # further checks
     send: int | None = None  # signal to send once the command printed its first line
     protect_case_dir: bool | None = None  # default: only for refusals
-    marks: tuple = field(default_factory=tuple)
+    slow: bool = False  # marked slow: real work (training stand-in, TorchIO, signals)
 
     @property
     def command(self) -> str:
@@ -320,11 +320,13 @@ _DRY = "--dry-run"
 CASES: list[Case] = [
     # ---------------------------------------------------------------- env / doctor / list
     Case("env:good", lambda w, d: ["env"], 0, out="nnUNet_extTrainer"),
-    Case("doctor:good", lambda w, d: ["doctor"], 0, out="resolves all", not_in=("Warning",)),
+    Case("doctor:good", lambda w, d: ["doctor"], 0, out="resolves all", not_in=("Warning",),
+         slow=True),
     Case("doctor:raw-is-a-file", lambda w, d: ["doctor"], 1, out="is not a folder",
-         not_in=("mkdir -p /etc/passwd",), env=lambda w, d: {"nnUNet_raw": "/etc/passwd"}),
+         not_in=("mkdir -p /etc/passwd",), env=lambda w, d: {"nnUNet_raw": "/etc/passwd"},
+         slow=True),
     Case("list-trainers:no-monai-warning", lambda w, d: ["list-trainers"], 0,
-         out="nnUNetTrainerPDE3D", not_in=("FutureWarning", "Warning")),
+         out="nnUNetTrainerPDE3D", not_in=("FutureWarning", "Warning"), slow=True),
     # ---------------------------------------------------------------- make-dataset
     Case("make-dataset:good", _make("--num-train", "5", "--num-test", "1"), 0,
          out="wrote brats-like dataset", after=_no_leftovers),
@@ -347,9 +349,9 @@ CASES: list[Case] = [
     Case("make-dataset:overwrite-foreign-file", _make("--id", "3", "--overwrite"), 2,
          err="my_notes.txt", setup=_foreign_file_in_dataset),
     Case("make-dataset:sigint", _make(*_BIG), 130, err="interrupted", send=signal.SIGINT,
-         after=_no_leftovers, protect_case_dir=False),
+         after=_no_leftovers, protect_case_dir=False, slow=True),
     Case("make-dataset:sigterm", _make(*_BIG), 143, err="interrupted", send=signal.SIGTERM,
-         after=_no_leftovers, protect_case_dir=False),
+         after=_no_leftovers, protect_case_dir=False, slow=True),
     # ---------------------------------------------------------------- warmstart
     Case("warmstart:good", _warm("stock.pth", "out.pth"), 0, out="wrote"),
     *[
@@ -400,13 +402,13 @@ CASES: list[Case] = [
     Case("derive-noisy-labels:erode-1e6", _noisy("601", "erode", "1e6"), 0, err="emptied",
          out="emptied in", after=_noisy_summary),
     Case("derive-noisy-labels:add-blobs-500", _noisy("601", "add-blobs", "500"), 0,
-         err="destroys rather than perturbs", after=_noisy_summary),
+         err="destroys rather than perturbs", after=_noisy_summary, slow=True),
     Case("derive-noisy-labels:exists", _noisy("3", "erode", "1"), 2, err="--overwrite",
          not_in=("overwrite=True",), setup=_dataset_exists),
     # ---------------------------------------------------------------- derive shifted-images
-    Case("derive-shifted-images:good", _shift("s"), 0, out="Wrote"),
+    Case("derive-shifted-images:good", _shift("s"), 0, out="Wrote", slow=True),
     Case("derive-shifted-images:overwrite-own", _shift("shift", "--overwrite"), 0, out="Wrote",
-         setup=_shifted_with(False), after=_no_leftovers),
+         setup=_shifted_with(False), after=_no_leftovers, slow=True),
     Case("derive-shifted-images:overwrite-keeps-predictions", _shift("shift", "--overwrite"), 2,
          err="predictions", setup=_shifted_with(True)),
     Case("derive-shifted-images:exists", _shift("shift"), 2, err="--overwrite",
@@ -429,7 +431,7 @@ CASES: list[Case] = [
     Case("benchmark-run:progress", _fake_train, 0, out="/1000, pseudo Dice 0.",
          env=lambda w, d: {"nnUNet_results": str(d / "res"),
                            "NNUNET_PDE_PROGRESS_INTERVAL": "0.3"},
-         protect_case_dir=False),
+         protect_case_dir=False, slow=True),
 ]
 
 
@@ -469,7 +471,10 @@ def _run(case: Case, w: World, d: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, first + out, err)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, id=c.id, marks=(pytest.mark.slow,) if c.slow else ()) for c in CASES],
+)
 def test_bad_input(case: Case, world: World, tmp_path: Path) -> None:
     d = tmp_path / "case"
     d.mkdir()

@@ -103,13 +103,14 @@ def test_cli_warmstart_reports_errors_without_traceback(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
+    _stock_checkpoint(tmp_path / "stock.pth")
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "nnunet_pde.cli",
             "warmstart",
-            str(tmp_path / "missing.pth"),
+            str(tmp_path / "stock.pth"),
             str(tmp_path / "out.pth"),
             "--trainer",
             "nnUNetTrainerNope",
