@@ -20,12 +20,15 @@ Subset: the first 25 of the 200 cases (nnU-Net then plans batch 2 instead of 7, 
 - a training iteration costs about 7 CPU-seconds (batch 2), so about 4 s of wall time on an
   idle 2-core machine: the 80 iterations of TRAINER are about 5-6 min there, the test about
   7-8 min (CI budget: 45 min for everything);
-- 10 epochs x 8 iterations (80, TRAINER): NOT YET CONFIRMED. A first run was stopped at
-  epoch 2 from outside (every nnUNetv2_train on the machine ended at the same moment); a
-  second ran at about a quarter of a core (load 8-13, about 200 s per epoch): one-batch
-  pseudo Dice 0.12 / 0.06 after 6 epochs, 0.48 / 0.37 after 7, 0.47 / 0.53 after 8, and then
-  hit the 1800 s per-command limit of _run in epoch 9, before any held-back Dice. The first
-  complete run (CI) must confirm the length and MIN_DICE.
+- 10 epochs x 8 iterations (80): the one-batch pseudo Dice was 0.12 / 0.06 after 6 epochs,
+  0.48 / 0.37 after 7 and 0.47 / 0.53 after 8 (the run was cut by a time-out): learning
+  starts after about 60 iterations and 80 leave no margin above 0.5;
+- on the full 160-case folds (batch 7) 36 iterations gave fold-0 validation Dice between
+  0.10 and 0.57 for the anterior class in repeated runs (docs/results.md): short trainings
+  are very noisy, so TRAINER is the demo's 20 epochs x 8 iterations (160, about 11 min of
+  training on an idle 2-core machine, the test about 13 min). A complete run of this length
+  could not be finished on the shared development machine before landing (about 300 s per
+  epoch at load 9-13); CI is its first complete run.
 
 MIN_DICE = 0.5 is the issue's "only a model that learned" bar: the 32-iteration model, which
 had already learned something, stays below it for the anterior class.
@@ -49,7 +52,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
 SHARED = REPO.parent / "shared" / "data" / "msd_hippocampus"
 TASK = SHARED / "Task04_Hippocampus"
 
-TRAINER = os.environ.get("NNUNET_PDE_REAL_DATA_TRAINER", "nnUNetTrainerPDE3D_10epochs_8iters")
+TRAINER = os.environ.get("NNUNET_PDE_REAL_DATA_TRAINER", "nnUNetTrainerPDE3D_Demo")
 #: training subset (first cases in sorted order; nnU-Net's fold 0 trains on 4/5 of them) and
 #: cases held back from it (last ones in sorted order), all from the shared 200
 NUM_TRAIN = 25
