@@ -67,3 +67,16 @@ def nnunet_subprocess_env(root: Path) -> dict[str, str]:
         **{EXT_TRAINER_VAR: str(trainer_dir())},
     )
     return env
+
+
+def run_checked(cmd: list[str], env: dict[str, str], timeout: int = 900) -> str:
+    """Run a command; its stdout, or an AssertionError with the tail of its output."""
+    import subprocess
+
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc.stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from plan_fixtures import run_checked
 
 from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 
@@ -31,13 +31,7 @@ SMOKE = [
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: int = 1800) -> str:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc.stdout
+    return run_checked(cmd, env, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from plan_fixtures import run_checked
 
 from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 
@@ -37,13 +38,7 @@ DATASETS = {
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> str:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc.stdout
+    return run_checked(cmd, env, timeout)
 
 
 class Workspace:

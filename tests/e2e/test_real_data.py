@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from plan_fixtures import REPO, nnunet_subprocess_env
+from plan_fixtures import REPO, nnunet_subprocess_env, run_checked
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
 
@@ -63,13 +62,7 @@ CLASSES = {"1": "anterior", "2": "posterior"}
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: int = 1800) -> str:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc.stdout
+    return run_checked(cmd, env, timeout)
 
 
 def _stage_subset(stage: Path, train: list[str], held_back: list[str]) -> Path:
