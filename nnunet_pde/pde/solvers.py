@@ -133,13 +133,3 @@ def sweep_step(
             v = jacobi_sweep(v, b, weights, denom, tau, omega)
     return v
 
-
-def residual(
-    v: torch.Tensor,
-    b: torch.Tensor,
-    weights: Sequence[torch.Tensor],
-    diag: torch.Tensor,
-    tau: torch.Tensor,
-) -> torch.Tensor:
-    """``r = (I - tau A) v - b`` of the unsplit system: zero only for its exact solution."""
-    return (1.0 + tau * diag) * v - tau * neighbour_sum(v, weights) - b
