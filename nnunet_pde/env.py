@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_pde.folders import split_paths
+
 TRAINER_PACKAGE = "nnunet_pde.trainers"
 NNUNET_PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 EXT_TRAINER_VAR = "nnUNet_extTrainer"
@@ -47,10 +49,6 @@ def trainer_dir() -> Path:
         "cannot locate the nnunet_pde trainers folder; reinstall with `pip install nnunet-pde` "
         "or `pip install -e .` from the repository"
     )
-
-
-def _split_paths(value: str | None) -> list[str]:
-    return [p for p in (value or "").split(os.pathsep) if p.strip()]
 
 
 def _same_path(a: str, b: str | Path) -> bool:
@@ -82,7 +80,7 @@ def export_lines(
     env = os.environ if environ is None else environ
     tdir = str(trainer_dir())
     lines = [f"# nnunet-pde: trainers live in {tdir}"]
-    existing = _split_paths(env.get(EXT_TRAINER_VAR))
+    existing = split_paths(env.get(EXT_TRAINER_VAR))
     if any(_same_path(p, tdir) for p in existing):
         lines.append(f"# {EXT_TRAINER_VAR} already contains it")
     else:
@@ -207,7 +205,7 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
         checks.append(Check("fail", str(exc)))
         return checks
 
-    ext = _split_paths(env.get(EXT_TRAINER_VAR))
+    ext = split_paths(env.get(EXT_TRAINER_VAR))
     missing_dirs = [p for p in ext if not os.path.isdir(p)]
     if any(_same_path(p, tdir) for p in ext):
         checks.append(Check("ok", f"{EXT_TRAINER_VAR} contains the trainers folder"))

@@ -37,6 +37,7 @@ from typing import Any
 
 __all__ = [
     "OUTPUT_MARKER",
+    "BenchmarkError",
     "CheckpointError",
     "Interrupted",
     "NnunetPdeError",
@@ -81,6 +82,10 @@ class NnunetPdeError(ValueError):
 
 class CheckpointError(NnunetPdeError):
     """The file is not a readable nnU-Net checkpoint of the kind the command needs."""
+
+
+class BenchmarkError(NnunetPdeError):
+    """A workflow command (benchmark, robustness, nnU-Net folders) cannot run as asked."""
 
 
 class Interrupted(KeyboardInterrupt):

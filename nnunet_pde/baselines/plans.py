@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nnunet_pde.errors import NnunetPdeError
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 
-class UnsupportedConfigurationError(ValueError):
+class UnsupportedConfigurationError(NnunetPdeError):
     """The plans' configuration cannot be used by a baseline (2-D, or input constraints)."""
 
 

@@ -13,7 +13,7 @@ Nothing here imports torch or nnunetv2: training runs in ``nnUNetv2_train`` subp
 
 from __future__ import annotations
 
-from nnunet_pde.benchmark.layout import BenchmarkError
 from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
+from nnunet_pde.errors import BenchmarkError
 
 __all__ = ["BenchmarkError", "bootstrap_ci", "holm", "paired_wilcoxon"]

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nnunet_pde.benchmark.layout import BenchmarkError
-from nnunet_pde.errors import cli_command
+from nnunet_pde.errors import BenchmarkError, cli_command
 
 __all__ = ["register_cli"]
 
@@ -111,7 +110,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f"{', '.join(wrong)} only apply to --executor {other}, not {args.executor}"
             )
         if args.executor == "slurm":
-            from nnunet_pde.benchmark.layout import require_env_folder, resolve_dataset_name
+            from nnunet_pde.folders import (
+                require_env_folder,
+                resolve_dataset_name,
+            )
 
             folder = args.slurm_folder
             if folder is None:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnunet_pde.benchmark.layout import BenchmarkError
 from nnunet_pde.benchmark.manifest import utc_now
+from nnunet_pde.errors import BenchmarkError
 
 __all__ = [
     "Executor",

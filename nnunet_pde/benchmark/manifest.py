@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import getpass
 import importlib.metadata
-import json
 import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from nnunet_pde.files import write_json
 
 __all__ = [
     "MANIFEST_DIRNAME",
@@ -143,13 +143,4 @@ def create_manifest_file(folder: str | os.PathLike[str], started: datetime | Non
 
 def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
     """Atomically (re)write this run's own manifest file (temporary file + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, manifest, indent=2, default=str)

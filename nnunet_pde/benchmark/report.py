@@ -40,9 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_pde.benchmark.layout import (
-    BenchmarkError,
+from nnunet_pde.benchmark.manifest import software_versions
+from nnunet_pde.benchmark.stats import bootstrap_ci, format_p, holm, paired_wilcoxon
+from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.files import write_json
+from nnunet_pde.folders import (
     check_trainer_names,
+    dataset_id,
     fold_dir,
     parse_folds,
     read_splits,
@@ -50,8 +54,6 @@ from nnunet_pde.benchmark.layout import (
     resolve_dataset_name,
     trainer_dir_name,
 )
-from nnunet_pde.benchmark.manifest import software_versions
-from nnunet_pde.benchmark.stats import bootstrap_ci, format_p, holm, paired_wilcoxon
 from nnunet_pde.metrics import DISTANCE_METRICS, ImputationPolicy, aggregate
 from nnunet_pde.metrics.aggregate import json_safe
 
@@ -839,7 +841,7 @@ def make_report(
     if not gt.is_dir():
         raise BenchmarkError(
             f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
-            f"nnUNetv2_plan_and_preprocess -d {name[7:10].lstrip('0')}"
+            f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
         )
     if not ds_json.is_file():
         raise BenchmarkError(f"{ds_json} does not exist (nnUNetv2_plan_and_preprocess copies it)")
@@ -948,14 +950,8 @@ def make_report(
     )
     put(
         REPORT_JSON,
-        lambda p: p.write_text(
-            json.dumps(
-                json_safe({**meta, "summary": summary, "per_fold": per_fold}),
-                indent=2,
-                allow_nan=False,
-            )
-            + "\n",
-            encoding="utf-8",
+        lambda p: write_json(
+            p, json_safe({**meta, "summary": summary, "per_fold": per_fold}), allow_nan=False
         ),
     )
     return ReportOutcome(out, written, summary, per_fold, per_case, meta)

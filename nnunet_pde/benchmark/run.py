@@ -6,7 +6,7 @@ For each trainer ``T`` and fold ``k`` the command is nnU-Net's own::
 
 The grid is resumable: a fold with ``checkpoint_final.pth`` and ``validation/summary.json``
 is skipped, a fold with a checkpoint but no finished validation is continued with ``--c``,
-and any other fold is trained from scratch (see :func:`nnunet_pde.benchmark.layout.fold_state`).
+and any other fold is trained from scratch (see :func:`nnunet_pde.folders.fold_state`).
 Every invocation writes a new manifest (:mod:`nnunet_pde.benchmark.manifest`) and one log
 per fold in ``$nnUNet_results/<dataset>/nnunet_pde_benchmark/``.
 """
@@ -28,21 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_pde.benchmark.executors import Executor, Job, JobResult
-from nnunet_pde.benchmark.layout import (
-    FOLD_FINISHED,
-    FOLD_INTERRUPTED,
-    BenchmarkError,
-    check_trainer_names,
-    checkpoint_problem,
-    fold_dir,
-    fold_state,
-    parse_folds,
-    possible_folds,
-    require_env_folder,
-    resolve_dataset_name,
-    resume_checkpoint,
-    trainer_dir_name,
-)
 from nnunet_pde.benchmark.manifest import (
     MANIFEST_DIRNAME,
     create_manifest_file,
@@ -52,7 +37,23 @@ from nnunet_pde.benchmark.manifest import (
     utc_now,
     write_manifest,
 )
-from nnunet_pde.errors import interrupt_signals
+from nnunet_pde.errors import BenchmarkError, interrupt_signals
+from nnunet_pde.folders import (
+    FOLD_FINISHED,
+    FOLD_INTERRUPTED,
+    check_trainer_names,
+    checkpoint_problem,
+    dataset_id,
+    fold_dir,
+    fold_state,
+    parse_folds,
+    possible_folds,
+    require_env_folder,
+    resolve_dataset_name,
+    resume_checkpoint,
+    split_paths,
+    trainer_dir_name,
+)
 
 __all__ = [
     "ACTION_CONTINUE",
@@ -82,7 +83,7 @@ class FoldTask:
     trainer, fold
         The cell.
     state
-        :func:`~nnunet_pde.benchmark.layout.fold_state` of its folder before the run.
+        :func:`~nnunet_pde.folders.fold_state` of its folder before the run.
     action
         ``skip`` (finished), ``continue`` (``--c``) or ``train`` (from scratch).
     folder
@@ -194,10 +195,6 @@ def plan_grid(
     return tasks
 
 
-def _split_paths(value: str | None) -> list[str]:
-    return [p for p in (value or "").split(os.pathsep) if p.strip()]
-
-
 def check_run_environment(
     dataset: str | int,
     configuration: str,
@@ -230,7 +227,7 @@ def check_run_environment(
     if require_ext_trainer:
         from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 
-        ext = _split_paths(env.get(EXT_TRAINER_VAR))
+        ext = split_paths(env.get(EXT_TRAINER_VAR))
         tdir = trainer_dir()
         if not ext:
             raise BenchmarkError(
@@ -248,7 +245,7 @@ def check_run_environment(
     if not plans_file.is_file():
         raise BenchmarkError(
             f"{plans_file} does not exist: plan and preprocess first, e.g. "
-            f"nnUNetv2_plan_and_preprocess -d {name[7:10].lstrip('0')} -c {configuration}"
+            f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)} -c {configuration}"
             + ("" if plans == "nnUNetPlans" else f" (with the planner that writes {plans})")
         )
     try:

@@ -30,6 +30,7 @@ import numpy as np
 
 from nnunet_pde.data import brats_like, lits_like
 from nnunet_pde.errors import NnunetPdeError, check_replaceable, staged_folder
+from nnunet_pde.files import write_image
 
 DATASET_KINDS: tuple[str, ...] = ("brats-like", "lits-like")
 FILE_ENDING = ".nii.gz"
@@ -313,21 +314,14 @@ def _check_destination(raw_root: Path, dataset_id: int, folder_name: str, overwr
         )
 
 
-def _write_nifti(array: np.ndarray, spacing_zyx: Sequence[float], path: Path) -> None:
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))  # SimpleITK: (x, y, z)
-    image.SetOrigin((0.0, 0.0, 0.0))
-    sitk.WriteImage(image, str(path), useCompression=True)
-
-
 def _write_case(
     folder: Path, images_dir: str, labels_dir: str, case_id: str, images, label, spacing
 ) -> None:
     for c, channel in enumerate(images):
-        _write_nifti(channel, spacing, folder / images_dir / f"{case_id}_{c:04d}{FILE_ENDING}")
-    _write_nifti(label, spacing, folder / labels_dir / f"{case_id}{FILE_ENDING}")
+        write_image(
+            channel, folder / images_dir / f"{case_id}_{c:04d}{FILE_ENDING}", spacing_zyx=spacing
+        )
+    write_image(label, folder / labels_dir / f"{case_id}{FILE_ENDING}", spacing_zyx=spacing)
 
 
 def dataset_json(kind: str, num_train: int, num_test: int, name: str, settings: dict) -> dict:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.errors import NnunetPdeError, atomic_save
+from nnunet_pde.files import list_cases, read_image, read_image_header
 from nnunet_pde.metrics.aggregate import (
     IMPUTATION_POLICIES,
     ImputationPolicy,
@@ -166,14 +167,6 @@ def find_dataset_json(pred_dir: Path, ref_dir: Path) -> Path | None:
     return None
 
 
-def _list_cases(folder: Path, file_ending: str) -> dict[str, Path]:
-    return {
-        p.name[: -len(file_ending)]: p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name.endswith(file_ending) and len(p.name) > len(file_ending)
-    }
-
-
 def _preview(names: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
@@ -198,8 +191,8 @@ def match_cases(
     for what, folder in (("prediction", pred_dir), ("reference", ref_dir)):
         if not folder.is_dir():
             raise EvaluationError(f"{what} folder {folder} does not exist or is not a folder")
-    preds = _list_cases(pred_dir, file_ending)
-    refs = _list_cases(ref_dir, file_ending)
+    preds = list_cases(pred_dir, file_ending)
+    refs = list_cases(ref_dir, file_ending)
     if not preds:
         raise EvaluationError(f"no *{file_ending} files in the prediction folder {pred_dir}")
     if not refs:
@@ -222,14 +215,7 @@ def match_cases(
 
 
 def _read_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise EvaluationError(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from None
+    reader = read_image_header(path, EvaluationError)
     return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
 
 
@@ -243,10 +229,7 @@ def read_segmentation(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """
     import SimpleITK as sitk
 
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise EvaluationError(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from None
+    img = read_image(path, EvaluationError)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise EvaluationError(
             f"{path} has {img.GetNumberOfComponentsPerPixel()} components per "

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import re
@@ -78,8 +77,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from nnunet_pde.benchmark.layout import find_raw_dataset
 from nnunet_pde.errors import NnunetPdeError
+from nnunet_pde.files import read_image, read_json, write_image, write_json
+from nnunet_pde.folders import DATASET_FOLDER, find_raw_dataset
 
 __all__ = [
     "CLEAN_LABELS_DIR",
@@ -113,7 +113,6 @@ KIND = "noisy-labels"
 FORMAT_VERSION = 1
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(.+)$")
 #: Smoothing (voxels) of the mask whose gradient gives the boundary normals.
 _NORMAL_SIGMA_VOXELS = 1.0
 #: Boundary points whose tangent planes are averaged per distance estimate.
@@ -731,23 +730,10 @@ def label_damage(cases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _read_image(path: Path):
-    import SimpleITK as sitk
-
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ValueError(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from None
+    img = read_image(path, ValueError)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel")
     return img
-
-
-def _write_label(array: np.ndarray, reference, path: Path) -> None:
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(array)
-    img.CopyInformation(reference)  # origin, spacing, direction of the source label
-    sitk.WriteImage(img, str(path), useCompression=True)
 
 
 def _sha256(path: Path) -> str:
@@ -769,10 +755,7 @@ def read_derived_info(dataset_folder: str | os.PathLike[str]) -> dict | None:
     path = Path(dataset_folder) / DERIVED_JSON
     if not path.is_file():
         return None
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    content = read_json(path, ValueError)
     if not isinstance(content, dict):
         raise ValueError(f"{path} does not hold a JSON object")
     return content
@@ -1022,10 +1005,7 @@ def derive_noisy_labels(
     dj_path = src / "dataset.json"
     if not dj_path.is_file():
         raise FileNotFoundError(f"{src} has no dataset.json; is it an nnU-Net raw dataset?")
-    try:
-        dataset_json = json.loads(dj_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{dj_path} is not valid JSON: {exc}") from None
+    dataset_json = read_json(dj_path, ValueError)
     if "dataset" in dataset_json:
         raise ValueError(
             f"{dj_path} lists its files explicitly (the 'dataset' key); only datasets with "
@@ -1049,7 +1029,7 @@ def derive_noisy_labels(
             f"{src} is itself a noisy-labels dataset; derive from the original dataset, or "
             f"its {CLEAN_LABELS_DIR} would hold noisy labels"
         )
-    match = _DATASET_FOLDER.match(src.name)
+    match = DATASET_FOLDER.match(src.name)
     source_id = int(match.group(1)) if match else None
     source_name = match.group(2) if match else re.sub(r"[^A-Za-z0-9_-]", "", src.name)
     if source_id == dataset_id:
@@ -1166,7 +1146,7 @@ def derive_noisy_labels(
             },
             "cases": cases,
         }
-        (tmp / DERIVED_JSON).write_text(json.dumps(record, indent=1) + "\n")
+        write_json(tmp / DERIVED_JSON, record, indent=1)
         for p, old in zip(to_replace, olds, strict=True):
             p.rename(old)
             moved.append((p, old))
@@ -1219,7 +1199,8 @@ def _corrupt_file(
             raise ValueError(f"{path}: corrupted labels do not fit its data type {seg.dtype}")
     stats = _change_stats(seg, noisy, spacing, scheme)
     if stats["voxels_changed"]:
-        _write_label(noisy.astype(seg.dtype, copy=False), img, out_path)
+        # origin, spacing, direction of the source label
+        write_image(noisy.astype(seg.dtype, copy=False), out_path, reference=img)
     else:
         shutil.copy2(path, out_path)
     record = {

@@ -46,16 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_pde.benchmark.layout import (
-    BenchmarkError,
-    check_trainer_names,
-    fold_dir,
-    parse_folds,
-    read_splits,
-    require_env_folder,
-    resolve_dataset_name,
-    trainer_dir_name,
-)
 from nnunet_pde.benchmark.manifest import software_versions
 from nnunet_pde.benchmark.report import (
     METRIC_INFO,
@@ -64,6 +54,18 @@ from nnunet_pde.benchmark.report import (
     _short,
     _write_csv,
     pool_predictions,
+)
+from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.files import list_cases, write_json
+from nnunet_pde.folders import (
+    check_trainer_names,
+    dataset_id,
+    fold_dir,
+    parse_folds,
+    read_splits,
+    require_env_folder,
+    resolve_dataset_name,
+    trainer_dir_name,
 )
 from nnunet_pde.metrics import ImputationPolicy, aggregate
 from nnunet_pde.metrics.aggregate import json_safe
@@ -373,16 +375,12 @@ def _check_metrics(metrics: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(metrics))
 
 
-def _dataset_id(name: str) -> str:
-    return name[7:10].lstrip("0") or "0"
-
-
 def _train_hint(name: str, trainer: str, configuration: str, plans: str, folds: list[int]) -> str:
     f = " ".join(map(str, folds))
     return (
-        f"    nnunet-pde benchmark run {_dataset_id(name)} --trainers {trainer} -c {configuration} "
+        f"    nnunet-pde benchmark run {dataset_id(name)} --trainers {trainer} -c {configuration} "
         f"-p {plans} --folds {f}\n"
-        f"    (or per fold: nnUNetv2_train {_dataset_id(name)} {configuration} FOLD -tr {trainer} "
+        f"    (or per fold: nnUNetv2_train {dataset_id(name)} {configuration} FOLD -tr {trainer} "
         f"-p {plans})"
     )
 
@@ -873,14 +871,10 @@ def _finish(
     files = [p.name for p in written] + [ROBUSTNESS_JSON]
     put(
         ROBUSTNESS_JSON,
-        lambda p: p.write_text(
-            json.dumps(
-                json_safe({**meta, "files": files, "summary": summary, "auc": auc}),
-                indent=2,
-                allow_nan=False,
-            )
-            + "\n",
-            encoding="utf-8",
+        lambda p: write_json(
+            p,
+            json_safe({**meta, "files": files, "summary": summary, "auc": auc}),
+            allow_nan=False,
         ),
     )
     return RobustnessOutcome(plan.regime, out, written, per_case, summary, auc, meta, plan.warnings)
@@ -899,7 +893,7 @@ def _preprocessed_dataset_json(pre: Path, raw: Path | None, name: str) -> Path:
     raise BenchmarkError(
         f"no dataset.json for {name} in {pre / name}"
         + (f" or {raw / name}" if raw is not None else "")
-        + f" (nnUNetv2_plan_and_preprocess -d {_dataset_id(name)} copies it)"
+        + f" (nnUNetv2_plan_and_preprocess -d {dataset_id(name)} copies it)"
     )
 
 
@@ -998,7 +992,7 @@ def robustness_few_labels(
     if not gt.is_dir():
         raise BenchmarkError(
             f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
-            f"nnUNetv2_plan_and_preprocess -d {_dataset_id(name)}"
+            f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
         )
     ds_json = _preprocessed_dataset_json(preprocessed, None, name)
     file_ending = str(json.loads(ds_json.read_text()).get("file_ending", ".nii.gz"))
@@ -1425,9 +1419,7 @@ def _image_cases(folder: Path, file_ending: str) -> list[str]:
 
 
 def _label_cases(folder: Path, file_ending: str) -> set[str]:
-    from nnunet_pde.metrics.evaluate import _list_cases
-
-    return set(_list_cases(folder, file_ending))
+    return set(list_cases(folder, file_ending))
 
 
 def shift_predict_command(

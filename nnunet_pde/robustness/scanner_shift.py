@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import re
 import sys
@@ -65,8 +64,10 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_pde.benchmark.layout import find_raw_dataset
 from nnunet_pde.errors import NnunetPdeError, check_replaceable, staged_folder
+from nnunet_pde.files import read_json, write_image, write_json
+from nnunet_pde.folders import DATASET_FOLDER, find_raw_dataset
+from nnunet_pde.folders import dataset_id as folder_dataset_id
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -646,10 +647,7 @@ def _read_dataset_json(folder: Path) -> dict[str, Any]:
     path = folder / "dataset.json"
     if not path.is_file():
         raise ShiftError(f"{folder} has no dataset.json: not an nnU-Net raw dataset folder")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ShiftError(f"{path} is not valid JSON: {exc}") from None
+    content = read_json(path, ShiftError)
     ending = content.get("file_ending")
     channels = content.get("channel_names", content.get("modality"))
     if not isinstance(ending, str) or not ending.startswith("."):
@@ -758,10 +756,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise ShiftError(
             f"{folder} has no {MANIFEST}: not an output of `nnunet-pde derive shifted-images`"
         )
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ShiftError(f"{path} is not valid JSON: {exc}") from None
+    content = read_json(path, ShiftError)
     if not isinstance(content, dict) or content.get("kind") != KIND:
         raise ShiftError(f"{path} is not a {KIND} manifest")
     return content
@@ -773,14 +768,6 @@ def _created_by() -> str:
     from nnunet_pde import __version__
 
     return f"nnunet-pde {__version__} derive shifted-images (torchio {torchio.__version__})"
-
-
-def _write_image(array: np.ndarray, reference: Any, path: Path) -> None:
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(reference)
-    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 def derive_shifted_images(
@@ -927,7 +914,7 @@ def derive_shifted_images(
                 "file_ending": file_ending,
                 "cases": level_records,
             }
-            _write_json(level_folder(tmp, name, level) / PARAMETERS_FILE, document)
+            write_json(level_folder(tmp, name, level) / PARAMETERS_FILE, document, indent=1)
         manifest = {
             "kind": KIND,
             "format_version": FORMAT_VERSION,
@@ -946,7 +933,7 @@ def derive_shifted_images(
             "folders": {n: {str(k): f"{n}/level{k}" for k in level_list} for n in names},
             "created_by": _created_by(),
         }
-        _write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest, indent=1)
     return output
 
 
@@ -975,7 +962,7 @@ def _shift_case(
                 rng = _image_rng(seed, case, channel, name)
                 y, record = _perturb(x, affine, info, name, level, rng)
                 target = level_folder(folder, name, level) / file_name
-                _write_image(_cast(y, x.dtype), reference, target)
+                write_image(_cast(y, x.dtype), target, reference=reference)
                 records[name, level][channel] = {
                     "file": file_name,
                     "case": case,
@@ -1030,10 +1017,6 @@ def _ras_affine(image: Any) -> np.ndarray:
     from torchio.data.io import get_ras_affine_from_sitk
 
     return get_ras_affine_from_sitk(image)
-
-
-def _write_json(path: Path, content: Any) -> None:
-    path.write_text(json.dumps(content, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------ command line
@@ -1106,8 +1089,8 @@ def _cmd_shifted_images(args: argparse.Namespace) -> int:
         levels_text = ", ".join(f"level{k}" for k in level_list)
         print(f"  {output / name}/{{{levels_text}}}/  (+ {PARAMETERS_FILE})")
     print(f"  {output / MANIFEST}  (manifest)")
-    match = re.match(r"Dataset(\d{3})_", src["dataset"])
-    dataset_id = str(int(match[1])) if match else src["dataset"]
+    named = DATASET_FOLDER.match(src["dataset"])
+    dataset_id = folder_dataset_id(src["dataset"]) if named else src["dataset"]
     first = level_folder(output, names[0], level_list[0])
     print(
         "\nNext: predict every level folder with each trained model (level 0 = the clean "

@@ -15,7 +15,6 @@ nnU-Net's ``do_split``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nnunet_pde.files import write_json
 
 __all__ = [
     "FEW_LABEL_FRACTIONS",
@@ -117,7 +118,5 @@ def write_subset_record(
         **(dict(extra) if extra else {}),
     }
     path = folder / SUBSET_FILE
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, record, indent=2)
     return path

@@ -30,9 +30,9 @@ from benchmark_fixtures import (
     write_fold_predictions,
 )
 
-from nnunet_pde.benchmark.layout import BenchmarkError
 from nnunet_pde.benchmark.report import REPORT_FILES, make_report, pool_predictions
 from nnunet_pde.benchmark.stats import holm
+from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.metrics import ImputationPolicy, hd95
 
 PERFECT, SHIFT, ERODE = "TrainerPerfect", "TrainerShift", "TrainerErode"

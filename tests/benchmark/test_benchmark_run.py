@@ -32,14 +32,6 @@ from nnunet_pde.benchmark.executors import (
     job_environment,
     parse_time_minutes,
 )
-from nnunet_pde.benchmark.layout import (
-    FOLD_FINISHED,
-    FOLD_INTERRUPTED,
-    FOLD_NEW,
-    BenchmarkError,
-    fold_state,
-    resolve_dataset_name,
-)
 from nnunet_pde.benchmark.manifest import create_manifest_file
 from nnunet_pde.benchmark.run import (
     ACTION_CONTINUE,
@@ -49,6 +41,14 @@ from nnunet_pde.benchmark.run import (
     check_run_environment,
     plan_grid,
     run_benchmark,
+)
+from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.folders import (
+    FOLD_FINISHED,
+    FOLD_INTERRUPTED,
+    FOLD_NEW,
+    fold_state,
+    resolve_dataset_name,
 )
 
 T1, T2 = "nnUNetTrainerPDE3D_2epochs_4iters", "nnUNetTrainerPDE3D_Backbone_2epochs_4iters"

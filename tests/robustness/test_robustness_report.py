@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_pde.benchmark.layout import BenchmarkError
+from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.robustness import report as rob
 from nnunet_pde.robustness.report import (
     relative_drop,

@@ -1,4 +1,4 @@
-"""nnU-Net's folder layout, as the benchmark commands read it, and the environment checks.
+"""nnU-Net's conventions: environment folders, dataset ids and names, fold folders, splits.
 
 ``$nnUNet_results/<DatasetNNN_Name>/<trainer>__<plans>__<configuration>/fold_<k>/`` holds a
 fold's ``checkpoint_final.pth`` (written at the end of training; ``checkpoint_latest.pth`` is
@@ -17,21 +17,27 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from nnunet_pde.errors import NnunetPdeError
+from nnunet_pde.errors import BenchmarkError
 
 __all__ = [
-    "BenchmarkError",
+    "DATASET_FOLDER",
+    "DATASET_NAME",
     "FOLD_FINISHED",
     "FOLD_INTERRUPTED",
     "FOLD_NEW",
-    "fold_dir",
+    "check_trainer_names",
     "checkpoint_problem",
+    "dataset_id",
     "find_raw_dataset",
+    "fold_dir",
     "fold_state",
+    "parse_folds",
     "possible_folds",
-    "resume_checkpoint",
+    "read_splits",
     "require_env_folder",
     "resolve_dataset_name",
+    "resume_checkpoint",
+    "split_paths",
     "trainer_dir_name",
 ]
 
@@ -39,11 +45,20 @@ FOLD_NEW = "new"
 FOLD_INTERRUPTED = "interrupted"
 FOLD_FINISHED = "finished"
 
-_DATASET_NAME = re.compile(r"^Dataset(\d{3})_[A-Za-z0-9_\-]+$")
+#: nnU-Net's dataset folder name ``DatasetNNN_Name``; group 1 is the three-digit id.
+DATASET_NAME = re.compile(r"^Dataset(\d{3})_[A-Za-z0-9_\-]+$")
+#: Any ``DatasetNNN_<rest>`` folder name (group 1: the id, group 2: the rest).
+DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(.+)$")
 
 
-class BenchmarkError(NnunetPdeError):
-    """The benchmark cannot run as asked; the message says what to change."""
+def dataset_id(name: str) -> str:
+    """The id of ``DatasetNNN_Name`` as nnU-Net's ``-d`` takes it: ``"501"``, ``"4"``."""
+    return name[7:10].lstrip("0") or "0"
+
+
+def split_paths(value: str | None) -> list[str]:
+    """The non-empty entries of an ``os.pathsep``-separated variable (``nnUNet_extTrainer``)."""
+    return [p for p in (value or "").split(os.pathsep) if p.strip()]
 
 
 def require_env_folder(
@@ -125,7 +140,7 @@ def resolve_dataset_name(dataset: str | int, environ: Mapping[str, str] | None =
     env = os.environ if environ is None else environ
     text = str(dataset).strip()
     if text.startswith("Dataset"):
-        if not _DATASET_NAME.match(text):
+        if not DATASET_NAME.match(text):
             raise BenchmarkError(
                 f"'{text}' is not an nnU-Net dataset name (DatasetNNN_Name, e.g. "
                 "Dataset501_SyntheticBraTS)"
