@@ -2,7 +2,7 @@
 
 * :mod:`~nnunet_pde.benchmark.run` - ``nnunet-pde benchmark run``: ``nnUNetv2_train`` for
   every (trainer, fold), resumable, through an executor of
-  :mod:`~nnunet_pde.benchmark.executors` (local or SLURM), with a manifest
+  :mod:`~nnunet_pde.commands` (local or SLURM), with a manifest
   (:mod:`~nnunet_pde.benchmark.manifest`);
 * :mod:`~nnunet_pde.benchmark.report` - ``nnunet-pde benchmark report``: pooled out-of-fold
   evaluation, tables, statistics (:mod:`~nnunet_pde.benchmark.stats`), figures, HTML;

@@ -78,8 +78,8 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
 
 @cli_command
 def _cmd_run(args: argparse.Namespace) -> int:
-    from nnunet_pde.benchmark.executors import LocalExecutor, SlurmExecutor, parse_time_minutes
     from nnunet_pde.benchmark.run import run_benchmark
+    from nnunet_pde.commands import LocalExecutor, SlurmExecutor, parse_time_minutes
 
     try:
         if args.executor == "slurm":

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nnunet_pde.commands import utc_now
 from nnunet_pde.files import write_json
 
 __all__ = [
@@ -33,11 +34,6 @@ __all__ = [
 
 #: Sub-folder of ``$nnUNet_results/<dataset>`` that holds the manifests and local logs.
 MANIFEST_DIRNAME = "nnunet_pde_benchmark"
-
-
-def utc_now() -> str:
-    """The current UTC time, ISO 8601 with seconds (``2026-01-24T10:15:00+00:00``)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _version(dist: str) -> str | None:

@@ -27,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nnunet_pde.benchmark.executors import Executor, Job, JobResult
 from nnunet_pde.benchmark.manifest import (
     MANIFEST_DIRNAME,
     create_manifest_file,
@@ -36,6 +35,13 @@ from nnunet_pde.benchmark.manifest import (
     software_versions,
     utc_now,
     write_manifest,
+)
+from nnunet_pde.commands import (
+    DEFAULT_TRAIN_COMMAND,
+    Executor,
+    Job,
+    JobResult,
+    build_train_command,
 )
 from nnunet_pde.errors import BenchmarkError, interrupt_signals
 from nnunet_pde.folders import (
@@ -61,7 +67,6 @@ __all__ = [
     "ACTION_TRAIN",
     "FoldTask",
     "RunOutcome",
-    "build_train_command",
     "check_run_environment",
     "plan_grid",
     "run_benchmark",
@@ -70,8 +75,6 @@ __all__ = [
 ACTION_SKIP = "skip"
 ACTION_CONTINUE = "continue"
 ACTION_TRAIN = "train"
-
-DEFAULT_TRAIN_COMMAND = ("nnUNetv2_train",)
 
 
 @dataclass(frozen=True)
@@ -109,31 +112,6 @@ class FoldTask:
     def command_line(self) -> str:
         """The command as a shell would take it."""
         return shlex.join(self.command)
-
-
-def build_train_command(
-    dataset: str,
-    configuration: str,
-    fold: int,
-    trainer: str,
-    plans: str,
-    device: str | None = None,
-    continue_training: bool = False,
-    extra_args: Sequence[str] = (),
-    train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
-) -> tuple[str, ...]:
-    """``nnUNetv2_train DATASET CONF FOLD -tr T -p P [-device D] [--c] [EXTRA...]``.
-
-    ``train_command`` replaces ``nnUNetv2_train`` (e.g. a container wrapper such as
-    ``apptainer exec img.sif nnUNetv2_train``); the nnU-Net arguments follow it.
-    """
-    cmd = [*train_command, dataset, configuration, str(fold), "-tr", trainer, "-p", plans]
-    if device is not None:
-        cmd += ["-device", device]
-    if continue_training:
-        cmd.append("--c")
-    cmd += list(extra_args)
-    return tuple(cmd)
 
 
 def benchmark_folder(results: Path, dataset: str) -> Path:
@@ -511,8 +489,8 @@ def run_benchmark(
     trainers, folds
         The grid (trainer names as for ``-tr``; folds of ``splits_final.json``).
     executor
-        :class:`~nnunet_pde.benchmark.executors.LocalExecutor` or
-        :class:`~nnunet_pde.benchmark.executors.SlurmExecutor`.
+        :class:`~nnunet_pde.commands.LocalExecutor` or
+        :class:`~nnunet_pde.commands.SlurmExecutor`.
     configuration, plans, device, extra_args, train_command
         See :func:`build_train_command`.
     dry_run

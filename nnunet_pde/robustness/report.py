@@ -37,7 +37,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,6 +54,7 @@ from nnunet_pde.benchmark.report import (
     _write_csv,
     pool_predictions,
 )
+from nnunet_pde.commands import build_predict_command, run_command
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import list_cases, write_json
 from nnunet_pde.folders import (
@@ -92,9 +92,7 @@ __all__ = [
     "robustness_few_labels",
     "robustness_noisy_labels",
     "robustness_scanner_shift",
-    "run_command",
     "severity_auc",
-    "shift_predict_command",
 ]
 
 #: Metrics in the tables and figures by default (every metric is in ``per_case.csv``).
@@ -1422,46 +1420,6 @@ def _label_cases(folder: Path, file_ending: str) -> set[str]:
     return set(list_cases(folder, file_ending))
 
 
-def shift_predict_command(
-    input_dir: Path,
-    output_dir: Path,
-    dataset: str,
-    configuration: str,
-    plans: str,
-    trainer: str,
-    folds: Sequence[int],
-    device: str | None = None,
-    extra_args: Sequence[str] = (),
-    predict_command: Sequence[str] = ("nnUNetv2_predict",),
-) -> tuple[str, ...]:
-    """``nnUNetv2_predict -i IN -o OUT -d DATASET -c CONF -p PLANS -tr T -f F... [-device D]``."""
-    cmd = [
-        *predict_command,
-        "-i",
-        str(input_dir),
-        "-o",
-        str(output_dir),
-        "-d",
-        dataset,
-        "-c",
-        configuration,
-        "-p",
-        plans,
-        "-tr",
-        trainer,
-        "-f",
-        *(str(k) for k in folds),
-    ]
-    if device is not None:
-        cmd += ["-device", device]
-    return (*cmd, *extra_args)
-
-
-def run_command(command: Sequence[str]) -> int:
-    """Run ``command`` with this process's stdout/stderr; return its exit code."""
-    return subprocess.run(list(command), check=False).returncode
-
-
 def _prediction_state(
     folder: Path, cases: Sequence[str], file_ending: str, expect: Mapping[str, Any]
 ) -> tuple[str, str]:
@@ -1647,7 +1605,7 @@ def robustness_scanner_shift(
         lines = [
             "  "
             + shlex.join(
-                shift_predict_command(
+                build_predict_command(
                     i,
                     o,
                     name,
@@ -1796,7 +1754,7 @@ def _predict_missing(
         if partial.exists():
             shutil.rmtree(partial)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        cmd = shift_predict_command(
+        cmd = build_predict_command(
             inp, partial, name, configuration, plans, t, folds, device, extra_args, predict_command
         )
         print_fn(f"[{i}/{len(todo)}] predict {t} {key}: {shlex.join(cmd)}")

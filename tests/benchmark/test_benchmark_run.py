@@ -26,21 +26,21 @@ from benchmark_fixtures import (
     write_fake_trainer,
 )
 
-from nnunet_pde.benchmark.executors import (
-    Job,
-    LocalExecutor,
-    job_environment,
-    parse_time_minutes,
-)
 from nnunet_pde.benchmark.manifest import create_manifest_file
 from nnunet_pde.benchmark.run import (
     ACTION_CONTINUE,
     ACTION_SKIP,
     ACTION_TRAIN,
-    build_train_command,
     check_run_environment,
     plan_grid,
     run_benchmark,
+)
+from nnunet_pde.commands import (
+    Job,
+    LocalExecutor,
+    build_train_command,
+    job_environment,
+    parse_time_minutes,
 )
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.folders import (
@@ -353,7 +353,7 @@ def test_local_executor_interrupt_terminates_children(tmp_path: Path) -> None:
     script.write_text(
         "import signal, sys\n"
         "from pathlib import Path\n"
-        "from nnunet_pde.benchmark.executors import Job, LocalExecutor\n"
+        "from nnunet_pde.commands import Job, LocalExecutor\n"
         # a test run started in the background (`cmd &`) inherits SIGINT ignored; a user's
         # Ctrl-C in a terminal is delivered, which is what this test is about
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
@@ -441,7 +441,7 @@ def test_local_executor_stops_a_command_started_while_it_was_being_interrupted(
 ) -> None:
     """Ctrl-C between Popen and the registration of the process: the worker stops it itself
     (otherwise the interrupted run would wait for the whole command)."""
-    from nnunet_pde.benchmark import executors
+    from nnunet_pde import commands as executors
 
     ex = LocalExecutor(grace_s=5)
     real_popen = subprocess.Popen

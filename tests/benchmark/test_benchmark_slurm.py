@@ -16,8 +16,8 @@ import pytest
 from benchmark_fixtures import CONF, DATASET, PLANS, make_nnunet_env, read_calls, write_fake_trainer
 from slurm_localhost import LocalSlurm, SlurmUnavailable
 
-from nnunet_pde.benchmark.executors import SlurmExecutor
 from nnunet_pde.benchmark.run import run_benchmark
+from nnunet_pde.commands import SlurmExecutor
 
 pytestmark = pytest.mark.slow
 
