@@ -254,10 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
         "images under scanner-shift perturbations at graded severities. See docs/robustness.md.",
     )
     derive = p.add_subparsers(dest="derive_command", required=True, metavar="KIND")
-    from nnunet_pde.robustness.noisy_labels import register_cli as register_noisy_labels
+    from nnunet_pde.derive.noisy_labels import register_cli as register_noisy_labels
 
     register_noisy_labels(derive)
-    from nnunet_pde.robustness.scanner_shift import register_cli as register_shifted_images
+    from nnunet_pde.derive.scanner_shift import register_cli as register_shifted_images
 
     register_shifted_images(derive)
 

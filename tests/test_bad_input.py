@@ -216,7 +216,7 @@ def _no_leftovers(w: World, d: Path) -> None:
 
 
 def _shifted(w: World, d: Path, predictions: bool) -> None:
-    from nnunet_pde.robustness.scanner_shift import derive_shifted_images
+    from nnunet_pde.derive.scanner_shift import derive_shifted_images
 
     derive_shifted_images(
         w.ds, d / "shift", perturbations=["noise"], levels=[1], progress=False, workers=1

@@ -294,7 +294,7 @@ $nnUNet_results/<dataset>/nnunet_pde_robustness/scanner-shift.
 
 @cli_command
 def _cmd_robustness(args: argparse.Namespace) -> int:
-    from nnunet_pde.robustness import report as rob
+    from nnunet_pde.benchmark import robustness as rob
 
     common = {
         "configuration": args.configuration,

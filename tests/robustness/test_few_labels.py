@@ -12,7 +12,7 @@ import torch
 from plan_fixtures import load_plans
 
 from nnunet_pde.env import list_trainers
-from nnunet_pde.robustness.subsets import (
+from nnunet_pde.training.subsets import (
     FEW_LABEL_FRACTIONS,
     SEED_ENV_VAR,
     SUBSET_FILE,

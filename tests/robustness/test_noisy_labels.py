@@ -1,4 +1,4 @@
-"""Noisy-label datasets: ``nnunet-pde derive noisy-labels`` (nnunet_pde.robustness.noisy_labels)."""
+"""Noisy-label datasets: ``nnunet-pde derive noisy-labels`` (nnunet_pde.derive.noisy_labels)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from nnunet_pde.data import lits_like
 from nnunet_pde.data.synthetic import make_synthetic_dataset
-from nnunet_pde.robustness.noisy_labels import (
+from nnunet_pde.derive.noisy_labels import (
     CLEAN_LABELS_DIR,
     DERIVED_JSON,
     MODES,

@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_pde.errors import BenchmarkError
-from nnunet_pde.robustness import report as rob
-from nnunet_pde.robustness.report import (
+from nnunet_pde.benchmark.robustness import (
     relative_drop,
     robustness_few_labels,
     robustness_noisy_labels,
     robustness_scanner_shift,
     severity_auc,
 )
+from nnunet_pde.benchmark.robustness import scanner_shift as rob
+from nnunet_pde.errors import BenchmarkError
 
 SHAPE = (10, 10, 10)
 SPACING = (2.0, 1.0, 1.0)  # numpy axis order (z, y, x)
@@ -751,20 +751,10 @@ def test_scanner_shift_manifest_errors(shift_tree: dict[str, Path], tmp_path: Pa
 
 
 def _parser() -> argparse.ArgumentParser:
-    """``nnunet_pde.cli.build_parser()``; while the derive modules being written in parallel
-    are absent, the same ``benchmark`` parser on its own."""
-    try:
-        from nnunet_pde.cli import build_parser
+    """``nnunet_pde.cli.build_parser()``."""
+    from nnunet_pde.cli import build_parser
 
-        return build_parser()
-    except ModuleNotFoundError as exc:
-        if "nnunet_pde.robustness" not in str(exc):
-            raise
-        from nnunet_pde.benchmark.cli import register_cli
-
-        parser = argparse.ArgumentParser(prog="nnunet-pde")
-        register_cli(parser.add_subparsers(dest="command", required=True))
-        return parser
+    return build_parser()
 
 
 @pytest.mark.parametrize(

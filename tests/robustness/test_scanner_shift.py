@@ -13,8 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_pde.data.synthetic import make_synthetic_dataset
-from nnunet_pde.errors import OUTPUT_MARKER, NnunetPdeError
-from nnunet_pde.robustness.scanner_shift import (
+from nnunet_pde.derive.scanner_shift import (
     LEVELS,
     MANIFEST,
     PARAMETERS_FILE,
@@ -26,6 +25,7 @@ from nnunet_pde.robustness.scanner_shift import (
     read_manifest,
     register_cli,
 )
+from nnunet_pde.errors import OUTPUT_MARKER, NnunetPdeError
 
 SIZE = 24
 FIXTURE_LEVELS = (1, 3, 5)

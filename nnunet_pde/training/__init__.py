@@ -61,7 +61,7 @@ class FewLabelMixin:
     """Train on a nested, seeded fraction of each fold's training cases (few-label regime).
 
     ``do_split`` returns nnU-Net's split with the training keys reduced to
-    :func:`nnunet_pde.robustness.subsets.few_label_subset` of them; the validation keys
+    :func:`nnunet_pde.training.subsets.few_label_subset` of them; the validation keys
     stay the fold's full validation set, so nnU-Net's final validation scores every
     validation case. The subset is written to ``few_label_subset.json`` in the fold folder.
     ``few_label_fraction = None`` keeps the whole fold. The seed is ``few_label_seed``
@@ -75,7 +75,7 @@ class FewLabelMixin:
         tr_keys, val_keys = super().do_split()
         if self.few_label_fraction is None:
             return tr_keys, val_keys
-        from nnunet_pde.robustness.subsets import (
+        from nnunet_pde.training.subsets import (
             SEED_ENV_VAR,
             few_label_subset,
             write_subset_record,

@@ -1,0 +1,245 @@
+"""``benchmark robustness few-labels``: metric versus label fraction (``<T>_FracNN`` trainers)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nnunet_pde.benchmark.robustness.model import (
+    DEFAULT_METRICS,
+    ROBUSTNESS_DIRNAME,
+    Condition,
+    Curve,
+    RobustnessOutcome,
+    _Plan,
+)
+from nnunet_pde.benchmark.robustness.pipeline import (
+    _check_output,
+    _common_setup,
+    _finish,
+    _pool_oof,
+    _preprocessed_dataset_json,
+    _train_hint,
+)
+from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.folders import (
+    dataset_id,
+    fold_dir,
+    read_splits,
+    require_env_folder,
+    resolve_dataset_name,
+    trainer_dir_name,
+)
+from nnunet_pde.metrics import ImputationPolicy
+
+# ----------------------------------------------------------------------------- few labels
+
+
+def _parse_fractions(fractions: Sequence[int | float | str]) -> list[int]:
+    out: list[int] = []
+    for f in fractions:
+        try:
+            v = float(f)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if not math.isfinite(v) or not v.is_integer() or not 1 <= v <= 100:
+            raise BenchmarkError(
+                f"label fractions are whole percentages from 1 to 100, as in the _FracNN "
+                f"trainers (e.g. --fractions 5 10 25 50), got '{f}'"
+            )
+        if int(v) in out:
+            raise BenchmarkError(f"label fraction {int(v)} is listed twice")
+        out.append(int(v))
+    return sorted(p for p in out if p != 100)
+
+
+def few_label_trainer(trainer: str, percent: int) -> str:
+    """``<trainer>_FracNN`` for a percentage below 100, ``trainer`` itself for 100."""
+    return trainer if percent == 100 else f"{trainer}_Frac{percent:02d}"
+
+
+def robustness_few_labels(
+    dataset: str | int,
+    trainers: Sequence[str],
+    fractions: Sequence[int | float | str] = (5, 10, 25, 50),
+    configuration: str = "3d_fullres",
+    plans: str = "nnUNetPlans",
+    folds: Sequence[int | str] = (0, 1, 2, 3, 4),
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    tolerance_mm: float = 1.0,
+    policy: ImputationPolicy | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    num_workers: int | None = None,
+    progress: bool = True,
+    environ: Mapping[str, str] | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> RobustnessOutcome:
+    """Metric versus label fraction: ``<T>_FracNN`` for every NN, and ``<T>`` as 100 %.
+
+    Parameters
+    ----------
+    dataset
+        Dataset id or ``DatasetNNN_Name``.
+    trainers
+        Base trainers (``nnUNetTrainerPDE3D``), not the ``_FracNN`` names.
+    fractions
+        Percentages of the ``_FracNN`` trainers (100 % = the base trainer is always added).
+    configuration, plans, folds
+        Which model folders and folds to pool.
+    output, overwrite
+        Output folder (default ``$nnUNet_results/<dataset>/nnunet_pde_robustness/few-labels``)
+        and whether a non-empty one may be written into.
+    tolerance_mm, policy, metrics
+        NSD tolerance, imputation of infinite distances, metrics in the tables and figures.
+    num_workers, progress
+        Evaluation processes and progress bars.
+    environ, print_fn
+        Environment with the nnU-Net folder variables (default ``os.environ``); progress lines.
+
+    Returns
+    -------
+    RobustnessOutcome
+
+    Raises
+    ------
+    BenchmarkError
+        Bad arguments, or a model without any validation prediction (the message gives the
+        command that trains it).
+    FileExistsError
+        ``output`` is not empty and ``overwrite`` is False (checked before any evaluation).
+    """
+    env = os.environ if environ is None else environ
+    policy = policy or ImputationPolicy()
+    trainers, fold_list, metrics = _common_setup(trainers, folds, metrics)
+    percents = _parse_fractions(fractions)
+    bad = [t for t in trainers if re.search(r"_Frac\d+$", t)]
+    if bad:
+        raise BenchmarkError(
+            f"pass the base trainers, not the few-label ones ({', '.join(bad)}): the _FracNN "
+            "names are made from --trainers and --fractions"
+        )
+    results = require_env_folder("nnUNet_results", env)
+    preprocessed = require_env_folder("nnUNet_preprocessed", env)
+    name = resolve_dataset_name(dataset, env)
+    pre = preprocessed / name
+    gt = pre / "gt_segmentations"
+    if not gt.is_dir():
+        raise BenchmarkError(
+            f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
+            f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
+        )
+    ds_json = _preprocessed_dataset_json(preprocessed, None, name)
+    file_ending = str(json.loads(ds_json.read_text()).get("file_ending", ".nii.gz"))
+    out = Path(output) if output is not None else results / name / ROBUSTNESS_DIRNAME / "few-labels"
+    _check_output(out, overwrite)
+
+    from nnunet_pde.training.subsets import SUBSET_FILE
+
+    splits = read_splits(pre)
+    warnings: list[str] = []
+    conditions: dict[tuple[str, str], Condition] = {}
+    missing: list[str] = []
+    seeds: dict[tuple[int, int], dict[str, Any]] = {}
+    no_record: list[str] = []
+    for t in trainers:
+        for pct in [*percents, 100]:
+            model = few_label_trainer(t, pct)
+            pooled = _pool_oof(
+                results, name, model, plans, configuration, fold_list, file_ending, splits, warnings
+            )
+            folder = results / name / trainer_dir_name(model, plans, configuration)
+            if pooled is None:
+                missing.append(
+                    f"  {model}: no predictions in {folder}/fold_*/validation for folds "
+                    f"{', '.join(map(str, fold_list))}; train them with\n"
+                    + _train_hint(name, model, configuration, plans, fold_list)
+                )
+                continue
+            sources, cases, pool_info = pooled
+            subsets: dict[str, Any] = {}
+            if pct < 100:
+                for _, k in sources:
+                    rec_path = fold_dir(results, name, model, plans, configuration, k) / SUBSET_FILE
+                    if not rec_path.is_file():
+                        no_record.append(f"{model}/fold_{k}")
+                        continue
+                    rec = json.loads(rec_path.read_text())
+                    subsets[str(k)] = {
+                        key: rec.get(key) for key in ("fraction", "seed", "n_total", "n_selected")
+                    }
+                    frac = rec.get("fraction")
+                    if not isinstance(frac, int | float) or abs(float(frac) - pct / 100) > 1e-6:
+                        warnings.append(
+                            f"{rec_path} records fraction {frac}, not {pct / 100:g} as the "
+                            f"trainer name {model} says"
+                        )
+                    seen = seeds.setdefault((pct, int(k)), {})
+                    seen[t] = rec.get("seed")
+            conditions[(t, f"frac{pct}")] = Condition(
+                key=model,
+                trainer=t,
+                curve="label-fraction",
+                level=pct / 100,
+                label=f"{pct} %",
+                sources=sources,
+                reference=gt,
+                dataset_json=ds_json,
+                cases=cases,
+                info={"pooling": pool_info, "subsets": subsets},
+            )
+    if missing:
+        raise BenchmarkError(
+            "no out-of-fold validation predictions for these models; train them first:\n"
+            + "\n".join(missing)
+        )
+    if no_record:
+        warnings.append(
+            f"no {SUBSET_FILE} in {len(no_record)} few-label fold folder(s) "
+            f"({', '.join(no_record[:5])}): the training subsets cannot be confirmed"
+        )
+    for (pct, k), by_trainer in sorted(seeds.items()):
+        if len(set(map(str, by_trainer.values()))) > 1:
+            warnings.append(
+                f"{pct} % fold {k}: the trainers used different subset seeds "
+                f"({', '.join(f'{t}: {s}' for t, s in by_trainer.items())}), so they were "
+                "trained on different cases"
+            )
+    curve = Curve(
+        id="label-fraction",
+        title=f"Few labels: metric versus label fraction ({name})",
+        points=[(p / 100, f"frac{p}") for p in [*percents, 100]],
+    )
+    plan = _Plan(
+        regime="few-labels",
+        title=f"Robustness to few labels: {name}",
+        dataset=name,
+        axis="label fraction (share of each fold's training cases)",
+        clean_level=1.0,
+        trainers=trainers,
+        conditions=conditions,
+        curves=[curve],
+        meta={
+            "configuration": configuration,
+            "plans": plans,
+            "folds": fold_list,
+            "fractions_percent": [*percents, 100],
+            "reference_folder": str(gt),
+            "how": (
+                "Each trainer T at fraction NN % is the model T_FracNN (trained on a nested, "
+                "seeded NN % subset of each fold's training cases), 100 % is T itself; "
+                "out-of-fold validation predictions pooled over folds "
+                f"{', '.join(map(str, fold_list))} (every case once), scored against "
+                f"{gt} (nnU-Net's own validation references)."
+            ),
+        },
+        warnings=warnings,
+    )
+    return _finish(
+        plan, out, overwrite, metrics, policy, tolerance_mm, num_workers, progress, print_fn
+    )

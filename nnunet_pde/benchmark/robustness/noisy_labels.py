@@ -1,0 +1,309 @@
+"""``benchmark robustness noisy-labels``: metric versus label noise, against the clean labels."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nnunet_pde.benchmark.robustness.model import (
+    CLEAN,
+    DEFAULT_METRICS,
+    ROBUSTNESS_DIRNAME,
+    Condition,
+    Curve,
+    RobustnessOutcome,
+    _Plan,
+)
+from nnunet_pde.benchmark.robustness.pipeline import (
+    _check_output,
+    _common_setup,
+    _finish,
+    _pool_oof,
+    _preprocessed_dataset_json,
+    _train_hint,
+)
+from nnunet_pde.derive.noisy_labels import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
+from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.folders import (
+    read_splits,
+    require_env_folder,
+    resolve_dataset_name,
+    trainer_dir_name,
+)
+from nnunet_pde.metrics import ImputationPolicy
+
+# --------------------------------------------------------------------------- noisy labels
+
+
+#: Fields of a noisy-labels record copied into ``robustness.json`` (not the per-case lists).
+_DERIVED_KEYS = ("mode", "magnitude_mm", "fraction", "seed", "labels", "num_corrupted")
+
+
+def _read_derived(raw_ds: Path) -> dict[str, Any] | None:
+    """The checked noisy-labels record of a raw dataset folder, or None for a clean dataset."""
+    path = raw_ds / DERIVED_JSON
+    try:
+        info = read_derived_info(raw_ds)
+    except ValueError as exc:
+        raise BenchmarkError(str(exc)) from None
+    if info is None:
+        return None
+    if info.get("kind") != "noisy-labels":
+        raise BenchmarkError(
+            f"{path} describes a '{info.get('kind')}' dataset, not a 'noisy-labels' one made by "
+            "nnunet-pde derive noisy-labels"
+        )
+    for key in ("mode", "magnitude_mm", "source"):
+        if key not in info:
+            raise BenchmarkError(f"{path} has no '{key}' (expected from nnunet-pde derive)")
+    try:
+        info["magnitude_mm"] = float(info["magnitude_mm"])
+    except (TypeError, ValueError):
+        raise BenchmarkError(f"{path}: magnitude_mm must be a number") from None
+    src = info["source"]
+    info["source_name"] = str(src.get("name") if isinstance(src, Mapping) else src)
+    return info
+
+
+def robustness_noisy_labels(
+    datasets: Sequence[str | int],
+    trainers: Sequence[str],
+    configuration: str = "3d_fullres",
+    plans: str = "nnUNetPlans",
+    folds: Sequence[int | str] = (0, 1, 2, 3, 4),
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    tolerance_mm: float = 1.0,
+    policy: ImputationPolicy | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    num_workers: int | None = None,
+    progress: bool = True,
+    environ: Mapping[str, str] | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> RobustnessOutcome:
+    """Metric versus label-noise magnitude, always scored against the clean labels.
+
+    Parameters
+    ----------
+    datasets
+        The clean dataset (no ``nnunet_pde_derived.json``; magnitude 0) and datasets derived
+        from it by ``nnunet-pde derive noisy-labels``, as ids or names, in any order. Each
+        corruption mode (and fraction of corrupted cases, if not 1) is its own curve.
+    trainers
+        Trainers trained on every one of the datasets.
+    configuration, plans, folds, output, overwrite, tolerance_mm, policy, metrics, num_workers,
+    progress, environ, print_fn
+        As for :func:`robustness_few_labels`; the default output folder is
+        ``$nnUNet_results/<clean dataset>/nnunet_pde_robustness/noisy-labels``.
+
+    Returns
+    -------
+    RobustnessOutcome
+
+    Raises
+    ------
+    BenchmarkError
+        No clean dataset or more than one, a derived dataset of another source, two datasets
+        at the same (mode, magnitude), missing clean labels, different label definitions, or
+        a model without predictions (the message gives the training command).
+    FileExistsError
+        ``output`` is not empty and ``overwrite`` is False.
+    """
+    from nnunet_pde.metrics.evaluate import regions_from_dataset_json
+
+    env = os.environ if environ is None else environ
+    policy = policy or ImputationPolicy()
+    trainers, fold_list, metrics = _common_setup(trainers, folds, metrics)
+    if not datasets:
+        raise BenchmarkError("no datasets given (--datasets CLEAN NOISY1 NOISY2 ...)")
+    results = require_env_folder("nnUNet_results", env)
+    preprocessed = require_env_folder("nnUNet_preprocessed", env)
+    raw = require_env_folder("nnUNet_raw", env)
+    names = [resolve_dataset_name(d, env) for d in datasets]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise BenchmarkError(f"dataset(s) listed twice: {', '.join(dup)}")
+
+    derived = {n: _read_derived(raw / n) for n in names}
+    clean = [n for n, d in derived.items() if d is None]
+    if len(clean) != 1:
+        sources = sorted({d["source_name"] for d in derived.values() if d is not None})
+        raise BenchmarkError(
+            (
+                "no clean dataset in --datasets: add the source the noisy ones were derived "
+                f"from ({', '.join(sources)}); it is the magnitude-0 point of every curve"
+            )
+            if not clean
+            else f"more than one clean dataset (no {DERIVED_JSON}) in --datasets: "
+            f"{', '.join(clean)}; give exactly one"
+        )
+    clean_name = clean[0]
+    others = [n for n in names if n != clean_name]
+    wrong = [
+        f"{n} (from {d['source_name']})"
+        for n in others
+        if (d := derived[n]) is not None and d["source_name"] != clean_name
+    ]
+    if wrong:
+        raise BenchmarkError(
+            f"these datasets were not derived from the clean dataset {clean_name}: "
+            f"{', '.join(wrong)}"
+        )
+
+    ds_jsons = {n: _preprocessed_dataset_json(preprocessed, raw, n) for n in names}
+    clean_ds = json.loads(ds_jsons[clean_name].read_text())
+    file_ending = str(clean_ds.get("file_ending", ".nii.gz"))
+    clean_regions = regions_from_dataset_json(clean_ds)
+    for n in others:
+        if regions_from_dataset_json(json.loads(ds_jsons[n].read_text())) != clean_regions:
+            raise BenchmarkError(
+                f"{ds_jsons[n]} defines other labels or regions than {ds_jsons[clean_name]}; "
+                "a derived dataset must keep the labels of its source"
+            )
+
+    refs: dict[str, Path] = {}
+    if (raw / clean_name / "labelsTr").is_dir():
+        refs[clean_name] = raw / clean_name / "labelsTr"
+    elif (preprocessed / clean_name / "gt_segmentations").is_dir():
+        refs[clean_name] = preprocessed / clean_name / "gt_segmentations"
+    else:
+        raise BenchmarkError(
+            f"no clean labels for {clean_name}: neither {raw / clean_name / 'labelsTr'} nor "
+            f"{preprocessed / clean_name / 'gt_segmentations'} exists"
+        )
+    for n in others:
+        r = raw / n / CLEAN_LABELS_DIR
+        if not r.is_dir():
+            raise BenchmarkError(
+                f"{r} does not exist: a noisy-labels dataset keeps its clean labels there, and "
+                "they are what it is scored against (never its noisy labelsTr); derive it again "
+                "with nnunet-pde derive noisy-labels"
+            )
+        refs[n] = r
+
+    # Curves: one per (mode, fraction of corrupted cases).
+    curve_of: dict[str, str] = {}
+    curve_info: dict[str, dict[str, Any]] = {}
+    for n in others:
+        d = derived[n]
+        assert d is not None
+        frac = float(d.get("fraction", 1.0) or 1.0)
+        cid = str(d["mode"]) if frac == 1.0 else f"{d['mode']}_cases{frac:g}"
+        curve_of[n] = cid
+        curve_info.setdefault(cid, {"mode": d["mode"], "fraction": frac, "datasets": {}})
+        if d["magnitude_mm"] <= 0:
+            raise BenchmarkError(
+                f"{n} has magnitude_mm {d['magnitude_mm']:g}; only the clean dataset is magnitude 0"
+            )
+        taken = curve_info[cid]["datasets"]
+        for other, mag in taken.items():
+            if mag == d["magnitude_mm"]:
+                raise BenchmarkError(
+                    f"{other} and {n} are both {cid} at {mag:g} mm; keep one of them"
+                )
+        taken[n] = d["magnitude_mm"]
+
+    out = (
+        Path(output)
+        if output is not None
+        else results / clean_name / ROBUSTNESS_DIRNAME / "noisy-labels"
+    )
+    _check_output(out, overwrite)
+
+    warnings: list[str] = []
+    clean_splits = read_splits(preprocessed / clean_name)
+    for n in others:
+        s = read_splits(preprocessed / n)
+        if s is not None and clean_splits is not None and s != clean_splits:
+            warnings.append(
+                f"splits_final.json of {n} differs from {clean_name}'s: the folds validate "
+                "different cases"
+            )
+    conditions: dict[tuple[str, str], Condition] = {}
+    missing: list[str] = []
+    for t in trainers:
+        for n in names:
+            splits = read_splits(preprocessed / n)
+            pooled = _pool_oof(
+                results, n, t, plans, configuration, fold_list, file_ending, splits, warnings
+            )
+            if pooled is None:
+                folder = results / n / trainer_dir_name(t, plans, configuration)
+                missing.append(
+                    f"  {n} {t}: no predictions in {folder}/fold_*/validation; train them with\n"
+                    + _train_hint(n, t, configuration, plans, fold_list)
+                )
+                continue
+            sources, cases, pool_info = pooled
+            d = derived[n]
+            conditions[(t, n)] = Condition(
+                key=n,
+                trainer=t,
+                curve=CLEAN if d is None else curve_of[n],
+                level=0.0 if d is None else d["magnitude_mm"],
+                label="0 mm (clean)" if d is None else f"{d['magnitude_mm']:g} mm",
+                sources=sources,
+                reference=refs[n],
+                dataset_json=ds_jsons[n],
+                cases=cases,
+                info={
+                    "pooling": pool_info,
+                    "derived": None
+                    if d is None
+                    else {
+                        "source": d["source_name"],
+                        **{k: d[k] for k in _DERIVED_KEYS if k in d},
+                    },
+                },
+            )
+    if missing:
+        raise BenchmarkError(
+            "no out-of-fold validation predictions for these (dataset, trainer) pairs; train "
+            "them first:\n" + "\n".join(missing)
+        )
+    curves = []
+    for cid, info in curve_info.items():
+        pts = sorted((mag, n) for n, mag in info["datasets"].items())
+        title = f"Noisy labels, {info['mode']}"
+        if info["fraction"] != 1.0:
+            title += f" on {info['fraction'] * 100:g} % of the cases"
+        curves.append(
+            Curve(
+                id=cid,
+                title=title + " (x: magnitude in mm)",
+                points=[(0.0, clean_name), *pts],
+                info=info,
+            )
+        )
+    plan = _Plan(
+        regime="noisy-labels",
+        title=f"Robustness to noisy training labels: {clean_name}",
+        dataset=clean_name,
+        axis="noise magnitude (mm)",
+        clean_level=0.0,
+        trainers=trainers,
+        conditions=conditions,
+        curves=curves,
+        meta={
+            "configuration": configuration,
+            "plans": plans,
+            "folds": fold_list,
+            "datasets": names,
+            "clean_dataset": clean_name,
+            "references": {n: str(p) for n, p in refs.items()},
+            "how": (
+                "Each point is the trainer trained on that dataset (the clean one at 0 mm, the "
+                "noisy-labels datasets at their magnitude_mm); out-of-fold validation "
+                f"predictions pooled over folds {', '.join(map(str, fold_list))}, always "
+                f"scored against the CLEAN labels ({refs[clean_name]} for the clean dataset, "
+                f"<dataset>/{CLEAN_LABELS_DIR} for a derived one), never the noisy ones."
+            ),
+        },
+        warnings=warnings,
+    )
+    return _finish(
+        plan, out, overwrite, metrics, policy, tolerance_mm, num_workers, progress, print_fn
+    )

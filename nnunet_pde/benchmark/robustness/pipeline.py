@@ -1,0 +1,382 @@
+"""Shared steps of the robustness regimes: pooling, evaluation, summaries, writing outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nnunet_pde.benchmark.manifest import software_versions
+from nnunet_pde.benchmark.report import (
+    METRIC_INFO,
+    _write_csv,
+    pool_predictions,
+)
+from nnunet_pde.benchmark.robustness.model import (
+    AUC_COLUMNS,
+    AUC_CSV,
+    PER_CASE_CSV,
+    ROBUSTNESS_FILES,
+    ROBUSTNESS_JSON,
+    SUMMARY_COLUMNS,
+    SUMMARY_CSV,
+    TABLES_MD,
+    RobustnessOutcome,
+    _Plan,
+    drop_kind,
+    relative_drop,
+    severity_auc,
+)
+from nnunet_pde.benchmark.robustness.render import curve_png, render_markdown
+from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.files import write_json
+from nnunet_pde.folders import (
+    check_trainer_names,
+    dataset_id,
+    fold_dir,
+    parse_folds,
+)
+from nnunet_pde.metrics import ImputationPolicy, aggregate
+from nnunet_pde.metrics.aggregate import json_safe
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _check_metrics(metrics: Sequence[str]) -> list[str]:
+    unknown = [m for m in metrics if m not in METRIC_INFO]
+    if unknown or not metrics:
+        raise BenchmarkError(
+            f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(METRIC_INFO)}"
+        )
+    return list(dict.fromkeys(metrics))
+
+
+def _train_hint(name: str, trainer: str, configuration: str, plans: str, folds: list[int]) -> str:
+    f = " ".join(map(str, folds))
+    return (
+        f"    nnunet-pde benchmark run {dataset_id(name)} --trainers {trainer} -c {configuration} "
+        f"-p {plans} --folds {f}\n"
+        f"    (or per fold: nnUNetv2_train {dataset_id(name)} {configuration} FOLD -tr {trainer} "
+        f"-p {plans})"
+    )
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"--output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} exists and is not empty; pass --overwrite to replace the robustness outputs "
+            "in it, or choose another folder with --output DIR"
+        )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "curve"
+
+
+def _pool_oof(
+    results: Path,
+    name: str,
+    model_trainer: str,
+    plans: str,
+    configuration: str,
+    folds: list[int],
+    file_ending: str,
+    splits: Any,
+    warnings: list[str],
+) -> tuple[list[tuple[Path, int | None]], dict[str, int | None], dict[str, Any]] | None:
+    """Pooled out-of-fold folders of one model, or None if it has no prediction at all."""
+    pooled = pool_predictions(
+        results, name, model_trainer, plans, configuration, folds, file_ending, splits
+    )
+    if not pooled.cases:
+        return None
+    if pooled.missing_folds:
+        warnings.append(
+            f"{name} {model_trainer}: MISSING folds "
+            + "; ".join(f"fold {k}: {why}" for k, why in pooled.missing_folds.items())
+        )
+    for k, cases in pooled.missing_cases.items():
+        warnings.append(
+            f"{name} {model_trainer} fold {k}: {len(cases)} validation case(s) without "
+            f"prediction ({', '.join(cases[:10])})"
+        )
+    sources: list[tuple[Path, int | None]] = [
+        (fold_dir(results, name, model_trainer, plans, configuration, k) / "validation", k)
+        for k in pooled.folds_found
+    ]
+    return sources, dict(pooled.cases), pooled.as_dict()
+
+
+def _case_set_warnings(plan: _Plan) -> list[str]:
+    """Differences in the pooled case sets (and fold assignments) between conditions."""
+    out: list[str] = []
+    items = list(plan.conditions.values())
+    if not items:
+        return out
+    first = items[0]
+    ref_cases = first.cases
+    for c in items[1:]:
+        missing = sorted(set(ref_cases) - set(c.cases))
+        extra = sorted(set(c.cases) - set(ref_cases))
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"lacks {len(missing)} case(s) ({', '.join(missing[:5])})")
+            if extra:
+                parts.append(f"has {len(extra)} extra case(s) ({', '.join(extra[:5])})")
+            out.append(
+                f"case sets differ: {c.trainer} {c.key} {' and '.join(parts)} compared with "
+                f"{first.trainer} {first.key}; the levels are then not compared on the same cases"
+            )
+        moved = sorted(
+            k
+            for k in set(ref_cases) & set(c.cases)
+            if ref_cases[k] is not None and c.cases[k] is not None and ref_cases[k] != c.cases[k]
+        )
+        if moved:
+            out.append(
+                f"fold assignment differs: {c.trainer} {c.key} validates {len(moved)} case(s) in "
+                f"another fold than {first.trainer} {first.key} ({', '.join(moved[:5])}); the "
+                "splits (splits_final.json) are not the same"
+            )
+    return out
+
+
+def _evaluate(
+    plan: _Plan,
+    tolerance_mm: float,
+    policy: ImputationPolicy,
+    num_workers: int | None,
+    progress: bool,
+    print_fn: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    from nnunet_pde.metrics.evaluate import EvaluationError, evaluate_folders
+
+    per_case: list[dict[str, Any]] = []
+    for c in plan.conditions.values():
+        for folder, fold in c.sources:
+            where = f" fold {fold}" if fold is not None else ""
+            print_fn(f"evaluating {c.trainer} {c.key}{where} ({folder} vs {c.reference})")
+            try:
+                rows, _ = evaluate_folders(
+                    folder,
+                    c.reference,
+                    dataset_json=c.dataset_json,
+                    num_workers=num_workers,
+                    tolerance_mm=tolerance_mm,
+                    progress=progress,
+                    policy=policy,
+                    allow_missing_predictions=True,
+                    write=False,
+                )
+            except EvaluationError as exc:
+                raise BenchmarkError(f"evaluating {folder} against {c.reference}: {exc}") from None
+            per_case.extend(
+                {
+                    "trainer": c.trainer,
+                    "curve": c.curve,
+                    "condition": c.key,
+                    "level": c.level,
+                    "level_label": c.label,
+                    "fold": "" if fold is None else fold,
+                    **r,
+                }
+                for r in rows
+            )
+    return per_case
+
+
+def _summarise(
+    plan: _Plan,
+    per_case: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str],
+    policy: ImputationPolicy,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Summary rows (trainer x curve x region x metric x level) and AUC rows."""
+    by_cond: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    regions: list[str] = []
+    for r in per_case:
+        by_cond.setdefault((str(r["trainer"]), str(r["condition"])), []).append(r)
+        if r["region"] not in regions:
+            regions.append(str(r["region"]))
+    stats = {k: aggregate(rows, policy, metrics=metrics)["regions"] for k, rows in by_cond.items()}
+
+    summary: list[dict[str, Any]] = []
+    auc_rows: list[dict[str, Any]] = []
+    for curve in plan.curves:
+        levels = [lv for lv, _ in curve.points]
+        clean_point = next(k for lv, k in curve.points if lv == plan.clean_level)
+        for t in plan.trainers:
+            clean_key = plan.conditions[(t, clean_point)].key
+            for region in regions:
+                for m in metrics:
+                    clean_st = stats[(t, clean_key)][region]["metrics"][m]
+                    means = []
+                    for lv, point in curve.points:
+                        cond = plan.conditions[(t, point)]
+                        reg = stats[(t, cond.key)][region]
+                        st = reg["metrics"][m]
+                        means.append(st["mean"])
+                        summary.append(
+                            {
+                                "trainer": t,
+                                "curve": curve.id,
+                                "group": curve.group,
+                                "level": lv,
+                                "level_label": cond.label,
+                                "condition": cond.key,
+                                "region": region,
+                                "labels": reg["labels"],
+                                "metric": m,
+                                "n_cases": st["n_cases"],
+                                "n": st["n"],
+                                "n_nan": st["n_nan"],
+                                "n_inf": st["n_inf"],
+                                "n_imputed": st["n_imputed"],
+                                "n_excluded": st["n_excluded"],
+                                "mean": st["mean"],
+                                "sd": st["std"],
+                                "median": st["median"],
+                                "clean_mean": clean_st["mean"],
+                                "drop": relative_drop(clean_st["mean"], st["mean"], m),
+                                "drop_kind": drop_kind(m),
+                            }
+                        )
+                    auc = severity_auc(levels, means)
+                    auc_rows.append(
+                        {
+                            "trainer": t,
+                            "curve": curve.id,
+                            "group": curve.group,
+                            "axis": plan.axis,
+                            "region": region,
+                            "metric": m,
+                            "levels": ";".join(f"{lv:g}" for lv in levels),
+                            "n_levels": len(levels),
+                            "x_min": min(levels),
+                            "x_max": max(levels),
+                            "clean_level": plan.clean_level,
+                            "clean_mean": clean_st["mean"],
+                            "auc": auc,
+                            "auc_drop": relative_drop(clean_st["mean"], auc, m),
+                            "drop_kind": drop_kind(m),
+                        }
+                    )
+    return summary, auc_rows
+
+
+# ------------------------------------------------------------------------------- driver
+
+
+def _finish(
+    plan: _Plan,
+    out: Path,
+    overwrite: bool,
+    metrics: Sequence[str],
+    policy: ImputationPolicy,
+    tolerance_mm: float,
+    num_workers: int | None,
+    progress: bool,
+    print_fn: Callable[[str], None],
+) -> RobustnessOutcome:
+    """Evaluate every condition of ``plan``, summarise, and write the outputs into ``out``."""
+    from nnunet_pde.metrics.evaluate import CSV_COLUMNS
+
+    plan.warnings.extend(_case_set_warnings(plan))
+    for w in plan.warnings:
+        print_fn(f"warning: {w}")
+    per_case = _evaluate(plan, tolerance_mm, policy, num_workers, progress, print_fn)
+    summary, auc = _summarise(plan, per_case, metrics, policy)
+    meta: dict[str, Any] = {
+        "kind": f"nnunet_pde benchmark robustness {plan.regime}",
+        "regime": plan.regime,
+        "dataset": plan.dataset,
+        "trainers": list(plan.trainers),
+        "axis": plan.axis,
+        "clean_level": plan.clean_level,
+        "metrics": list(metrics),
+        "tolerance_mm": float(tolerance_mm),
+        "imputation": policy.as_dict(),
+        **plan.meta,
+        "curves": [
+            {
+                "id": c.id,
+                "title": c.title,
+                "group": c.group,
+                "points": [{"level": lv, "condition": k} for lv, k in c.points],
+                **c.info,
+            }
+            for c in plan.curves
+        ],
+        "conditions": [c.as_dict() for c in plan.conditions.values()],
+        "warnings": list(plan.warnings),
+        "software": software_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+    _check_output(out, overwrite)
+    previous = out / ROBUSTNESS_JSON
+    if previous.is_file():  # --overwrite: remove what the previous run wrote, nothing else
+        try:
+            old = json.loads(previous.read_text()).get("files", [])
+        except (json.JSONDecodeError, AttributeError):
+            old = []
+        for f in [*old, *ROBUSTNESS_FILES]:
+            p = out / Path(str(f)).name
+            if p.is_file():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def put(fname: str, writer: Callable[[Path], None]) -> None:
+        path = out / fname
+        writer(path)
+        written.append(path)
+
+    case_cols = ("trainer", "curve", "condition", "level", "level_label", "fold", *CSV_COLUMNS)
+    put(PER_CASE_CSV, lambda p: _write_csv(p, per_case, case_cols))
+    put(SUMMARY_CSV, lambda p: _write_csv(p, summary, SUMMARY_COLUMNS))
+    put(AUC_CSV, lambda p: _write_csv(p, auc, AUC_COLUMNS))
+    put(
+        TABLES_MD,
+        lambda p: p.write_text(
+            render_markdown(plan, summary, auc, metrics, meta), encoding="utf-8"
+        ),
+    )
+    for curve in plan.curves:
+        for m in metrics:
+            png = curve_png(plan, curve, m, summary)
+            put(f"{_slug(curve.id)}_{m}.png", lambda p, png=png: p.write_bytes(png))
+    files = [p.name for p in written] + [ROBUSTNESS_JSON]
+    put(
+        ROBUSTNESS_JSON,
+        lambda p: write_json(
+            p,
+            json_safe({**meta, "files": files, "summary": summary, "auc": auc}),
+            allow_nan=False,
+        ),
+    )
+    return RobustnessOutcome(plan.regime, out, written, per_case, summary, auc, meta, plan.warnings)
+
+
+def _common_setup(
+    trainers: Sequence[str], folds: Sequence[int | str], metrics: Sequence[str]
+) -> tuple[list[str], list[int], list[str]]:
+    return check_trainer_names(trainers), parse_folds(folds), _check_metrics(metrics)
+
+
+def _preprocessed_dataset_json(pre: Path, raw: Path | None, name: str) -> Path:
+    for folder in (pre / name, *((raw / name,) if raw is not None else ())):
+        if (folder / "dataset.json").is_file():
+            return folder / "dataset.json"
+    raise BenchmarkError(
+        f"no dataset.json for {name} in {pre / name}"
+        + (f" or {raw / name}" if raw is not None else "")
+        + f" (nnUNetv2_plan_and_preprocess -d {dataset_id(name)} copies it)"
+    )
