@@ -10,11 +10,11 @@ import pytest
 import torch
 from plan_fixtures import load_plans, managers
 
+from nnunet_pde.cli.inspect import register_cli
 from nnunet_pde.inspect_checkpoint import (
     format_summary,
     inspect_checkpoint,
     plot_report,
-    register_cli,
 )
 from nnunet_pde.network import pde_blocks
 from nnunet_pde.trainers.nnUNetTrainerPDE3D import (

@@ -6,7 +6,9 @@
   (:mod:`~nnunet_pde.benchmark.manifest`);
 * :mod:`~nnunet_pde.benchmark.report` - ``nnunet-pde benchmark report``: pooled out-of-fold
   evaluation, tables, statistics (:mod:`~nnunet_pde.benchmark.stats`), figures, HTML;
-* :mod:`~nnunet_pde.benchmark.cli` - the argparse wiring (``register_cli``).
+* :mod:`~nnunet_pde.benchmark.robustness` - ``nnunet-pde benchmark robustness``.
+
+The command line is :mod:`nnunet_pde.cli.benchmark`.
 
 Nothing here imports torch or nnunetv2: training runs in ``nnUNetv2_train`` subprocesses.
 """

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nnunet_pde.benchmark.cli import register_cli
+from nnunet_pde.cli.benchmark import register_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:

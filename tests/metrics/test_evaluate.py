@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from metric_fixtures import cube
 
+from nnunet_pde.cli.evaluate import register_cli
 from nnunet_pde.metrics import compute_metrics
 from nnunet_pde.metrics.aggregate import ImputationPolicy
 from nnunet_pde.metrics.evaluate import (
@@ -21,7 +22,6 @@ from nnunet_pde.metrics.evaluate import (
     evaluate_folders,
     read_per_case_csv,
     regions_from_dataset_json,
-    register_cli,
 )
 
 sitk = pytest.importorskip("SimpleITK")

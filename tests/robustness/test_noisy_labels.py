@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunet_pde.cli.noisy_labels import register_cli
 from nnunet_pde.data import lits_like
 from nnunet_pde.data.synthetic import make_synthetic_dataset
 from nnunet_pde.derive.noisy_labels import (
@@ -24,7 +25,6 @@ from nnunet_pde.derive.noisy_labels import (
     jitter_field,
     morph_mask,
     read_derived_info,
-    register_cli,
 )
 
 SPACING = (2.0, 1.0, 1.0)  # mm, numpy order (z, y, x)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_pde.cli.shifted_images import register_cli
 from nnunet_pde.data.synthetic import make_synthetic_dataset
 from nnunet_pde.derive.scanner_shift import (
     LEVELS,
@@ -23,7 +24,6 @@ from nnunet_pde.derive.scanner_shift import (
     derive_shifted_images,
     level_folder,
     read_manifest,
-    register_cli,
 )
 from nnunet_pde.errors import OUTPUT_MARKER, NnunetPdeError
 

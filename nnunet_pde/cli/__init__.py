@@ -254,20 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
         "images under scanner-shift perturbations at graded severities. See docs/robustness.md.",
     )
     derive = p.add_subparsers(dest="derive_command", required=True, metavar="KIND")
-    from nnunet_pde.derive.noisy_labels import register_cli as register_noisy_labels
+    from nnunet_pde.cli.noisy_labels import register_cli as register_noisy_labels
 
     register_noisy_labels(derive)
-    from nnunet_pde.derive.scanner_shift import register_cli as register_shifted_images
+    from nnunet_pde.cli.shifted_images import register_cli as register_shifted_images
 
     register_shifted_images(derive)
 
-    from nnunet_pde.metrics.evaluate import register_cli as register_evaluate
+    from nnunet_pde.cli.evaluate import register_cli as register_evaluate
 
     register_evaluate(sub)
-    from nnunet_pde.benchmark.cli import register_cli as register_benchmark
+    from nnunet_pde.cli.benchmark import register_cli as register_benchmark
 
     register_benchmark(sub)
-    from nnunet_pde.inspect_checkpoint import register_cli as register_inspect
+    from nnunet_pde.cli.inspect import register_cli as register_inspect
 
     register_inspect(sub)
     return parser
