@@ -1,6 +1,6 @@
 """Parameter count, activation memory and CPU time of the baselines on a plans file.
 
-    python -m nnunet_pde.baselines.measure tests/fixtures/plans/plans_brats_plain.json \\
+    python scripts/measure_baselines.py tests/fixtures/plans/plans_brats_plain.json \\
         tests/fixtures/plans/dataset_brats_regions.json --input 64 64 64
 
 Activation memory is the number of bytes of the tensors autograd saves for the backward
