@@ -24,16 +24,11 @@ Outputs (all in ``--output``; existing ones are only replaced with ``--overwrite
 
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
 import json
-import math
 import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +36,10 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.benchmark.manifest import software_versions
-from nnunet_pde.benchmark.stats import bootstrap_ci, format_p, holm, paired_wilcoxon
+from nnunet_pde.benchmark.pooling import PooledPredictions, impute_aligned, pool_predictions
+from nnunet_pde.benchmark.render import boxplot_png, render_html, render_latex, render_markdown
+from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
+from nnunet_pde.benchmark.writers import write_csv
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import write_json
 from nnunet_pde.folders import (
@@ -52,14 +50,13 @@ from nnunet_pde.folders import (
     read_splits,
     require_env_folder,
     resolve_dataset_name,
-    trainer_dir_name,
 )
 from nnunet_pde.metrics import DISTANCE_METRICS, ImputationPolicy, aggregate
 from nnunet_pde.metrics.aggregate import json_safe
+from nnunet_pde.metrics.info import METRIC_INFO
 
 __all__ = [
     "DEFAULT_METRICS",
-    "METRIC_INFO",
     "REPORT_FILES",
     "PooledPredictions",
     "ReportOutcome",
@@ -70,19 +67,6 @@ __all__ = [
 
 #: Metrics in the tables, in order (all of :data:`nnunet_pde.metrics.SUMMARY_METRICS` work).
 DEFAULT_METRICS = ("dice", "hd95_mm", "nsd", "assd_mm")
-
-#: Display name, decimals and direction of each metric.
-METRIC_INFO: dict[str, tuple[str, int, str]] = {
-    "dice": ("Dice", 4, "higher is better"),
-    "hd95_mm": ("HD95 (mm)", 2, "lower is better"),
-    "hausdorff_mm": ("HD (mm)", 2, "lower is better"),
-    "assd_mm": ("ASSD (mm)", 2, "lower is better"),
-    "nsd": ("NSD", 4, "higher is better"),
-    "precision": ("Precision", 4, "higher is better"),
-    "recall": ("Recall", 4, "higher is better"),
-    "pred_volume_mm3": ("Predicted volume (mm³)", 0, ""),
-    "ref_volume_mm3": ("Reference volume (mm³)", 0, ""),
-}
 
 #: Metrics with a box plot.
 BOXPLOT_METRICS = ("dice", "hd95_mm")
@@ -111,136 +95,7 @@ REPORT_FILES = (
 REPORT_DIRNAME = "nnunet_pde_report"
 
 
-# ------------------------------------------------------------------------------- pooling
-
-
-@dataclass
-class PooledPredictions:
-    """One trainer's out-of-fold predictions.
-
-    Attributes
-    ----------
-    trainer
-        Trainer name.
-    model_folder
-        ``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>``.
-    cases
-        Case id -> fold whose validation predicted it.
-    folds_found
-        Folds with at least one prediction.
-    missing_folds
-        Fold -> why it contributes nothing (no folder, no predictions).
-    missing_cases
-        Fold -> validation cases of ``splits_final.json`` without a prediction.
-    unexpected_cases
-        Fold -> predictions of cases that ``splits_final.json`` does not put in that fold.
-    """
-
-    trainer: str
-    model_folder: Path
-    cases: dict[str, int] = field(default_factory=dict)
-    folds_found: list[int] = field(default_factory=list)
-    missing_folds: dict[int, str] = field(default_factory=dict)
-    missing_cases: dict[int, list[str]] = field(default_factory=dict)
-    unexpected_cases: dict[int, list[str]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "trainer": self.trainer,
-            "model_folder": str(self.model_folder),
-            "n_cases": len(self.cases),
-            "folds_found": self.folds_found,
-            "missing_folds": {str(k): v for k, v in self.missing_folds.items()},
-            "missing_cases": {str(k): v for k, v in self.missing_cases.items()},
-            "unexpected_cases": {str(k): v for k, v in self.unexpected_cases.items()},
-        }
-
-
-def pool_predictions(
-    results: str | os.PathLike[str],
-    dataset: str,
-    trainer: str,
-    plans: str,
-    configuration: str,
-    folds: Sequence[int],
-    file_ending: str = ".nii.gz",
-    splits: Sequence[Mapping[str, Sequence[str]]] | None = None,
-) -> PooledPredictions:
-    """Collect ``fold_k/validation/*<file_ending>`` of the given folds, every case once.
-
-    Raises
-    ------
-    BenchmarkError
-        If a case was predicted by more than one fold (the predictions are then not
-        out-of-fold), naming the case and the folds.
-    """
-    results = Path(results)
-    model = results / dataset / trainer_dir_name(trainer, plans, configuration)
-    pooled = PooledPredictions(trainer, model)
-    duplicates: list[str] = []
-    for k in folds:
-        val = fold_dir(results, dataset, trainer, plans, configuration, k) / "validation"
-        if not val.is_dir():
-            pooled.missing_folds[k] = f"no folder {val}"
-            continue
-        cases = sorted(
-            p.name[: -len(file_ending)]
-            for p in val.iterdir()
-            if p.is_file() and p.name.endswith(file_ending) and len(p.name) > len(file_ending)
-        )
-        if not cases:
-            pooled.missing_folds[k] = f"no *{file_ending} predictions in {val}"
-            continue
-        pooled.folds_found.append(k)
-        for c in cases:
-            if c in pooled.cases:
-                duplicates.append(f"{c} (folds {pooled.cases[c]} and {k})")
-            else:
-                pooled.cases[c] = k
-        if splits is not None and k < len(splits):
-            expected = set(splits[k].get("val", []))
-            missing = sorted(expected - set(cases))
-            unexpected = sorted(set(cases) - expected)
-            if missing:
-                pooled.missing_cases[k] = missing
-            if unexpected:
-                pooled.unexpected_cases[k] = unexpected
-    if duplicates:
-        raise BenchmarkError(
-            f"{trainer}: {len(duplicates)} case(s) were predicted by more than one fold, so the "
-            f"pooled predictions are not out-of-fold: {', '.join(duplicates[:10])}"
-        )
-    return pooled
-
-
 # -------------------------------------------------------------------------- statistics
-
-
-def impute_aligned(
-    values: Sequence[float] | np.ndarray,
-    diagonals_mm: Sequence[float] | np.ndarray | None,
-    policy: ImputationPolicy,
-) -> np.ndarray:
-    """Per-case values with ``policy`` applied to infinite entries, keeping the case order.
-
-    Like :func:`nnunet_pde.metrics.impute`, but instead of dropping, an excluded value
-    (``inf`` under ``exclude``) becomes ``nan``; ``nan`` stays ``nan``. The finite entries are
-    exactly the values :func:`nnunet_pde.metrics.aggregate` summarises, and the alignment
-    with the cases is what the paired test needs.
-    """
-    v = np.asarray(values, dtype=np.float64).copy()
-    inf = np.isinf(v)
-    if not inf.any():
-        return v
-    if policy.name == "exclude":
-        v[inf] = np.nan
-    elif policy.name == "worst":
-        v[inf] = float(policy.worst_value_mm)  # type: ignore[arg-type]
-    else:
-        if diagonals_mm is None:
-            raise ValueError("imputation policy 'volume_diagonal' needs the per-case diagonals")
-        v[inf] = np.asarray(diagonals_mm, dtype=np.float64)[inf]
-    return v
 
 
 def _cell_seed(seed: int, *parts: str) -> int:
@@ -375,351 +230,6 @@ def compute_statistics(
     return summary, per_fold
 
 
-# ------------------------------------------------------------------------------ tables
-
-
-def _num(x: float, digits: int) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
-
-
-def _mean_sd(r: Mapping[str, Any], digits: int, pm: str = " ± ") -> str:
-    text = _num(r["mean"], digits)
-    if math.isfinite(r["sd"]):
-        text += f"{pm}{_num(r['sd'], digits)}"
-    return text
-
-
-def _notes(r: Mapping[str, Any]) -> str:
-    notes = []
-    if r["n_imputed"]:
-        notes.append(f"{r['n_imputed']} imputed")
-    if r["n_excluded"]:
-        notes.append(f"{r['n_excluded']} excluded")
-    return ", ".join(notes)
-
-
-TABLE_HEADER = (
-    "region",
-    "trainer",
-    "n",
-    "mean ± SD",
-    "95% CI",
-    "Δ vs ref",
-    "p",
-    "p (Holm)",
-    "notes",
-)
-
-
-def table_rows(summary: Sequence[Mapping[str, Any]], metric: str) -> list[list[str]]:
-    """The cells of one metric's table, in :data:`TABLE_HEADER` order (plain text)."""
-    digits = METRIC_INFO.get(metric, (metric, 3, ""))[1]
-    out = []
-    for r in summary:
-        if r["metric"] != metric:
-            continue
-        is_ref = r["trainer"] == r["reference"]
-        out.append(
-            [
-                str(r["region"]),
-                str(r["trainer"]),
-                str(r["n"]),
-                _mean_sd(r, digits),
-                f"[{_num(r['ci_low'], digits)}, {_num(r['ci_high'], digits)}]",
-                "reference"
-                if is_ref
-                else f"{r['mean_difference']:+.{digits}f}"
-                if math.isfinite(r["mean_difference"])
-                else "n/a",
-                "" if is_ref else format_p(r["p_value"]),
-                "" if is_ref else format_p(r["p_holm"]),
-                _notes(r),
-            ]
-        )
-    return out
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |"]
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _per_fold_table(
-    per_fold: Sequence[Mapping[str, Any]], metrics: Sequence[str]
-) -> tuple[list[str], list[list[str]]]:
-    header = ["region", "trainer", "fold", "cases"] + [
-        METRIC_INFO.get(m, (m, 3, ""))[0] for m in metrics
-    ]
-    rows = [
-        [str(r["region"]), str(r["trainer"]), str(r["fold"]), str(r["n_cases"])]
-        + [_num(r[f"{m}_mean"], METRIC_INFO.get(m, (m, 3, ""))[1]) for m in metrics]
-        for r in per_fold
-    ]
-    return header, rows
-
-
-def _context_lines(meta: Mapping[str, Any]) -> list[str]:
-    imp = meta["imputation"]
-    imp_text = imp["policy"] + (
-        f" ({imp['worst_value_mm']} mm)" if imp.get("worst_value_mm") is not None else ""
-    )
-    lines = [
-        f"Dataset {meta['dataset']}, configuration {meta['configuration']}, plans "
-        f"{meta['plans']}; folds {', '.join(str(f) for f in meta['folds'])}; out-of-fold "
-        f"predictions pooled over folds (each case once).",
-        f"Mean ± SD over cases; {meta['confidence'] * 100:g}% CI: percentile bootstrap of the mean "
-        f"({meta['n_bootstrap']} case resamples, seed {meta['seed']}). Δ vs ref: mean paired "
-        f"difference (trainer − {meta['reference']}); p: two-sided Wilcoxon signed-rank test vs "
-        f"{meta['reference']} on the cases both have a value for; p (Holm): Holm-corrected over "
-        "the trainers within each region and metric.",
-        f"Infinite distances (one mask empty): {imp_text}; undefined values (both masks empty) "
-        f"are left out. NSD tolerance {meta['tolerance_mm']:g} mm.",
-    ]
-    for t, info in meta["pooling"].items():
-        if info["missing_folds"]:
-            lines.append(
-                f"**Missing folds** for {t}: "
-                + "; ".join(f"fold {k}: {why}" for k, why in info["missing_folds"].items())
-            )
-        for k, cases in info["missing_cases"].items():
-            lines.append(
-                f"**Missing cases** for {t} fold {k}: {len(cases)} ({', '.join(cases[:10])})"
-            )
-    return lines
-
-
-def render_markdown(
-    summary: Sequence[Mapping[str, Any]],
-    per_fold: Sequence[Mapping[str, Any]],
-    metrics: Sequence[str],
-    meta: Mapping[str, Any],
-) -> str:
-    """``tables.md``: one table per metric, then the per-fold means."""
-    parts = [f"# Cross-validation benchmark: {meta['dataset']}", ""]
-    parts += [line + "\n" for line in _context_lines(meta)]
-    for m in metrics:
-        name, _, direction = METRIC_INFO.get(m, (m, 3, ""))
-        parts += [
-            f"## {name}" + (f" ({direction})" if direction else ""),
-            "",
-            _md_table(TABLE_HEADER, table_rows(summary, m)),
-            "",
-        ]
-    header, rows = _per_fold_table(per_fold, metrics)
-    parts += [
-        "## Per-fold means (descriptive)",
-        "",
-        _md_table(header, rows),
-        "",
-    ]
-    return "\n".join(parts)
-
-
-def _tex_escape(s: str) -> str:
-    repl = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "$": r"\$",
-        "#": r"\#",
-        "_": r"\_",
-        "{": r"\{",
-        "}": r"\}",
-        "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}",
-    }
-    return "".join(repl.get(ch, ch) for ch in s)
-
-
-def render_latex(
-    summary: Sequence[Mapping[str, Any]],
-    per_fold: Sequence[Mapping[str, Any]],
-    metrics: Sequence[str],
-    meta: Mapping[str, Any],
-) -> str:
-    """``tables.tex``: booktabs tables (``\\usepackage{booktabs}``), one per metric."""
-    out = [
-        "% nnunet-pde benchmark report; needs \\usepackage{booktabs}",
-        f"% dataset {_tex_escape(str(meta['dataset']))}, reference {meta['reference']}",
-    ]
-    for m in metrics:
-        name, digits, direction = METRIC_INFO.get(m, (m, 3, ""))
-        tex_name = _tex_escape(name.replace("mm³", "MM3")).replace("MM3", "mm$^3$")
-        out += [
-            "\\begin{table}[t]",
-            "\\centering",
-            f"\\caption{{{tex_name} "
-            f"({direction}) on {_tex_escape(str(meta['dataset']))}: mean $\\pm$ SD over cases, "
-            f"bootstrap {meta['confidence'] * 100:g}\\% CI, two-sided Wilcoxon signed-rank test "
-            f"vs {_tex_escape(str(meta['reference']))} with Holm correction.}}",
-            f"\\label{{tab:benchmark-{m.replace('_', '-')}}}",
-            "\\begin{tabular}{llrllrrr}",
-            "\\toprule",
-            "Region & Trainer & $n$ & Mean $\\pm$ SD & 95\\% CI & $\\Delta$ & $p$ & "
-            "$p_\\mathrm{Holm}$ \\\\",
-            "\\midrule",
-        ]
-        previous = None
-        for r in summary:
-            if r["metric"] != m:
-                continue
-            if previous is not None and r["region"] != previous:
-                out.append("\\midrule")
-            previous = r["region"]
-            is_ref = r["trainer"] == r["reference"]
-            ms = _num(r["mean"], digits)
-            if math.isfinite(r["sd"]):
-                ms += f" $\\pm$ {_num(r['sd'], digits)}"
-            delta = (
-                "ref."
-                if is_ref
-                else (
-                    f"{r['mean_difference']:+.{digits}f}"
-                    if math.isfinite(r["mean_difference"])
-                    else "n/a"
-                )
-            )
-            p = "" if is_ref else format_p(r["p_value"]).replace("<", "$<$")
-            ph = "" if is_ref else format_p(r["p_holm"]).replace("<", "$<$")
-            out.append(
-                f"{_tex_escape(str(r['region']))} & {_tex_escape(str(r['trainer']))} & {r['n']} & "
-                f"{ms} & [{_num(r['ci_low'], digits)}, {_num(r['ci_high'], digits)}] & "
-                f"{delta} & {p} & {ph} \\\\"
-            )
-        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
-    header, rows = _per_fold_table(per_fold, metrics)
-    out += [
-        "\\begin{table}[t]",
-        "\\centering",
-        "\\caption{Per-fold means (descriptive).}",
-        "\\label{tab:benchmark-per-fold}",
-        "\\begin{tabular}{ll" + "r" * (len(header) - 2) + "}",
-        "\\toprule",
-        " & ".join(_tex_escape(h.replace("mm³", "MM3")).replace("MM3", "mm$^3$") for h in header)
-        + " \\\\",
-        "\\midrule",
-        *(" & ".join(_tex_escape(c) for c in row) + " \\\\" for row in rows),
-        "\\bottomrule",
-        "\\end{tabular}",
-        "\\end{table}",
-        "",
-    ]
-    return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def boxplot_png(
-    rows: Sequence[Mapping[str, Any]],
-    trainers: Sequence[str],
-    metric: str,
-    policy: ImputationPolicy,
-) -> bytes:
-    """PNG bytes: one panel per region, one box per trainer (values after imputation).
-
-    Uses matplotlib's object API with the Agg canvas, so no global pyplot state is touched.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    regions: list[str] = []
-    for r in rows:
-        if r["region"] not in regions:
-            regions.append(str(r["region"]))
-    fig = Figure(figsize=(max(4.0, 1.2 + 0.9 * len(trainers)) * len(regions) / 1.5 + 1, 4.2))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(regions), squeeze=False)[0]
-    name = METRIC_INFO.get(metric, (metric, 3, ""))[0]
-    for ax, region in zip(axes, regions, strict=True):
-        data = []
-        for t in trainers:
-            rr = [r for r in rows if r["trainer"] == t and r["region"] == region]
-            v = np.asarray([float(r[metric]) for r in rr], dtype=np.float64)
-            if metric in DISTANCE_METRICS:
-                v = impute_aligned(v, [float(r["image_diagonal_mm"]) for r in rr], policy)
-            data.append(v[np.isfinite(v)])
-        ax.boxplot(data, showmeans=True, widths=0.6)
-        ax.set_xticks(range(1, len(trainers) + 1))
-        ax.set_xticklabels([_short(t) for t in trainers], rotation=30, ha="right", fontsize=8)
-        ax.set_title(region, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(name)
-    fig.suptitle(f"{name} per case (triangle: mean)", fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
-def _short(trainer: str) -> str:
-    return trainer.removeprefix("nnUNetTrainer") or trainer
-
-
-def render_html(
-    summary: Sequence[Mapping[str, Any]],
-    per_fold: Sequence[Mapping[str, Any]],
-    metrics: Sequence[str],
-    meta: Mapping[str, Any],
-    images: Mapping[str, bytes],
-) -> str:
-    """``report.html``: the tables and the box plots (embedded as base64), no external files."""
-
-    def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-        )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    def para(line: str) -> str:
-        text = html.escape(line)
-        while "**" in text:
-            text = text.replace("**", "<strong>", 1).replace("**", "</strong>", 1)
-        return f"<p>{text}</p>"
-
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Benchmark {html.escape(str(meta['dataset']))}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
-        "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-        "th,td{border-bottom:1px solid #ddd;padding:0.3em 0.6em;text-align:left}"
-        "th{background:#f3f3f3}img{max-width:100%}small{color:#666}</style>",
-        "</head><body>",
-        f"<h1>Cross-validation benchmark: {html.escape(str(meta['dataset']))}</h1>",
-        *(para(line) for line in _context_lines(meta)),
-    ]
-    for m in metrics:
-        name, _, direction = METRIC_INFO.get(m, (m, 3, ""))
-        parts.append(
-            f"<h2>{html.escape(name)}"
-            + (f" <small>({html.escape(direction)})</small>" if direction else "")
-            + "</h2>"
-        )
-        parts.append(table(TABLE_HEADER, table_rows(summary, m)))
-    for m, png in images.items():
-        name = METRIC_INFO.get(m, (m, 3, ""))[0]
-        parts.append(f"<h2>Box plot: {html.escape(name)}</h2>")
-        parts.append(
-            f'<img alt="box plot of {html.escape(name)}" '
-            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-        )
-    header, rows = _per_fold_table(per_fold, metrics)
-    parts += ["<h2>Per-fold means (descriptive)</h2>", table(header, rows)]
-    parts.append(
-        f"<p><small>nnunet-pde {html.escape(str(meta['software'].get('nnunet_pde')))}, "
-        f"created {html.escape(str(meta['created']))}</small></p>"
-    )
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
 # ------------------------------------------------------------------------------ driver
 
 
@@ -733,14 +243,6 @@ class ReportOutcome:
     per_fold: list[dict[str, Any]]
     per_case: list[dict[str, Any]]
     meta: dict[str, Any]
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in r.items()})
 
 
 SUMMARY_COLUMNS = (
@@ -925,12 +427,12 @@ def make_report(
         writer(path)
         written.append(path)
 
-    put(PER_CASE_CSV, lambda p: _write_csv(p, per_case, ("trainer", "fold", *CSV_COLUMNS)))
-    put(SUMMARY_CSV, lambda p: _write_csv(p, summary, SUMMARY_COLUMNS))
+    put(PER_CASE_CSV, lambda p: write_csv(p, per_case, ("trainer", "fold", *CSV_COLUMNS)))
+    put(SUMMARY_CSV, lambda p: write_csv(p, summary, SUMMARY_COLUMNS))
     fold_cols = ["region", "trainer", "fold", "n_cases"]
     for m in metrics:
         fold_cols += [f"{m}_n", f"{m}_mean"]
-    put(PER_FOLD_CSV, lambda p: _write_csv(p, per_fold, fold_cols))
+    put(PER_FOLD_CSV, lambda p: write_csv(p, per_fold, fold_cols))
     put(
         TABLES_MD,
         lambda p: p.write_text(render_markdown(summary, per_fold, metrics, meta), encoding="utf-8"),

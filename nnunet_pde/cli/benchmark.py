@@ -189,7 +189,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except (BenchmarkError, ValueError, FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from nnunet_pde.benchmark.report import TABLES_MD, table_rows
+    from nnunet_pde.benchmark.render import table_rows
+    from nnunet_pde.benchmark.report import TABLES_MD
 
     dice_rows = table_rows(outcome.summary, "dice")
     if dice_rows:
@@ -212,8 +213,7 @@ def _evaluation_options(
     p: argparse.ArgumentParser, output_default: str, metrics_default: tuple[str, ...]
 ) -> None:
     """Output, metric and imputation options shared by ``report`` and ``robustness``."""
-    from nnunet_pde.benchmark.report import METRIC_INFO
-    from nnunet_pde.metrics import IMPUTATION_POLICIES
+    from nnunet_pde.metrics import IMPUTATION_POLICIES, METRIC_INFO
 
     others = " ".join(m for m in METRIC_INFO if m not in metrics_default)
     p.add_argument(

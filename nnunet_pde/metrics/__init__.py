@@ -30,10 +30,12 @@ from nnunet_pde.metrics.case import (
     image_diagonal_mm,
 )
 from nnunet_pde.metrics.distance import assd, hausdorff, hd95, nsd
+from nnunet_pde.metrics.info import METRIC_INFO
 from nnunet_pde.metrics.overlap import confusion_counts, dice, precision, recall, volume_mm3
 from nnunet_pde.metrics.surface import directed_surface_distances, surface_voxels
 
 __all__ = [
+    "METRIC_INFO",
     "DISTANCE_METRICS",
     "IMPUTATION_POLICIES",
     "STATUSES",

@@ -10,9 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_pde.benchmark.report import (
-    METRIC_INFO,
-)
+from nnunet_pde.metrics.info import METRIC_INFO
 
 #: Metrics in the tables and figures by default (every metric is in ``per_case.csv``).
 DEFAULT_METRICS = ("dice", "hd95_mm")
@@ -145,7 +143,7 @@ def relative_drop(clean: float, value: float, metric: str) -> float:
     clean, value
         The metric in the clean regime and at a level (e.g. mean Dice over cases).
     metric
-        A metric of :data:`nnunet_pde.benchmark.report.METRIC_INFO`.
+        A metric of :data:`nnunet_pde.metrics.METRIC_INFO`.
 
     Returns
     -------

@@ -10,11 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_pde.benchmark.manifest import software_versions
-from nnunet_pde.benchmark.report import (
-    METRIC_INFO,
-    _write_csv,
-    pool_predictions,
-)
+from nnunet_pde.benchmark.report import pool_predictions
 from nnunet_pde.benchmark.robustness.model import (
     AUC_COLUMNS,
     AUC_CSV,
@@ -31,6 +27,7 @@ from nnunet_pde.benchmark.robustness.model import (
     severity_auc,
 )
 from nnunet_pde.benchmark.robustness.render import curve_png, render_markdown
+from nnunet_pde.benchmark.writers import write_csv
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import write_json
 from nnunet_pde.folders import (
@@ -41,6 +38,7 @@ from nnunet_pde.folders import (
 )
 from nnunet_pde.metrics import ImputationPolicy, aggregate
 from nnunet_pde.metrics.aggregate import json_safe
+from nnunet_pde.metrics.info import METRIC_INFO
 
 # --------------------------------------------------------------------------- shared helpers
 
@@ -340,9 +338,9 @@ def _finish(
         written.append(path)
 
     case_cols = ("trainer", "curve", "condition", "level", "level_label", "fold", *CSV_COLUMNS)
-    put(PER_CASE_CSV, lambda p: _write_csv(p, per_case, case_cols))
-    put(SUMMARY_CSV, lambda p: _write_csv(p, summary, SUMMARY_COLUMNS))
-    put(AUC_CSV, lambda p: _write_csv(p, auc, AUC_COLUMNS))
+    put(PER_CASE_CSV, lambda p: write_csv(p, per_case, case_cols))
+    put(SUMMARY_CSV, lambda p: write_csv(p, summary, SUMMARY_COLUMNS))
+    put(AUC_CSV, lambda p: write_csv(p, auc, AUC_COLUMNS))
     put(
         TABLES_MD,
         lambda p: p.write_text(

@@ -9,24 +9,20 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_pde.benchmark.report import (
-    METRIC_INFO,
-    _md_table,
-    _num,
-    _short,
-)
 from nnunet_pde.benchmark.robustness.model import (
     _GROUP_HEADINGS,
     Curve,
     RobustnessOutcome,
     _Plan,
 )
+from nnunet_pde.benchmark.writers import fmt_num, md_table, short_trainer
+from nnunet_pde.metrics.info import METRIC_INFO
 
 # ------------------------------------------------------------------------------ rendering
 
 
 def _cell(r: Mapping[str, Any], digits: int, clean_level: float) -> str:
-    text = _num(r["mean"], digits)
+    text = fmt_num(r["mean"], digits)
     if r["level"] == clean_level or not math.isfinite(r["drop"]):
         return text
     if r["drop_kind"] == "relative":
@@ -65,9 +61,9 @@ def _curve_table(
                 and r["metric"] == metric
             )
             rows.append(
-                [region, t, *(cells.get(lv, "") for lv, _ in curve.points), _num(a, digits)]
+                [region, t, *(cells.get(lv, "") for lv, _ in curve.points), fmt_num(a, digits)]
             )
-    return _md_table(header, rows)
+    return md_table(header, rows)
 
 
 def _auc_overview_table(
@@ -80,12 +76,12 @@ def _auc_overview_table(
     for region in regions:
         for t in plan.trainers:
             vals = {
-                r["curve"]: _num(r["auc"], digits)
+                r["curve"]: fmt_num(r["auc"], digits)
                 for r in auc
                 if r["trainer"] == t and r["region"] == region and r["metric"] == metric
             }
             rows.append([region, t, *(vals.get(c.id, "") for c in curves)])
-    return _md_table(header, rows)
+    return md_table(header, rows)
 
 
 def _groups(plan: _Plan) -> list[tuple[str, list[Curve]]]:
@@ -188,7 +184,7 @@ def curve_png(
             x = [r["level"] for r in rr]
             y = np.asarray([r["mean"] for r in rr], dtype=np.float64)
             sd = np.nan_to_num(np.asarray([r["sd"] for r in rr], dtype=np.float64))
-            ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=_short(t), alpha=0.9)
+            ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=short_trainer(t), alpha=0.9)
         if len(levels) <= 8:
             ax.set_xticks(levels)
             ax.set_xticklabels([f"{lv:g}" for lv in levels], fontsize=8)
@@ -213,5 +209,5 @@ def format_auc_overview(outcome: RobustnessOutcome, metric: str | None = None) -
     width = max((len(f"{r['curve']}  {r['trainer']}  {r['region']}") for r in rows), default=0)
     for r in rows:
         head = f"{r['curve']}  {r['trainer']}  {r['region']}"
-        lines.append(f"  {head.ljust(width)}  {_num(r['auc'], digits)}")
+        lines.append(f"  {head.ljust(width)}  {fmt_num(r['auc'], digits)}")
     return "\n".join(lines)

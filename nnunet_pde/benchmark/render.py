@@ -1,0 +1,346 @@
+"""Tables (Markdown, LaTeX), box plots and the HTML page of ``benchmark report``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from nnunet_pde.benchmark.pooling import impute_aligned
+from nnunet_pde.benchmark.stats import format_p
+from nnunet_pde.benchmark.writers import fmt_num, md_table, short_trainer
+from nnunet_pde.metrics import DISTANCE_METRICS, ImputationPolicy
+from nnunet_pde.metrics.info import METRIC_INFO
+
+# ------------------------------------------------------------------------------ tables
+
+
+def _mean_sd(r: Mapping[str, Any], digits: int, pm: str = " ± ") -> str:
+    text = fmt_num(r["mean"], digits)
+    if math.isfinite(r["sd"]):
+        text += f"{pm}{fmt_num(r['sd'], digits)}"
+    return text
+
+
+def _notes(r: Mapping[str, Any]) -> str:
+    notes = []
+    if r["n_imputed"]:
+        notes.append(f"{r['n_imputed']} imputed")
+    if r["n_excluded"]:
+        notes.append(f"{r['n_excluded']} excluded")
+    return ", ".join(notes)
+
+
+TABLE_HEADER = (
+    "region",
+    "trainer",
+    "n",
+    "mean ± SD",
+    "95% CI",
+    "Δ vs ref",
+    "p",
+    "p (Holm)",
+    "notes",
+)
+
+
+def table_rows(summary: Sequence[Mapping[str, Any]], metric: str) -> list[list[str]]:
+    """The cells of one metric's table, in :data:`TABLE_HEADER` order (plain text)."""
+    digits = METRIC_INFO.get(metric, (metric, 3, ""))[1]
+    out = []
+    for r in summary:
+        if r["metric"] != metric:
+            continue
+        is_ref = r["trainer"] == r["reference"]
+        out.append(
+            [
+                str(r["region"]),
+                str(r["trainer"]),
+                str(r["n"]),
+                _mean_sd(r, digits),
+                f"[{fmt_num(r['ci_low'], digits)}, {fmt_num(r['ci_high'], digits)}]",
+                "reference"
+                if is_ref
+                else f"{r['mean_difference']:+.{digits}f}"
+                if math.isfinite(r["mean_difference"])
+                else "n/a",
+                "" if is_ref else format_p(r["p_value"]),
+                "" if is_ref else format_p(r["p_holm"]),
+                _notes(r),
+            ]
+        )
+    return out
+
+
+def _per_fold_table(
+    per_fold: Sequence[Mapping[str, Any]], metrics: Sequence[str]
+) -> tuple[list[str], list[list[str]]]:
+    header = ["region", "trainer", "fold", "cases"] + [
+        METRIC_INFO.get(m, (m, 3, ""))[0] for m in metrics
+    ]
+    rows = [
+        [str(r["region"]), str(r["trainer"]), str(r["fold"]), str(r["n_cases"])]
+        + [fmt_num(r[f"{m}_mean"], METRIC_INFO.get(m, (m, 3, ""))[1]) for m in metrics]
+        for r in per_fold
+    ]
+    return header, rows
+
+
+def _context_lines(meta: Mapping[str, Any]) -> list[str]:
+    imp = meta["imputation"]
+    imp_text = imp["policy"] + (
+        f" ({imp['worst_value_mm']} mm)" if imp.get("worst_value_mm") is not None else ""
+    )
+    lines = [
+        f"Dataset {meta['dataset']}, configuration {meta['configuration']}, plans "
+        f"{meta['plans']}; folds {', '.join(str(f) for f in meta['folds'])}; out-of-fold "
+        f"predictions pooled over folds (each case once).",
+        f"Mean ± SD over cases; {meta['confidence'] * 100:g}% CI: percentile bootstrap of the mean "
+        f"({meta['n_bootstrap']} case resamples, seed {meta['seed']}). Δ vs ref: mean paired "
+        f"difference (trainer − {meta['reference']}); p: two-sided Wilcoxon signed-rank test vs "
+        f"{meta['reference']} on the cases both have a value for; p (Holm): Holm-corrected over "
+        "the trainers within each region and metric.",
+        f"Infinite distances (one mask empty): {imp_text}; undefined values (both masks empty) "
+        f"are left out. NSD tolerance {meta['tolerance_mm']:g} mm.",
+    ]
+    for t, info in meta["pooling"].items():
+        if info["missing_folds"]:
+            lines.append(
+                f"**Missing folds** for {t}: "
+                + "; ".join(f"fold {k}: {why}" for k, why in info["missing_folds"].items())
+            )
+        for k, cases in info["missing_cases"].items():
+            lines.append(
+                f"**Missing cases** for {t} fold {k}: {len(cases)} ({', '.join(cases[:10])})"
+            )
+    return lines
+
+
+def render_markdown(
+    summary: Sequence[Mapping[str, Any]],
+    per_fold: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str],
+    meta: Mapping[str, Any],
+) -> str:
+    """``tables.md``: one table per metric, then the per-fold means."""
+    parts = [f"# Cross-validation benchmark: {meta['dataset']}", ""]
+    parts += [line + "\n" for line in _context_lines(meta)]
+    for m in metrics:
+        name, _, direction = METRIC_INFO.get(m, (m, 3, ""))
+        parts += [
+            f"## {name}" + (f" ({direction})" if direction else ""),
+            "",
+            md_table(TABLE_HEADER, table_rows(summary, m)),
+            "",
+        ]
+    header, rows = _per_fold_table(per_fold, metrics)
+    parts += [
+        "## Per-fold means (descriptive)",
+        "",
+        md_table(header, rows),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _tex_escape(s: str) -> str:
+    repl = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
+    return "".join(repl.get(ch, ch) for ch in s)
+
+
+def render_latex(
+    summary: Sequence[Mapping[str, Any]],
+    per_fold: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str],
+    meta: Mapping[str, Any],
+) -> str:
+    """``tables.tex``: booktabs tables (``\\usepackage{booktabs}``), one per metric."""
+    out = [
+        "% nnunet-pde benchmark report; needs \\usepackage{booktabs}",
+        f"% dataset {_tex_escape(str(meta['dataset']))}, reference {meta['reference']}",
+    ]
+    for m in metrics:
+        name, digits, direction = METRIC_INFO.get(m, (m, 3, ""))
+        tex_name = _tex_escape(name.replace("mm³", "MM3")).replace("MM3", "mm$^3$")
+        out += [
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{tex_name} "
+            f"({direction}) on {_tex_escape(str(meta['dataset']))}: mean $\\pm$ SD over cases, "
+            f"bootstrap {meta['confidence'] * 100:g}\\% CI, two-sided Wilcoxon signed-rank test "
+            f"vs {_tex_escape(str(meta['reference']))} with Holm correction.}}",
+            f"\\label{{tab:benchmark-{m.replace('_', '-')}}}",
+            "\\begin{tabular}{llrllrrr}",
+            "\\toprule",
+            "Region & Trainer & $n$ & Mean $\\pm$ SD & 95\\% CI & $\\Delta$ & $p$ & "
+            "$p_\\mathrm{Holm}$ \\\\",
+            "\\midrule",
+        ]
+        previous = None
+        for r in summary:
+            if r["metric"] != m:
+                continue
+            if previous is not None and r["region"] != previous:
+                out.append("\\midrule")
+            previous = r["region"]
+            is_ref = r["trainer"] == r["reference"]
+            ms = fmt_num(r["mean"], digits)
+            if math.isfinite(r["sd"]):
+                ms += f" $\\pm$ {fmt_num(r['sd'], digits)}"
+            delta = (
+                "ref."
+                if is_ref
+                else (
+                    f"{r['mean_difference']:+.{digits}f}"
+                    if math.isfinite(r["mean_difference"])
+                    else "n/a"
+                )
+            )
+            p = "" if is_ref else format_p(r["p_value"]).replace("<", "$<$")
+            ph = "" if is_ref else format_p(r["p_holm"]).replace("<", "$<$")
+            out.append(
+                f"{_tex_escape(str(r['region']))} & {_tex_escape(str(r['trainer']))} & {r['n']} & "
+                f"{ms} & [{fmt_num(r['ci_low'], digits)}, {fmt_num(r['ci_high'], digits)}] & "
+                f"{delta} & {p} & {ph} \\\\"
+            )
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    header, rows = _per_fold_table(per_fold, metrics)
+    out += [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\caption{Per-fold means (descriptive).}",
+        "\\label{tab:benchmark-per-fold}",
+        "\\begin{tabular}{ll" + "r" * (len(header) - 2) + "}",
+        "\\toprule",
+        " & ".join(_tex_escape(h.replace("mm³", "MM3")).replace("MM3", "mm$^3$") for h in header)
+        + " \\\\",
+        "\\midrule",
+        *(" & ".join(_tex_escape(c) for c in row) + " \\\\" for row in rows),
+        "\\bottomrule",
+        "\\end{tabular}",
+        "\\end{table}",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def boxplot_png(
+    rows: Sequence[Mapping[str, Any]],
+    trainers: Sequence[str],
+    metric: str,
+    policy: ImputationPolicy,
+) -> bytes:
+    """PNG bytes: one panel per region, one box per trainer (values after imputation).
+
+    Uses matplotlib's object API with the Agg canvas, so no global pyplot state is touched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    regions: list[str] = []
+    for r in rows:
+        if r["region"] not in regions:
+            regions.append(str(r["region"]))
+    fig = Figure(figsize=(max(4.0, 1.2 + 0.9 * len(trainers)) * len(regions) / 1.5 + 1, 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(regions), squeeze=False)[0]
+    name = METRIC_INFO.get(metric, (metric, 3, ""))[0]
+    for ax, region in zip(axes, regions, strict=True):
+        data = []
+        for t in trainers:
+            rr = [r for r in rows if r["trainer"] == t and r["region"] == region]
+            v = np.asarray([float(r[metric]) for r in rr], dtype=np.float64)
+            if metric in DISTANCE_METRICS:
+                v = impute_aligned(v, [float(r["image_diagonal_mm"]) for r in rr], policy)
+            data.append(v[np.isfinite(v)])
+        ax.boxplot(data, showmeans=True, widths=0.6)
+        ax.set_xticks(range(1, len(trainers) + 1))
+        ax.set_xticklabels(
+            [short_trainer(t) for t in trainers], rotation=30, ha="right", fontsize=8
+        )
+        ax.set_title(region, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(name)
+    fig.suptitle(f"{name} per case (triangle: mean)", fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def render_html(
+    summary: Sequence[Mapping[str, Any]],
+    per_fold: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str],
+    meta: Mapping[str, Any],
+    images: Mapping[str, bytes],
+) -> str:
+    """``report.html``: the tables and the box plots (embedded as base64), no external files."""
+
+    def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def para(line: str) -> str:
+        text = html.escape(line)
+        while "**" in text:
+            text = text.replace("**", "<strong>", 1).replace("**", "</strong>", 1)
+        return f"<p>{text}</p>"
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Benchmark {html.escape(str(meta['dataset']))}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
+        "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+        "th,td{border-bottom:1px solid #ddd;padding:0.3em 0.6em;text-align:left}"
+        "th{background:#f3f3f3}img{max-width:100%}small{color:#666}</style>",
+        "</head><body>",
+        f"<h1>Cross-validation benchmark: {html.escape(str(meta['dataset']))}</h1>",
+        *(para(line) for line in _context_lines(meta)),
+    ]
+    for m in metrics:
+        name, _, direction = METRIC_INFO.get(m, (m, 3, ""))
+        parts.append(
+            f"<h2>{html.escape(name)}"
+            + (f" <small>({html.escape(direction)})</small>" if direction else "")
+            + "</h2>"
+        )
+        parts.append(table(TABLE_HEADER, table_rows(summary, m)))
+    for m, png in images.items():
+        name = METRIC_INFO.get(m, (m, 3, ""))[0]
+        parts.append(f"<h2>Box plot: {html.escape(name)}</h2>")
+        parts.append(
+            f'<img alt="box plot of {html.escape(name)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        )
+    header, rows = _per_fold_table(per_fold, metrics)
+    parts += ["<h2>Per-fold means (descriptive)</h2>", table(header, rows)]
+    parts.append(
+        f"<p><small>nnunet-pde {html.escape(str(meta['software'].get('nnunet_pde')))}, "
+        f"created {html.escape(str(meta['created']))}</small></p>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
