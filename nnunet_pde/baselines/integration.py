@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nnunet_pde.baselines.plans import plans_with_adapted_patch
+from nnunet_pde.training import EpochLRScheduler
 
 
 class PatchAdaptationMixin:
@@ -92,7 +93,7 @@ class StepDecaySGDMixin:
         return optimizer, scheduler
 
 
-class _EpochStepLR(torch.optim.lr_scheduler.LRScheduler):
+class _EpochStepLR(EpochLRScheduler):
     """``lr(e) = initial_lr * gamma ** (e // step_epochs)``; ``step(epoch)`` as nnU-Net
     calls it (``self.lr_scheduler.step(self.current_epoch)``)."""
 
@@ -102,20 +103,7 @@ class _EpochStepLR(torch.optim.lr_scheduler.LRScheduler):
         self.initial_lr = initial_lr
         self.step_epochs = max(int(step_epochs), 1)
         self.gamma = gamma
-        self.ctr = 0
-        super().__init__(optimizer, -1)
+        super().__init__(optimizer)
 
     def lr_at(self, epoch: int) -> float:
         return self.initial_lr * self.gamma ** (epoch // self.step_epochs)
-
-    def step(self, current_step: int | None = None) -> None:  # noqa: D102 - nnU-Net's API
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        lr = self.lr_at(current_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-    def get_last_lr(self) -> list[float]:  # noqa: D102
-        return self._last_lr

@@ -106,7 +106,34 @@ class FewLabelMixin:
         return selected, val_keys
 
 
-class WarmupCosineLRScheduler(_LRScheduler):
+class EpochLRScheduler(_LRScheduler):
+    """A learning rate that is a function :meth:`lr_at` of the epoch, set on every parameter
+    group; ``step(epoch)`` as nnU-Net calls it (``self.lr_scheduler.step(self.current_epoch)``),
+    ``step()`` counts on from the last call. Subclasses set their attributes, then call
+    ``super().__init__(optimizer)``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.ctr = 0
+        super().__init__(optimizer, -1)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of epoch ``step`` (0-based)."""
+        raise NotImplementedError
+
+    def step(self, current_step: int | None = None) -> None:  # noqa: D102 - nnU-Net's API
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        lr = self.lr_at(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self) -> list[float]:  # noqa: D102
+        return self._last_lr
+
+
+class WarmupCosineLRScheduler(EpochLRScheduler):
     """Linear warm-up then cosine annealing, stepped per epoch like nnU-Net's PolyLR.
 
     ``lr(e) = initial_lr * (e + 1) / warmup_steps`` for ``e < warmup_steps``, then
@@ -131,8 +158,7 @@ class WarmupCosineLRScheduler(_LRScheduler):
         self.max_steps = max_steps
         self.warmup_steps = min(warmup_steps, max_steps - 1) if max_steps > 1 else 0
         self.min_lr = min_lr
-        self.ctr = 0
-        super().__init__(optimizer, -1)
+        super().__init__(optimizer)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of epoch ``step`` (0-based)."""
@@ -141,18 +167,6 @@ class WarmupCosineLRScheduler(_LRScheduler):
         span = max(self.max_steps - self.warmup_steps, 1)
         t = min(max(step - self.warmup_steps, 0) / span, 1.0)
         return self.min_lr + (self.initial_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-    def step(self, current_step: int | None = None) -> None:  # noqa: D102 - nnU-Net's API
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        lr = self.lr_at(current_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-    def get_last_lr(self) -> list[float]:  # noqa: D102
-        return self._last_lr
 
 
 class AdamWCosineMixin:
