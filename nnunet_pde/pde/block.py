@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import PDEConfig
+from . import native
+from .config import EXACT_SOLVERS, PDEConfig
+from .fused import EdgeEnergy, Standardise, aos_step_fused
 from .operators import Conductance, MomentOperator, Response, apply_weights, diagonal, pad_faces
 from .solvers import aos_step, explicit_step, sweep_step
 from .stencils import checkerboard
@@ -22,12 +24,11 @@ def normalise(u: torch.Tensor, eps: float = NORM_EPS) -> tuple[torch.Tensor, ...
     """Per sample and channel ``(u - mean) / std`` over the spatial axes.
 
     Returns ``(u_hat, mean, std)``, the statistics shaped ``(B, C, 1, ..., 1)``.
+
+    Differentiated by :class:`~nnunet_pde.pde.fused.Standardise`, which saves only
+    ``u_hat`` and ``std`` for backward.
     """
-    dims = tuple(range(2, u.ndim))
-    mean = u.mean(dim=dims, keepdim=True)
-    var = (u - mean).square().mean(dim=dims, keepdim=True)
-    std = torch.sqrt(var + eps)
-    return (u - mean) / std, mean, std
+    return Standardise.apply(u, eps)
 
 
 def edge_energy(z: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
@@ -38,15 +39,10 @@ def edge_energy(z: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
     dimensionless and invariant to the scale and offset of ``z``; within-region variation
     costs like its square, a sharp edge only logarithmically, so for a fixed variance the
     cheapest fields are a few regions separated by sharp boundaries.
+
+    Differentiated by :class:`~nnunet_pde.pde.fused.EdgeEnergy`, which saves only ``z``.
     """
-    z, _, _ = normalise(z)
-    total = None
-    for d, h in enumerate(spacing):
-        s = torch.diff(z, dim=2 + d) / h
-        term = torch.log1p(s * s).mean()
-        total = term if total is None else total + term
-    assert total is not None
-    return total / len(spacing)
+    return EdgeEnergy.apply(z, tuple(float(h) for h in spacing), NORM_EPS)
 
 
 class PDEBlock(nn.Module):
@@ -122,6 +118,10 @@ class PDEBlock(nn.Module):
             if config.response
             else None
         )
+        #: Whether the steps run fused (see ``PDEConfig.fused``): exact solvers only.
+        self.fused = config.fused and config.solver in EXACT_SOLVERS
+        if self.fused:
+            native.library()  # build/load the CPU kernels now, outside any traced code
         #: Whether training forwards record the consistency energy for the loss; the
         #: loss wrapper switches it on only when its weight ``lambda_pde`` is positive.
         self.record_consistency = False
@@ -198,6 +198,34 @@ class PDEBlock(nn.Module):
     ) -> torch.Tensor:
         """One time step from ``u`` (normalised features): diffusion + reaction, then the
         moment sub-step (Lie splitting)."""
+        if self.fused:
+            v = self._fused_step(u, tau)
+        else:
+            v = self._reference_step(u, tau, red)
+        if self.moment is not None:
+            assert kernel is not None and tau_m is not None
+            v = v + tau_m * self.moment.apply(v, kernel)
+        return v
+
+    def _fused_step(self, u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        cond = self.conductance
+        response = None
+        if self.response is not None:
+            r = self.response
+            response = (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias)
+        return aos_step_fused(
+            u,
+            tau.reshape(-1),
+            cond.alpha().to(u.dtype),
+            cond.kappa().to(u.dtype) if cond.edge_stopping else None,
+            self.spacing,
+            1.0 if self.config.solver == "semi_implicit" else 0.5,
+            response,
+        )
+
+    def _reference_step(
+        self, u: torch.Tensor, tau: torch.Tensor, red: torch.Tensor | None
+    ) -> torch.Tensor:
         b = u if self.response is None else u + tau * self.response(u)
         interior = self.conductance.interior_weights(u)  # lagged at u^n
         solver = self.config.solver
@@ -221,9 +249,6 @@ class PDEBlock(nn.Module):
                     self.config.jacobi_omega,
                     red,
                 )
-        if self.moment is not None:
-            assert kernel is not None and tau_m is not None
-            v = v + tau_m * self.moment.apply(v, kernel)
         return v
 
     def integrate(self, u: torch.Tensor) -> torch.Tensor:
@@ -241,7 +266,7 @@ class PDEBlock(nn.Module):
             tau_m = self.moment_time_step(kernel).to(u.dtype).reshape(view)
         tau = self.time_step().to(u.dtype).reshape(view)
         red = checkerboard(u.shape[2:], u.device) if self.config.solver == "gauss_seidel" else None
-        use_ckpt = self.config.checkpointing and torch.is_grad_enabled()
+        use_ckpt = self.config.checkpointing and not self.fused and torch.is_grad_enabled()
         for _ in range(self.config.steps):
             if use_ckpt:
                 u = checkpoint(self._step, u, tau, tau_m, kernel, red, use_reentrant=False)
@@ -282,8 +307,11 @@ class PDEBlock(nn.Module):
             xc = x.to(self._compute_dtype(x.dtype))
             x_hat, _, std = normalise(xc)
             u_hat = self.integrate(x_hat)
-            gamma = self.gamma.to(xc.dtype).reshape(1, -1, *([1] * self.ndim))
-            y = xc + gamma * std * (u_hat - x_hat)
+            gate = self.gamma.to(xc.dtype).reshape(1, -1, *([1] * self.ndim)) * std
+            # gate * u_hat - gate * x_hat (not gate * (u_hat - x_hat)): backward then keeps
+            # u_hat and x_hat, which the steps and the regulariser keep anyway, instead of
+            # a new difference tensor.
+            y = xc + gate * u_hat - gate * x_hat
         return y.to(x.dtype)
 
     def _check_input(self, x: torch.Tensor) -> None:

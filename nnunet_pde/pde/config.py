@@ -71,7 +71,14 @@ class PDEConfig:
         end (``-2`` is the stage feeding the bottleneck). Resolve with
         :meth:`resolve_stages`.
     checkpointing:
-        Recompute each step in backward instead of storing its activations.
+        Recompute each step in backward instead of storing its activations (the
+        reference implementation only: a fused step stores nothing but its input anyway).
+    fused:
+        Run the exact solvers (``semi_implicit``, ``crank_nicolson``) as fused steps with
+        a hand-written backward that saves only each step's input
+        (:mod:`~nnunet_pde.pde.fused`; compiled kernels on the CPU). ``False`` runs the
+        reference implementation, differentiated by autograd. Same results up to rounding;
+        the other solvers always run the reference implementation.
     alpha_init:
         Initial diffusivity ``alpha_c = softplus(.)`` (per channel, > 0).
     kappa_init:
@@ -95,6 +102,7 @@ class PDEConfig:
     response_hidden: int | None = None
     stages: tuple[int, ...] = (-2,)
     checkpointing: bool = False
+    fused: bool = True
     alpha_init: float = 1.0
     kappa_init: float = 1.0
     coef_max: float = 1.0

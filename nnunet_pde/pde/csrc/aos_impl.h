@@ -1,0 +1,275 @@
+/* One scalar type's instantiation of the fused AOS kernels (see aos.c).
+ *
+ * Included by aos.c with T (scalar type), V (a GCC vector of LANES T) and SUF (name suffix)
+ * defined. A "panel" is LANES grid lines of one axis of one (b, c) volume, held
+ * lane-interleaved in scratch (entry i of every line in one vector), so each step of the
+ * recurrences is one vector operation.
+ */
+
+/* Offsets of the first cells of panel p's lines (lines = outer * inner, solve length n).
+ * Lanes past the last line repeat it (computed, never written). Returns the number of valid
+ * lanes; *contig is set when the lanes are LANES adjacent cells (one vector per row). */
+static int CAT(panel, SUF)(long p, long n, long inner, long lines, long *off, int *contig) {
+    long valid;
+    if (inner >= LANES) {
+        long chunks = (inner + LANES - 1) / LANES;
+        long o = p / chunks, j0 = (p % chunks) * LANES;
+        valid = inner - j0 < LANES ? inner - j0 : LANES;
+        for (int l = 0; l < LANES; ++l) off[l] = o * n * inner + j0 + (l < valid ? l : valid - 1);
+        *contig = valid == LANES;
+        return (int)valid;
+    }
+    long q0 = p * LANES;
+    valid = lines - q0 < LANES ? lines - q0 : LANES;
+    for (int l = 0; l < LANES; ++l) {
+        long q = q0 + (l < valid ? l : valid - 1);
+        off[l] = (q / inner) * n * inner + q % inner;
+    }
+    *contig = 0;
+    return (int)valid;
+}
+
+static long CAT(n_panels, SUF)(long outer, long inner) {
+    if (inner >= LANES) return outer * ((inner + LANES - 1) / LANES);
+    return (outer * inner + LANES - 1) / LANES;
+}
+
+static void CAT(load, SUF)(const T *src, V *dst, const long *off, long n, long stride,
+                           int contig) {
+    if (contig) {
+        for (long i = 0; i < n; ++i) memcpy(&dst[i], src + off[0] + i * stride, sizeof(V));
+        return;
+    }
+    for (long i = 0; i < n; ++i)
+        for (int l = 0; l < LANES; ++l) dst[i][l] = src[off[l] + i * stride];
+}
+
+/* dst (=, or += when acc) src for the valid lanes of a panel. */
+static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long stride,
+                            int contig, int valid, int acc) {
+    if (contig) {
+        for (long i = 0; i < n; ++i) {
+            T *o = dst + off[0] + i * stride;
+            V x = src[i];
+            if (acc) {
+                V y;
+                memcpy(&y, o, sizeof(V));
+                x += y;
+            }
+            memcpy(o, &x, sizeof(V));
+        }
+        return;
+    }
+    for (long i = 0; i < n; ++i)
+        for (int l = 0; l < valid; ++l) {
+            T *o = dst + off[l] + i * stride;
+            *o = acc ? *o + src[i][l] : src[i][l];
+        }
+}
+
+/* Forward sweep of one panel: face weights phi_f = 1/(1 + (k d_f)^2), right-hand side
+ * r_i = b_i + ce (phi_i d_i - phi_{i-1} d_{i-1}) and the Thomas elimination of
+ * T = I + sum_f cA phi_f (e_f - e_{f+1})(e_f - e_{f+1})^T in one pass, for r and (when z
+ * is given) a second right-hand side z. Leaves the multipliers in c, the eliminated
+ * right-hand sides in y (and z), phi in ph when ph is given. Then back substitution. */
+static void CAT(sweep, SUF)(const V *tu, const V *tb, V *y, V *z, V *c, V *ph, long n, V cA,
+                            V ce, V k, int explicit_half) {
+    const V one = (V){} + (T)1;
+    V a_prev = (V){}, c_prev = (V){}, flux_prev = (V){};
+    for (long i = 0; i < n; ++i) {
+        V a_hi = (V){}, flux = (V){};
+        if (i < n - 1) {
+            V d = tu[i + 1] - tu[i];
+            V s = d * k;
+            V phi = one / (one + s * s);
+            if (ph) ph[i] = phi;
+            a_hi = cA * phi;
+            if (explicit_half) flux = ce * phi * d;
+        }
+        V r = tb[i];
+        if (explicit_half) r += flux - flux_prev;
+        V inv = one / (one + a_prev * (one - c_prev) + a_hi);
+        y[i] = i > 0 ? (r + a_prev * y[i - 1]) * inv : r * inv;
+        if (z) z[i] = i > 0 ? (z[i] + a_prev * z[i - 1]) * inv : z[i] * inv;
+        c[i] = a_hi * inv;
+        a_prev = a_hi;
+        c_prev = c[i];
+        flux_prev = flux;
+    }
+    for (long i = n - 2; i >= 0; --i) {
+        y[i] += c[i] * y[i + 1];
+        if (z) z[i] += c[i] * z[i + 1];
+    }
+}
+
+static void CAT(volume_size, SUF)(const long *dims, int m, long *vox, long *nmax) {
+    *vox = 1;
+    *nmax = 1;
+    for (int e = 0; e < m; ++e) {
+        *vox *= dims[e];
+        if (dims[e] > *nmax) *nmax = dims[e];
+    }
+}
+
+static void CAT(axis_geom, SUF)(const long *dims, int m, int d, long *outer, long *inner) {
+    *outer = 1;
+    *inner = 1;
+    for (int e = 0; e < d; ++e) *outer *= dims[e];
+    for (int e = d + 1; e < m; ++e) *inner *= dims[e];
+}
+
+/* Forward over volumes [v0, v1) of a (B * C, *dims) tensor: out = (1/m) sum_d v_d. */
+int CAT(aos_forward, SUF)(const T *u, const T *b, T *out, const long *dims, int m, long C,
+                          const T *cA, const T *ce, const T *k, long v0, long v1) {
+    long vox, nmax;
+    CAT(volume_size, SUF)(dims, m, &vox, &nmax);
+    V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(4 * nmax));
+    if (!buf) return 1;
+    V *tu = buf, *tb = tu + nmax, *y = tb + nmax, *c = y + nmax;
+    const T scale = (T)1 / (T)m;
+    long off[LANES];
+    for (long v = v0; v < v1; ++v) {
+        const long ch = v % C;
+        for (int d = 0; d < m; ++d) {
+            long outer, inner, n = dims[d];
+            CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
+            V vcA = (V){} + cA[d * C + ch];
+            V vce = (V){} + (ce ? ce[d * C + ch] : (T)0);
+            V vk = (V){} + (k ? k[d * C + ch] : (T)0);
+            long panels = CAT(n_panels, SUF)(outer, inner);
+            for (long p = 0; p < panels; ++p) {
+                int contig, valid = CAT(panel, SUF)(p, n, inner, outer * inner, off, &contig);
+                CAT(load, SUF)(u + v * vox, tu, off, n, inner, contig);
+                CAT(load, SUF)(b + v * vox, tb, off, n, inner, contig);
+                CAT(sweep, SUF)(tu, tb, y, 0, c, 0, n, vcA, vce, vk, ce != 0);
+                for (long i = 0; i < n; ++i) y[i] *= scale;
+                CAT(store, SUF)(out + v * vox, y, off, n, inner, contig, valid, d > 0);
+            }
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* Backward of aos_forward for upstream gradient g over volumes [v0, v1). Writes dL/db to
+ * gb and the direct dL/du (through phi and the explicit half) to gu (both overwritten),
+ * and per volume and axis the sums dL/dcA, dL/dce, dL/dk to sums[(v * 3 + j) * m + d]. */
+int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, double *sums,
+                           const long *dims, int m, long C, const T *cA, const T *ce,
+                           const T *k, long v0, long v1) {
+    long vox, nmax;
+    CAT(volume_size, SUF)(dims, m, &vox, &nmax);
+    V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(6 * nmax));
+    if (!buf) return 1;
+    V *tu = buf, *tb = tu + nmax, *y = tb + nmax, *z = y + nmax, *c = z + nmax, *ph = c + nmax;
+    const T scale = (T)1 / (T)m;
+    long off[LANES];
+    for (long v = v0; v < v1; ++v) {
+        const long ch = v % C;
+        for (int d = 0; d < m; ++d) {
+            long outer, inner, n = dims[d];
+            CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
+            V vcA = (V){} + cA[d * C + ch];
+            V vce = (V){} + (ce ? ce[d * C + ch] : (T)0);
+            V vk = (V){} + (k ? k[d * C + ch] : (T)0);
+            V acA = (V){}, ace = (V){}, ak = (V){};
+            long panels = CAT(n_panels, SUF)(outer, inner);
+            for (long p = 0; p < panels; ++p) {
+                int contig, valid = CAT(panel, SUF)(p, n, inner, outer * inner, off, &contig);
+                CAT(load, SUF)(u + v * vox, tu, off, n, inner, contig);
+                CAT(load, SUF)(b + v * vox, tb, off, n, inner, contig);
+                CAT(load, SUF)(g + v * vox, z, off, n, inner, contig);
+                for (long i = 0; i < n; ++i) z[i] *= scale;
+                /* y -> v (the solution), z -> lambda (the adjoint: T is symmetric) */
+                CAT(sweep, SUF)(tu, tb, y, z, c, ph, n, vcA, vce, vk, ce != 0);
+                V mask = (V){};
+                for (int l = 0; l < valid; ++l) mask[l] = (T)1;
+                /* tb becomes the direct dL/du of the panel. */
+                V gd_prev = (V){};
+                for (long f = 0; f < n; ++f) {
+                    V gd = (V){};
+                    if (f < n - 1) {
+                        V dl = tu[f + 1] - tu[f];
+                        V mu = z[f] - z[f + 1];
+                        V nu = y[f] - y[f + 1];
+                        V phi = ph[f];
+                        V gphi = vce * mu * dl - vcA * mu * nu;
+                        V s = dl * vk;
+                        V gs = gphi * ((T)-2 * s * phi * phi);
+                        acA -= mask * (phi * mu * nu);
+                        ace += mask * (phi * dl * mu);
+                        ak += mask * (dl * gs);
+                        gd = vce * mu * phi + vk * gs;
+                    }
+                    tb[f] = gd_prev - gd;
+                    gd_prev = gd;
+                }
+                CAT(store, SUF)(gb + v * vox, z, off, n, inner, contig, valid, d > 0);
+                CAT(store, SUF)(gu + v * vox, tb, off, n, inner, contig, valid, d > 0);
+            }
+            double s0 = 0, s1 = 0, s2 = 0;
+            for (int l = 0; l < LANES; ++l) {
+                s0 += acA[l];
+                s1 += ace[l];
+                s2 += ak[l];
+            }
+            sums[(v * 3 + 0) * m + d] = s0;
+            sums[(v * 3 + 1) * m + d] = s1;
+            sums[(v * 3 + 2) * m + d] = s2;
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* Backward of the edge energy E = (1/m) sum_d mean_faces log(1 + s^2), s = diff_d(z_hat)
+ * / h_d, z_hat = (z - mean) / std per volume, for volumes [v0, v1): gz (overwritten) =
+ * dE/dz times g. coef[d] = g / (m * faces_d * h_d) with faces_d the number of faces of axis
+ * d over the whole tensor; inv_std[v] = 1 / std of volume v; mean[v] its mean. */
+int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const T *coef,
+                              const T *hs, const T *mean, const T *inv_std, long v0,
+                              long v1) {
+    long vox, nmax;
+    CAT(volume_size, SUF)(dims, m, &vox, &nmax);
+    for (long v = v0; v < v1; ++v) {
+        const T *restrict zv = z + v * vox;
+        T *restrict gv = gz + v * vox;
+        const T mu = mean[v], is = inv_std[v];
+        for (long i = 0; i < vox; ++i) gv[i] = (T)0;
+        for (int d = 0; d < m; ++d) {
+            long outer, inner, n = dims[d];
+            CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
+            const T sc = is / hs[d], cf = coef[d];
+            for (long o = 0; o < outer; ++o)
+                for (long f = 0; f < n - 1; ++f) {
+                    const T *restrict z0 = zv + (o * n + f) * inner, *restrict z1 = z0 + inner;
+                    T *restrict g0 = gv + (o * n + f) * inner, *restrict g1 = g0 + inner;
+                    for (long j = 0; j < inner; ++j) {
+                        T s = (z1[j] - z0[j]) * sc;
+                        T q = cf * (T)2 * s / ((T)1 + s * s);
+                        g0[j] -= q;
+                        g1[j] += q;
+                    }
+                }
+        }
+        /* gz_hat -> dz = (gz_hat - mean(gz_hat) - z_hat mean(gz_hat z_hat)) / std */
+        double a1[LANES] = {0}, a2[LANES] = {0}, s1 = 0, s2 = 0;
+        long i = 0;
+        for (; i + LANES <= vox; i += LANES)
+            for (int l = 0; l < LANES; ++l) {
+                a1[l] += gv[i + l];
+                a2[l] += gv[i + l] * ((zv[i + l] - mu) * is);
+            }
+        for (; i < vox; ++i) {
+            s1 += gv[i];
+            s2 += gv[i] * ((zv[i] - mu) * is);
+        }
+        for (int l = 0; l < LANES; ++l) {
+            s1 += a1[l];
+            s2 += a2[l];
+        }
+        const T m1 = (T)(s1 / vox), m2 = (T)(s2 / vox);
+        for (long i = 0; i < vox; ++i) gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is;
+    }
+    return 0;
+}

@@ -1,0 +1,271 @@
+"""The compiled CPU kernels of the fused AOS step (``csrc/aos.c``), built at first use.
+
+The C source has no dependency but the C standard library: it is compiled once per
+machine with the system C compiler (``$CC``, else ``cc``/``gcc``) into a cache folder
+(``$NNUNET_PDE_CACHE``, else ``$XDG_CACHE_HOME/nnunet_pde`` or ``~/.cache/nnunet_pde``),
+keyed by the source, the flags and the CPU, and loaded with :mod:`ctypes`. ctypes releases
+the GIL during a call, so an axis is split over ``torch.get_num_threads()`` Python threads.
+
+Where no compiler works, or with ``NNUNET_PDE_NATIVE=0``, :func:`library` returns ``None``
+(the reason is in :func:`unavailable_reason`) and the fused step runs its vectorised torch
+implementation instead; results agree to rounding (tested).
+
+The kernels are registered as the custom operators ``torch.ops.nnunet_pde.aos_axis_forward``
+and ``aos_axis_backward`` (CPU, float32/float64) with shape-only fake implementations, so
+``torch.compile(fullgraph=True)`` treats them as opaque calls instead of breaking the graph.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+_SOURCE_DIR = Path(__file__).with_name("csrc")
+_SOURCES = ("aos.c", "aos_impl.h")
+_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-Wno-psabi")
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+#: Whether the kernels are loaded (read by the fused step; set by :func:`library`).
+AVAILABLE = False
+_tried = False
+_reason: str | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NNUNET_PDE_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "nnunet_pde"
+
+
+def _cpu_key() -> str:
+    """The CPU model and flags (``-march=native`` code is only valid on the same kind)."""
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features")):
+                    parts.append(line.strip())
+                if len(parts) >= 3:
+                    break
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set $CC, or install gcc)")
+    digest = hashlib.sha256()
+    for name in _SOURCES:
+        digest.update((_SOURCE_DIR / name).read_bytes())
+    digest.update(" ".join((cc, *_FLAGS)).encode())
+    digest.update(_cpu_key().encode())
+    target = _cache_dir() / f"aos-{digest.hexdigest()[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [cc, *_FLAGS, "-o", tmp, str(_SOURCE_DIR / "aos.c")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            os.unlink(tmp)
+            msg = (proc.stderr or proc.stdout).strip().splitlines()
+            raise RuntimeError(f"{' '.join(cmd)} failed: {msg[-1] if msg else proc.returncode}")
+        os.replace(tmp, target)  # atomic: concurrent builders never see a partial file
+    lib = ctypes.CDLL(str(target))
+    _declare(lib)
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, lg, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    for suffix in ("_f32", "_f64"):
+        fwd = getattr(lib, "aos_forward" + suffix)
+        fwd.argtypes = [p, p, p, p, i, lg, p, p, p, lg, lg]
+        fwd.restype = i
+        bwd = getattr(lib, "aos_backward" + suffix)
+        bwd.argtypes = [p, p, p, p, p, p, p, i, lg, p, p, p, lg, lg]
+        bwd.restype = i
+        eb = getattr(lib, "energy_backward" + suffix)
+        eb.argtypes = [p, p, p, i, p, p, p, p, lg, lg]
+        eb.restype = i
+    lib.aos_lanes.restype = i
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them on first use; ``None`` where that is impossible."""
+    global _lib, _tried, _reason, AVAILABLE
+    if _tried:
+        return _lib
+    with _lock:
+        if not _tried:
+            if os.environ.get("NNUNET_PDE_NATIVE", "1") == "0":
+                _reason = "disabled by NNUNET_PDE_NATIVE=0"
+            else:
+                try:
+                    _lib = _build()
+                except (OSError, RuntimeError) as exc:
+                    _reason = str(exc)
+            AVAILABLE = _lib is not None
+            _tried = True
+    return _lib
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`library` is ``None`` (``None`` while it is available or untried)."""
+    return _reason
+
+
+def _threads() -> ThreadPoolExecutor | None:
+    global _pool, _pool_size
+    n = torch.get_num_threads()
+    if n <= 1:
+        return None
+    with _lock:
+        if _pool is None or _pool_size != n:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nnunet_pde_aos")
+            _pool_size = n
+    return _pool
+
+
+def _run_split(fn, args: tuple, volumes: int) -> None:
+    """``fn(*args, v0, v1)`` over the volumes ``[0, volumes)``, split over the threads."""
+    pool = _threads()
+    if pool is None or volumes < 2:
+        if fn(*args, 0, volumes) != 0:
+            raise MemoryError("nnunet_pde AOS kernel: out of memory for its scratch")
+        return
+    n = min(_pool_size, volumes)
+    bounds = [volumes * t // n for t in range(n + 1)]
+    futures = [pool.submit(fn, *args, bounds[t], bounds[t + 1]) for t in range(n)]
+    if any(f.result() != 0 for f in futures):
+        raise MemoryError("nnunet_pde AOS kernel: out of memory for its scratch")
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _suffix(dtype: torch.dtype) -> str:
+    return "_f64" if dtype == torch.float64 else "_f32"
+
+
+def _dims(shape: torch.Size) -> ctypes.Array:
+    return (ctypes.c_long * (len(shape) - 2))(*shape[2:])
+
+
+def diffusion_forward(
+    u: torch.Tensor,
+    b: torch.Tensor,
+    cA: torch.Tensor,
+    ce: torch.Tensor | None,
+    k: torch.Tensor | None,
+) -> torch.Tensor:
+    """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)`` over the ``m`` spatial axes; C kernel.
+
+    ``u``, ``b``: ``(B, C, *S)`` float32/float64 on the CPU; ``cA``, ``ce``, ``k``: ``(m, C)``
+    per axis and channel (see ``csrc/aos.c``; ``ce`` is ``None`` for ``theta = 1``, ``k``
+    ``None`` for the linear Laplacian). Each ``(b, c)`` volume is done whole (all axes)
+    before the next, so it stays in cache between the axes.
+    """
+    lib = library()
+    assert lib is not None
+    u, b = u.contiguous(), b.contiguous()
+    cA, ce, k = (None if t is None else t.contiguous() for t in (cA, ce, k))
+    out = torch.empty_like(u)
+    B, C = u.shape[:2]
+    fn = getattr(lib, "aos_forward" + _suffix(u.dtype))
+    dims = _dims(u.shape)
+    args = (_ptr(u), _ptr(b), _ptr(out), dims, u.ndim - 2, C, _ptr(cA), _ptr(ce), _ptr(k))
+    _run_split(fn, args, B * C)
+    return out
+
+
+def diffusion_backward(
+    u: torch.Tensor,
+    b: torch.Tensor,
+    g: torch.Tensor,
+    cA: torch.Tensor,
+    ce: torch.Tensor | None,
+    k: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """Backward of :func:`diffusion_forward` for upstream gradient ``g``; C kernel.
+
+    Returns ``(dL/db, dL/du through the face weights and the explicit half, dL/dcA,
+    dL/dce, dL/dk)``, the last three ``(m, C)`` (zeros where ``ce``/``k`` is ``None``).
+    """
+    lib = library()
+    assert lib is not None
+    u, b, g = u.contiguous(), b.contiguous(), g.contiguous()
+    cA, ce, k = (None if t is None else t.contiguous() for t in (cA, ce, k))
+    m = u.ndim - 2
+    B, C = u.shape[:2]
+    gb = torch.empty_like(u)
+    gu = torch.empty_like(u)
+    sums = torch.empty((B, C, 3, m), dtype=torch.float64)
+    fn = getattr(lib, "aos_backward" + _suffix(u.dtype))
+    dims = _dims(u.shape)
+    args = (_ptr(u), _ptr(b), _ptr(g), _ptr(gb), _ptr(gu), _ptr(sums), dims, m, C)
+    _run_split(fn, (*args, _ptr(cA), _ptr(ce), _ptr(k)), B * C)
+    per_channel = sums.sum(dim=0).to(u.dtype)  # (C, 3, m)
+    # Separate tensors: outputs of a custom operator must not alias each other.
+    gcA = per_channel[:, 0].t().contiguous()
+    gce = per_channel[:, 1].t().contiguous() if ce is not None else torch.zeros_like(gcA)
+    gk = per_channel[:, 2].t().contiguous() if k is not None else torch.zeros_like(gcA)
+    return gb, gu, gcA, gce, gk
+
+
+def energy_backward(
+    z: torch.Tensor,
+    g: torch.Tensor,
+    spacing: tuple[float, ...],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
+    """``g * dE/dz`` of the edge energy (see :class:`~nnunet_pde.pde.fused.EdgeEnergy`).
+
+    ``mean``, ``std``: ``(B, C, 1, ...)`` statistics of ``z`` (``std`` with the floor).
+    """
+    lib = library()
+    assert lib is not None
+    z = z.contiguous()
+    m = z.ndim - 2
+    B, C = z.shape[:2]
+    faces = [z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(m)]
+    gval = float(g)
+    coef = torch.tensor(
+        [gval / (m * max(f, 1) * h) for f, h in zip(faces, spacing, strict=True)], dtype=z.dtype
+    )
+    hs = torch.tensor(spacing, dtype=z.dtype)
+    mean = mean.reshape(-1).to(z.dtype).contiguous()
+    inv_std = (1.0 / std).reshape(-1).to(z.dtype).contiguous()
+    gz = torch.empty_like(z)
+    fn = getattr(lib, "energy_backward" + _suffix(z.dtype))
+    args = (_ptr(z), _ptr(gz), _dims(z.shape), m, _ptr(coef), _ptr(hs), _ptr(mean), _ptr(inv_std))
+    _run_split(fn, args, B * C)
+    return gz

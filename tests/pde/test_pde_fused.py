@@ -1,0 +1,269 @@
+"""The fused, memory-light steps (pde/fused.py, pde/native.py, pde/csrc/aos.c).
+
+Each fused piece is checked against an independent reference: the compiled kernels against
+the vectorised torch implementation and both against the reference implementation of the
+block differentiated by autograd (``block.fused = False``), the hand-written backwards by
+``gradcheck`` in float64, and what backward keeps by counting saved storages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from nnunet_pde.pde import PDEBlock, PDEConfig, fused, native
+
+HAS_COMPILER = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+
+
+@pytest.fixture
+def torch_backend(monkeypatch):
+    """Run the fused step on its torch implementation (as on CUDA or without a compiler)."""
+    monkeypatch.setattr(native, "AVAILABLE", False)
+
+
+def _coefficients(m: int, c: int, dtype=torch.float64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cA = 3.0 * torch.rand(m, c, generator=g, dtype=dtype)
+    ce = torch.rand(m, c, generator=g, dtype=dtype)
+    k = 0.3 + 2.0 * torch.rand(m, c, generator=g, dtype=dtype)
+    return cA, ce, k
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_kernels_build_where_a_compiler_exists() -> None:
+    assert native.library() is not None, native.unavailable_reason()
+    assert native.AVAILABLE
+
+
+# Shapes: inner sizes below, at and above the 16 lanes (full and partial panels), a
+# singleton axis, a 2-D map.
+SHAPES = [(2, 3, 5, 6, 7), (1, 2, 40, 17, 33), (2, 2, 1, 6, 20), (1, 2, 3, 16, 32), (2, 3, 9, 21)]
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("theta", [1.0, 0.5])
+@pytest.mark.parametrize("edge_stopping", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_compiled_kernels_equal_the_torch_implementation(shape, theta, edge_stopping, dtype):
+    torch.manual_seed(1)
+    u = torch.randn(*shape, dtype=dtype)
+    b = torch.randn_like(u)
+    g = torch.randn_like(u)
+    cA, ce, k = _coefficients(len(shape) - 2, shape[1], dtype)
+    ce = ce if theta < 1 else None
+    k = k if edge_stopping else None
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    assert native.library() is not None
+    torch.testing.assert_close(
+        native.diffusion_forward(u, b, cA, ce, k),
+        fused.diffusion_forward_torch(u, b, cA, ce, k),
+        **tol,
+    )
+    got = native.diffusion_backward(u, b, g, cA, ce, k)
+    want = fused.diffusion_backward_torch(u, b, g, cA, ce, k)
+    names = ("dL/db", "dL/du", "dL/dcA", "dL/dce", "dL/dk")
+    for name, x, y in zip(names, got, want, strict=True):
+        if name == "dL/dce" and ce is None or name == "dL/dk" and k is None:
+            continue
+        torch.testing.assert_close(x, y, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _step_inputs(shape, theta: float, edge_stopping: bool, response: bool):
+    torch.manual_seed(2)
+    m, c = len(shape) - 2, shape[1]
+    u = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    tau = (0.2 + torch.rand(c, dtype=torch.float64)).requires_grad_()
+    cA, ce, k = (t.requires_grad_() for t in _coefficients(m, c))
+    w = [None] * 4
+    if response:
+        hidden = 4
+        w = [
+            (0.5 * torch.randn(hidden, c, *([1] * m), dtype=torch.float64)).requires_grad_(),
+            (0.5 * torch.randn(hidden, dtype=torch.float64)).requires_grad_(),
+            (0.5 * torch.randn(c, hidden, *([1] * m), dtype=torch.float64)).requires_grad_(),
+            (0.5 * torch.randn(c, dtype=torch.float64)).requires_grad_(),
+        ]
+    return (u, tau, cA, ce if theta < 1 else None, k if edge_stopping else None, *w)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize(
+    "theta,edge_stopping,response",
+    [(1.0, True, True), (0.5, True, True), (1.0, False, False), (0.5, False, True)],
+)
+@pytest.mark.parametrize("shape", [(2, 2, 4, 5, 3), (1, 2, 5, 18)])
+def test_fused_step_gradcheck(backend, theta, edge_stopping, response, shape, monkeypatch):
+    """The hand-written backward of the whole step (diffusion kernels + reaction)."""
+    if backend == "native":
+        if not HAS_COMPILER:
+            pytest.skip("no C compiler on this machine")
+        assert native.library() is not None
+    else:
+        monkeypatch.setattr(native, "AVAILABLE", False)
+    inputs = _step_inputs(shape, theta, edge_stopping, response)
+    assert torch.autograd.gradcheck(fused.AOSStep.apply, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_standardise_and_edge_energy_gradcheck() -> None:
+    torch.manual_seed(3)
+    x = (3.0 * torch.randn(2, 3, 4, 5, 6, dtype=torch.float64) + 1.0).requires_grad_()
+
+    def standardise(x):
+        x_hat, mean, std = fused.Standardise.apply(x, 1e-5)
+        # every output used, with weights, so every upstream gradient is non-trivial
+        return (x_hat * torch.linspace(0, 1, x.numel(), dtype=x.dtype).view_as(x)).sum() + (
+            mean.square().sum() + std.pow(3).sum()
+        )
+
+    assert torch.autograd.gradcheck(standardise, (x,))
+    for spacing in [(1.0, 1.0, 1.0), (2.5, 1.0, 0.7)]:
+        assert torch.autograd.gradcheck(
+            lambda z, s=spacing: fused.EdgeEnergy.apply(z, s, 1e-5), (x,)
+        )
+
+
+def _edge_energy_by_autograd(z: torch.Tensor, spacing, eps: float = 1e-5) -> torch.Tensor:
+    dims = tuple(range(2, z.ndim))
+    mean = z.mean(dim=dims, keepdim=True)
+    std = torch.sqrt((z - mean).square().mean(dim=dims, keepdim=True) + eps)
+    zh = (z - mean) / std
+    terms = [
+        torch.log1p((torch.diff(zh, dim=2 + d) / h) ** 2).mean() for d, h in enumerate(spacing)
+    ]
+    return sum(terms) / len(spacing)
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_edge_energy_equals_its_formula(backend, monkeypatch) -> None:
+    if backend == "torch":
+        monkeypatch.setattr(native, "AVAILABLE", False)
+    torch.manual_seed(4)
+    z = (2.0 * torch.randn(2, 3, 7, 20, 9, dtype=torch.float64)).requires_grad_()
+    spacing = (3.0, 1.0, 1.4)
+    e = fused.EdgeEnergy.apply(z, spacing, 1e-5)
+    (g,) = torch.autograd.grad(0.7 * e, z)
+    z2 = z.detach().clone().requires_grad_()
+    e_ref = _edge_energy_by_autograd(z2, spacing)
+    (g_ref,) = torch.autograd.grad(0.7 * e_ref, z2)
+    torch.testing.assert_close(e, e_ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-14)
+
+
+def _run_block(block: PDEBlock, x: torch.Tensor):
+    block.zero_grad()
+    xx = x.clone().requires_grad_()
+    y = block(xx)
+    energy = block.last_residuals["energy"]
+    (y.square().mean() + energy).backward()
+    return [y.detach(), energy.detach(), xx.grad] + [p.grad.clone() for p in block.parameters()]
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"solver": "crank_nicolson"},
+        {"operator": "laplacian"},
+        {"response": False, "steps": 3},
+        {"operator": "moment", "solver": "crank_nicolson"},
+    ],
+)
+def test_fused_block_equals_reference_implementation(backend, cfg, monkeypatch) -> None:
+    """Same values, regulariser and gradients (input and every parameter) as autograd
+    through the reference implementation, on an anisotropic grid."""
+    if backend == "torch":
+        monkeypatch.setattr(native, "AVAILABLE", False)
+    torch.manual_seed(5)
+    block = PDEBlock(3, (2.0, 1.0, 1.3), PDEConfig(**cfg)).double().train()
+    block.record_consistency = True
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    assert block.fused
+    x = torch.randn(2, 3, 5, 17, 7, dtype=torch.float64)
+    got = _run_block(block, x)
+    block.fused = False
+    want = _run_block(block, x)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def _saved_bytes(block: PDEBlock, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves in one training step (no parameters)."""
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = block(x)
+        loss = y.sum()  # saves nothing itself
+        if block.last_residuals is not None:
+            loss = loss + block.last_residuals["energy"]
+    loss.backward()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_training_step_saves_at_most_k_plus_one_feature_maps(steps: int) -> None:
+    """x_hat, u_1, ..., u_K (+ per-channel vectors): the issue's bound is K + 2."""
+    torch.manual_seed(6)
+    block = PDEBlock(4, (1.0, 1.0, 2.0), PDEConfig(steps=steps)).train()
+    block.record_consistency = True
+    with torch.no_grad():
+        block.gamma.fill_(0.5)
+    x = torch.randn(2, 4, 12, 16, 16, requires_grad=True)
+    fused_bytes = _saved_bytes(block, x)
+    block.fused = False
+    reference_bytes = _saved_bytes(block, x)
+    per_map = x.numel() * x.element_size()
+    assert fused_bytes <= (steps + 1) * per_map + 4096, fused_bytes / per_map
+    assert reference_bytes > 10 * per_map  # what the fused step avoids
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+
+
+_FALLBACK_CHECK = """
+    import torch
+    from nnunet_pde.pde import PDEBlock, PDEConfig, fused, native
+    block = PDEBlock(2, (1.0, 2.0, 1.0), PDEConfig()).train()
+    x = torch.randn(1, 2, 4, 5, 6, requires_grad=True)
+    block(x).sum().backward()
+    assert not fused.uses_native(x)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    print("reason:", native.unavailable_reason())
+"""
+
+
+def test_disabled_kernels_fall_back_to_torch() -> None:
+    proc = _python(_FALLBACK_CHECK, NNUNET_PDE_NATIVE="0")
+    assert proc.returncode == 0, proc.stderr
+    assert "disabled by NNUNET_PDE_NATIVE=0" in proc.stdout
+
+
+def test_failing_compiler_falls_back_with_its_reason(tmp_path) -> None:
+    proc = _python(_FALLBACK_CHECK, CC="false", NNUNET_PDE_CACHE=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "reason: false" in proc.stdout and "failed" in proc.stdout
+    assert not any(tmp_path.iterdir())  # no partial library left behind
