@@ -15,6 +15,9 @@ print progress and keep its manifest current.
 
 Both write the command's stdout and stderr to the job's log file, and both report the exit
 code of the command itself.
+
+Size (about 610 lines): the command builders and both executors share Job, JobResult and
+``run_logged`` (what a SLURM job executes); the SLURM executor could move to its own module.
 """
 
 from __future__ import annotations

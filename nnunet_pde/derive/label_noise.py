@@ -1,4 +1,8 @@
-"""Label corruptions of ``derive noisy-labels``: structures of a label map, transforms, one case."""
+"""Label corruptions of ``derive noisy-labels``: structures of a label map, transforms, one case.
+
+Size (about 650 lines): the structures of a label map, the transforms that act on them and
+the one-case corruption that combines them use one data model (``Structure``, ``_Scheme``).
+"""
 
 from __future__ import annotations
 
