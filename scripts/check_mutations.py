@@ -79,7 +79,7 @@ MUTATIONS = (
     ),
     Mutation(
         "cosine schedule inverted",
-        "nnunet_pde/training.py",
+        "nnunet_pde/training/__init__.py",
         "0.5 * (1.0 + math.cos(math.pi * t))",
         "0.5 * (1.0 - math.cos(math.pi * t))",
         ("tests/test_training_schedule.py::test_learning_rate_at_known_epochs",),
