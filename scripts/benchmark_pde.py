@@ -299,6 +299,92 @@ def time_block(
     return {"times_s": times, "median_time_s": _median(times)}
 
 
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``2x32x48x48x48`` -> ``(2, 32, 48, 48, 48)`` (N, C, D, H, W)."""
+    try:
+        shape = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 5 or min(shape) < 1:
+        raise BenchmarkError(
+            f"--block-vs-conv: '{text}' is not a shape NxCxDxHxW of positive integers, "
+            "e.g. 2x32x48x48x48"
+        )
+    return shape
+
+
+def _block_step(block: nn.Module, x: torch.Tensor) -> None:
+    """Forward+backward of a block in training mode, the regulariser recorded and added to
+    the loss as the default trainer does (``lambda_pde > 0``)."""
+    block.zero_grad(set_to_none=True)
+    x.grad = None
+    out = block(x)
+    loss = out.mean()
+    residuals = getattr(block, "last_residuals", None)
+    if residuals:
+        loss = loss + residuals["energy"]
+    loss.backward()
+
+
+def block_vs_conv(
+    shape: Sequence[int], device: torch.device, reps: int, seed: int, reference: bool = True
+) -> dict[str, Any]:
+    """One default :class:`PDEBlock` (fused steps; and, if ``reference``, the reference
+    implementation) against one 3x3x3 convolution ``C -> C`` (padding 1, bias) at the same
+    input shape: forward+backward wall times, alternated rep by rep, and the bytes each
+    saves for backward relative to the input's bytes."""
+    from nnunet_pde.pde import PDEBlock, PDEConfig
+
+    torch.manual_seed(seed)
+    c = int(shape[1])
+    block = PDEBlock(c, (1.0, 1.0, 1.0), PDEConfig()).to(device).train()
+    block.record_consistency = True
+    with torch.no_grad():
+        block.gamma.fill_(0.5)  # a trained gate; 0 would make backward skip nothing anyway
+    conv = nn.Conv3d(c, c, 3, padding=1).to(device)
+    x = torch.randn(*shape, device=device, requires_grad=True)
+    variants: dict[str, Callable[[], None]] = {
+        "conv3x3x3": lambda: _block_step(conv, x),
+        "block_fused": lambda: _block_step(block, x),
+    }
+    if reference:
+
+        def reference_step() -> None:
+            block.fused = False
+            try:
+                _block_step(block, x)
+            finally:
+                block.fused = True
+
+        variants["block_reference"] = reference_step
+    saved: dict[str, int] = {}
+    for name, step in variants.items():
+        with count_saved_tensors([*block.parameters(), *conv.parameters(), x]) as counted:
+            step()
+        saved[name] = counted["bytes"]
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for step in variants.values():  # warm-up (kernel build, allocator)
+        step()
+    for r in range(reps):
+        names = list(variants) if r % 2 == 0 else list(variants)[::-1]
+        for name in names:
+            _sync(device)
+            t0 = time.perf_counter()
+            variants[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    input_bytes = x.numel() * x.element_size()
+    conv_time = _median(times["conv3x3x3"])
+    return {
+        "shape": list(shape),
+        "median_time_s": {k: _median(v) for k, v in times.items()},
+        "times_s": times,
+        "time_ratio_to_conv": {k: _median(v) / conv_time for k, v in times.items()},
+        "saved_bytes": saved,
+        "saved_bytes_over_input": {k: v / input_bytes for k, v in saved.items()},
+    }
+
+
 def saved_tensor_bytes(model: nn.Module, x: torch.Tensor, amp: bool) -> int:
     """Bytes autograd saves for backward in one eager training step (parameters excluded)."""
     with count_saved_tensors(list(model.parameters())) as counted:
@@ -386,14 +472,37 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         raise BenchmarkError(f"--batch must be >= 1, got {args.batch}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchmarkError("--device cuda: no CUDA device is available")
+    shapes_vs_conv = [parse_shape(t) for t in args.block_vs_conv or []]
+    if args.no_networks and not shapes_vs_conv:
+        raise BenchmarkError("--no-networks leaves nothing to measure: add --block-vs-conv")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    vs_conv = []
+    for shape in shapes_vs_conv:
+        res = block_vs_conv(shape, device, args.reps, args.seed)
+        vs_conv.append(res)
+        log(
+            f"block vs 3x3x3 conv at {'x'.join(map(str, shape))}: "
+            + ", ".join(
+                f"{k} {res['median_time_s'][k] * 1e3:.0f} ms ({res['time_ratio_to_conv'][k]:.2f}x "
+                f"conv, saves {res['saved_bytes_over_input'][k]:.1f}x the input)"
+                for k in res["median_time_s"]
+            )
+        )
+    if args.no_networks:
+        return {
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "environment": _environment(device),
+            "block_vs_conv": vs_conv,
+        }
+    if args.plans is None or args.dataset_json is None:
+        raise BenchmarkError("--plans and --dataset-json are required (or --no-networks)")
     placement = parse_placement(args.placement)
     _, _, pm, cm, n_in, n_out = load_managers(args.plans, args.dataset_json, args.configuration)
     patch = tuple(args.patch) if args.patch else tuple(int(p) for p in cm.patch_size)
     strides = cm.network_arch_init_kwargs["strides"]
     check_patch(patch, strides)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
 
     from nnunet_pde.network import pde_blocks
 
@@ -542,6 +651,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "memory_kind": memory_kind,
         "models": result_models,
         "blocks_alone": block_times,
+        "block_vs_conv": vs_conv,
         "ratio": {
             "time": ratio_time,
             "time_paired_median": paired,
@@ -589,8 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Forward+backward time and peak memory of PDE3D-UNet vs the stock nnU-Net "
         "network for a plans file, alternating the two over several repetitions.",
     )
-    p.add_argument("--plans", type=Path, required=True, help="nnU-Net plans JSON")
-    p.add_argument("--dataset-json", type=Path, required=True, help="the dataset.json of the plans")
+    p.add_argument("--plans", type=Path, default=None, help="nnU-Net plans JSON")
+    p.add_argument("--dataset-json", type=Path, default=None, help="the dataset.json of the plans")
     p.add_argument(
         "--configuration", default="3d_fullres", help="plans configuration (default 3d_fullres)"
     )
@@ -629,6 +739,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip timing each PDE block alone after the alternating steps",
     )
+    p.add_argument(
+        "--block-vs-conv",
+        nargs="+",
+        metavar="NxCxDxHxW",
+        default=None,
+        help="also time one default PDE block (fused, and the reference implementation) "
+        "against one 3x3x3 convolution C->C at each of these input shapes, and count the "
+        "bytes each saves for backward, e.g. 2x32x48x48x48 2x32x64x64x64",
+    )
+    p.add_argument(
+        "--no-networks",
+        action="store_true",
+        help="only the --block-vs-conv measurements (no plans needed)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and input (default 0)")
     p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
@@ -646,6 +770,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print()
+    for res in results.get("block_vs_conv", []):
+        print(
+            f"block vs one 3x3x3 conv {res['shape'][1]}->{res['shape'][1]}, input "
+            f"{'x'.join(map(str, res['shape']))}:"
+        )
+        for k, t in res["median_time_s"].items():
+            print(
+                f"  {k:<16} {t * 1e3:>8.0f} ms  {res['time_ratio_to_conv'][k]:>5.2f}x conv  "
+                f"saved for backward {res['saved_bytes_over_input'][k]:>5.1f}x the input"
+            )
+    if "models" not in results:
+        if args.output is not None:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"wrote {args.output}")
+        return 0
     print(f"{'model':<8} {'median wall':>12} {'median CPU':>12} {'memory':>12}")
     for k in MODELS:
         m = results["models"][k]

@@ -190,6 +190,19 @@ class nnUNetTrainerPDE3D_AllStages(nnUNetTrainerPDE3D):
     pde_all_stages = True
 
 
+class nnUNetTrainerPDE3D_Stage0(nnUNetTrainerPDE3D):
+    """The PDE block at full resolution: after encoder stage 0 instead of the stage feeding
+    the bottleneck (where the boundaries of small structures still exist)."""
+
+    pde_config = _pde(stages=(0,))
+
+
+class nnUNetTrainerPDE3D_Stages01(nnUNetTrainerPDE3D):
+    """PDE blocks after the two highest-resolution encoder stages (0 and 1)."""
+
+    pde_config = _pde(stages=(0, 1))
+
+
 class nnUNetTrainerPDE3D_SGD(nnUNetTrainerPDE3D):
     """Full model with nnU-Net's SGD (lr 1e-2, Nesterov) + poly schedule."""
 
