@@ -39,7 +39,7 @@ from nnunet_pde.benchmark.manifest import software_versions
 from nnunet_pde.benchmark.pooling import PooledPredictions, impute_aligned, pool_predictions
 from nnunet_pde.benchmark.render import boxplot_png, render_html, render_latex, render_markdown
 from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
-from nnunet_pde.benchmark.writers import write_csv
+from nnunet_pde.benchmark.writers import STAT_COLUMNS, stat_fields, write_csv
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import write_json
 from nnunet_pde.folders import (
@@ -178,15 +178,7 @@ def compute_statistics(
                     "labels": agg["labels"],
                     "trainer": t,
                     "metric": m,
-                    "n_cases": st["n_cases"],
-                    "n": st["n"],
-                    "n_nan": st["n_nan"],
-                    "n_inf": st["n_inf"],
-                    "n_imputed": st["n_imputed"],
-                    "n_excluded": st["n_excluded"],
-                    "mean": st["mean"],
-                    "sd": st["std"],
-                    "median": st["median"],
+                    **stat_fields(st),
                     "ci_low": lo,
                     "ci_high": hi,
                     "reference": reference,
@@ -250,15 +242,7 @@ SUMMARY_COLUMNS = (
     "labels",
     "trainer",
     "metric",
-    "n_cases",
-    "n",
-    "n_nan",
-    "n_inf",
-    "n_imputed",
-    "n_excluded",
-    "mean",
-    "sd",
-    "median",
+    *STAT_COLUMNS,
     "ci_low",
     "ci_high",
     "reference",

@@ -8,7 +8,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fmt_num", "md_table", "short_trainer", "write_csv"]
+__all__ = ["STAT_COLUMNS", "fmt_num", "md_table", "short_trainer", "stat_fields", "write_csv"]
+
+#: The statistic columns of a summary row, in order (both reports' ``summary.csv``).
+STAT_COLUMNS = ("n_cases", "n", "n_nan", "n_inf", "n_imputed", "n_excluded", "mean", "sd", "median")
+
+
+def stat_fields(st: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`STAT_COLUMNS` of a summary row from :func:`nnunet_pde.metrics.aggregate`'s
+    statistics of one group (its ``std`` is the row's ``sd``)."""
+    return {k: st["std" if k == "sd" else k] for k in STAT_COLUMNS}
 
 
 def fmt_num(x: float, digits: int) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from nnunet_pde.benchmark.writers import STAT_COLUMNS
 from nnunet_pde.metrics.info import METRIC_INFO
 
 #: Metrics in the tables and figures by default (every metric is in ``per_case.csv``).
@@ -47,15 +48,7 @@ SUMMARY_COLUMNS = (
     "region",
     "labels",
     "metric",
-    "n_cases",
-    "n",
-    "n_nan",
-    "n_inf",
-    "n_imputed",
-    "n_excluded",
-    "mean",
-    "sd",
-    "median",
+    *STAT_COLUMNS,
     "clean_mean",
     "drop",
     "drop_kind",

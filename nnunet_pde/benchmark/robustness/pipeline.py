@@ -27,7 +27,7 @@ from nnunet_pde.benchmark.robustness.model import (
     severity_auc,
 )
 from nnunet_pde.benchmark.robustness.render import curve_png, render_markdown
-from nnunet_pde.benchmark.writers import write_csv
+from nnunet_pde.benchmark.writers import stat_fields, write_csv
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import write_json
 from nnunet_pde.folders import (
@@ -232,15 +232,7 @@ def _summarise(
                                 "region": region,
                                 "labels": reg["labels"],
                                 "metric": m,
-                                "n_cases": st["n_cases"],
-                                "n": st["n"],
-                                "n_nan": st["n_nan"],
-                                "n_inf": st["n_inf"],
-                                "n_imputed": st["n_imputed"],
-                                "n_excluded": st["n_excluded"],
-                                "mean": st["mean"],
-                                "sd": st["std"],
-                                "median": st["median"],
+                                **stat_fields(st),
                                 "clean_mean": clean_st["mean"],
                                 "drop": relative_drop(clean_st["mean"], st["mean"], m),
                                 "drop_kind": drop_kind(m),
