@@ -84,7 +84,8 @@ def diffusion_forward_torch(u, b, cA, ce, k) -> torch.Tensor:
 
 
 def diffusion_backward_torch(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
-    """Torch implementation of :func:`~nnunet_pde.pde.native.diffusion_backward`."""
+    """Torch implementation of :func:`~nnunet_pde.pde.native.diffusion_backward` (``gu``
+    includes ``gb``)."""
     m = u.ndim - 2
     ndim = m
     gb = torch.zeros_like(u)
@@ -116,7 +117,7 @@ def diffusion_backward_torch(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
             grads[2, d] = (delta * gs).sum(dim=dims)
             gdelta = gdelta + _view(k[d], ndim) * gs
         gu = gu - pad_faces(gdelta, d).diff(dim=ax)
-    return gb, gu, grads[0], grads[1], grads[2]
+    return gb, gu + gb, grads[0], grads[1], grads[2]
 
 
 # --------------------------------------------------------------------------- custom ops
@@ -174,7 +175,9 @@ def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
 
 
 def diffusion_backward(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
-    """Backward of :func:`diffusion_forward`: ``(gb, gu_direct, gcA, gce, gk)``."""
+    """Backward of :func:`diffusion_forward`: ``(gb, gu, gcA, gce, gk)``; ``gu`` is the
+    gradient through the face weights and the explicit half plus ``gb`` (all of ``dL/du``
+    where ``b = u``)."""
     if uses_native(u):
         return _aos_diffusion_backward_op(u, b, g, cA, ce, k)
     return diffusion_backward_torch(u, b, g, cA, ce, k)
@@ -187,11 +190,94 @@ def _conv(ndim: int):
     return F.conv3d if ndim == 3 else F.conv2d
 
 
-def _response(u, w1, b1, w2, b2):
+def _response_torch(u, w1, b1, w2, b2):
     """``(h, N)``: hidden activation ``tanh(W1 u + b1)`` and ``N = W2 h + b2`` (1x1 convs)."""
     conv = _conv(u.ndim - 2)
     h = torch.tanh(conv(u, w1, b1))
     return h, conv(h, w2, b2)
+
+
+@torch.library.custom_op("nnunet_pde::response_b", mutates_args=(), device_types="cpu")
+def _response_b_op(
+    u: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    tau: torch.Tensor,
+) -> torch.Tensor:
+    return native.response_forward(u, w1, b1, w2, b2, tau)[0]  # b only
+
+
+@_response_b_op.register_fake
+def _(u, w1, b1, w2, b2, tau):
+    return torch.empty_like(u)
+
+
+@torch.library.custom_op("nnunet_pde::response_hnb", mutates_args=(), device_types="cpu")
+def _response_hnb_op(
+    u: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    tau: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    h, n, b = native.response_forward(u, w1, b1, w2, b2, tau, hidden=True)
+    return h, n, b
+
+
+@_response_hnb_op.register_fake
+def _(u, w1, b1, w2, b2, tau):
+    h = u.new_empty((u.shape[0], w1.shape[0], *u.shape[2:]))
+    return h, torch.empty_like(u), torch.empty_like(u)
+
+
+@torch.library.custom_op("nnunet_pde::response_backward", mutates_args=(), device_types="cpu")
+def _response_backward_op(
+    h: torch.Tensor,
+    gb: torch.Tensor,
+    tau: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    gu_in: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return native.response_backward(h, gb, tau, w1, w2, gu_in)
+
+
+@_response_backward_op.register_fake
+def _(h, gb, tau, w1, w2, gu_in):
+    return torch.empty_like(h), torch.empty_like(gb)
+
+
+def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
+    """``b = u + tau N(u)`` (compiled kernel where possible)."""
+    if uses_native(u):
+        return _response_b_op(u, w1, b1, w2, b2, tau)
+    _, n = _response_torch(u, w1, b1, w2, b2)
+    return u + _view(tau, u.ndim - 2) * n
+
+
+def response_hnb(u, tau, w1, b1, w2, b2) -> tuple[torch.Tensor, ...]:
+    """``(h, N, b)`` of the reaction (compiled kernel where possible)."""
+    if uses_native(u):
+        return _response_hnb_op(u, w1, b1, w2, b2, tau)
+    h, n = _response_torch(u, w1, b1, w2, b2)
+    return h, n, u + _view(tau, u.ndim - 2) * n
+
+
+def response_backward(h, gb, tau, w1, w2, gu_in) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gpre, gu)``: ``gpre = (W2^T (tau gb)) (1 - h^2)``, ``gu = gu_in + W1^T gpre``."""
+    if uses_native(gb):
+        return _response_backward_op(h, gb, tau, w1, w2, gu_in)
+    ndim = gb.ndim - 2
+    conv = _conv(ndim)
+    gn = _view(tau, ndim) * gb
+    # The transposed 1x1 maps as convolutions: matmul of a matrix with a batch would
+    # transpose and copy both operands.
+    gpre = conv(gn, w2.transpose(0, 1).contiguous())
+    gpre = torch.addcmul(gpre, gpre * h, h, value=-1.0)  # * (1 - h^2)
+    return gpre, gu_in + conv(gpre, w1.transpose(0, 1).contiguous())
 
 
 class AOSStep(torch.autograd.Function):
@@ -206,11 +292,7 @@ class AOSStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, tau, cA, ce, k, w1, b1, w2, b2):  # noqa: D102
-        ndim = u.ndim - 2
-        b = u
-        if w1 is not None:
-            _, n = _response(u, w1, b1, w2, b2)
-            b = u + _view(tau, ndim) * n
+        b = u if w1 is None else response_b(u, tau, w1, b1, w2, b2)
         out = diffusion_forward(u, b, cA, ce, k)
         ctx.save_for_backward(u, tau, cA, ce, k, w1, b1, w2, b2)
         return out
@@ -218,31 +300,23 @@ class AOSStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         u, tau, cA, ce, k, w1, b1, w2, b2 = ctx.saved_tensors
-        ndim = u.ndim - 2
         b = u
         h = n = None
         if w1 is not None:
-            h, n = _response(u, w1, b1, w2, b2)
-            b = u + _view(tau, ndim) * n
+            h, n, b = response_hnb(u, tau, w1, b1, w2, b2)
         gb, gu, gcA, gce, gk = diffusion_backward(u, b, g.contiguous(), cA, ce, k)
-        gu = gu + gb
         gtau = gw1 = gb1 = gw2 = gb2 = None
         if w1 is not None:
             assert h is not None and n is not None
             dims = (0, *range(2, u.ndim))
             gtau = (gb * n).sum(dim=dims)
-            gn = (_view(tau, ndim) * gb).flatten(2)  # (B, C, V)
-            hf = h.flatten(2)  # (B, H, V)
-            gw2 = torch.bmm(gn, hf.transpose(1, 2)).sum(dim=0).reshape(w2.shape)
-            gb2 = gn.sum(dim=(0, 2))
-            # The transposed 1x1 maps as convolutions: matmul of a matrix with a batch
-            # would transpose and copy both operands.
-            conv = _conv(ndim)
-            gpre = conv(gn.view(u.shape), w2.transpose(0, 1).contiguous()).flatten(2)
-            gpre = torch.addcmul(gpre, gpre * hf, hf, value=-1.0)  # * (1 - h^2): (B, H, V)
-            gw1 = torch.bmm(gpre, u.flatten(2).transpose(1, 2)).sum(dim=0).reshape(w1.shape)
-            gb1 = gpre.sum(dim=(0, 2))
-            gu = gu + conv(gpre.view(h.shape), w1.transpose(0, 1).contiguous())
+            gpre, gu = response_backward(h, gb, tau, w1, w2, gu)
+            # Weight gradients: sums over voxels of outer products, as batched matmuls.
+            gbf, hf, gpf = gb.flatten(2), h.flatten(2), gpre.flatten(2)
+            gw2 = (torch.bmm(gbf, hf.transpose(1, 2)).sum(dim=0) * tau[:, None]).reshape(w2.shape)
+            gb2 = tau * gbf.sum(dim=(0, 2))
+            gw1 = torch.bmm(gpf, u.flatten(2).transpose(1, 2)).sum(dim=0).reshape(w1.shape)
+            gb1 = gpf.sum(dim=(0, 2))
         return (
             gu,
             gtau,

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 _SOURCE_DIR = Path(__file__).with_name("csrc")
-_SOURCES = ("aos.c", "aos_impl.h")
+_SOURCES = ("aos.c", "aos_impl.h", "mlp.c", "mlp_impl.h")
+_UNITS = ("aos.c", "mlp.c")
 _FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-Wno-psabi")
 
 _lock = threading.Lock()
@@ -88,7 +89,7 @@ def _build() -> ctypes.CDLL:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [cc, *_FLAGS, "-o", tmp, str(_SOURCE_DIR / "aos.c")]
+        cmd = [cc, *_FLAGS, "-o", tmp, *(str(_SOURCE_DIR / u) for u in _UNITS), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             os.unlink(tmp)
@@ -109,10 +110,18 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd = getattr(lib, "aos_backward" + suffix)
         bwd.argtypes = [p, p, p, p, p, p, p, i, lg, p, p, p, lg, lg]
         bwd.restype = i
+        mf = getattr(lib, "mlp_forward" + suffix)
+        mf.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, lg, lg]
+        mf.restype = i
+        mb = getattr(lib, "mlp_backward" + suffix)
+        mb.argtypes = [p, p, p, p, p, p, p, p, lg, lg, lg, lg, lg]
+        mb.restype = i
         eb = getattr(lib, "energy_backward" + suffix)
         eb.argtypes = [p, p, p, i, p, p, p, p, lg, lg]
         eb.restype = i
     lib.aos_lanes.restype = i
+    lib.tanh_f32_array.argtypes = [p, p, lg]
+    lib.tanh_f32_array.restype = None
 
 
 def library() -> ctypes.CDLL | None:
@@ -216,8 +225,9 @@ def diffusion_backward(
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`diffusion_forward` for upstream gradient ``g``; C kernel.
 
-    Returns ``(dL/db, dL/du through the face weights and the explicit half, dL/dcA,
-    dL/dce, dL/dk)``, the last three ``(m, C)`` (zeros where ``ce``/``k`` is ``None``).
+    Returns ``(dL/db, dL/du through the face weights and the explicit half plus dL/db,
+    dL/dcA, dL/dce, dL/dk)``, the last three ``(m, C)`` (zeros where ``ce``/``k`` is
+    ``None``).
     """
     lib = library()
     assert lib is not None
@@ -269,3 +279,85 @@ def energy_backward(
     args = (_ptr(z), _ptr(gz), _dims(z.shape), m, _ptr(coef), _ptr(hs), _ptr(mean), _ptr(inv_std))
     _run_split(fn, args, B * C)
     return gz
+
+
+def _tiles(shape: torch.Size) -> int:
+    voxels = 1
+    for s in shape[2:]:
+        voxels *= s
+    return shape[0] * (-(-voxels // library().aos_lanes()))
+
+
+def _weights(*ts: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    return [t.reshape(t.shape[0], -1).to(dtype).contiguous() for t in ts]
+
+
+def response_forward(
+    u: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    tau: torch.Tensor,
+    hidden: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """The reaction ``N(u) = W2 tanh(W1 u + b1) + b2`` per voxel and ``b = u + tau N``; C
+    kernel.
+
+    ``u``: ``(B, C, *S)``; ``w1``: ``(H, C, 1, ...)``, ``w2``: ``(C, H, 1, ...)`` (1x1
+    convolution weights); ``tau``: ``(C,)``. Returns ``(b,)``, or with ``hidden``
+    ``(h, N, b)`` with ``h = tanh(W1 u + b1)`` ``(B, H, *S)`` (what backward needs).
+    """
+    lib = library()
+    assert lib is not None
+    u = u.contiguous()
+    C, H = u.shape[1], w1.shape[0]
+    P = u[0, 0].numel()
+    w1m, w2m = _weights(w1, w2, dtype=u.dtype)
+    b1c, b2c = (t.to(u.dtype).contiguous() for t in (b1, b2))
+    tauc = tau.to(u.dtype).contiguous()
+    fn = getattr(lib, "mlp_forward" + _suffix(u.dtype))
+    b = torch.empty_like(u)
+    h = u.new_empty((u.shape[0], H, *u.shape[2:])) if hidden else None
+    n = torch.empty_like(u) if hidden else None
+    args = (_ptr(u), _ptr(w1m), _ptr(b1c), _ptr(w2m), _ptr(b2c), _ptr(tauc), _ptr(b))
+    _run_split(fn, (*args, _ptr(h), _ptr(n), C, H, P), _tiles(u.shape))
+    if hidden:
+        assert h is not None and n is not None
+        return h, n, b
+    return (b,)
+
+
+def response_backward(
+    h: torch.Tensor,
+    gb: torch.Tensor,
+    tau: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    gu_in: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gpre, gu)`` for ``dL/db = gb`` of ``b = u + tau N(u)``: ``gpre = (W2^T (tau gb))
+    (1 - h^2)`` ``(B, H, *S)``, ``gu = gu_in + W1^T gpre`` ``(B, C, *S)``; C kernel."""
+    lib = library()
+    assert lib is not None
+    h, gb, gu_in = h.contiguous(), gb.contiguous(), gu_in.contiguous()
+    C, H = gb.shape[1], h.shape[1]
+    P = gb[0, 0].numel()
+    w1m, w2m = _weights(w1, w2, dtype=gb.dtype)
+    tauc = tau.to(gb.dtype).contiguous()
+    gpre = torch.empty_like(h)
+    gu = torch.empty_like(gb)
+    fn = getattr(lib, "mlp_backward" + _suffix(gb.dtype))
+    args = (_ptr(h), _ptr(gb), _ptr(tauc), _ptr(w1m), _ptr(w2m), _ptr(gu_in), _ptr(gpre), _ptr(gu))
+    _run_split(fn, (*args, C, H, P), _tiles(gb.shape))
+    return gpre, gu
+
+
+def tanh_f32(x: torch.Tensor) -> torch.Tensor:
+    """The kernels' float32 vector tanh (for the tests)."""
+    lib = library()
+    assert lib is not None
+    x = x.to(torch.float32).contiguous()
+    y = torch.empty_like(x)
+    lib.tanh_f32_array(_ptr(x), _ptr(y), x.numel())
+    return y

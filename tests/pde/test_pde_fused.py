@@ -267,3 +267,30 @@ def test_failing_compiler_falls_back_with_its_reason(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "reason: false" in proc.stdout and "failed" in proc.stdout
     assert not any(tmp_path.iterdir())  # no partial library left behind
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_kernels_restore_the_callers_denormal_handling() -> None:
+    """The kernels flush denormals inside (speed) but must not leave the mode set."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    assert (tiny * 1.0).item() != 0.0  # denormals are kept here before the call
+    u = torch.randn(1, 2, 4, 5, 6)
+    native.diffusion_forward(u, u, torch.ones(3, 2), None, torch.ones(3, 2))
+    native.response_forward(
+        u,
+        torch.randn(2, 2, 1, 1, 1),
+        torch.zeros(2),
+        torch.randn(2, 2, 1, 1, 1),
+        torch.zeros(2),
+        torch.ones(2),
+    )
+    assert (tiny * 1.0).item() != 0.0
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_vector_tanh_is_accurate() -> None:
+    x = torch.cat([torch.linspace(-12, 12, 200001), torch.logspace(-8, 1.2, 20001)])
+    x = torch.cat([x, -x, torch.tensor([0.0, 0.3, -0.3])])
+    ref = torch.tanh(x.double())
+    rel = (native.tanh_f32(x).double() - ref).abs() / ref.abs().clamp_min(1e-30)
+    assert rel.max() < 1e-6

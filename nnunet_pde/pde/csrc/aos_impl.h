@@ -125,6 +125,7 @@ int CAT(aos_forward, SUF)(const T *u, const T *b, T *out, const long *dims, int 
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
     V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(4 * nmax));
     if (!buf) return 1;
+    FTZ_BEGIN
     V *tu = buf, *tb = tu + nmax, *y = tb + nmax, *c = y + nmax;
     const T scale = (T)1 / (T)m;
     long off[LANES];
@@ -147,12 +148,14 @@ int CAT(aos_forward, SUF)(const T *u, const T *b, T *out, const long *dims, int 
             }
         }
     }
+    FTZ_END
     free(buf);
     return 0;
 }
 
 /* Backward of aos_forward for upstream gradient g over volumes [v0, v1). Writes dL/db to
- * gb and the direct dL/du (through phi and the explicit half) to gu (both overwritten),
+ * gb and to gu the gradient with respect to u through phi and the explicit half plus dL/db
+ * (the whole dL/du where b = u; both overwritten),
  * and per volume and axis the sums dL/dcA, dL/dce, dL/dk to sums[(v * 3 + j) * m + d]. */
 int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, double *sums,
                            const long *dims, int m, long C, const T *cA, const T *ce,
@@ -161,6 +164,7 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
     V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(6 * nmax));
     if (!buf) return 1;
+    FTZ_BEGIN
     V *tu = buf, *tb = tu + nmax, *y = tb + nmax, *z = y + nmax, *c = z + nmax, *ph = c + nmax;
     const T scale = (T)1 / (T)m;
     long off[LANES];
@@ -184,7 +188,7 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
                 CAT(sweep, SUF)(tu, tb, y, z, c, ph, n, vcA, vce, vk, ce != 0);
                 V mask = (V){};
                 for (int l = 0; l < valid; ++l) mask[l] = (T)1;
-                /* tb becomes the direct dL/du of the panel. */
+                /* tb becomes the panel's dL/du (direct part + dL/db). */
                 V gd_prev = (V){};
                 for (long f = 0; f < n; ++f) {
                     V gd = (V){};
@@ -201,7 +205,7 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
                         ak += mask * (dl * gs);
                         gd = vce * mu * phi + vk * gs;
                     }
-                    tb[f] = gd_prev - gd;
+                    tb[f] = gd_prev - gd + z[f]; /* + dL/db: b depends on u */
                     gd_prev = gd;
                 }
                 CAT(store, SUF)(gb + v * vox, z, off, n, inner, contig, valid, d > 0);
@@ -218,6 +222,7 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
             sums[(v * 3 + 2) * m + d] = s2;
         }
     }
+    FTZ_END
     free(buf);
     return 0;
 }
@@ -231,6 +236,7 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
                               long v1) {
     long vox, nmax;
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
+    FTZ_BEGIN
     for (long v = v0; v < v1; ++v) {
         const T *restrict zv = z + v * vox;
         T *restrict gv = gz + v * vox;
@@ -271,5 +277,6 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
         const T m1 = (T)(s1 / vox), m2 = (T)(s2 / vox);
         for (long i = 0; i < vox; ++i) gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is;
     }
+    FTZ_END
     return 0;
 }
