@@ -26,6 +26,7 @@ import numpy as np
 from dynamic_network_architectures.building_blocks.residual import StackedResidualBlocks
 from torch import nn
 
+from nnunet_pde.errors import NnunetPdeError
 from nnunet_pde.pde import PDEBlock, PDEConfig
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -44,7 +45,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
 PDE_CHILD_NAME = "pde"
 
 
-class UnsupportedPlansError(ValueError):
+class UnsupportedPlansError(NnunetPdeError):
     """The plans ask for a network that PDE3D-UNet cannot be built on."""
 
 

@@ -1,7 +1,7 @@
 """Few-label variants: train on 5 / 10 / 25 / 50 % of each fold's training cases.
 
 ``<Trainer>_FracNN`` is ``<Trainer>`` trained on a nested, seeded NN % subset of the fold's
-training cases (:mod:`nnunet_pde.robustness.subsets`), validated on the fold's full
+training cases (:mod:`nnunet_pde.training.subsets`), validated on the fold's full
 validation set; the subset is written to ``few_label_subset.json`` in the fold folder.
 The subsets depend only on the case ids and the seed, so they are identical across
 trainers: compare ``nnUNetTrainerPDE3D_Frac25`` with ``nnUNetTrainerPDE3D_Backbone_Frac25``.
