@@ -84,6 +84,23 @@ MUTATIONS = (
         "0.5 * (1.0 - math.cos(math.pi * t))",
         ("tests/test_training_schedule.py::test_learning_rate_at_known_epochs",),
     ),
+    Mutation(
+        "fused C kernel: back substitution of the Thomas solve dropped",
+        "nnunet_pde/pde/csrc/aos_impl.h",
+        "        y[i] += c[i] * y[i + 1];",
+        "        y[i] += 0 * c[i] * y[i + 1];",
+        (
+            "tests/pde/test_pde_fused.py::test_compiled_kernels_equal_the_torch_implementation",
+            "tests/pde/test_pde_fused.py::test_fused_block_equals_reference_implementation",
+        ),
+    ),
+    Mutation(
+        "fused C backward: the explicit half's part of the face-weight gradient dropped",
+        "nnunet_pde/pde/csrc/aos_impl.h",
+        "V gphi = vce * mu * dl - vcA * mu * nu;",
+        "V gphi = -vcA * mu * nu;",
+        ("tests/pde/test_pde_fused.py::test_fused_step_gradcheck",),
+    ),
 )
 
 

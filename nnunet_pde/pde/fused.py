@@ -371,6 +371,44 @@ def _standardise(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
     return centred / std, mean, std
 
 
+@torch.library.custom_op("nnunet_pde::standardise", mutates_args=(), device_types="cpu")
+def _standardise_op(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x_hat, mean, std = native.standardise_forward(x, eps)
+    return x_hat, mean, std
+
+
+@_standardise_op.register_fake
+def _(x, eps):
+    stat = (x.shape[0], x.shape[1], *([1] * (x.ndim - 2)))
+    return torch.empty_like(x), x.new_empty(stat), x.new_empty(stat)
+
+
+@torch.library.custom_op("nnunet_pde::standardise_backward", mutates_args=(), device_types="cpu")
+def _standardise_backward_op(
+    x_hat: torch.Tensor,
+    std: torch.Tensor,
+    g_hat: torch.Tensor,
+    g_mean: torch.Tensor | None,
+    g_std: torch.Tensor | None,
+) -> torch.Tensor:
+    return native.standardise_backward(x_hat, std, g_hat, g_mean, g_std)
+
+
+@_standardise_backward_op.register_fake
+def _(x_hat, std, g_hat, g_mean, g_std):
+    return torch.empty_like(x_hat)
+
+
+@torch.library.custom_op("nnunet_pde::edge_energy_sums", mutates_args=(), device_types="cpu")
+def _energy_sums_op(z: torch.Tensor, spacing: list[float], eps: float) -> torch.Tensor:
+    return native.energy_sums(z, tuple(spacing), eps)
+
+
+@_energy_sums_op.register_fake
+def _(z, spacing, eps):
+    return z.new_empty((z.ndim - 2,), dtype=torch.float64)
+
+
 class Standardise(torch.autograd.Function):
     """``x -> (x_hat, mean, std)``, ``std = sqrt(var + eps)``, per sample and channel.
 
@@ -380,13 +418,20 @@ class Standardise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, eps: float):  # noqa: D102
-        x_hat, mean, std = _standardise(x, eps)
+        if uses_native(x):
+            x_hat, mean, std = _standardise_op(x, eps)
+        else:
+            x_hat, mean, std = _standardise(x, eps)
         ctx.save_for_backward(x_hat, std)
         return x_hat, mean, std
 
     @staticmethod
     def backward(ctx, g_hat, g_mean, g_std):  # noqa: D102
         x_hat, std = ctx.saved_tensors
+        if uses_native(x_hat):
+            if g_hat is None:
+                g_hat = torch.zeros_like(x_hat)
+            return _standardise_backward_op(x_hat, std, g_hat, g_mean, g_std), None
         return standardise_backward(x_hat, std, g_hat, g_mean, g_std), None
 
 
@@ -450,13 +495,24 @@ class EdgeEnergy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, spacing: tuple[float, ...], eps: float):  # noqa: D102
-        _, inv_std = _moments(z, eps)
-        total = z.new_zeros(())
-        for d, h in enumerate(spacing):
-            s = torch.diff(z, dim=2 + d) * (inv_std / h)
-            # log(1 + s^2) rather than log1p: vectorised on the CPU (log1p is ~6x slower
-            # there); s^2 >= 0, so the absolute error is a rounding of 1 + s^2.
-            total = total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
+        if uses_native(z):
+            sums = _energy_sums_op(z, list(spacing), eps)
+            faces = [
+                z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(len(spacing))
+            ]
+            # an axis of one cell has no faces and contributes 0
+            total = sum(sums[d] / f for d, f in enumerate(faces) if f > 0)
+            total = torch.as_tensor(total, dtype=torch.float64).to(z.dtype)
+        else:
+            _, inv_std = _moments(z, eps)
+            total = z.new_zeros(())
+            for d, h in enumerate(spacing):
+                if z.shape[2 + d] < 2:
+                    continue  # no faces: contributes 0
+                s = torch.diff(z, dim=2 + d) * (inv_std / h)
+                # log(1 + s^2) rather than log1p: vectorised on the CPU (log1p is ~6x
+                # slower there); s^2 >= 0, so the error is a rounding of 1 + s^2.
+                total = total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
         ctx.save_for_backward(z)
         ctx.spacing = spacing
         ctx.eps = eps

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 _SOURCE_DIR = Path(__file__).with_name("csrc")
-_SOURCES = ("aos.c", "aos_impl.h", "mlp.c", "mlp_impl.h")
-_UNITS = ("aos.c", "mlp.c")
+_SOURCES = ("aos.c", "aos_impl.h", "mlp.c", "mlp_impl.h", "norm.c", "norm_impl.h")
+_UNITS = ("aos.c", "mlp.c", "norm.c")
 _FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-Wno-psabi")
 
 _lock = threading.Lock()
@@ -116,12 +116,24 @@ def _declare(lib: ctypes.CDLL) -> None:
         mb = getattr(lib, "mlp_backward" + suffix)
         mb.argtypes = [p, p, p, p, p, p, p, p, lg, lg, lg, lg, lg]
         mb.restype = i
+        d = ctypes.c_double
+        sf = getattr(lib, "standardise_forward" + suffix)
+        sf.argtypes = [p, p, p, p, lg, d, lg, lg]
+        sf.restype = i
+        sb = getattr(lib, "standardise_backward" + suffix)
+        sb.argtypes = [p, p, p, p, p, p, lg, lg, lg]
+        sb.restype = i
+        ef = getattr(lib, "energy_forward" + suffix)
+        ef.argtypes = [p, p, p, i, p, d, lg, lg]
+        ef.restype = i
         eb = getattr(lib, "energy_backward" + suffix)
         eb.argtypes = [p, p, p, i, p, p, p, p, lg, lg]
         eb.restype = i
     lib.aos_lanes.restype = i
     lib.tanh_f32_array.argtypes = [p, p, lg]
     lib.tanh_f32_array.restype = None
+    lib.log1p_f32_array.argtypes = [p, p, lg]
+    lib.log1p_f32_array.restype = None
 
 
 def library() -> ctypes.CDLL | None:
@@ -360,4 +372,64 @@ def tanh_f32(x: torch.Tensor) -> torch.Tensor:
     x = x.to(torch.float32).contiguous()
     y = torch.empty_like(x)
     lib.tanh_f32_array(_ptr(x), _ptr(y), x.numel())
+    return y
+
+
+def standardise_forward(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """``(x_hat, mean, std)`` per sample and channel (``std = sqrt(var + eps)``; statistics
+    shaped ``(B, C, 1, ...)``); C kernel."""
+    lib = library()
+    assert lib is not None
+    x = x.contiguous()
+    B, C = x.shape[:2]
+    x_hat = torch.empty_like(x)
+    stat = (B, C, *([1] * (x.ndim - 2)))
+    mean = x.new_empty(stat)
+    std = x.new_empty(stat)
+    fn = getattr(lib, "standardise_forward" + _suffix(x.dtype))
+    _run_split(fn, (_ptr(x), _ptr(x_hat), _ptr(mean), _ptr(std), x[0, 0].numel(), eps), B * C)
+    return x_hat, mean, std
+
+
+def standardise_backward(
+    x_hat: torch.Tensor,
+    std: torch.Tensor,
+    g_hat: torch.Tensor,
+    g_mean: torch.Tensor | None,
+    g_std: torch.Tensor | None,
+) -> torch.Tensor:
+    """``dL/dx`` of :func:`standardise_forward`; C kernel."""
+    lib = library()
+    assert lib is not None
+    x_hat, g_hat, std = x_hat.contiguous(), g_hat.contiguous(), std.contiguous()
+    g_mean, g_std = (None if t is None else t.contiguous() for t in (g_mean, g_std))
+    dx = torch.empty_like(x_hat)
+    fn = getattr(lib, "standardise_backward" + _suffix(x_hat.dtype))
+    args = (_ptr(x_hat), _ptr(std), _ptr(g_hat), _ptr(g_mean), _ptr(g_std), _ptr(dx))
+    _run_split(fn, (*args, x_hat[0, 0].numel()), x_hat.shape[0] * x_hat.shape[1])
+    return dx
+
+
+def energy_sums(z: torch.Tensor, spacing: tuple[float, ...], eps: float) -> torch.Tensor:
+    """Per axis ``d`` the sum over all faces of ``log(1 + s^2)``, ``s = diff_d(z) / (h_d
+    std)`` with ``std`` per sample and channel; ``(m,)`` float64; C kernel."""
+    lib = library()
+    assert lib is not None
+    z = z.contiguous()
+    m = z.ndim - 2
+    B, C = z.shape[:2]
+    sums = torch.empty((B * C, m), dtype=torch.float64)
+    hs = torch.tensor(spacing, dtype=z.dtype)
+    fn = getattr(lib, "energy_forward" + _suffix(z.dtype))
+    _run_split(fn, (_ptr(z), _ptr(sums), _dims(z.shape), m, _ptr(hs), eps), B * C)
+    return sums.sum(dim=0)
+
+
+def log1p_f32(x: torch.Tensor) -> torch.Tensor:
+    """The kernels' float32 vector ``log1p`` for ``x >= 0`` (for the tests)."""
+    lib = library()
+    assert lib is not None
+    x = x.to(torch.float32).contiguous()
+    y = torch.empty_like(x)
+    lib.log1p_f32_array(_ptr(x), _ptr(y), x.numel())
     return y

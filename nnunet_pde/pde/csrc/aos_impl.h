@@ -236,6 +236,8 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
                               long v1) {
     long vox, nmax;
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
+    T *q = (T *)malloc(sizeof(T) * (size_t)(vox > 0 ? vox : 1));
+    if (!q) return 1;
     FTZ_BEGIN
     for (long v = v0; v < v1; ++v) {
         const T *restrict zv = z + v * vox;
@@ -246,17 +248,19 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
             long outer, inner, n = dims[d];
             CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
             const T sc = is / hs[d], cf = coef[d];
-            for (long o = 0; o < outer; ++o)
-                for (long f = 0; f < n - 1; ++f) {
-                    const T *restrict z0 = zv + (o * n + f) * inner, *restrict z1 = z0 + inner;
-                    T *restrict g0 = gv + (o * n + f) * inner, *restrict g1 = g0 + inner;
-                    for (long j = 0; j < inner; ++j) {
-                        T s = (z1[j] - z0[j]) * sc;
-                        T q = cf * (T)2 * s / ((T)1 + s * s);
-                        g0[j] -= q;
-                        g1[j] += q;
-                    }
+            const long span = (n - 1) * inner; /* faces (i, i + inner) of one outer block */
+            for (long o = 0; o < outer; ++o) {
+                const T *restrict zb = zv + o * n * inner;
+                T *restrict gb = gv + o * n * inner;
+                T *restrict qb = q;
+                for (long i = 0; i < span; ++i) {
+                    T s = (zb[i + inner] - zb[i]) * sc;
+                    qb[i] = cf * (T)2 * s / ((T)1 + s * s);
                 }
+                for (long i = 0; i < inner && i < span; ++i) gb[i] -= qb[i];
+                for (long i = inner; i < span; ++i) gb[i] += qb[i - inner] - qb[i];
+                for (long i = span > inner ? span : inner; i < n * inner; ++i) gb[i] += qb[i - inner];
+            }
         }
         /* gz_hat -> dz = (gz_hat - mean(gz_hat) - z_hat mean(gz_hat z_hat)) / std */
         double a1[LANES] = {0}, a2[LANES] = {0}, s1 = 0, s2 = 0;
@@ -278,5 +282,6 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
         for (long i = 0; i < vox; ++i) gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is;
     }
     FTZ_END
+    free(q);
     return 0;
 }
