@@ -67,11 +67,15 @@ class NnunetPdeError(ValueError):
     flag
         The command-line argument concerned (``--output``, ``CHECKPOINT``), prefixed to the
         message on the command line.
+    multiline
+        The message ends in lines to copy (commands to run, folders to make), so the command
+        line prints it as it is instead of folding it onto one line.
     """
 
-    def __init__(self, message: str, flag: str | None = None) -> None:
+    def __init__(self, message: str, flag: str | None = None, *, multiline: bool = False) -> None:
         super().__init__(message)
         self.flag = flag
+        self.multiline = multiline
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -97,7 +101,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def error_line(exc: BaseException) -> str:
-    """The one-line ``error: ...`` text of an expected failure."""
+    """The one-line ``error: ...`` text of an expected failure.
+
+    An :class:`NnunetPdeError` raised with ``multiline=True`` keeps its lines (the list of
+    commands or folders it ends in); every other message is folded onto one line.
+    """
     if isinstance(exc, OSError) and not isinstance(exc, NnunetPdeError):
         what = exc.strerror or str(exc) or type(exc).__name__
         where = exc.filename if exc.filename is not None else ""
@@ -119,6 +127,8 @@ def error_line(exc: BaseException) -> str:
             text += f"; {hint}"
     else:
         text = str(exc) or type(exc).__name__
+        if getattr(exc, "multiline", False):
+            return "error: " + text
     return "error: " + " ".join(text.split())
 
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.errors import BenchmarkError, NnunetPdeError
 
 __all__ = [
     "DATASET_FOLDER",
@@ -91,20 +91,20 @@ def find_raw_dataset(source: object, raw_root: str | os.PathLike[str] | None) ->
     ------
     FileNotFoundError
         No such dataset id, name or folder.
-    ValueError
+    NnunetPdeError (a ValueError)
         ``source`` is of the wrong type, an id outside 1-999 or found twice, or an id or name
         was given without a ``raw_root`` to look it up in.
     """
     if isinstance(source, bool) or not isinstance(source, str | int | os.PathLike):
-        raise ValueError(f"source must be a dataset id, name or folder; got {source!r}")
+        raise NnunetPdeError(f"source must be a dataset id, name or folder; got {source!r}")
     root = None if raw_root is None else Path(raw_root)
     text = str(source).strip()
     if not isinstance(source, os.PathLike) and re.fullmatch(r"\d+", text):
         dataset_id = int(text)
         if not 1 <= dataset_id <= 999:
-            raise ValueError(f"dataset ids are 1 to 999, got {dataset_id}")
+            raise NnunetPdeError(f"dataset ids are 1 to 999, got {dataset_id}")
         if root is None:
-            raise ValueError(
+            raise NnunetPdeError(
                 f"cannot resolve dataset id {dataset_id}: pass --raw DIR, set "
                 "nnUNet_raw, or give the path of the dataset folder"
             )
@@ -118,7 +118,7 @@ def find_raw_dataset(source: object, raw_root: str | os.PathLike[str] | None) ->
             raise FileNotFoundError(f"no dataset with id {dataset_id} ({prefix}*) in {root}")
         if len(found) > 1:
             names = ", ".join(p.name for p in found)
-            raise ValueError(f"dataset id {dataset_id} is ambiguous in {root}: {names}")
+            raise NnunetPdeError(f"dataset id {dataset_id} is ambiguous in {root}: {names}")
         return found[0]
     if isinstance(source, str) and root is not None and (root / text).is_dir():
         return root / text

@@ -24,7 +24,6 @@ Outputs (all in ``--output``; existing ones are only replaced with ``--overwrite
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +40,7 @@ from nnunet_pde.benchmark.render import boxplot_png, render_html, render_latex, 
 from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
 from nnunet_pde.benchmark.writers import STAT_COLUMNS, stat_fields, write_csv
 from nnunet_pde.errors import BenchmarkError
-from nnunet_pde.files import write_json
+from nnunet_pde.files import read_json, write_json
 from nnunet_pde.folders import (
     check_trainer_names,
     dataset_id,
@@ -331,7 +330,7 @@ def make_report(
         )
     if not ds_json.is_file():
         raise BenchmarkError(f"{ds_json} does not exist (nnUNetv2_plan_and_preprocess copies it)")
-    dataset_json = json.loads(ds_json.read_text())
+    dataset_json = read_json(ds_json, BenchmarkError)
     file_ending = str(dataset_json.get("file_ending", ".nii.gz"))
 
     out = Path(output) if output is not None else results / name / REPORT_DIRNAME

@@ -20,11 +20,11 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from nnunet_pde.errors import cli_command
+from nnunet_pde.cli.options import add_command, overwrite_option, raw_option, seed_option
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -76,7 +76,6 @@ def _parse_size(text: str) -> int | tuple[int, int, int]:
     raise argparse.ArgumentTypeError(f"--size must have 1 or 3 entries, got '{text}'")
 
 
-@cli_command
 def _cmd_make_dataset(args: argparse.Namespace) -> int:
     from nnunet_pde.data.synthetic import (
         MIN_CV_CASES,
@@ -135,7 +134,6 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-@cli_command
 def _cmd_warmstart(args: argparse.Namespace) -> int:
     from nnunet_pde.checkpoints import check_warmstart_paths, warmstart_checkpoint
     from nnunet_pde.env import find_trainer
@@ -163,15 +161,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {' '.join(message.split())} (see: {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="nnunet-pde",
-        description="PDE3D-UNet for nnU-Net v2: set-up, synthetic data and tools.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-
-    p = sub.add_parser(
+def _register_env(sub: Any) -> None:
+    p = add_command(
+        sub,
         "env",
+        _cmd_env,
         help='print the export lines nnU-Net needs (use: eval "$(nnunet-pde env)")',
         description="Print shell export lines: nnUNet_extTrainer pointing at the nnunet-pde "
         "trainers of this install, and nnUNet_raw/nnUNet_preprocessed/nnUNet_results if unset. "
@@ -183,25 +177,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder for the nnUNet_raw/_preprocessed/_results defaults (default: ./nnUNet_data)",
     )
-    p.set_defaults(func=_cmd_env)
 
-    p = sub.add_parser(
+
+def _register_doctor(sub: Any) -> None:
+    add_command(
+        sub,
         "doctor",
+        _cmd_doctor,
         help="check the environment and say what is missing",
         description="Check Python, nnunetv2, torch, nnUNet_extTrainer and the nnU-Net data "
         "folders, and resolve every trainer with nnU-Net's own finder. Exit code 1 on problems.",
     )
-    p.set_defaults(func=_cmd_doctor)
 
-    p = sub.add_parser(
+
+def _register_list_trainers(sub: Any) -> None:
+    add_command(
+        sub,
         "list-trainers",
+        _cmd_list_trainers,
         help="list the nnunet-pde trainers",
         description="List every trainer class nnunet-pde provides, with its description.",
     )
-    p.set_defaults(func=_cmd_list_trainers)
 
-    p = sub.add_parser(
+
+def _register_make_dataset(sub: Any) -> None:
+    p = add_command(
+        sub,
         "make-dataset",
+        _cmd_make_dataset,
         help="write a synthetic BraTS-like or LiTS-like dataset in nnU-Net raw format",
         description="Write a synthetic dataset (imagesTr, labelsTr, imagesTs, labelsTs, "
         "dataset.json) into nnUNet_raw. Deterministic from --seed. Example: "
@@ -218,15 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=_parse_size, default=None, help="image size in voxels: N or Z,Y,X"
     )
     p.add_argument("--noise", type=float, default=None, help="noise level (see docs/datasets.md)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--raw", type=Path, default=None, help="nnUNet_raw folder (default: $nnUNet_raw)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
-    p.set_defaults(func=_cmd_make_dataset)
+    seed_option(p)
+    raw_option(p)
+    overwrite_option(p, "replace an existing dataset folder")
 
-    p = sub.add_parser(
+
+def _register_warmstart(sub: Any) -> None:
+    p = add_command(
+        sub,
         "warmstart",
+        _cmd_warmstart,
         help="make a PDE3D checkpoint from a stock nnUNetTrainer checkpoint",
         description="Write a checkpoint that `nnUNetv2_train ... -tr TRAINER -pretrained_weights "
         "OUT` accepts: the stock weights plus identity-initialised PDE blocks. Example: "
@@ -242,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="nnUNetTrainerPDE3D",
         help="PDE3D trainer to build (default nnUNetTrainerPDE3D)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    p.set_defaults(func=_cmd_warmstart)
+    overwrite_option(p, "replace OUTPUT if it exists")
+
+
+def _register_derive(sub: Any) -> None:
+    from nnunet_pde.cli.noisy_labels import register_cli as register_noisy_labels
+    from nnunet_pde.cli.shifted_images import register_cli as register_shifted_images
 
     p = sub.add_parser(
         "derive",
@@ -254,40 +262,71 @@ def build_parser() -> argparse.ArgumentParser:
         "images under scanner-shift perturbations at graded severities. See docs/robustness.md.",
     )
     derive = p.add_subparsers(dest="derive_command", required=True, metavar="KIND")
-    from nnunet_pde.cli.noisy_labels import register_cli as register_noisy_labels
-
     register_noisy_labels(derive)
-    from nnunet_pde.cli.shifted_images import register_cli as register_shifted_images
-
     register_shifted_images(derive)
 
-    from nnunet_pde.cli.evaluate import register_cli as register_evaluate
 
-    register_evaluate(sub)
-    from nnunet_pde.cli.benchmark import register_cli as register_benchmark
+def _register_evaluate(sub: Any) -> None:
+    from nnunet_pde.cli.evaluate import register_cli
 
-    register_benchmark(sub)
-    from nnunet_pde.cli.inspect import register_cli as register_inspect
+    register_cli(sub)
 
-    register_inspect(sub)
+
+def _register_benchmark(sub: Any) -> None:
+    from nnunet_pde.cli.benchmark import register_cli
+
+    register_cli(sub)
+
+
+def _register_inspect(sub: Any) -> None:
+    from nnunet_pde.cli.inspect import register_cli
+
+    register_cli(sub)
+
+
+#: The subcommands, in the order ``--help`` lists them: each adds its parser (and nested
+#: subcommands) to the subparsers object of ``nnunet-pde``.
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
+    _register_env,
+    _register_doctor,
+    _register_list_trainers,
+    _register_make_dataset,
+    _register_warmstart,
+    _register_derive,
+    _register_evaluate,
+    _register_benchmark,
+    _register_inspect,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``nnunet-pde``: every entry of :data:`SUBCOMMANDS` under it."""
+    parser = _Parser(
+        prog="nnunet-pde",
+        description="PDE3D-UNet for nnU-Net v2: set-up, synthetic data and tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    for register in SUBCOMMANDS:
+        register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; expected failures end as one ``error:`` line and exit code 2.
 
-    Ctrl-C and SIGTERM stop the command after its clean-up (temporary files are removed)
-    with exit code 130 / 143 and one line on stderr.
+    Every handler is added by :func:`~nnunet_pde.cli.options.add_command`, which runs it
+    under :func:`nnunet_pde.errors.cli_command`: the one place where an
+    :class:`~nnunet_pde.errors.NnunetPdeError` or ``OSError`` becomes that line. Ctrl-C and
+    SIGTERM stop the command after its clean-up (temporary files are removed) with exit
+    code 130 / 143 and one line on stderr.
     """
-    from nnunet_pde.errors import Interrupted, NnunetPdeError, interrupt_signals, report_failure
+    from nnunet_pde.errors import Interrupted, interrupt_signals
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with interrupt_signals():
             return int(args.func(args) or 0)
-    except (NnunetPdeError, OSError) as exc:
-        return report_failure(exc)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         print(

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
-from nnunet_pde.errors import BenchmarkError, cli_command
+from nnunet_pde.cli.options import (
+    add_command,
+    command_option,
+    device_option,
+    evaluation_options,
+    extra_args_option,
+    imputation_policy,
+    positive_int,
+    seed_option,
+    trainer_grid_options,
+)
+from nnunet_pde.errors import BenchmarkError
 
 __all__ = ["register_cli"]
 
@@ -40,158 +50,111 @@ $nnUNet_results/<dataset>/nnunet_pde_report (or --output). See docs/benchmarking
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+def _check_executor_options(args: argparse.Namespace) -> None:
+    """Refuse options of the other executor, and ``--device cuda`` without CUDA."""
+    if args.executor == "slurm":
+        given = {"--jobs": args.jobs != 1, "--cuda-devices": bool(args.cuda_devices)}
+    else:
+        given = {
+            "--partition": args.partition is not None,
+            "--gpus": args.gpus is not None,
+            "--time": args.time is not None,
+            "--mem": args.mem is not None,
+            "--cpus-per-task": args.cpus_per_task is not None,
+            "--slurm-folder": args.slurm_folder is not None,
+            "--no-wait": args.no_wait,
+        }
+    if args.executor == "local" and args.device == "cuda" and not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BenchmarkError(
+                "cuda: this machine has no CUDA device that torch can use; pass "
+                "--device cpu (or mps on Apple silicon), or run on a GPU machine",
+                "--device",
+            )
+    wrong = [k for k, flag_given in given.items() if flag_given]
+    if wrong:
+        other = "local" if args.executor == "slurm" else "slurm"
+        raise BenchmarkError(
+            f"{', '.join(wrong)} only apply to --executor {other}, not {args.executor}"
+        )
 
 
-def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
-    if dataset:
-        p.add_argument("dataset", help="dataset id (e.g. 501) or name (Dataset501_SyntheticBraTS)")
-    p.add_argument(
-        "-c",
-        "--configuration",
-        default="3d_fullres",
-        help="nnU-Net configuration (default 3d_fullres)",
-    )
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans (default nnUNetPlans)")
-    p.add_argument(
-        "--trainers",
-        nargs="+",
-        required=True,
-        metavar="TRAINER",
-        help="trainer class names, as for nnUNetv2_train -tr",
-    )
-    p.add_argument(
-        "--folds",
-        nargs="+",
-        default=["0", "1", "2", "3", "4"],
-        metavar="FOLD",
-        help="folds (default 0 1 2 3 4)",
-    )
-
-
-@cli_command
-def _cmd_run(args: argparse.Namespace) -> int:
-    from nnunet_pde.benchmark.run import run_benchmark
+def _executor(args: argparse.Namespace) -> Any:
+    """The :mod:`nnunet_pde.commands` executor that ``--executor`` and its options ask for."""
     from nnunet_pde.commands import LocalExecutor, SlurmExecutor, parse_time_minutes
 
-    try:
-        if args.executor == "slurm":
-            slurm_opts = {"--jobs": args.jobs != 1, "--cuda-devices": bool(args.cuda_devices)}
-        else:
-            slurm_opts = {
-                "--partition": args.partition is not None,
-                "--gpus": args.gpus is not None,
-                "--time": args.time is not None,
-                "--mem": args.mem is not None,
-                "--cpus-per-task": args.cpus_per_task is not None,
-                "--slurm-folder": args.slurm_folder is not None,
-                "--no-wait": args.no_wait,
-            }
-        if args.executor == "local" and args.device == "cuda" and not args.dry_run:
-            import torch
+    if args.executor != "slurm":
+        return LocalExecutor(jobs=args.jobs, cuda_devices=args.cuda_devices)
+    from nnunet_pde.folders import require_env_folder, resolve_dataset_name
 
-            if not torch.cuda.is_available():
-                raise BenchmarkError(
-                    "cuda: this machine has no CUDA device that torch can use; pass "
-                    "--device cpu (or mps on Apple silicon), or run on a GPU machine",
-                    "--device",
-                )
-        wrong = [k for k, given in slurm_opts.items() if given]
-        if wrong:
-            other = "local" if args.executor == "slurm" else "slurm"
-            raise BenchmarkError(
-                f"{', '.join(wrong)} only apply to --executor {other}, not {args.executor}"
-            )
-        if args.executor == "slurm":
-            from nnunet_pde.folders import (
-                require_env_folder,
-                resolve_dataset_name,
-            )
+    folder = args.slurm_folder
+    if folder is None:
+        results = require_env_folder("nnUNet_results")
+        name = resolve_dataset_name(args.dataset)
+        folder = results / name / "nnunet_pde_benchmark" / "slurm"
+    return SlurmExecutor(
+        folder,
+        partition=args.partition,
+        gpus=1 if args.gpus is None else args.gpus,
+        time_min=parse_time_minutes(args.time or "24:00:00"),
+        mem_gb=args.mem,
+        cpus_per_task=args.cpus_per_task,
+        wait=not args.no_wait,
+    )
 
-            folder = args.slurm_folder
-            if folder is None:
-                results = require_env_folder("nnUNet_results")
-                name = resolve_dataset_name(args.dataset)
-                folder = results / name / "nnunet_pde_benchmark" / "slurm"
-            executor: Any = SlurmExecutor(
-                folder,
-                partition=args.partition,
-                gpus=1 if args.gpus is None else args.gpus,
-                time_min=parse_time_minutes(args.time or "24:00:00"),
-                mem_gb=args.mem,
-                cpus_per_task=args.cpus_per_task,
-                wait=not args.no_wait,
-            )
-        else:
-            executor = LocalExecutor(jobs=args.jobs, cuda_devices=args.cuda_devices)
-        outcome = run_benchmark(
-            args.dataset,
-            args.trainers,
-            executor,
-            configuration=args.configuration,
-            plans=args.plans,
-            folds=args.folds,
-            device=args.device,
-            extra_args=shlex.split(args.extra_args or ""),
-            train_command=shlex.split(args.train_command),
-            dry_run=args.dry_run,
-            print_fn=lambda s: print(s, flush=True),
-        )
-    except BenchmarkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nnunet_pde.benchmark.run import run_benchmark
+
+    _check_executor_options(args)
+    outcome = run_benchmark(
+        args.dataset,
+        args.trainers,
+        _executor(args),
+        configuration=args.configuration,
+        plans=args.plans,
+        folds=args.folds,
+        device=args.device,
+        extra_args=shlex.split(args.extra_args or ""),
+        train_command=shlex.split(args.train_command),
+        dry_run=args.dry_run,
+        print_fn=lambda s: print(s, flush=True),
+    )
     if outcome.interrupted:
         return 130
     return 0 if outcome.ok else 1
 
 
-def _policy(args: argparse.Namespace) -> Any:
-    """The :class:`~nnunet_pde.metrics.ImputationPolicy` of ``--impute`` / ``--worst-value``."""
-    from nnunet_pde.metrics import ImputationPolicy
-
-    if args.worst_value is not None and args.impute != "worst":
-        raise BenchmarkError("--worst-value only applies to --impute worst")
-    if args.impute == "worst" and args.worst_value is None:
-        raise BenchmarkError("--impute worst needs --worst-value MM (e.g. 373.13 as in BraTS)")
-    return ImputationPolicy(args.impute, args.worst_value)
+def _print_written(outcome: Any) -> None:
+    print(f"\nwrote {len(outcome.files)} files to {outcome.output}:")
+    for f in outcome.files:
+        print(f"  {f.name}")
 
 
-@cli_command
 def _cmd_report(args: argparse.Namespace) -> int:
-    from nnunet_pde.benchmark.report import make_report
-
-    try:
-        outcome = make_report(
-            args.dataset,
-            args.trainers,
-            configuration=args.configuration,
-            plans=args.plans,
-            folds=args.folds,
-            reference=args.reference,
-            output=args.output,
-            overwrite=args.overwrite,
-            tolerance_mm=args.tolerance_mm,
-            policy=_policy(args),
-            metrics=args.metrics,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-            num_workers=args.workers,
-            progress=not args.no_progress,
-            print_fn=lambda s: print(s, flush=True),
-        )
-    except (BenchmarkError, ValueError, FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     from nnunet_pde.benchmark.render import table_rows
-    from nnunet_pde.benchmark.report import TABLES_MD
+    from nnunet_pde.benchmark.report import TABLES_MD, make_report
 
+    outcome = make_report(
+        args.dataset,
+        args.trainers,
+        configuration=args.configuration,
+        plans=args.plans,
+        folds=args.folds,
+        reference=args.reference,
+        output=args.output,
+        overwrite=args.overwrite,
+        tolerance_mm=args.tolerance_mm,
+        policy=imputation_policy(args, BenchmarkError),
+        metrics=args.metrics,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        print_fn=lambda s: print(s, flush=True),
+    )
     dice_rows = table_rows(outcome.summary, "dice")
     if dice_rows:
         width = [max(len(r[i]) for r in dice_rows) for i in range(5)]
@@ -202,59 +165,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 + "  ".join(r[i].ljust(width[i]) for i in range(5))
                 + (f"  p_Holm={r[7]}" if r[7] else "  (reference)")
             )
-    print(f"\nwrote {len(outcome.files)} files to {outcome.output}:")
-    for f in outcome.files:
-        print(f"  {f.name}")
+    _print_written(outcome)
     print(f"open {outcome.output / 'report.html'}; tables for the paper: {TABLES_MD}, tables.tex")
     return 0
-
-
-def _evaluation_options(
-    p: argparse.ArgumentParser, output_default: str, metrics_default: tuple[str, ...]
-) -> None:
-    """Output, metric and imputation options shared by ``report`` and ``robustness``."""
-    from nnunet_pde.metrics import IMPUTATION_POLICIES, METRIC_INFO
-
-    others = " ".join(m for m in METRIC_INFO if m not in metrics_default)
-    p.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help=f"output folder (default {output_default})",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace existing report files")
-    p.add_argument(
-        "--tolerance-mm", type=float, default=1.0, help="NSD tolerance in mm (default 1.0)"
-    )
-    p.add_argument(
-        "--impute",
-        choices=IMPUTATION_POLICIES,
-        default="volume_diagonal",
-        help="what infinite distances (one mask empty) count as: left out, --worst-value "
-        "mm, or the image diagonal (default volume_diagonal)",
-    )
-    p.add_argument(
-        "--worst-value",
-        type=float,
-        default=None,
-        metavar="MM",
-        help="the value in mm for --impute worst (BraTS uses 373.13)",
-    )
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=list(metrics_default),
-        metavar="METRIC",
-        help=f"metrics in the tables (default {' '.join(metrics_default)}; also {others})",
-    )
-    p.add_argument(
-        "-j",
-        "--workers",
-        type=_positive_int,
-        default=None,
-        help="evaluation processes (default: CPUs, at most 8)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 _ROBUSTNESS_EXAMPLES = {
@@ -292,7 +205,6 @@ $nnUNet_results/<dataset>/nnunet_pde_robustness/scanner-shift.
 }
 
 
-@cli_command
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark import robustness as rob
 
@@ -307,40 +219,70 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
         "num_workers": args.workers,
         "progress": not args.no_progress,
         "print_fn": lambda s: print(s, flush=True),
+        "policy": imputation_policy(args, BenchmarkError),
     }
-    try:
-        common["policy"] = _policy(args)
-        if args.regime == "few-labels":
-            outcome = rob.robustness_few_labels(
-                args.dataset, args.trainers, fractions=args.fractions, **common
-            )
-        elif args.regime == "noisy-labels":
-            outcome = rob.robustness_noisy_labels(args.datasets, args.trainers, **common)
-        else:
-            outcome = rob.robustness_scanner_shift(
-                args.dataset,
-                args.shifted,
-                args.trainers,
-                predictions=args.predictions,
-                predict=args.predict,
-                device=args.device,
-                extra_args=shlex.split(args.extra_args or ""),
-                predict_command=shlex.split(args.predict_command),
-                **common,
-            )
-    except (BenchmarkError, ValueError, FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.regime == "few-labels":
+        outcome = rob.robustness_few_labels(
+            args.dataset, args.trainers, fractions=args.fractions, **common
+        )
+    elif args.regime == "noisy-labels":
+        outcome = rob.robustness_noisy_labels(args.datasets, args.trainers, **common)
+    else:
+        outcome = rob.robustness_scanner_shift(
+            args.dataset,
+            args.shifted,
+            args.trainers,
+            predictions=args.predictions,
+            predict=args.predict,
+            device=args.device,
+            extra_args=shlex.split(args.extra_args or ""),
+            predict_command=shlex.split(args.predict_command),
+            **common,
+        )
     print("\n" + rob.format_auc_overview(outcome))
     if outcome.warnings:
         print(f"\n{len(outcome.warnings)} warning(s), also in {rob.TABLES_MD}:")
         for w in outcome.warnings:
             print(f"  - {w}")
-    print(f"\nwrote {len(outcome.files)} files to {outcome.output}:")
-    for f in outcome.files:
-        print(f"  {f.name}")
+    _print_written(outcome)
     print(f"tables: {outcome.output / rob.TABLES_MD}")
     return 0
+
+
+_ROBUSTNESS_HELPS = {
+    "few-labels": "pool the out-of-fold predictions of <T>_FracNN and of <T> (all labels); "
+    "metric vs label fraction",
+    "noisy-labels": "the same trainers on a clean dataset and its noisy-label copies, "
+    "scored against the clean labels; metric vs noise magnitude per mode",
+    "scanner-shift": "test predictions on shifted images (optionally made here with "
+    "nnUNetv2_predict); metric vs severity per perturbation",
+}
+
+
+def _scanner_shift_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shifted",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output folder of nnunet-pde derive shifted-images (nnunet_pde_shift.json)",
+    )
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="predictions as DIR/<trainer>/clean and DIR/<trainer>/<perturbation>/"
+        "level<k> (default: <shifted>/predictions)",
+    )
+    p.add_argument(
+        "--predict",
+        action="store_true",
+        help="run nnUNetv2_predict for the missing prediction folders (resumable)",
+    )
+    device_option(p, "nnUNetv2_predict")
+    extra_args_option(p, "nnUNetv2_predict", "'-npp 1 -nps 1'")
+    command_option(p, "--predict-command", "nnUNetv2_predict", "prediction")
 
 
 def _register_robustness(sub: Any) -> None:
@@ -355,23 +297,16 @@ def _register_robustness(sub: Any) -> None:
         "tables and one figure per curve. See docs/robustness.md.",
     )
     rsub = rp.add_subparsers(dest="regime", required=True, metavar="REGIME")
-    helps = {
-        "few-labels": "pool the out-of-fold predictions of <T>_FracNN and of <T> (all labels); "
-        "metric vs label fraction",
-        "noisy-labels": "the same trainers on a clean dataset and its noisy-label copies, "
-        "scored against the clean labels; metric vs noise magnitude per mode",
-        "scanner-shift": "test predictions on shifted images (optionally made here with "
-        "nnUNetv2_predict); metric vs severity per perturbation",
-    }
-    for regime in ("few-labels", "noisy-labels", "scanner-shift"):
-        p = rsub.add_parser(
+    for regime, text in _ROBUSTNESS_HELPS.items():
+        p = add_command(
+            rsub,
             regime,
-            help=helps[regime],
-            description=helps[regime][0].upper() + helps[regime][1:] + ".",
+            _cmd_robustness,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
             epilog=_ROBUSTNESS_EXAMPLES[regime],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        _common(p, dataset=regime != "noisy-labels")
+        trainer_grid_options(p, dataset=regime != "noisy-labels")
         if regime == "few-labels":
             p.add_argument(
                 "--fractions",
@@ -390,84 +325,16 @@ def _register_robustness(sub: Any) -> None:
                 help="the clean dataset and its noisy-label copies (ids or names)",
             )
         else:
-            p.add_argument(
-                "--shifted",
-                type=Path,
-                required=True,
-                metavar="DIR",
-                help="output folder of nnunet-pde derive shifted-images (nnunet_pde_shift.json)",
-            )
-            p.add_argument(
-                "--predictions",
-                type=Path,
-                default=None,
-                metavar="DIR",
-                help="predictions as DIR/<trainer>/clean and DIR/<trainer>/<perturbation>/"
-                "level<k> (default: <shifted>/predictions)",
-            )
-            p.add_argument(
-                "--predict",
-                action="store_true",
-                help="run nnUNetv2_predict for the missing prediction folders (resumable)",
-            )
-            p.add_argument(
-                "--device",
-                default=None,
-                help="nnUNetv2_predict -device (cuda, cpu, mps; default: nnU-Net's, cuda)",
-            )
-            p.add_argument(
-                "--extra-args",
-                default="",
-                metavar="'ARGS'",
-                help="more nnUNetv2_predict arguments, one quoted string, e.g. '-npp 1 -nps 1'",
-            )
-            p.add_argument(
-                "--predict-command",
-                default="nnUNetv2_predict",
-                metavar="'CMD'",
-                help="the prediction command, e.g. 'apptainer exec nnunet.sif "
-                "nnUNetv2_predict' (default nnUNetv2_predict)",
-            )
-        _evaluation_options(
+            _scanner_shift_options(p)
+        evaluation_options(
             p,
             output_default="$nnUNet_results/<dataset>/nnunet_pde_robustness/" + regime,
             metrics_default=("dice", "hd95_mm"),
         )
-        p.set_defaults(func=_cmd_robustness)
 
 
-def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``benchmark`` (``run``, ``report``, ``robustness``) to an argparse subparsers object."""
-    bench = subparsers.add_parser(
-        "benchmark",
-        help="train a cross-validation grid of trainers (run), compare them (report) and their "
-        "robustness (robustness)",
-        description="Cross-validation benchmarking of several trainers: `run` trains every "
-        "(trainer, fold) with nnUNetv2_train, locally or on SLURM, resumably; `report` pools "
-        "the out-of-fold predictions and writes tables with statistics, box plots and an HTML "
-        "page; `robustness` compares them with few labels, noisy labels or shifted test "
-        "images. See docs/benchmarking.md and docs/robustness.md.",
-    )
-    sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="ACTION")
-
-    p = sub.add_parser(
-        "run",
-        help="run nnUNetv2_train for every (trainer, fold); resumable",
-        description="Run `nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -p PLANS` for "
-        "every trainer and fold. Finished folds (checkpoint_final.pth and "
-        "validation/summary.json) are skipped; folds with a checkpoint but not finished are "
-        "continued with --c. Writes a manifest (commands, times, exit codes, versions, git "
-        "revision) and one log per fold to $nnUNet_results/<dataset>/nnunet_pde_benchmark/. "
-        "Exit code 0 when every fold is finished, 1 when one failed, 2 for bad input.",
-        epilog=_RUN_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(p)
-    p.add_argument(
-        "--device",
-        default=None,
-        help="nnUNetv2_train -device (cuda, cpu, mps; default: nnU-Net's, cuda)",
-    )
+def _executor_options(p: argparse.ArgumentParser) -> None:
+    """--executor, the local executor's --jobs/--cuda-devices and the SLURM group."""
     p.add_argument(
         "--executor",
         choices=("local", "slurm"),
@@ -476,7 +343,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="local executor: trainings at once (default 1; each takes a GPU's memory)",
     )
@@ -512,28 +379,39 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="submit the jobs and return (the manifest records the job ids)",
     )
-    p.add_argument(
-        "--extra-args",
-        default="",
-        metavar="'ARGS'",
-        help="more nnUNetv2_train arguments, one quoted string, e.g. --extra-args '--npz'",
+
+
+def _register_run(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "run",
+        _cmd_run,
+        help="run nnUNetv2_train for every (trainer, fold); resumable",
+        description="Run `nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -p PLANS` for "
+        "every trainer and fold. Finished folds (checkpoint_final.pth and "
+        "validation/summary.json) are skipped; folds with a checkpoint but not finished are "
+        "continued with --c. Writes a manifest (commands, times, exit codes, versions, git "
+        "revision) and one log per fold to $nnUNet_results/<dataset>/nnunet_pde_benchmark/. "
+        "Exit code 0 when every fold is finished, 1 when one failed, 2 for bad input.",
+        epilog=_RUN_EXAMPLE,
     )
-    p.add_argument(
-        "--train-command",
-        default="nnUNetv2_train",
-        metavar="'CMD'",
-        help="the training command, e.g. 'apptainer exec nnunet.sif nnUNetv2_train' "
-        "(default nnUNetv2_train)",
-    )
+    trainer_grid_options(p)
+    device_option(p, "nnUNetv2_train")
+    _executor_options(p)
+    extra_args_option(p, "nnUNetv2_train", "--extra-args '--npz'")
+    command_option(p, "--train-command", "nnUNetv2_train", "training")
     p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the decisions and the commands; run and write nothing",
     )
-    p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser(
+
+def _register_report(sub: Any) -> None:
+    p = add_command(
+        sub,
         "report",
+        _cmd_report,
         help="tables, statistics, box plots and an HTML page of the cross-validation results",
         description="Pool every trainer's out-of-fold predictions (fold_X/validation, each "
         "case once), evaluate them against $nnUNet_preprocessed/<dataset>/gt_segmentations "
@@ -543,27 +421,41 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         "Markdown, LaTeX); per-fold means; box plots of Dice and HD95; a self-contained HTML "
         "page.",
         epilog=_REPORT_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(p)
+    trainer_grid_options(p)
     p.add_argument(
         "--reference",
         default=None,
         help="trainer the others are tested against (default: the first of --trainers)",
     )
-    _evaluation_options(
+    evaluation_options(
         p,
         output_default="$nnUNet_results/<dataset>/nnunet_pde_report",
         metrics_default=("dice", "hd95_mm", "nsd", "assd_mm"),
     )
     p.add_argument(
         "--bootstrap",
-        type=_positive_int,
+        type=positive_int,
         default=10_000,
         help="bootstrap resamples (default 10000)",
     )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.set_defaults(func=_cmd_report)
+    seed_option(p, "bootstrap seed (default 0)")
 
+
+def register_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``benchmark`` (``run``, ``report``, ``robustness``) to an argparse subparsers object."""
+    bench = subparsers.add_parser(
+        "benchmark",
+        help="train a cross-validation grid of trainers (run), compare them (report) and their "
+        "robustness (robustness)",
+        description="Cross-validation benchmarking of several trainers: `run` trains every "
+        "(trainer, fold) with nnUNetv2_train, locally or on SLURM, resumably; `report` pools "
+        "the out-of-fold predictions and writes tables with statistics, box plots and an HTML "
+        "page; `robustness` compares them with few labels, noisy labels or shifted test "
+        "images. See docs/benchmarking.md and docs/robustness.md.",
+    )
+    sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="ACTION")
+    _register_run(sub)
+    _register_report(sub)
     _register_robustness(sub)
     return bench

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nnunet_pde.metrics.aggregate import (
-    IMPUTATION_POLICIES,
-    ImputationPolicy,
+from nnunet_pde.cli.options import (
+    add_command,
+    imputation_options,
+    imputation_policy,
+    no_progress_option,
+    overwrite_option,
+    tolerance_option,
 )
 from nnunet_pde.metrics.evaluate import (
     PER_CASE_CSV,
@@ -79,27 +82,18 @@ def format_summary_table(summary: Mapping[str, Any]) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    try:
-        if args.worst_value is not None and args.impute != "worst":
-            raise EvaluationError("--worst-value only applies to --impute worst")
-        if args.impute == "worst" and args.worst_value is None:
-            raise EvaluationError("--impute worst needs --worst-value MM (e.g. 373.13 as in BraTS)")
-        policy = ImputationPolicy(args.impute, args.worst_value)
-        rows, summary = evaluate_folders(
-            args.pred_dir,
-            args.ref_dir,
-            dataset_json=args.dataset_json,
-            num_workers=args.workers,
-            tolerance_mm=args.tolerance_mm,
-            progress=not args.no_progress,
-            output_dir=args.output,
-            overwrite=args.overwrite,
-            policy=policy,
-            allow_missing_predictions=args.allow_missing,
-        )
-    except (EvaluationError, ValueError, FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rows, summary = evaluate_folders(
+        args.pred_dir,
+        args.ref_dir,
+        dataset_json=args.dataset_json,
+        num_workers=args.workers,
+        tolerance_mm=args.tolerance_mm,
+        progress=not args.no_progress,
+        output_dir=args.output,
+        overwrite=args.overwrite,
+        policy=imputation_policy(args, EvaluationError),
+        allow_missing_predictions=args.allow_missing,
+    )
     out_dir = Path(args.output) if args.output is not None else Path(args.pred_dir)
     imp = summary["imputation"]
     imp_text = imp["policy"] + (
@@ -118,8 +112,10 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     The parser sets ``func``, which returns the exit code (0, or 2 with a one-line
     ``error: ...`` on stderr for bad input).
     """
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "evaluate",
+        _cmd_evaluate,
         help="Dice, HD95, HD, ASSD, NSD, precision, recall of a prediction folder, per case "
         "and region",
         description=(
@@ -130,7 +126,6 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
             "nnU-Net's summary.json is never touched."
         ),
         epilog=_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("pred_dir", metavar="PRED_DIR", type=Path, help="folder of predicted label maps")
     p.add_argument(
@@ -146,9 +141,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         help="dataset.json with the labels/regions (default: found in PRED_DIR, its "
         "parent or grandparent, or next to REF_DIR)",
     )
-    p.add_argument(
-        "--tolerance-mm", type=float, default=1.0, help="NSD tolerance in mm (default 1.0)"
-    )
+    tolerance_option(p)
     p.add_argument(
         "--workers",
         type=int,
@@ -159,31 +152,13 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--output", type=Path, default=None, help="folder for the outputs (default: PRED_DIR)"
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace existing metrics_per_case.csv / metrics_summary.json",
-    )
-    p.add_argument(
-        "--impute",
-        choices=IMPUTATION_POLICIES,
-        default="volume_diagonal",
-        help="what infinite distances (one mask empty) count as in the summary: "
-        "left out, --worst-value mm, or the image diagonal (default volume_diagonal)",
-    )
-    p.add_argument(
-        "--worst-value",
-        type=float,
-        default=None,
-        metavar="MM",
-        help="the value in mm for --impute worst (BraTS uses 373.13)",
-    )
+    overwrite_option(p, "replace existing metrics_per_case.csv / metrics_summary.json")
+    imputation_options(p, where=" in the summary")
     p.add_argument(
         "--allow-missing",
         action="store_true",
         help="evaluate only the references that have a prediction (e.g. one fold's "
         "validation folder) instead of failing",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_evaluate)
+    no_progress_option(p)
     return p

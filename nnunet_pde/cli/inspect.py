@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nnunet_pde.errors import NnunetPdeError, cli_command
+from nnunet_pde.cli.options import add_command
+from nnunet_pde.errors import NnunetPdeError
 from nnunet_pde.inspect_checkpoint import format_summary, inspect_checkpoint, plot_report
 
 # ------------------------------------------------------------------------------ CLI
@@ -34,7 +35,6 @@ def _writable_target(path: Path, flag: str, folder: bool = False) -> None:
         raise NnunetPdeError(f"cannot write into {probe}; choose a writable folder", flag)
 
 
-@cli_command
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from nnunet_pde.errors import atomic_write_text
 
@@ -73,8 +73,10 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     ``error: ...`` on stderr for a missing file, a file that is not an nnU-Net checkpoint
     or a trainer that is not ours).
     """
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "inspect",
+        _cmd_inspect,
         help="what the PDE blocks of a trained checkpoint learned (time step, diffusivity, "
         "edge thresholds, moment kernels)",
         description="Rebuild the network of the nnunet-pde trainer that wrote CHECKPOINT, load "
@@ -83,7 +85,6 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         "threshold kappa per channel and, for moment operators, the moment arrays and which "
         "derivatives the kernels effectively approximate.",
         epilog=_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "checkpoint",
@@ -104,5 +105,4 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         default=5,
         help="channels listed per moment block in the summary (default 5)",
     )
-    p.set_defaults(func=_cmd_inspect)
     return p

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
+from nnunet_pde.cli.options import add_command, overwrite_option, raw_option, seed_option
 from nnunet_pde.derive.noisy_labels import (
     CLEAN_LABELS_DIR,
     DERIVED_JSON,
@@ -34,26 +34,22 @@ def _cmd_noisy_labels(args: argparse.Namespace) -> int:
     def show(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    try:
-        folder = derive_noisy_labels(
-            args.source,
-            args.id,
-            mode=args.mode,
-            magnitude_mm=args.magnitude,
-            fraction=args.fraction,
-            seed=args.seed,
-            name=args.name,
-            raw_root=args.raw,
-            labels=args.labels,
-            smoothness_mm=args.smoothness,
-            blobs=args.blobs,
-            overwrite=args.overwrite,
-            progress=None if args.quiet else show,
-        )
-        info = read_derived_info(folder) or {}
-    except (ValueError, FileExistsError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    folder = derive_noisy_labels(
+        args.source,
+        args.id,
+        mode=args.mode,
+        magnitude_mm=args.magnitude,
+        fraction=args.fraction,
+        seed=args.seed,
+        name=args.name,
+        raw_root=args.raw,
+        labels=args.labels,
+        smoothness_mm=args.smoothness,
+        blobs=args.blobs,
+        overwrite=args.overwrite,
+        progress=None if args.quiet else show,
+    )
+    info = read_derived_info(folder) or {}
     damage = info.get("label_damage") or {}
     if damage.get("warnings"):
         print(
@@ -87,8 +83,10 @@ def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
     The parser sets ``func``, which returns the exit code (0, or 2 with a one-line
     ``error: ...`` on stderr for bad input).
     """
-    p = derive_subparsers.add_parser(
+    p = add_command(
+        derive_subparsers,
         "noisy-labels",
+        _cmd_noisy_labels,
         help="new dataset with corrupted training labels (clean ones kept in labelsTr_clean)",
         description=(
             "Write a new nnU-Net raw dataset from SOURCE whose training labels are corrupted: "
@@ -98,7 +96,6 @@ def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
             "sampled parameter goes to nnunet_pde_derived.json. Deterministic from --seed."
         ),
         epilog=_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "source",
@@ -122,16 +119,11 @@ def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
         default=1.0,
         help="share of the training cases to corrupt, in (0, 1] (default 1)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    seed_option(p)
     p.add_argument(
         "--name", default=None, help="name of the new dataset (default <source>Noisy<Mode><N>mm)"
     )
-    p.add_argument(
-        "--raw",
-        type=Path,
-        default=None,
-        help="nnUNet_raw folder to read SOURCE from and write to (default: $nnUNet_raw)",
-    )
+    raw_option(p, "nnUNet_raw folder to read SOURCE from and write to (default: $nnUNet_raw)")
     p.add_argument(
         "--labels",
         nargs="+",
@@ -149,11 +141,6 @@ def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--blobs", type=int, default=1, help="add-blobs: balls per corrupted case (default 1)"
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing dataset with this id (never the source)",
-    )
+    overwrite_option(p, "replace an existing dataset with this id (never the source)")
     p.add_argument("--quiet", action="store_true", help="no per-case progress on stderr")
-    p.set_defaults(func=_cmd_noisy_labels)
     return p

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from nnunet_pde.cli.options import (
+    add_command,
+    no_progress_option,
+    overwrite_option,
+    raw_option,
+    seed_option,
+)
 from nnunet_pde.derive.scanner_shift import (
     DEFAULT_LEVELS,
     LEVELS,
@@ -60,26 +66,22 @@ def _cmd_shifted_images(args: argparse.Namespace) -> int:
     if args.list:
         print(format_table())
         return 0
-    try:
-        if args.source is None:
-            raise ShiftError("give the SOURCE dataset (id, name or path)")
-        if args.output is None:
-            raise ShiftError("--output DIR is required")
-        output = derive_shifted_images(
-            args.source,
-            args.output,
-            perturbations=args.perturbations,
-            levels=args.levels,
-            seed=args.seed,
-            raw_root=args.raw,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            workers=args.workers,
-        )
-        manifest = read_manifest(output)
-    except (ShiftError, ValueError, FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.source is None:
+        raise ShiftError("give the SOURCE dataset (id, name or path)")
+    if args.output is None:
+        raise ShiftError("--output DIR is required")
+    output = derive_shifted_images(
+        args.source,
+        args.output,
+        perturbations=args.perturbations,
+        levels=args.levels,
+        seed=args.seed,
+        raw_root=args.raw,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        workers=args.workers,
+    )
+    manifest = read_manifest(output)
     src = manifest["source"]
     names, level_list = list(manifest["perturbations"]), manifest["levels"]
     n_cases, n_channels = len(manifest["cases"]), len(manifest["channels"])
@@ -115,8 +117,10 @@ def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
     The parser sets ``func``, which returns the exit code (0, or 2 with a one-line
     ``error: ...`` on stderr for bad input).
     """
-    p = derive_subparsers.add_parser(
+    p = add_command(
+        derive_subparsers,
         "shifted-images",
+        _cmd_shifted_images,
         help="test images under scanner-shift perturbations (bias field, noise, ghosting, "
         "motion, spike, blur, gamma, anisotropy) at severity levels 1-5",
         description=textwrap.fill(
@@ -129,7 +133,6 @@ def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
             width=88,
         ),
         epilog=_EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "source",
@@ -155,15 +158,9 @@ def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
         metavar="K",
         help="severity levels 1-5 (default 1 2 3)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--raw", type=Path, default=None, help="nnUNet_raw folder (default: $nnUNet_raw)"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace OUTPUT if it is a previous shifted-images folder",
-    )
+    seed_option(p)
+    raw_option(p)
+    overwrite_option(p, "replace OUTPUT if it is a previous shifted-images folder")
     p.add_argument(
         "--list",
         action="store_true",
@@ -176,6 +173,5 @@ def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
         default=1,
         help="processes perturbing cases in parallel (default 1); the files do not depend on it",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_shifted_images)
+    no_progress_option(p)
     return p

@@ -18,6 +18,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from nnunet_pde.errors import NnunetPdeError
+
 #: Record of the derivation, written into the derived dataset's folder.
 DERIVED_JSON = "nnunet_pde_derived.json"
 #: Folder of the untouched source training labels in the derived dataset.
@@ -101,27 +103,29 @@ def structures_from_dataset_json(
     """
     labels = dataset_json.get("labels")
     if not isinstance(labels, Mapping) or not labels:
-        raise ValueError("dataset.json has no 'labels' mapping (name -> value or list of values)")
+        raise NnunetPdeError(
+            "dataset.json has no 'labels' mapping (name -> value or list of values)"
+        )
     regions = any(isinstance(v, list | tuple) and len(v) > 1 for v in labels.values())
     ignore = labels.get("ignore")
     if ignore is not None and (isinstance(ignore, list | tuple | bool) or int(ignore) != ignore):
-        raise ValueError(f"dataset.json: the ignore label must be an integer, got {ignore!r}")
+        raise NnunetPdeError(f"dataset.json: the ignore label must be an integer, got {ignore!r}")
     entries = []
     for name, value in labels.items():
         if name == "ignore":
             continue
         values = tuple(int(v) for v in value) if isinstance(value, list | tuple) else (int(value),)
         if not values:
-            raise ValueError(f"dataset.json label '{name}' has an empty list of values")
+            raise NnunetPdeError(f"dataset.json label '{name}' has an empty list of values")
         if name == "background" or set(values) == {0}:
             continue
         entries.append((str(name), values))
     if not entries:
-        raise ValueError("dataset.json declares no foreground label or region")
+        raise NnunetPdeError("dataset.json declares no foreground label or region")
     if regions:
         order = dataset_json.get("regions_class_order")
         if not isinstance(order, list | tuple) or len(order) != len(entries):
-            raise ValueError(
+            raise NnunetPdeError(
                 "dataset.json declares regions (list values) but its regions_class_order "
                 f"({order!r}) does not have one value per region ({len(entries)})"
             )
@@ -139,13 +143,13 @@ def _select(
         return scheme.structures
     items = [labels] if isinstance(labels, str | Integral) else list(labels)
     if not items:
-        raise ValueError("labels is empty; pass None to corrupt every foreground label/region")
+        raise NnunetPdeError("labels is empty; pass None to corrupt every foreground label/region")
     what = "region" if scheme.regions else "label"
     valid = ", ".join(f"'{s.name}' ({s.paint})" for s in scheme.structures)
     chosen: set[str] = set()
     for item in items:
         if isinstance(item, bool) or not isinstance(item, str | Integral):
-            raise ValueError(f"labels must be names or integer values; got {item!r}")
+            raise NnunetPdeError(f"labels must be names or integer values; got {item!r}")
         match = None
         text = str(item).strip()
         if isinstance(item, str):
@@ -155,14 +159,14 @@ def _select(
         if match is None and re.fullmatch(r"[+-]?\d+", text):
             value = int(text)
             if scheme.ignore is not None and value == scheme.ignore:
-                raise ValueError(f"label {value} is the ignore label, which is never changed")
+                raise NnunetPdeError(f"label {value} is the ignore label, which is never changed")
             hits = [s for s in scheme.structures if s.paint == value]
             match = hits[0] if len(hits) == 1 else None
         if match is None:
             if text.lower() == "ignore" and scheme.ignore is not None:
-                raise ValueError("the ignore label is never changed; it cannot be selected")
+                raise NnunetPdeError("the ignore label is never changed; it cannot be selected")
             how = "regions_class_order value" if scheme.regions else "value"
-            raise ValueError(
+            raise NnunetPdeError(
                 f"unknown {what} {item!r} in labels; this dataset has {valid} (name or {how})"
             )
         chosen.add(match.name)
@@ -553,7 +557,7 @@ def _corrupt(
         assert image0 is not None
         image = image0()
         if image.shape != seg.shape:
-            raise ValueError(
+            raise NnunetPdeError(
                 f"channel 0 image has shape {image.shape} but the label map {seg.shape}"
             )
         body = body_mask(image)
@@ -580,7 +584,7 @@ def _corrupt(
         record["blobs"] = blobs
         return out, record
     else:  # pragma: no cover - validated before
-        raise ValueError(f"unknown mode {mode!r}")
+        raise NnunetPdeError(f"unknown mode {mode!r}")
     if scheme.regions:
         out = _compose_regions(seg, scheme, new, ignore)
     else:

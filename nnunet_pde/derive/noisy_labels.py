@@ -113,9 +113,11 @@ __all__ = [
 
 
 def _read_image(path: Path):
-    img = read_image(path, ValueError)
+    img = read_image(path, NnunetPdeError)
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel")
+        raise NnunetPdeError(
+            f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel"
+        )
     return img
 
 
@@ -132,15 +134,15 @@ def read_derived_info(dataset_folder: str | os.PathLike[str]) -> dict | None:
 
     Raises
     ------
-    ValueError
+    NnunetPdeError (a ValueError)
         If the file exists but is not a JSON object.
     """
     path = Path(dataset_folder) / DERIVED_JSON
     if not path.is_file():
         return None
-    content = read_json(path, ValueError)
+    content = read_json(path, NnunetPdeError)
     if not isinstance(content, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
+        raise NnunetPdeError(f"{path} does not hold a JSON object")
     return content
 
 
@@ -152,7 +154,7 @@ def _resolve_raw_root(raw_root: str | os.PathLike[str] | None, source: object) -
         return Path(env)
     if isinstance(source, str | os.PathLike) and Path(source).is_dir():
         return Path(source).resolve().parent
-    raise ValueError(
+    raise NnunetPdeError(
         'no nnUNet_raw folder: pass --raw DIR or set nnUNet_raw (eval "$(nnunet-pde env)")'
     )
 
@@ -227,7 +229,7 @@ def _validate_parameters(
     if not _is_int(blobs) or blobs < 1:
         raise NnunetPdeError(f"must be an integer >= 1; got {blobs!r}", "--blobs")
     if progress is not None and not callable(progress):
-        raise ValueError(f"progress must be callable or None; got {progress!r}")
+        raise NnunetPdeError(f"progress must be callable or None; got {progress!r}")
     return (
         int(dataset_id),
         str(mode),
@@ -263,7 +265,7 @@ def _targets_to_replace(
     for p in existing:
         r = p.resolve()
         if r == src or r in src.parents or src in r.parents:
-            raise ValueError(f"refusing to overwrite {p}: it is (or holds) the source dataset")
+            raise NnunetPdeError(f"refusing to overwrite {p}: it is (or holds) the source dataset")
         if not p.is_dir():
             raise FileExistsError(f"{p} exists and is not a folder; remove it yourself")
         if p.name != folder_name and not (p / DERIVED_JSON).is_file():
@@ -371,7 +373,7 @@ def derive_noisy_labels(
 
     Raises
     ------
-    ValueError
+    NnunetPdeError (a ValueError)
         A parameter is invalid (nothing is written).
     FileNotFoundError
         The source, its ``dataset.json``, ``labelsTr`` or ``imagesTr`` is missing.
@@ -386,15 +388,15 @@ def derive_noisy_labels(
     dj_path = src / "dataset.json"
     if not dj_path.is_file():
         raise FileNotFoundError(f"{src} has no dataset.json; is it an nnU-Net raw dataset?")
-    dataset_json = read_json(dj_path, ValueError)
+    dataset_json = read_json(dj_path, NnunetPdeError)
     if "dataset" in dataset_json:
-        raise ValueError(
+        raise NnunetPdeError(
             f"{dj_path} lists its files explicitly (the 'dataset' key); only datasets with "
             "imagesTr/labelsTr folders are supported"
         )
     file_ending = dataset_json.get("file_ending")
     if not isinstance(file_ending, str) or not file_ending:
-        raise ValueError(f"{dj_path} has no 'file_ending'")
+        raise NnunetPdeError(f"{dj_path} has no 'file_ending'")
     structures, regions, ignore = structures_from_dataset_json(dataset_json)
     scheme = _Scheme(tuple(structures), regions, ignore)
     selected = _select(scheme, labels)
@@ -406,7 +408,7 @@ def derive_noisy_labels(
         raise FileNotFoundError(f"no *{file_ending} training labels in {src / 'labelsTr'}")
     info = read_derived_info(src)
     if info is not None and info.get("kind") == KIND:
-        raise ValueError(
+        raise NnunetPdeError(
             f"{src} is itself a noisy-labels dataset; derive from the original dataset, or "
             f"its {CLEAN_LABELS_DIR} would hold noisy labels"
         )
@@ -414,12 +416,12 @@ def derive_noisy_labels(
     source_id = int(match.group(1)) if match else None
     source_name = match.group(2) if match else re.sub(r"[^A-Za-z0-9_-]", "", src.name)
     if source_id == dataset_id:
-        raise ValueError(
+        raise NnunetPdeError(
             f"the new dataset needs its own id; {dataset_id} is the source's ({src.name})"
         )
     name = default_name(source_name or "Dataset", mode, magnitude_mm) if name is None else name
     if not _NAME_PATTERN.match(name):
-        raise ValueError(f"cannot make a valid dataset name from {name!r}; pass name=")
+        raise NnunetPdeError(f"cannot make a valid dataset name from {name!r}; pass name=")
     folder_name = f"Dataset{dataset_id:03d}_{name}"
     to_replace = _targets_to_replace(raw_root, dataset_id, folder_name, src, overwrite)
     case_ids = sorted(clean_files)
@@ -564,7 +566,7 @@ def _corrupt_file(
     seg = sitk.GetArrayFromImage(img)
     if not np.issubdtype(seg.dtype, np.integer):
         if not np.array_equal(seg, np.round(seg)):
-            raise ValueError(f"{path} is not an integer label map (dtype {seg.dtype})")
+            raise NnunetPdeError(f"{path} is not an integer label map (dtype {seg.dtype})")
     spacing = np.asarray(img.GetSpacing()[::-1], dtype=np.float64)
 
     def image0() -> np.ndarray:
@@ -577,7 +579,7 @@ def _corrupt_file(
     if np.issubdtype(seg.dtype, np.integer):
         info = np.iinfo(seg.dtype)
         if noisy.min() < info.min or noisy.max() > info.max:
-            raise ValueError(f"{path}: corrupted labels do not fit its data type {seg.dtype}")
+            raise NnunetPdeError(f"{path}: corrupted labels do not fit its data type {seg.dtype}")
     stats = _change_stats(seg, noisy, spacing, scheme)
     if stats["voxels_changed"]:
         # origin, spacing, direction of the source label

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -27,6 +26,7 @@ from nnunet_pde.benchmark.robustness.pipeline import (
     _train_hint,
 )
 from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.files import read_json
 from nnunet_pde.folders import (
     dataset_id,
     fold_dir,
@@ -135,7 +135,7 @@ def robustness_few_labels(
             f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
         )
     ds_json = _preprocessed_dataset_json(preprocessed, None, name)
-    file_ending = str(json.loads(ds_json.read_text()).get("file_ending", ".nii.gz"))
+    file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
     out = Path(output) if output is not None else results / name / ROBUSTNESS_DIRNAME / "few-labels"
     _check_output(out, overwrite)
 
@@ -169,7 +169,7 @@ def robustness_few_labels(
                     if not rec_path.is_file():
                         no_record.append(f"{model}/fold_{k}")
                         continue
-                    rec = json.loads(rec_path.read_text())
+                    rec = read_json(rec_path, BenchmarkError)
                     subsets[str(k)] = {
                         key: rec.get(key) for key in ("fraction", "seed", "n_total", "n_selected")
                     }
@@ -196,7 +196,8 @@ def robustness_few_labels(
     if missing:
         raise BenchmarkError(
             "no out-of-fold validation predictions for these models; train them first:\n"
-            + "\n".join(missing)
+            + "\n".join(missing),
+            multiline=True,
         )
     if no_record:
         warnings.append(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from nnunet_pde.benchmark.robustness.pipeline import (
 )
 from nnunet_pde.derive.noisy_labels import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
 from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.files import read_json
 from nnunet_pde.folders import (
     read_splits,
     require_env_folder,
@@ -154,11 +154,11 @@ def robustness_noisy_labels(
         )
 
     ds_jsons = {n: _preprocessed_dataset_json(preprocessed, raw, n) for n in names}
-    clean_ds = json.loads(ds_jsons[clean_name].read_text())
+    clean_ds = read_json(ds_jsons[clean_name], BenchmarkError)
     file_ending = str(clean_ds.get("file_ending", ".nii.gz"))
     clean_regions = regions_from_dataset_json(clean_ds)
     for n in others:
-        if regions_from_dataset_json(json.loads(ds_jsons[n].read_text())) != clean_regions:
+        if regions_from_dataset_json(read_json(ds_jsons[n], BenchmarkError)) != clean_regions:
             raise BenchmarkError(
                 f"{ds_jsons[n]} defines other labels or regions than {ds_jsons[clean_name]}; "
                 "a derived dataset must keep the labels of its source"
@@ -262,7 +262,8 @@ def robustness_noisy_labels(
     if missing:
         raise BenchmarkError(
             "no out-of-fold validation predictions for these (dataset, trainer) pairs; train "
-            "them first:\n" + "\n".join(missing)
+            "them first:\n" + "\n".join(missing),
+            multiline=True,
         )
     curves = []
     for cid, info in curve_info.items():

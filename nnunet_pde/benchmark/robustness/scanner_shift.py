@@ -264,7 +264,8 @@ def robustness_scanner_shift(
     if stale:
         raise BenchmarkError(
             "these prediction folders were made with other settings; delete them (or use "
-            "--predictions DIR) and run again:\n" + "\n".join(stale)
+            "--predictions DIR) and run again:\n" + "\n".join(stale),
+            multiline=True,
         )
     if todo and not predict:
         lines = [
@@ -287,7 +288,8 @@ def robustness_scanner_shift(
         ]
         raise BenchmarkError(
             f"{len(todo)} prediction folder(s) are missing or incomplete under {pred_root}; "
-            "rerun with --predict to make them, or run:\n" + "\n".join(lines)
+            "rerun with --predict to make them, or run:\n" + "\n".join(lines),
+            multiline=True,
         )
     if todo:
         _predict_missing(
@@ -413,7 +415,9 @@ def _predict_missing(
         }
     )
     if untrained:
-        raise BenchmarkError("cannot predict with untrained folds:\n" + "\n".join(untrained))
+        raise BenchmarkError(
+            "cannot predict with untrained folds:\n" + "\n".join(untrained), multiline=True
+        )
     for i, (t, key, inp, target) in enumerate(todo, 1):
         partial = target.with_name(f".{target.name}.partial")
         if partial.exists():
