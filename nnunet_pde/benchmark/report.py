@@ -24,9 +24,8 @@ Outputs (all in ``--output``; existing ones are only replaced with ``--overwrite
 
 from __future__ import annotations
 
-import os
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from nnunet_pde.benchmark.manifest import software_versions
 from nnunet_pde.benchmark.pooling import PooledPredictions, impute_aligned, pool_predictions
 from nnunet_pde.benchmark.render import boxplot_png, render_html, render_latex, render_markdown
+from nnunet_pde.benchmark.settings import EvaluationSettings, OutputFiles, evaluate_fold_folder
 from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
 from nnunet_pde.benchmark.writers import STAT_COLUMNS, stat_fields, write_csv
 from nnunet_pde.errors import BenchmarkError
@@ -253,25 +253,130 @@ SUMMARY_COLUMNS = (
 )
 
 
+def _reference_folders(pre: Path, name: str) -> tuple[Path, Path]:
+    """``gt_segmentations`` and ``dataset.json`` of a preprocessed dataset; BenchmarkError if
+    nnUNetv2_plan_and_preprocess has not written them."""
+    gt = pre / "gt_segmentations"
+    ds_json = pre / "dataset.json"
+    if not gt.is_dir():
+        raise BenchmarkError(
+            f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
+            f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
+        )
+    if not ds_json.is_file():
+        raise BenchmarkError(f"{ds_json} does not exist (nnUNetv2_plan_and_preprocess copies it)")
+    return gt, ds_json
+
+
+def _refuse_existing_report(out: Path, overwrite: bool) -> None:
+    if not overwrite:
+        existing = [str(out / f) for f in REPORT_FILES if (out / f).exists()]
+        if existing:
+            raise FileExistsError(
+                f"report files exist in {out}: {', '.join(Path(e).name for e in existing)}; "
+                "pass --overwrite to replace them, or --output DIR"
+            )
+
+
+def _pool_trainers(
+    results: Path,
+    name: str,
+    trainers: Sequence[str],
+    fold_list: list[int],
+    file_ending: str,
+    splits: Any,
+    settings: EvaluationSettings,
+) -> dict[str, PooledPredictions]:
+    """The pooled out-of-fold predictions of every trainer, one progress line each."""
+    pooled: dict[str, PooledPredictions] = {}
+    for t in trainers:
+        p = pool_predictions(
+            results, name, t, settings.plans, settings.configuration, fold_list, file_ending, splits
+        )
+        if not p.cases:
+            raise BenchmarkError(
+                f"{t}: no validation predictions in {p.model_folder}/fold_*/validation for folds "
+                f"{', '.join(map(str, fold_list))}; train them first (nnunet-pde benchmark run)"
+            )
+        pooled[t] = p
+        line = f"{t}: {len(p.cases)} cases from folds {', '.join(map(str, p.folds_found))}"
+        if p.missing_folds:
+            line += f"; MISSING folds {', '.join(map(str, p.missing_folds))}"
+        n_missing_cases = sum(len(v) for v in p.missing_cases.values())
+        if n_missing_cases:
+            line += f"; {n_missing_cases} validation case(s) without prediction"
+        settings.print_fn(line)
+    return pooled
+
+
+def _write_report(
+    out: Path,
+    per_case: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    per_fold: list[dict[str, Any]],
+    metrics: Sequence[str],
+    meta: dict[str, Any],
+    policy: ImputationPolicy,
+) -> list[Path]:
+    """Write :data:`REPORT_FILES` (and the box plots) into ``out``; the files, in order."""
+    from nnunet_pde.metrics.evaluate import CSV_COLUMNS
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = OutputFiles(out)
+    files.put(PER_CASE_CSV, lambda p: write_csv(p, per_case, ("trainer", "fold", *CSV_COLUMNS)))
+    files.put(SUMMARY_CSV, lambda p: write_csv(p, summary, SUMMARY_COLUMNS))
+    fold_cols = ["region", "trainer", "fold", "n_cases"]
+    for m in metrics:
+        fold_cols += [f"{m}_n", f"{m}_mean"]
+    files.put(PER_FOLD_CSV, lambda p: write_csv(p, per_fold, fold_cols))
+    files.put_text(TABLES_MD, render_markdown(summary, per_fold, metrics, meta))
+    files.put_text(TABLES_TEX, render_latex(summary, per_fold, metrics, meta))
+    trainers = meta["trainers"]
+    images = {m: boxplot_png(per_case, trainers, m, policy) for m in BOXPLOT_METRICS}
+    for m, png in images.items():
+        files.put_bytes(f"boxplot_{m}.png", png)
+    files.put_text(REPORT_HTML, render_html(summary, per_fold, metrics, meta, images))
+    files.put(
+        REPORT_JSON,
+        lambda p: write_json(
+            p, json_safe({**meta, "summary": summary, "per_fold": per_fold}), allow_nan=False
+        ),
+    )
+    return files.written
+
+
+def _report_meta(
+    name: str,
+    trainers: Sequence[str],
+    reference: str,
+    fold_list: list[int],
+    metrics: Sequence[str],
+    settings: EvaluationSettings,
+) -> dict[str, Any]:
+    """The run's settings as ``report.json`` starts them (the statistics' settings follow)."""
+    return {
+        "kind": "nnunet_pde benchmark report",
+        "dataset": name,
+        "configuration": settings.configuration,
+        "plans": settings.plans,
+        "trainers": list(trainers),
+        "reference": reference,
+        "folds": fold_list,
+        "metrics": list(metrics),
+        "tolerance_mm": float(settings.tolerance_mm),
+        "imputation": settings.imputation.as_dict(),
+    }
+
+
 def make_report(
     dataset: str | int,
     trainers: Sequence[str],
-    configuration: str = "3d_fullres",
-    plans: str = "nnUNetPlans",
-    folds: Sequence[int | str] = (0, 1, 2, 3, 4),
     reference: str | None = None,
-    output: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    tolerance_mm: float = 1.0,
-    policy: ImputationPolicy | None = None,
-    metrics: Sequence[str] = DEFAULT_METRICS,
     n_bootstrap: int = 10_000,
     seed: int = 0,
     confidence: float = 0.95,
-    num_workers: int | None = None,
-    progress: bool = True,
-    environ: Mapping[str, str] | None = None,
-    print_fn: Callable[[str], None] = print,
+    settings: EvaluationSettings | None = None,
+    **options: Any,
 ) -> ReportOutcome:
     """Pool, evaluate, and write the report of a cross-validation grid.
 
@@ -281,32 +386,22 @@ def make_report(
         Dataset id or ``DatasetNNN_Name``.
     trainers
         Trainers in table order.
-    configuration, plans, folds
-        Which model folders and folds to pool.
     reference
         Trainer the others are tested against (default: the first of ``trainers``).
-    output
-        Output folder (default ``$nnUNet_results/<dataset>/nnunet_pde_report``).
-    overwrite
-        Replace report files that exist (otherwise FileExistsError before any work).
-    tolerance_mm, policy, metrics
-        NSD tolerance (mm), imputation of infinite distances, metrics in the tables.
     n_bootstrap, seed, confidence
         Bootstrap settings (the bootstrap is deterministic for a given seed).
-    num_workers, progress
-        Evaluation processes and progress bars (see
-        :func:`nnunet_pde.metrics.evaluate.evaluate_folders`).
-    environ
-        Environment holding the nnU-Net folder variables (default ``os.environ``).
-    print_fn
-        Where progress lines go.
+    settings, **options
+        :class:`~nnunet_pde.benchmark.settings.EvaluationSettings` (which folds, tolerance,
+        imputation, metrics, workers, ``output``, ``overwrite``, ``environ``, ``print_fn``),
+        or its fields as keyword arguments. The default output folder is
+        ``$nnUNet_results/<dataset>/nnunet_pde_report``, the default metrics
+        :data:`DEFAULT_METRICS`; with ``overwrite`` False, existing report files are a
+        ``FileExistsError`` before any work.
     """
-    from nnunet_pde.metrics.evaluate import CSV_COLUMNS, evaluate_folders
-
-    env = os.environ if environ is None else environ
-    policy = policy or ImputationPolicy()
+    settings = EvaluationSettings.of(settings, **options)
+    env, policy, metrics = settings.env, settings.imputation, settings.metric_list(DEFAULT_METRICS)
     trainers = check_trainer_names(trainers)
-    fold_list = parse_folds(folds)
+    fold_list = parse_folds(settings.folds)
     reference = reference or trainers[0]
     if reference not in trainers:
         raise BenchmarkError(
@@ -321,77 +416,28 @@ def make_report(
     preprocessed = require_env_folder("nnUNet_preprocessed", env)
     name = resolve_dataset_name(dataset, env)
     pre = preprocessed / name
-    gt = pre / "gt_segmentations"
-    ds_json = pre / "dataset.json"
-    if not gt.is_dir():
-        raise BenchmarkError(
-            f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
-            f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
-        )
-    if not ds_json.is_file():
-        raise BenchmarkError(f"{ds_json} does not exist (nnUNetv2_plan_and_preprocess copies it)")
-    dataset_json = read_json(ds_json, BenchmarkError)
-    file_ending = str(dataset_json.get("file_ending", ".nii.gz"))
+    gt, ds_json = _reference_folders(pre, name)
+    file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
+    out = settings.output_folder(results / name / REPORT_DIRNAME)
+    _refuse_existing_report(out, settings.overwrite)
 
-    out = Path(output) if output is not None else results / name / REPORT_DIRNAME
-    if not overwrite:
-        existing = [str(out / f) for f in REPORT_FILES if (out / f).exists()]
-        if existing:
-            raise FileExistsError(
-                f"report files exist in {out}: {', '.join(Path(e).name for e in existing)}; "
-                "pass --overwrite to replace them, or --output DIR"
-            )
-
-    splits = read_splits(pre)
-    pooled: dict[str, PooledPredictions] = {}
-    for t in trainers:
-        p = pool_predictions(results, name, t, plans, configuration, fold_list, file_ending, splits)
-        if not p.cases:
-            raise BenchmarkError(
-                f"{t}: no validation predictions in {p.model_folder}/fold_*/validation for folds "
-                f"{', '.join(map(str, fold_list))}; train them first (nnunet-pde benchmark run)"
-            )
-        pooled[t] = p
-        line = f"{t}: {len(p.cases)} cases from folds {', '.join(map(str, p.folds_found))}"
-        if p.missing_folds:
-            line += f"; MISSING folds {', '.join(map(str, p.missing_folds))}"
-        n_missing_cases = sum(len(v) for v in p.missing_cases.values())
-        if n_missing_cases:
-            line += f"; {n_missing_cases} validation case(s) without prediction"
-        print_fn(line)
-
+    pooled = _pool_trainers(
+        results, name, trainers, fold_list, file_ending, read_splits(pre), settings
+    )
     per_case: list[dict[str, Any]] = []
     for t in trainers:
         for k in pooled[t].folds_found:
-            val = fold_dir(results, name, t, plans, configuration, k) / "validation"
-            print_fn(f"evaluating {t} fold {k} ({val})")
-            rows, _ = evaluate_folders(
-                val,
-                gt,
-                dataset_json=ds_json,
-                num_workers=num_workers,
-                tolerance_mm=tolerance_mm,
-                progress=progress,
-                policy=policy,
-                allow_missing_predictions=True,
-                write=False,
-            )
+            val = fold_dir(results, name, t, settings.plans, settings.configuration, k)
+            val = val / "validation"
+            settings.print_fn(f"evaluating {t} fold {k} ({val})")
+            rows = evaluate_fold_folder(val, gt, ds_json, settings)
             per_case.extend({"trainer": t, "fold": k, **r} for r in rows)
 
     summary, per_fold = compute_statistics(
         per_case, trainers, reference, metrics, policy, n_bootstrap, seed, confidence
     )
-    meta: dict[str, Any] = {
-        "kind": "nnunet_pde benchmark report",
-        "dataset": name,
-        "configuration": configuration,
-        "plans": plans,
-        "trainers": list(trainers),
-        "reference": reference,
-        "folds": fold_list,
-        "metrics": list(metrics),
-        "tolerance_mm": float(tolerance_mm),
-        "imputation": policy.as_dict(),
+    meta = {
+        **_report_meta(name, trainers, reference, fold_list, metrics, settings),
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "confidence": confidence,
@@ -401,42 +447,5 @@ def make_report(
         "software": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-
-    def put(fname: str, writer: Callable[[Path], None]) -> None:
-        path = out / fname
-        writer(path)
-        written.append(path)
-
-    put(PER_CASE_CSV, lambda p: write_csv(p, per_case, ("trainer", "fold", *CSV_COLUMNS)))
-    put(SUMMARY_CSV, lambda p: write_csv(p, summary, SUMMARY_COLUMNS))
-    fold_cols = ["region", "trainer", "fold", "n_cases"]
-    for m in metrics:
-        fold_cols += [f"{m}_n", f"{m}_mean"]
-    put(PER_FOLD_CSV, lambda p: write_csv(p, per_fold, fold_cols))
-    put(
-        TABLES_MD,
-        lambda p: p.write_text(render_markdown(summary, per_fold, metrics, meta), encoding="utf-8"),
-    )
-    put(
-        TABLES_TEX,
-        lambda p: p.write_text(render_latex(summary, per_fold, metrics, meta), encoding="utf-8"),
-    )
-    images = {m: boxplot_png(per_case, trainers, m, policy) for m in BOXPLOT_METRICS}
-    for m, png in images.items():
-        put(f"boxplot_{m}.png", lambda p, png=png: p.write_bytes(png))
-    put(
-        REPORT_HTML,
-        lambda p: p.write_text(
-            render_html(summary, per_fold, metrics, meta, images), encoding="utf-8"
-        ),
-    )
-    put(
-        REPORT_JSON,
-        lambda p: write_json(
-            p, json_safe({**meta, "summary": summary, "per_fold": per_fold}), allow_nan=False
-        ),
-    )
+    written = _write_report(out, per_case, summary, per_fold, metrics, meta, policy)
     return ReportOutcome(out, written, summary, per_fold, per_case, meta)

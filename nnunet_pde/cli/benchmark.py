@@ -133,6 +133,26 @@ def _print_written(outcome: Any) -> None:
         print(f"  {f.name}")
 
 
+def _evaluation_settings(args: argparse.Namespace) -> Any:
+    """The :class:`~nnunet_pde.benchmark.settings.EvaluationSettings` of the trainer-grid and
+    evaluation options (``report`` and ``robustness``)."""
+    from nnunet_pde.benchmark.settings import EvaluationSettings
+
+    return EvaluationSettings(
+        configuration=args.configuration,
+        plans=args.plans,
+        folds=args.folds,
+        output=args.output,
+        overwrite=args.overwrite,
+        tolerance_mm=args.tolerance_mm,
+        policy=imputation_policy(args, BenchmarkError),
+        metrics=args.metrics,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        print_fn=lambda s: print(s, flush=True),
+    )
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark.render import table_rows
     from nnunet_pde.benchmark.report import TABLES_MD, make_report
@@ -140,20 +160,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     outcome = make_report(
         args.dataset,
         args.trainers,
-        configuration=args.configuration,
-        plans=args.plans,
-        folds=args.folds,
         reference=args.reference,
-        output=args.output,
-        overwrite=args.overwrite,
-        tolerance_mm=args.tolerance_mm,
-        policy=imputation_policy(args, BenchmarkError),
-        metrics=args.metrics,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
-        num_workers=args.workers,
-        progress=not args.no_progress,
-        print_fn=lambda s: print(s, flush=True),
+        settings=_evaluation_settings(args),
     )
     dice_rows = table_rows(outcome.summary, "dice")
     if dice_rows:
@@ -208,36 +218,24 @@ $nnUNet_results/<dataset>/nnunet_pde_robustness/scanner-shift.
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark import robustness as rob
 
-    common = {
-        "configuration": args.configuration,
-        "plans": args.plans,
-        "folds": args.folds,
-        "output": args.output,
-        "overwrite": args.overwrite,
-        "tolerance_mm": args.tolerance_mm,
-        "metrics": args.metrics,
-        "num_workers": args.workers,
-        "progress": not args.no_progress,
-        "print_fn": lambda s: print(s, flush=True),
-        "policy": imputation_policy(args, BenchmarkError),
-    }
+    settings = _evaluation_settings(args)
     if args.regime == "few-labels":
         outcome = rob.robustness_few_labels(
-            args.dataset, args.trainers, fractions=args.fractions, **common
+            args.dataset, args.trainers, fractions=args.fractions, settings=settings
         )
     elif args.regime == "noisy-labels":
-        outcome = rob.robustness_noisy_labels(args.datasets, args.trainers, **common)
+        outcome = rob.robustness_noisy_labels(args.datasets, args.trainers, settings=settings)
     else:
         outcome = rob.robustness_scanner_shift(
             args.dataset,
             args.shifted,
             args.trainers,
+            settings,
             predictions=args.predictions,
             predict=args.predict,
             device=args.device,
             extra_args=shlex.split(args.extra_args or ""),
             predict_command=shlex.split(args.predict_command),
-            **common,
         )
     print("\n" + rob.format_auc_overview(outcome))
     if outcome.warnings:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from nnunet_pde.benchmark.robustness.model import (
-    DEFAULT_METRICS,
     ROBUSTNESS_DIRNAME,
     Condition,
     Curve,
@@ -25,6 +22,7 @@ from nnunet_pde.benchmark.robustness.pipeline import (
     _preprocessed_dataset_json,
     _train_hint,
 )
+from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import read_json
 from nnunet_pde.folders import (
@@ -35,7 +33,6 @@ from nnunet_pde.folders import (
     resolve_dataset_name,
     trainer_dir_name,
 )
-from nnunet_pde.metrics import ImputationPolicy
 
 # ----------------------------------------------------------------------------- few labels
 
@@ -67,18 +64,8 @@ def robustness_few_labels(
     dataset: str | int,
     trainers: Sequence[str],
     fractions: Sequence[int | float | str] = (5, 10, 25, 50),
-    configuration: str = "3d_fullres",
-    plans: str = "nnUNetPlans",
-    folds: Sequence[int | str] = (0, 1, 2, 3, 4),
-    output: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    tolerance_mm: float = 1.0,
-    policy: ImputationPolicy | None = None,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    num_workers: int | None = None,
-    progress: bool = True,
-    environ: Mapping[str, str] | None = None,
-    print_fn: Callable[[str], None] = print,
+    settings: EvaluationSettings | None = None,
+    **options: Any,
 ) -> RobustnessOutcome:
     """Metric versus label fraction: ``<T>_FracNN`` for every NN, and ``<T>`` as 100 %.
 
@@ -90,17 +77,11 @@ def robustness_few_labels(
         Base trainers (``nnUNetTrainerPDE3D``), not the ``_FracNN`` names.
     fractions
         Percentages of the ``_FracNN`` trainers (100 % = the base trainer is always added).
-    configuration, plans, folds
-        Which model folders and folds to pool.
-    output, overwrite
-        Output folder (default ``$nnUNet_results/<dataset>/nnunet_pde_robustness/few-labels``)
-        and whether a non-empty one may be written into.
-    tolerance_mm, policy, metrics
-        NSD tolerance, imputation of infinite distances, metrics in the tables and figures.
-    num_workers, progress
-        Evaluation processes and progress bars.
-    environ, print_fn
-        Environment with the nnU-Net folder variables (default ``os.environ``); progress lines.
+    settings, **options
+        :class:`~nnunet_pde.benchmark.settings.EvaluationSettings`, or its fields as keyword
+        arguments (``folds=[0, 1]``, ``overwrite=True``); the default output folder is
+        ``$nnUNet_results/<dataset>/nnunet_pde_robustness/few-labels``, the default metrics
+        :data:`DEFAULT_METRICS`.
 
     Returns
     -------
@@ -114,9 +95,9 @@ def robustness_few_labels(
     FileExistsError
         ``output`` is not empty and ``overwrite`` is False (checked before any evaluation).
     """
-    env = os.environ if environ is None else environ
-    policy = policy or ImputationPolicy()
-    trainers, fold_list, metrics = _common_setup(trainers, folds, metrics)
+    settings = EvaluationSettings.of(settings, **options)
+    env, configuration, plans = settings.env, settings.configuration, settings.plans
+    trainers, fold_list, metrics = _common_setup(trainers, settings)
     percents = _parse_fractions(fractions)
     bad = [t for t in trainers if re.search(r"_Frac\d+$", t)]
     if bad:
@@ -136,8 +117,8 @@ def robustness_few_labels(
         )
     ds_json = _preprocessed_dataset_json(preprocessed, None, name)
     file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
-    out = Path(output) if output is not None else results / name / ROBUSTNESS_DIRNAME / "few-labels"
-    _check_output(out, overwrite)
+    out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "few-labels")
+    _check_output(out, settings.overwrite)
 
     from nnunet_pde.training.subsets import SUBSET_FILE
 
@@ -241,6 +222,4 @@ def robustness_few_labels(
         },
         warnings=warnings,
     )
-    return _finish(
-        plan, out, overwrite, metrics, policy, tolerance_mm, num_workers, progress, print_fn
-    )
+    return _finish(plan, out, metrics, settings)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from nnunet_pde.benchmark.robustness.model import (
     CLEAN,
-    DEFAULT_METRICS,
     ROBUSTNESS_DIRNAME,
     Condition,
     Curve,
@@ -24,6 +22,7 @@ from nnunet_pde.benchmark.robustness.pipeline import (
     _preprocessed_dataset_json,
     _train_hint,
 )
+from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.derive.noisy_labels import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import read_json
@@ -33,7 +32,6 @@ from nnunet_pde.folders import (
     resolve_dataset_name,
     trainer_dir_name,
 )
-from nnunet_pde.metrics import ImputationPolicy
 
 # --------------------------------------------------------------------------- noisy labels
 
@@ -71,18 +69,8 @@ def _read_derived(raw_ds: Path) -> dict[str, Any] | None:
 def robustness_noisy_labels(
     datasets: Sequence[str | int],
     trainers: Sequence[str],
-    configuration: str = "3d_fullres",
-    plans: str = "nnUNetPlans",
-    folds: Sequence[int | str] = (0, 1, 2, 3, 4),
-    output: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    tolerance_mm: float = 1.0,
-    policy: ImputationPolicy | None = None,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    num_workers: int | None = None,
-    progress: bool = True,
-    environ: Mapping[str, str] | None = None,
-    print_fn: Callable[[str], None] = print,
+    settings: EvaluationSettings | None = None,
+    **options: Any,
 ) -> RobustnessOutcome:
     """Metric versus label-noise magnitude, always scored against the clean labels.
 
@@ -94,8 +82,7 @@ def robustness_noisy_labels(
         corruption mode (and fraction of corrupted cases, if not 1) is its own curve.
     trainers
         Trainers trained on every one of the datasets.
-    configuration, plans, folds, output, overwrite, tolerance_mm, policy, metrics, num_workers,
-    progress, environ, print_fn
+    settings, **options
         As for :func:`robustness_few_labels`; the default output folder is
         ``$nnUNet_results/<clean dataset>/nnunet_pde_robustness/noisy-labels``.
 
@@ -114,9 +101,9 @@ def robustness_noisy_labels(
     """
     from nnunet_pde.metrics.evaluate import regions_from_dataset_json
 
-    env = os.environ if environ is None else environ
-    policy = policy or ImputationPolicy()
-    trainers, fold_list, metrics = _common_setup(trainers, folds, metrics)
+    settings = EvaluationSettings.of(settings, **options)
+    env, configuration, plans = settings.env, settings.configuration, settings.plans
+    trainers, fold_list, metrics = _common_setup(trainers, settings)
     if not datasets:
         raise BenchmarkError("no datasets given (--datasets CLEAN NOISY1 NOISY2 ...)")
     results = require_env_folder("nnUNet_results", env)
@@ -206,12 +193,8 @@ def robustness_noisy_labels(
                 )
         taken[n] = d["magnitude_mm"]
 
-    out = (
-        Path(output)
-        if output is not None
-        else results / clean_name / ROBUSTNESS_DIRNAME / "noisy-labels"
-    )
-    _check_output(out, overwrite)
+    out = settings.output_folder(results / clean_name / ROBUSTNESS_DIRNAME / "noisy-labels")
+    _check_output(out, settings.overwrite)
 
     warnings: list[str] = []
     clean_splits = read_splits(preprocessed / clean_name)
@@ -305,6 +288,4 @@ def robustness_noisy_labels(
         },
         warnings=warnings,
     )
-    return _finish(
-        plan, out, overwrite, metrics, policy, tolerance_mm, num_workers, progress, print_fn
-    )
+    return _finish(plan, out, metrics, settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from nnunet_pde.benchmark.report import pool_predictions
 from nnunet_pde.benchmark.robustness.model import (
     AUC_COLUMNS,
     AUC_CSV,
+    DEFAULT_METRICS,
     PER_CASE_CSV,
     ROBUSTNESS_FILES,
     ROBUSTNESS_JSON,
@@ -27,6 +28,7 @@ from nnunet_pde.benchmark.robustness.model import (
     severity_auc,
 )
 from nnunet_pde.benchmark.robustness.render import curve_png, render_markdown
+from nnunet_pde.benchmark.settings import EvaluationSettings, OutputFiles, evaluate_fold_folder
 from nnunet_pde.benchmark.writers import stat_fields, write_csv
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import write_json
@@ -146,33 +148,17 @@ def _case_set_warnings(plan: _Plan) -> list[str]:
     return out
 
 
-def _evaluate(
-    plan: _Plan,
-    tolerance_mm: float,
-    policy: ImputationPolicy,
-    num_workers: int | None,
-    progress: bool,
-    print_fn: Callable[[str], None],
-) -> list[dict[str, Any]]:
-    from nnunet_pde.metrics.evaluate import EvaluationError, evaluate_folders
+def _evaluate(plan: _Plan, settings: EvaluationSettings) -> list[dict[str, Any]]:
+    """Per-case rows of every condition of ``plan``, with its trainer, curve and level."""
+    from nnunet_pde.metrics.evaluate import EvaluationError
 
     per_case: list[dict[str, Any]] = []
     for c in plan.conditions.values():
         for folder, fold in c.sources:
             where = f" fold {fold}" if fold is not None else ""
-            print_fn(f"evaluating {c.trainer} {c.key}{where} ({folder} vs {c.reference})")
+            settings.print_fn(f"evaluating {c.trainer} {c.key}{where} ({folder} vs {c.reference})")
             try:
-                rows, _ = evaluate_folders(
-                    folder,
-                    c.reference,
-                    dataset_json=c.dataset_json,
-                    num_workers=num_workers,
-                    tolerance_mm=tolerance_mm,
-                    progress=progress,
-                    policy=policy,
-                    allow_missing_predictions=True,
-                    write=False,
-                )
+                rows = evaluate_fold_folder(folder, c.reference, c.dataset_json, settings)
             except EvaluationError as exc:
                 raise BenchmarkError(f"evaluating {folder} against {c.reference}: {exc}") from None
             per_case.extend(
@@ -264,26 +250,11 @@ def _summarise(
 # ------------------------------------------------------------------------------- driver
 
 
-def _finish(
-    plan: _Plan,
-    out: Path,
-    overwrite: bool,
-    metrics: Sequence[str],
-    policy: ImputationPolicy,
-    tolerance_mm: float,
-    num_workers: int | None,
-    progress: bool,
-    print_fn: Callable[[str], None],
-) -> RobustnessOutcome:
-    """Evaluate every condition of ``plan``, summarise, and write the outputs into ``out``."""
-    from nnunet_pde.metrics.evaluate import CSV_COLUMNS
-
-    plan.warnings.extend(_case_set_warnings(plan))
-    for w in plan.warnings:
-        print_fn(f"warning: {w}")
-    per_case = _evaluate(plan, tolerance_mm, policy, num_workers, progress, print_fn)
-    summary, auc = _summarise(plan, per_case, metrics, policy)
-    meta: dict[str, Any] = {
+def _robustness_meta(
+    plan: _Plan, metrics: Sequence[str], settings: EvaluationSettings
+) -> dict[str, Any]:
+    """What ``robustness.json`` and the tables record about the run (without the results)."""
+    return {
         "kind": f"nnunet_pde benchmark robustness {plan.regime}",
         "regime": plan.regime,
         "dataset": plan.dataset,
@@ -291,8 +262,8 @@ def _finish(
         "axis": plan.axis,
         "clean_level": plan.clean_level,
         "metrics": list(metrics),
-        "tolerance_mm": float(tolerance_mm),
-        "imputation": policy.as_dict(),
+        "tolerance_mm": float(settings.tolerance_mm),
+        "imputation": settings.imputation.as_dict(),
         **plan.meta,
         "curves": [
             {
@@ -310,55 +281,70 @@ def _finish(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
-    _check_output(out, overwrite)
+
+def _remove_previous_outputs(out: Path) -> None:
+    """With --overwrite: remove what an earlier run recorded in robustness.json, nothing else."""
     previous = out / ROBUSTNESS_JSON
-    if previous.is_file():  # --overwrite: remove what the previous run wrote, nothing else
-        try:
-            old = json.loads(previous.read_text()).get("files", [])
-        except (json.JSONDecodeError, AttributeError):
-            old = []
-        for f in [*old, *ROBUSTNESS_FILES]:
-            p = out / Path(str(f)).name
-            if p.is_file():
-                p.unlink()
+    if not previous.is_file():
+        return
+    try:
+        old = json.loads(previous.read_text()).get("files", [])
+    except (json.JSONDecodeError, AttributeError):
+        old = []
+    for f in [*old, *ROBUSTNESS_FILES]:
+        p = out / Path(str(f)).name
+        if p.is_file():
+            p.unlink()
+
+
+def _finish(
+    plan: _Plan, out: Path, metrics: Sequence[str], settings: EvaluationSettings
+) -> RobustnessOutcome:
+    """Evaluate every condition of ``plan``, summarise, and write the outputs into ``out``."""
+    from nnunet_pde.metrics.evaluate import CSV_COLUMNS
+
+    plan.warnings.extend(_case_set_warnings(plan))
+    for w in plan.warnings:
+        settings.print_fn(f"warning: {w}")
+    per_case = _evaluate(plan, settings)
+    summary, auc = _summarise(plan, per_case, metrics, settings.imputation)
+    meta = _robustness_meta(plan, metrics, settings)
+
+    _check_output(out, settings.overwrite)
+    _remove_previous_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-
-    def put(fname: str, writer: Callable[[Path], None]) -> None:
-        path = out / fname
-        writer(path)
-        written.append(path)
-
+    files = OutputFiles(out)
     case_cols = ("trainer", "curve", "condition", "level", "level_label", "fold", *CSV_COLUMNS)
-    put(PER_CASE_CSV, lambda p: write_csv(p, per_case, case_cols))
-    put(SUMMARY_CSV, lambda p: write_csv(p, summary, SUMMARY_COLUMNS))
-    put(AUC_CSV, lambda p: write_csv(p, auc, AUC_COLUMNS))
-    put(
-        TABLES_MD,
-        lambda p: p.write_text(
-            render_markdown(plan, summary, auc, metrics, meta), encoding="utf-8"
-        ),
-    )
+    files.put(PER_CASE_CSV, lambda p: write_csv(p, per_case, case_cols))
+    files.put(SUMMARY_CSV, lambda p: write_csv(p, summary, SUMMARY_COLUMNS))
+    files.put(AUC_CSV, lambda p: write_csv(p, auc, AUC_COLUMNS))
+    files.put_text(TABLES_MD, render_markdown(plan, summary, auc, metrics, meta))
     for curve in plan.curves:
         for m in metrics:
-            png = curve_png(plan, curve, m, summary)
-            put(f"{_slug(curve.id)}_{m}.png", lambda p, png=png: p.write_bytes(png))
-    files = [p.name for p in written] + [ROBUSTNESS_JSON]
-    put(
+            files.put_bytes(f"{_slug(curve.id)}_{m}.png", curve_png(plan, curve, m, summary))
+    names = [p.name for p in files.written] + [ROBUSTNESS_JSON]
+    files.put(
         ROBUSTNESS_JSON,
         lambda p: write_json(
             p,
-            json_safe({**meta, "files": files, "summary": summary, "auc": auc}),
+            json_safe({**meta, "files": names, "summary": summary, "auc": auc}),
             allow_nan=False,
         ),
     )
-    return RobustnessOutcome(plan.regime, out, written, per_case, summary, auc, meta, plan.warnings)
+    return RobustnessOutcome(
+        plan.regime, out, files.written, per_case, summary, auc, meta, plan.warnings
+    )
 
 
 def _common_setup(
-    trainers: Sequence[str], folds: Sequence[int | str], metrics: Sequence[str]
+    trainers: Sequence[str], settings: EvaluationSettings
 ) -> tuple[list[str], list[int], list[str]]:
-    return check_trainer_names(trainers), parse_folds(folds), _check_metrics(metrics)
+    """The checked trainer names, fold numbers and metrics of a regime."""
+    return (
+        check_trainer_names(trainers),
+        parse_folds(settings.folds),
+        _check_metrics(settings.metric_list(DEFAULT_METRICS)),
+    )
 
 
 def _preprocessed_dataset_json(pre: Path, raw: Path | None, name: str) -> Path:

@@ -14,7 +14,6 @@ from typing import Any
 
 from nnunet_pde.benchmark.robustness.model import (
     CLEAN,
-    DEFAULT_METRICS,
     PREDICTION_RECORD,
     ROBUSTNESS_DIRNAME,
     Condition,
@@ -29,6 +28,7 @@ from nnunet_pde.benchmark.robustness.pipeline import (
     _preprocessed_dataset_json,
     _train_hint,
 )
+from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.commands import build_predict_command, run_command
 from nnunet_pde.derive.scanner_shift import MANIFEST as SHIFT_MANIFEST
 from nnunet_pde.derive.scanner_shift import level_folder, read_manifest
@@ -39,7 +39,6 @@ from nnunet_pde.folders import (
     require_env_folder,
     resolve_dataset_name,
 )
-from nnunet_pde.metrics import ImputationPolicy
 from nnunet_pde.metrics.aggregate import json_safe
 
 # -------------------------------------------------------------------------- scanner shift
@@ -111,24 +110,15 @@ def robustness_scanner_shift(
     dataset: str | int,
     shifted: str | os.PathLike[str],
     trainers: Sequence[str],
-    configuration: str = "3d_fullres",
-    plans: str = "nnUNetPlans",
-    folds: Sequence[int | str] = (0, 1, 2, 3, 4),
+    settings: EvaluationSettings | None = None,
+    *,
     predictions: str | os.PathLike[str] | None = None,
     predict: bool = False,
     device: str | None = None,
     extra_args: Sequence[str] = (),
     predict_command: Sequence[str] = ("nnUNetv2_predict",),
     runner: Callable[[Sequence[str]], int] | None = None,
-    output: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    tolerance_mm: float = 1.0,
-    policy: ImputationPolicy | None = None,
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    num_workers: int | None = None,
-    progress: bool = True,
-    environ: Mapping[str, str] | None = None,
-    print_fn: Callable[[str], None] = print,
+    **options: Any,
 ) -> RobustnessOutcome:
     """Metric versus scanner-shift severity on the test set, per perturbation.
 
@@ -138,8 +128,11 @@ def robustness_scanner_shift(
         Dataset id or name; must be the manifest's source dataset.
     shifted
         Output folder of ``nnunet-pde derive shifted-images`` (with ``nnunet_pde_shift.json``).
-    trainers, configuration, plans, folds
-        The models: ``nnUNetv2_predict`` ensembles the given folds of each trainer.
+    trainers
+        The models: ``nnUNetv2_predict`` ensembles the folds of ``settings`` of each trainer.
+    settings, **options
+        As for :func:`robustness_few_labels`; the default output folder is
+        ``$nnUNet_results/<dataset>/nnunet_pde_robustness/scanner-shift``.
     predictions
         Where the predictions are (default ``<shifted>/predictions``):
         ``<predictions>/<trainer>/clean/`` and ``<predictions>/<trainer>/<perturbation>/level<k>/``.
@@ -152,9 +145,6 @@ def robustness_scanner_shift(
         and the command itself (e.g. a container wrapper).
     runner
         Runs one command and returns its exit code (default :func:`run_command`).
-    output, overwrite, tolerance_mm, policy, metrics, num_workers, progress, environ, print_fn
-        As for :func:`robustness_few_labels`; the default output folder is
-        ``$nnUNet_results/<dataset>/nnunet_pde_robustness/scanner-shift``.
 
     Returns
     -------
@@ -168,9 +158,10 @@ def robustness_scanner_shift(
     FileExistsError
         ``output`` is not empty and ``overwrite`` is False (checked before predicting).
     """
-    env = os.environ if environ is None else environ
-    policy = policy or ImputationPolicy()
-    trainers, fold_list, metrics = _common_setup(trainers, folds, metrics)
+    settings = EvaluationSettings.of(settings, **options)
+    env, configuration, plans = settings.env, settings.configuration, settings.plans
+    print_fn = settings.print_fn
+    trainers, fold_list, metrics = _common_setup(trainers, settings)
     shifted = Path(shifted).absolute()  # the printed commands must work from anywhere
     manifest = read_shift_manifest(shifted)
     results = require_env_folder("nnUNet_results", env)
@@ -236,12 +227,8 @@ def robustness_scanner_shift(
                 (f"{pert}/level{k}", pert, k, folder, bool(info.get("covered_by_nnunet", False)))
             )
 
-    out = (
-        Path(output)
-        if output is not None
-        else results / name / ROBUSTNESS_DIRNAME / "scanner-shift"
-    )
-    _check_output(out, overwrite)
+    out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "scanner-shift")
+    _check_output(out, settings.overwrite)
     pred_root = Path(predictions).absolute() if predictions is not None else shifted / "predictions"
 
     # What exists, what is missing.
@@ -375,9 +362,7 @@ def robustness_scanner_shift(
             ),
         },
     )
-    return _finish(
-        plan, out, overwrite, metrics, policy, tolerance_mm, num_workers, progress, print_fn
-    )
+    return _finish(plan, out, metrics, settings)
 
 
 def _predict_missing(
