@@ -163,8 +163,15 @@ def _(u, b, g, cA, ce, k):
 
 
 def uses_native(u: torch.Tensor) -> bool:
-    """Whether the step on ``u`` runs the compiled kernels (CPU, float32/64, compiler found)."""
-    return native.AVAILABLE and u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64)
+    """Whether the step on ``u`` runs the compiled kernels: CPU, float32/64, a compiler
+    found, and fewer than 2^31 voxels per channel (the kernels index volumes with 32 bits)."""
+    return (
+        native.AVAILABLE
+        and u.device.type == "cpu"
+        and u.dtype in (torch.float32, torch.float64)
+        and u.ndim >= 3
+        and u[0, 0].numel() < 2**31
+    )
 
 
 def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
