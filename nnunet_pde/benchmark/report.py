@@ -309,6 +309,26 @@ def _pool_trainers(
     return pooled
 
 
+def _evaluate_pooled(
+    results: Path,
+    name: str,
+    pooled: Mapping[str, PooledPredictions],
+    gt: Path,
+    ds_json: Path,
+    settings: EvaluationSettings,
+) -> list[dict[str, Any]]:
+    """Per-case rows of every trainer's pooled validation folders, with trainer and fold."""
+    per_case: list[dict[str, Any]] = []
+    for t, p in pooled.items():
+        for k in p.folds_found:
+            val = fold_dir(results, name, t, settings.plans, settings.configuration, k)
+            val = val / "validation"
+            settings.print_fn(f"evaluating {t} fold {k} ({val})")
+            rows = evaluate_fold_folder(val, gt, ds_json, settings)
+            per_case.extend({"trainer": t, "fold": k, **r} for r in rows)
+    return per_case
+
+
 def _write_report(
     out: Path,
     per_case: list[dict[str, Any]],
@@ -424,15 +444,7 @@ def make_report(
     pooled = _pool_trainers(
         results, name, trainers, fold_list, file_ending, read_splits(pre), settings
     )
-    per_case: list[dict[str, Any]] = []
-    for t in trainers:
-        for k in pooled[t].folds_found:
-            val = fold_dir(results, name, t, settings.plans, settings.configuration, k)
-            val = val / "validation"
-            settings.print_fn(f"evaluating {t} fold {k} ({val})")
-            rows = evaluate_fold_folder(val, gt, ds_json, settings)
-            per_case.extend({"trainer": t, "fold": k, **r} for r in rows)
-
+    per_case = _evaluate_pooled(results, name, pooled, gt, ds_json, settings)
     summary, per_fold = compute_statistics(
         per_case, trainers, reference, metrics, policy, n_bootstrap, seed, confidence
     )

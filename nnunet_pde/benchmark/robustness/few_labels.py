@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nnunet_pde.benchmark.robustness.model import (
@@ -96,7 +98,7 @@ def robustness_few_labels(
         ``output`` is not empty and ``overwrite`` is False (checked before any evaluation).
     """
     settings = EvaluationSettings.of(settings, **options)
-    env, configuration, plans = settings.env, settings.configuration, settings.plans
+    env = settings.env
     trainers, fold_list, metrics = _common_setup(trainers, settings)
     percents = _parse_fractions(fractions)
     bad = [t for t in trainers if re.search(r"_Frac\d+$", t)]
@@ -108,8 +110,7 @@ def robustness_few_labels(
     results = require_env_folder("nnUNet_results", env)
     preprocessed = require_env_folder("nnUNet_preprocessed", env)
     name = resolve_dataset_name(dataset, env)
-    pre = preprocessed / name
-    gt = pre / "gt_segmentations"
+    gt = preprocessed / name / "gt_segmentations"
     if not gt.is_dir():
         raise BenchmarkError(
             f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
@@ -120,106 +121,160 @@ def robustness_few_labels(
     out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "few-labels")
     _check_output(out, settings.overwrite)
 
-    from nnunet_pde.training.subsets import SUBSET_FILE
-
-    splits = read_splits(pre)
-    warnings: list[str] = []
-    conditions: dict[tuple[str, str], Condition] = {}
-    missing: list[str] = []
-    seeds: dict[tuple[int, int], dict[str, Any]] = {}
-    no_record: list[str] = []
-    for t in trainers:
-        for pct in [*percents, 100]:
-            model = few_label_trainer(t, pct)
-            pooled = _pool_oof(
-                results, name, model, plans, configuration, fold_list, file_ending, splits, warnings
-            )
-            folder = results / name / trainer_dir_name(model, plans, configuration)
-            if pooled is None:
-                missing.append(
-                    f"  {model}: no predictions in {folder}/fold_*/validation for folds "
-                    f"{', '.join(map(str, fold_list))}; train them with\n"
-                    + _train_hint(name, model, configuration, plans, fold_list)
-                )
-                continue
-            sources, cases, pool_info = pooled
-            subsets: dict[str, Any] = {}
-            if pct < 100:
-                for _, k in sources:
-                    rec_path = fold_dir(results, name, model, plans, configuration, k) / SUBSET_FILE
-                    if not rec_path.is_file():
-                        no_record.append(f"{model}/fold_{k}")
-                        continue
-                    rec = read_json(rec_path, BenchmarkError)
-                    subsets[str(k)] = {
-                        key: rec.get(key) for key in ("fraction", "seed", "n_total", "n_selected")
-                    }
-                    frac = rec.get("fraction")
-                    if not isinstance(frac, int | float) or abs(float(frac) - pct / 100) > 1e-6:
-                        warnings.append(
-                            f"{rec_path} records fraction {frac}, not {pct / 100:g} as the "
-                            f"trainer name {model} says"
-                        )
-                    seen = seeds.setdefault((pct, int(k)), {})
-                    seen[t] = rec.get("seed")
-            conditions[(t, f"frac{pct}")] = Condition(
-                key=model,
-                trainer=t,
-                curve="label-fraction",
-                level=pct / 100,
-                label=f"{pct} %",
-                sources=sources,
-                reference=gt,
-                dataset_json=ds_json,
-                cases=cases,
-                info={"pooling": pool_info, "subsets": subsets},
-            )
-    if missing:
-        raise BenchmarkError(
-            "no out-of-fold validation predictions for these models; train them first:\n"
-            + "\n".join(missing),
-            multiline=True,
-        )
-    if no_record:
-        warnings.append(
-            f"no {SUBSET_FILE} in {len(no_record)} few-label fold folder(s) "
-            f"({', '.join(no_record[:5])}): the training subsets cannot be confirmed"
-        )
-    for (pct, k), by_trainer in sorted(seeds.items()):
-        if len(set(map(str, by_trainer.values()))) > 1:
-            warnings.append(
-                f"{pct} % fold {k}: the trainers used different subset seeds "
-                f"({', '.join(f'{t}: {s}' for t, s in by_trainer.items())}), so they were "
-                "trained on different cases"
-            )
-    curve = Curve(
-        id="label-fraction",
-        title=f"Few labels: metric versus label fraction ({name})",
-        points=[(p / 100, f"frac{p}") for p in [*percents, 100]],
+    grid = _FewLabelGrid(
+        results, preprocessed / name, name, gt, ds_json, file_ending, fold_list, settings
     )
-    plan = _Plan(
-        regime="few-labels",
-        title=f"Robustness to few labels: {name}",
-        dataset=name,
-        axis="label fraction (share of each fold's training cases)",
-        clean_level=1.0,
-        trainers=trainers,
-        conditions=conditions,
-        curves=[curve],
-        meta={
-            "configuration": configuration,
-            "plans": plans,
-            "folds": fold_list,
-            "fractions_percent": [*percents, 100],
-            "reference_folder": str(gt),
-            "how": (
-                "Each trainer T at fraction NN % is the model T_FracNN (trained on a nested, "
-                "seeded NN % subset of each fold's training cases), 100 % is T itself; "
-                "out-of-fold validation predictions pooled over folds "
-                f"{', '.join(map(str, fold_list))} (every case once), scored against "
-                f"{gt} (nnU-Net's own validation references)."
-            ),
-        },
-        warnings=warnings,
-    )
+    conditions, warnings = grid.conditions(trainers, percents)
+    plan = grid.plan(trainers, percents, conditions, warnings)
     return _finish(plan, out, metrics, settings)
+
+
+@dataclass(frozen=True)
+class _FewLabelGrid:
+    """The models of one few-labels comparison: where they are and what they are scored on."""
+
+    results: Path
+    pre: Path
+    name: str
+    gt: Path
+    ds_json: Path
+    file_ending: str
+    folds: list[int]
+    settings: EvaluationSettings
+
+    def conditions(
+        self, trainers: Sequence[str], percents: Sequence[int]
+    ) -> tuple[dict[tuple[str, str], Condition], list[str]]:
+        """One condition per (trainer, fraction), and the warnings about them."""
+        from nnunet_pde.training.subsets import SUBSET_FILE
+
+        s = self.settings
+        splits = read_splits(self.pre)
+        warnings: list[str] = []
+        conditions: dict[tuple[str, str], Condition] = {}
+        missing: list[str] = []
+        seeds: dict[tuple[int, int], dict[str, Any]] = {}
+        no_record: list[str] = []
+        for t in trainers:
+            for pct in [*percents, 100]:
+                model = few_label_trainer(t, pct)
+                pooled = _pool_oof(
+                    self.results, self.name, model, s.plans, s.configuration, self.folds,
+                    self.file_ending, splits, warnings,
+                )  # fmt: skip
+                if pooled is None:
+                    missing.append(self._missing(model))
+                    continue
+                sources, cases, pool_info = pooled
+                subsets: dict[str, Any] = {}
+                if pct < 100:
+                    for _, k in sources:
+                        rec_path = self._fold(model, k) / SUBSET_FILE
+                        if not rec_path.is_file():
+                            no_record.append(f"{model}/fold_{k}")
+                            continue
+                        rec = read_json(rec_path, BenchmarkError)
+                        subsets[str(k)] = _subset_record(rec, rec_path, model, pct, warnings)
+                        seeds.setdefault((pct, int(k)), {})[t] = rec.get("seed")
+                conditions[(t, f"frac{pct}")] = Condition(
+                    key=model,
+                    trainer=t,
+                    curve="label-fraction",
+                    level=pct / 100,
+                    label=f"{pct} %",
+                    sources=sources,
+                    reference=self.gt,
+                    dataset_json=self.ds_json,
+                    cases=cases,
+                    info={"pooling": pool_info, "subsets": subsets},
+                )
+        if missing:
+            raise BenchmarkError(
+                "no out-of-fold validation predictions for these models; train them first:\n"
+                + "\n".join(missing),
+                multiline=True,
+            )
+        if no_record:
+            warnings.append(
+                f"no {SUBSET_FILE} in {len(no_record)} few-label fold folder(s) "
+                f"({', '.join(no_record[:5])}): the training subsets cannot be confirmed"
+            )
+        warnings.extend(_seed_warnings(seeds))
+        return conditions, warnings
+
+    def _fold(self, model: str, k: int | None) -> Path:
+        s = self.settings
+        return fold_dir(self.results, self.name, model, s.plans, s.configuration, k)
+
+    def _missing(self, model: str) -> str:
+        s = self.settings
+        folder = self.results / self.name / trainer_dir_name(model, s.plans, s.configuration)
+        return (
+            f"  {model}: no predictions in {folder}/fold_*/validation for folds "
+            f"{', '.join(map(str, self.folds))}; train them with\n"
+            + _train_hint(self.name, model, s.configuration, s.plans, self.folds)
+        )
+
+    def plan(
+        self,
+        trainers: list[str],
+        percents: Sequence[int],
+        conditions: dict[tuple[str, str], Condition],
+        warnings: list[str],
+    ) -> _Plan:
+        """The one curve (label fraction) and what the outputs record about it."""
+        name, folds = self.name, self.folds
+        curve = Curve(
+            id="label-fraction",
+            title=f"Few labels: metric versus label fraction ({name})",
+            points=[(p / 100, f"frac{p}") for p in [*percents, 100]],
+        )
+        return _Plan(
+            regime="few-labels",
+            title=f"Robustness to few labels: {name}",
+            dataset=name,
+            axis="label fraction (share of each fold's training cases)",
+            clean_level=1.0,
+            trainers=trainers,
+            conditions=conditions,
+            curves=[curve],
+            meta={
+                "configuration": self.settings.configuration,
+                "plans": self.settings.plans,
+                "folds": folds,
+                "fractions_percent": [*percents, 100],
+                "reference_folder": str(self.gt),
+                "how": (
+                    "Each trainer T at fraction NN % is the model T_FracNN (trained on a "
+                    "nested, seeded NN % subset of each fold's training cases), 100 % is T "
+                    "itself; out-of-fold validation predictions pooled over folds "
+                    f"{', '.join(map(str, folds))} (every case once), scored against "
+                    f"{self.gt} (nnU-Net's own validation references)."
+                ),
+            },
+            warnings=warnings,
+        )
+
+
+def _subset_record(
+    rec: Mapping[str, Any], rec_path: Path, model: str, pct: int, warnings: list[str]
+) -> dict[str, Any]:
+    """What a fold's subset record says; a warning if its fraction is not the trainer's."""
+    frac = rec.get("fraction")
+    if not isinstance(frac, int | float) or abs(float(frac) - pct / 100) > 1e-6:
+        warnings.append(
+            f"{rec_path} records fraction {frac}, not {pct / 100:g} as the "
+            f"trainer name {model} says"
+        )
+    return {key: rec.get(key) for key in ("fraction", "seed", "n_total", "n_selected")}
+
+
+def _seed_warnings(seeds: Mapping[tuple[int, int], Mapping[str, Any]]) -> list[str]:
+    """A warning per (fraction, fold) whose trainers were trained with different subset seeds."""
+    return [
+        f"{pct} % fold {k}: the trainers used different subset seeds "
+        f"({', '.join(f'{t}: {s}' for t, s in by_trainer.items())}), so they were "
+        "trained on different cases"
+        for (pct, k), by_trainer in sorted(seeds.items())
+        if len(set(map(str, by_trainer.values()))) > 1
+    ]

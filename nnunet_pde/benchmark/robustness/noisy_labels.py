@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,8 @@ def robustness_noisy_labels(
     FileExistsError
         ``output`` is not empty and ``overwrite`` is False.
     """
-    from nnunet_pde.metrics.evaluate import regions_from_dataset_json
-
     settings = EvaluationSettings.of(settings, **options)
-    env, configuration, plans = settings.env, settings.configuration, settings.plans
+    env = settings.env
     trainers, fold_list, metrics = _common_setup(trainers, settings)
     if not datasets:
         raise BenchmarkError("no datasets given (--datasets CLEAN NOISY1 NOISY2 ...)")
@@ -115,6 +114,27 @@ def robustness_noisy_labels(
         raise BenchmarkError(f"dataset(s) listed twice: {', '.join(dup)}")
 
     derived = {n: _read_derived(raw / n) for n in names}
+    clean_name = _the_clean_dataset(derived)
+    others = [n for n in names if n != clean_name]
+    ds_jsons = {n: _preprocessed_dataset_json(preprocessed, raw, n) for n in names}
+    file_ending = _check_same_labels(ds_jsons, clean_name, others)
+    refs = _clean_references(raw, preprocessed, clean_name, others)
+    curve_of, curve_info = _noise_curves(derived, others)
+
+    out = settings.output_folder(results / clean_name / ROBUSTNESS_DIRNAME / "noisy-labels")
+    _check_output(out, settings.overwrite)
+
+    study = _NoisyLabelStudy(
+        results, preprocessed, names, clean_name, derived, refs, ds_jsons, fold_list, settings
+    )
+    warnings = study.split_warnings()
+    conditions = study.conditions(trainers, file_ending, curve_of, warnings)
+    plan = study.plan(trainers, conditions, _curves(curve_info, clean_name), warnings)
+    return _finish(plan, out, metrics, settings)
+
+
+def _the_clean_dataset(derived: Mapping[str, dict[str, Any] | None]) -> str:
+    """The one dataset without a noisy-labels record; every other one must come from it."""
     clean = [n for n, d in derived.items() if d is None]
     if len(clean) != 1:
         sources = sorted({d["source_name"] for d in derived.values() if d is not None})
@@ -128,19 +148,23 @@ def robustness_noisy_labels(
             f"{', '.join(clean)}; give exactly one"
         )
     clean_name = clean[0]
-    others = [n for n in names if n != clean_name]
     wrong = [
         f"{n} (from {d['source_name']})"
-        for n in others
-        if (d := derived[n]) is not None and d["source_name"] != clean_name
+        for n, d in derived.items()
+        if n != clean_name and d is not None and d["source_name"] != clean_name
     ]
     if wrong:
         raise BenchmarkError(
             f"these datasets were not derived from the clean dataset {clean_name}: "
             f"{', '.join(wrong)}"
         )
+    return clean_name
 
-    ds_jsons = {n: _preprocessed_dataset_json(preprocessed, raw, n) for n in names}
+
+def _check_same_labels(ds_jsons: Mapping[str, Path], clean_name: str, others: list[str]) -> str:
+    """The clean dataset's file ending; BenchmarkError if a derived one has other labels."""
+    from nnunet_pde.metrics.evaluate import regions_from_dataset_json
+
     clean_ds = read_json(ds_jsons[clean_name], BenchmarkError)
     file_ending = str(clean_ds.get("file_ending", ".nii.gz"))
     clean_regions = regions_from_dataset_json(clean_ds)
@@ -150,7 +174,13 @@ def robustness_noisy_labels(
                 f"{ds_jsons[n]} defines other labels or regions than {ds_jsons[clean_name]}; "
                 "a derived dataset must keep the labels of its source"
             )
+    return file_ending
 
+
+def _clean_references(
+    raw: Path, preprocessed: Path, clean_name: str, others: list[str]
+) -> dict[str, Path]:
+    """Per dataset, the clean labels it is scored against (never a noisy labelsTr)."""
     refs: dict[str, Path] = {}
     if (raw / clean_name / "labelsTr").is_dir():
         refs[clean_name] = raw / clean_name / "labelsTr"
@@ -170,8 +200,14 @@ def robustness_noisy_labels(
                 "with nnunet-pde derive noisy-labels"
             )
         refs[n] = r
+    return refs
 
-    # Curves: one per (mode, fraction of corrupted cases).
+
+def _noise_curves(
+    derived: Mapping[str, dict[str, Any] | None], others: list[str]
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """The curve of each derived dataset (one per mode and fraction of corrupted cases), and
+    per curve its mode, fraction and datasets with their magnitudes."""
     curve_of: dict[str, str] = {}
     curve_info: dict[str, dict[str, Any]] = {}
     for n in others:
@@ -192,62 +228,10 @@ def robustness_noisy_labels(
                     f"{other} and {n} are both {cid} at {mag:g} mm; keep one of them"
                 )
         taken[n] = d["magnitude_mm"]
+    return curve_of, curve_info
 
-    out = settings.output_folder(results / clean_name / ROBUSTNESS_DIRNAME / "noisy-labels")
-    _check_output(out, settings.overwrite)
 
-    warnings: list[str] = []
-    clean_splits = read_splits(preprocessed / clean_name)
-    for n in others:
-        s = read_splits(preprocessed / n)
-        if s is not None and clean_splits is not None and s != clean_splits:
-            warnings.append(
-                f"splits_final.json of {n} differs from {clean_name}'s: the folds validate "
-                "different cases"
-            )
-    conditions: dict[tuple[str, str], Condition] = {}
-    missing: list[str] = []
-    for t in trainers:
-        for n in names:
-            splits = read_splits(preprocessed / n)
-            pooled = _pool_oof(
-                results, n, t, plans, configuration, fold_list, file_ending, splits, warnings
-            )
-            if pooled is None:
-                folder = results / n / trainer_dir_name(t, plans, configuration)
-                missing.append(
-                    f"  {n} {t}: no predictions in {folder}/fold_*/validation; train them with\n"
-                    + _train_hint(n, t, configuration, plans, fold_list)
-                )
-                continue
-            sources, cases, pool_info = pooled
-            d = derived[n]
-            conditions[(t, n)] = Condition(
-                key=n,
-                trainer=t,
-                curve=CLEAN if d is None else curve_of[n],
-                level=0.0 if d is None else d["magnitude_mm"],
-                label="0 mm (clean)" if d is None else f"{d['magnitude_mm']:g} mm",
-                sources=sources,
-                reference=refs[n],
-                dataset_json=ds_jsons[n],
-                cases=cases,
-                info={
-                    "pooling": pool_info,
-                    "derived": None
-                    if d is None
-                    else {
-                        "source": d["source_name"],
-                        **{k: d[k] for k in _DERIVED_KEYS if k in d},
-                    },
-                },
-            )
-    if missing:
-        raise BenchmarkError(
-            "no out-of-fold validation predictions for these (dataset, trainer) pairs; train "
-            "them first:\n" + "\n".join(missing),
-            multiline=True,
-        )
+def _curves(curve_info: Mapping[str, dict[str, Any]], clean_name: str) -> list[Curve]:
     curves = []
     for cid, info in curve_info.items():
         pts = sorted((mag, n) for n, mag in info["datasets"].items())
@@ -262,30 +246,125 @@ def robustness_noisy_labels(
                 info=info,
             )
         )
-    plan = _Plan(
-        regime="noisy-labels",
-        title=f"Robustness to noisy training labels: {clean_name}",
-        dataset=clean_name,
-        axis="noise magnitude (mm)",
-        clean_level=0.0,
-        trainers=trainers,
-        conditions=conditions,
-        curves=curves,
-        meta={
-            "configuration": configuration,
-            "plans": plans,
-            "folds": fold_list,
-            "datasets": names,
-            "clean_dataset": clean_name,
-            "references": {n: str(p) for n, p in refs.items()},
-            "how": (
-                "Each point is the trainer trained on that dataset (the clean one at 0 mm, the "
-                "noisy-labels datasets at their magnitude_mm); out-of-fold validation "
-                f"predictions pooled over folds {', '.join(map(str, fold_list))}, always "
-                f"scored against the CLEAN labels ({refs[clean_name]} for the clean dataset, "
-                f"<dataset>/{CLEAN_LABELS_DIR} for a derived one), never the noisy ones."
-            ),
-        },
-        warnings=warnings,
-    )
-    return _finish(plan, out, metrics, settings)
+    return curves
+
+
+@dataclass(frozen=True)
+class _NoisyLabelStudy:
+    """The datasets of one noisy-labels comparison and what each is scored against."""
+
+    results: Path
+    preprocessed: Path
+    names: list[str]
+    clean_name: str
+    derived: Mapping[str, dict[str, Any] | None]
+    refs: Mapping[str, Path]
+    ds_jsons: Mapping[str, Path]
+    folds: list[int]
+    settings: EvaluationSettings
+
+    def split_warnings(self) -> list[str]:
+        """A warning per derived dataset whose splits_final.json is not the clean one's."""
+        warnings: list[str] = []
+        clean_splits = read_splits(self.preprocessed / self.clean_name)
+        for n in self.names:
+            if n == self.clean_name:
+                continue
+            s = read_splits(self.preprocessed / n)
+            if s is not None and clean_splits is not None and s != clean_splits:
+                warnings.append(
+                    f"splits_final.json of {n} differs from {self.clean_name}'s: the folds "
+                    "validate different cases"
+                )
+        return warnings
+
+    def conditions(
+        self,
+        trainers: Sequence[str],
+        file_ending: str,
+        curve_of: Mapping[str, str],
+        warnings: list[str],
+    ) -> dict[tuple[str, str], Condition]:
+        """One condition per (trainer, dataset): its pooled out-of-fold predictions."""
+        s = self.settings
+        conditions: dict[tuple[str, str], Condition] = {}
+        missing: list[str] = []
+        for t in trainers:
+            for n in self.names:
+                splits = read_splits(self.preprocessed / n)
+                pooled = _pool_oof(
+                    self.results, n, t, s.plans, s.configuration, self.folds, file_ending,
+                    splits, warnings,
+                )  # fmt: skip
+                if pooled is None:
+                    folder = self.results / n / trainer_dir_name(t, s.plans, s.configuration)
+                    missing.append(
+                        f"  {n} {t}: no predictions in {folder}/fold_*/validation; train them "
+                        "with\n" + _train_hint(n, t, s.configuration, s.plans, self.folds)
+                    )
+                    continue
+                sources, cases, pool_info = pooled
+                d = self.derived[n]
+                conditions[(t, n)] = Condition(
+                    key=n,
+                    trainer=t,
+                    curve=CLEAN if d is None else curve_of[n],
+                    level=0.0 if d is None else d["magnitude_mm"],
+                    label="0 mm (clean)" if d is None else f"{d['magnitude_mm']:g} mm",
+                    sources=sources,
+                    reference=self.refs[n],
+                    dataset_json=self.ds_jsons[n],
+                    cases=cases,
+                    info={"pooling": pool_info, "derived": _derived_info(d)},
+                )
+        if missing:
+            raise BenchmarkError(
+                "no out-of-fold validation predictions for these (dataset, trainer) pairs; "
+                "train them first:\n" + "\n".join(missing),
+                multiline=True,
+            )
+        return conditions
+
+    def plan(
+        self,
+        trainers: list[str],
+        conditions: dict[tuple[str, str], Condition],
+        curves: list[Curve],
+        warnings: list[str],
+    ) -> _Plan:
+        """The curves and what the outputs record about the comparison."""
+        clean_name, folds = self.clean_name, self.folds
+        return _Plan(
+            regime="noisy-labels",
+            title=f"Robustness to noisy training labels: {clean_name}",
+            dataset=clean_name,
+            axis="noise magnitude (mm)",
+            clean_level=0.0,
+            trainers=trainers,
+            conditions=conditions,
+            curves=curves,
+            meta={
+                "configuration": self.settings.configuration,
+                "plans": self.settings.plans,
+                "folds": folds,
+                "datasets": self.names,
+                "clean_dataset": clean_name,
+                "references": {n: str(p) for n, p in self.refs.items()},
+                "how": (
+                    "Each point is the trainer trained on that dataset (the clean one at 0 mm, "
+                    "the noisy-labels datasets at their magnitude_mm); out-of-fold validation "
+                    f"predictions pooled over folds {', '.join(map(str, folds))}, always "
+                    f"scored against the CLEAN labels ({self.refs[clean_name]} for the clean "
+                    f"dataset, <dataset>/{CLEAN_LABELS_DIR} for a derived one), never the "
+                    "noisy ones."
+                ),
+            },
+            warnings=warnings,
+        )
+
+
+def _derived_info(d: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The fields of a noisy-labels record that robustness.json keeps (None when clean)."""
+    if d is None:
+        return None
+    return {"source": d["source_name"], **{k: d[k] for k in _DERIVED_KEYS if k in d}}

@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -159,51 +160,101 @@ def robustness_scanner_shift(
         ``output`` is not empty and ``overwrite`` is False (checked before predicting).
     """
     settings = EvaluationSettings.of(settings, **options)
-    env, configuration, plans = settings.env, settings.configuration, settings.plans
-    print_fn = settings.print_fn
+    env = settings.env
     trainers, fold_list, metrics = _common_setup(trainers, settings)
     shifted = Path(shifted).absolute()  # the printed commands must work from anywhere
     manifest = read_shift_manifest(shifted)
     results = require_env_folder("nnUNet_results", env)
     name = resolve_dataset_name(dataset, env)
-    src = manifest["source"]
-    if str(src["dataset"]) != name:
-        raise BenchmarkError(
-            f"{shifted / SHIFT_MANIFEST} was derived from {src['dataset']}, not {name}; "
-            "pass the dataset the shifted images come from"
-        )
-    images = Path(str(src["images"]))
-    if not src.get("labels"):
-        raise BenchmarkError(
-            f"{shifted / SHIFT_MANIFEST} records no test labels (source.labels is null), so "
-            "the predictions cannot be scored; derive the shifted images from a dataset with "
-            "labelsTs"
-        )
-    labels = Path(str(src["labels"]))
-    file_ending = str(src.get("file_ending") or ".nii.gz")
-    ds_json = Path(str(src.get("dataset_json") or ""))
-    if not ds_json.is_file():
-        raw_env = env.get("nnUNet_raw")
-        pre_env = env.get("nnUNet_preprocessed")
-        ds_json = _preprocessed_dataset_json(
-            Path(pre_env) if pre_env else images.parent.parent,
-            Path(raw_env) if raw_env else None,
-            name,
-        )
-    for what, folder in (("clean test images", images), ("test labels", labels)):
-        if not folder.is_dir():
-            raise BenchmarkError(f"the {what} {folder} of {shifted / SHIFT_MANIFEST} do not exist")
-    cases = _image_cases(images, file_ending)
-    if not cases:
-        raise BenchmarkError(f"no *_XXXX{file_ending} images in {images}")
-    no_label = sorted(set(cases) - _label_cases(labels, file_ending))
-    if no_label:
-        raise BenchmarkError(
-            f"{len(no_label)} test case(s) have no label in {labels}: {', '.join(no_label[:10])}"
-        )
+    test = _TestSet.of(shifted, manifest, name, env)
+    inputs = _shift_inputs(shifted, manifest, test)
+    out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "scanner-shift")
+    _check_output(out, settings.overwrite)
+    pred_root = Path(predictions).absolute() if predictions is not None else shifted / "predictions"
 
-    # Inputs: the clean images, then every perturbation and level of the manifest.
-    inputs: list[tuple[str, str, int, Path, bool | None]] = [(CLEAN, CLEAN, 0, images, None)]
+    predictor = _Predictor(
+        name, results, fold_list, device, tuple(extra_args), tuple(predict_command),
+        runner if runner is not None else run_command, settings,
+    )  # fmt: skip
+    todo = _missing_predictions(trainers, inputs, pred_root, test, predictor)
+    if todo and not predict:
+        lines = ["  " + shlex.join(predictor.command(t, i, o)) for t, _, i, o in todo]
+        raise BenchmarkError(
+            f"{len(todo)} prediction folder(s) are missing or incomplete under {pred_root}; "
+            "rerun with --predict to make them, or run:\n" + "\n".join(lines),
+            multiline=True,
+        )
+    if todo:
+        predictor.predict_missing(todo, test.cases, test.file_ending)
+
+    conditions = _shift_conditions(trainers, inputs, pred_root, test)
+    plan = _shift_plan(predictor, shifted, manifest, inputs, test, pred_root, trainers, conditions)
+    return _finish(plan, out, metrics, settings)
+
+
+@dataclass(frozen=True)
+class _TestSet:
+    """The clean test images and labels a shifted-images folder was derived from."""
+
+    images: Path
+    labels: Path
+    file_ending: str
+    ds_json: Path
+    cases: list[str]
+
+    @classmethod
+    def of(
+        cls, shifted: Path, manifest: Mapping[str, Any], name: str, env: Mapping[str, str]
+    ) -> _TestSet:
+        """Read from the manifest; BenchmarkError if it is of another dataset or incomplete."""
+        src = manifest["source"]
+        if str(src["dataset"]) != name:
+            raise BenchmarkError(
+                f"{shifted / SHIFT_MANIFEST} was derived from {src['dataset']}, not {name}; "
+                "pass the dataset the shifted images come from"
+            )
+        images = Path(str(src["images"]))
+        if not src.get("labels"):
+            raise BenchmarkError(
+                f"{shifted / SHIFT_MANIFEST} records no test labels (source.labels is null), so "
+                "the predictions cannot be scored; derive the shifted images from a dataset with "
+                "labelsTs"
+            )
+        labels = Path(str(src["labels"]))
+        file_ending = str(src.get("file_ending") or ".nii.gz")
+        ds_json = Path(str(src.get("dataset_json") or ""))
+        if not ds_json.is_file():
+            raw_env = env.get("nnUNet_raw")
+            pre_env = env.get("nnUNet_preprocessed")
+            ds_json = _preprocessed_dataset_json(
+                Path(pre_env) if pre_env else images.parent.parent,
+                Path(raw_env) if raw_env else None,
+                name,
+            )
+        for what, folder in (("clean test images", images), ("test labels", labels)):
+            if not folder.is_dir():
+                raise BenchmarkError(
+                    f"the {what} {folder} of {shifted / SHIFT_MANIFEST} do not exist"
+                )
+        cases = _image_cases(images, file_ending)
+        if not cases:
+            raise BenchmarkError(f"no *_XXXX{file_ending} images in {images}")
+        no_label = sorted(set(cases) - _label_cases(labels, file_ending))
+        if no_label:
+            raise BenchmarkError(
+                f"{len(no_label)} test case(s) have no label in {labels}: "
+                f"{', '.join(no_label[:10])}"
+            )
+        return cls(images, labels, file_ending, ds_json, cases)
+
+
+#: (key, perturbation, level, input folder, covered by nnU-Net's augmentation or None).
+_Input = tuple[str, str, int, Path, "bool | None"]
+
+
+def _shift_inputs(shifted: Path, manifest: Mapping[str, Any], test: _TestSet) -> list[_Input]:
+    """The clean images, then every perturbation and level of the manifest (checked)."""
+    inputs: list[_Input] = [(CLEAN, CLEAN, 0, test.images, None)]
     global_levels = [int(k) for k in manifest.get("levels", [])]
     for pert, info in manifest["perturbations"].items():
         info = info if isinstance(info, Mapping) else {}
@@ -217,33 +268,42 @@ def robustness_scanner_shift(
                     f"{folder} does not exist although {SHIFT_MANIFEST} lists it; derive the "
                     "shifted images again (nnunet-pde derive shifted-images)"
                 )
-            have = _image_cases(folder, file_ending)
-            if have != cases:
+            have = _image_cases(folder, test.file_ending)
+            if have != test.cases:
                 raise BenchmarkError(
-                    f"{folder} has {len(have)} case(s), the clean images {images} have "
-                    f"{len(cases)}; derive the shifted images again"
+                    f"{folder} has {len(have)} case(s), the clean images {test.images} have "
+                    f"{len(test.cases)}; derive the shifted images again"
                 )
             inputs.append(
                 (f"{pert}/level{k}", pert, k, folder, bool(info.get("covered_by_nnunet", False)))
             )
+    return inputs
 
-    out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "scanner-shift")
-    _check_output(out, settings.overwrite)
-    pred_root = Path(predictions).absolute() if predictions is not None else shifted / "predictions"
 
-    # What exists, what is missing.
-    todo: list[tuple[str, str, Path, Path]] = []  # (trainer, key, input, output folder)
+def _missing_predictions(
+    trainers: Sequence[str],
+    inputs: Sequence[_Input],
+    pred_root: Path,
+    test: _TestSet,
+    predictor: _Predictor,
+) -> list[tuple[str, str, Path, Path]]:
+    """(trainer, key, input, output folder) of every prediction folder still to make.
+
+    Raises BenchmarkError listing the folders made with other settings.
+    """
+    s = predictor.settings
+    todo: list[tuple[str, str, Path, Path]] = []
     stale: list[str] = []
     for t in trainers:
         expect = {
             "trainer": t,
-            "configuration": configuration,
-            "plans": plans,
-            "folds": fold_list,
+            "configuration": s.configuration,
+            "plans": s.plans,
+            "folds": predictor.folds,
         }
         for key, _, _, folder, _ in inputs:
             target = pred_root / t / key
-            state, detail = _prediction_state(target, cases, file_ending, expect)
+            state, detail = _prediction_state(target, test.cases, test.file_ending, expect)
             if state == "stale":
                 stale.append(f"  {target}: made with {detail}")
             elif state == "missing":
@@ -254,48 +314,13 @@ def robustness_scanner_shift(
             "--predictions DIR) and run again:\n" + "\n".join(stale),
             multiline=True,
         )
-    if todo and not predict:
-        lines = [
-            "  "
-            + shlex.join(
-                build_predict_command(
-                    i,
-                    o,
-                    name,
-                    configuration,
-                    plans,
-                    t,
-                    fold_list,
-                    device,
-                    extra_args,
-                    predict_command,
-                )
-            )
-            for t, _, i, o in todo
-        ]
-        raise BenchmarkError(
-            f"{len(todo)} prediction folder(s) are missing or incomplete under {pred_root}; "
-            "rerun with --predict to make them, or run:\n" + "\n".join(lines),
-            multiline=True,
-        )
-    if todo:
-        _predict_missing(
-            todo,
-            name,
-            configuration,
-            plans,
-            fold_list,
-            device,
-            extra_args,
-            predict_command,
-            runner if runner is not None else run_command,
-            results,
-            cases,
-            file_ending,
-            env,
-            print_fn,
-        )
+    return todo
 
+
+def _shift_conditions(
+    trainers: Sequence[str], inputs: Sequence[_Input], pred_root: Path, test: _TestSet
+) -> dict[tuple[str, str], Condition]:
+    """One condition per (trainer, input): its prediction folder against the test labels."""
     conditions: dict[tuple[str, str], Condition] = {}
     for t in trainers:
         for key, pert, k, _, _ in inputs:
@@ -307,10 +332,15 @@ def robustness_scanner_shift(
                 level=float(k),
                 label="clean" if pert == CLEAN else f"level {k}",
                 sources=[(target, None)],
-                reference=labels,
-                dataset_json=ds_json,
-                cases={c: None for c in _label_cases(target, file_ending)},
+                reference=test.labels,
+                dataset_json=test.ds_json,
+                cases={c: None for c in _label_cases(target, test.file_ending)},
             )
+    return conditions
+
+
+def _shift_curves(manifest: Mapping[str, Any], inputs: Sequence[_Input]) -> list[Curve]:
+    """One curve per perturbation: those nnU-Net's augmentation covers first."""
     curves: list[Curve] = []
     perts = list(dict.fromkeys(p for _, p, _, _, _ in inputs if p != CLEAN))
     covered = {p: c for _, p, _, _, c in inputs if p != CLEAN}
@@ -334,7 +364,24 @@ def robustness_scanner_shift(
                     },
                 )
             )
-    plan = _Plan(
+    return curves
+
+
+def _shift_plan(
+    predictor: _Predictor,
+    shifted: Path,
+    manifest: Mapping[str, Any],
+    inputs: Sequence[_Input],
+    test: _TestSet,
+    pred_root: Path,
+    trainers: list[str],
+    conditions: dict[tuple[str, str], Condition],
+) -> _Plan:
+    """The curves and what the outputs record about the comparison."""
+    perts = list(dict.fromkeys(p for _, p, _, _, _ in inputs if p != CLEAN))
+    covered = {p: c for _, p, _, _, c in inputs if p != CLEAN}
+    name, folds, settings = predictor.name, predictor.folds, predictor.settings
+    return _Plan(
         regime="scanner-shift",
         title=f"Robustness to scanner shift: {name}",
         dataset=name,
@@ -342,11 +389,11 @@ def robustness_scanner_shift(
         clean_level=0.0,
         trainers=trainers,
         conditions=conditions,
-        curves=curves,
+        curves=_shift_curves(manifest, inputs),
         meta={
-            "configuration": configuration,
-            "plans": plans,
-            "folds": fold_list,
+            "configuration": settings.configuration,
+            "plans": settings.plans,
+            "folds": folds,
             "shifted": str(shifted),
             "predictions": str(pred_root),
             "manifest": json_safe(manifest),
@@ -354,92 +401,100 @@ def robustness_scanner_shift(
             "not_covered_by_nnunet": [p for p in perts if not covered[p]],
             "how": (
                 "Each point is the test-set prediction (nnUNetv2_predict, ensemble of folds "
-                f"{', '.join(map(str, fold_list))}) of the clean images (level 0, {images}) or "
+                f"{', '.join(map(str, folds))}) of the clean images (level 0, {test.images}) or "
                 f"of one perturbation at one severity level ({shifted}/<perturbation>/"
-                f"level<k>), scored against the test labels {labels}. 'Covered' perturbations "
-                "are ones nnU-Net's training augmentation already simulates (noise, blur, "
-                "gamma, low resolution); the others are not."
+                f"level<k>), scored against the test labels {test.labels}. 'Covered' "
+                "perturbations are ones nnU-Net's training augmentation already simulates "
+                "(noise, blur, gamma, low resolution); the others are not."
             ),
         },
     )
-    return _finish(plan, out, metrics, settings)
 
 
-def _predict_missing(
-    todo: Sequence[tuple[str, str, Path, Path]],
-    name: str,
-    configuration: str,
-    plans: str,
-    folds: list[int],
-    device: str | None,
-    extra_args: Sequence[str],
-    predict_command: Sequence[str],
-    runner: Callable[[Sequence[str]], int],
-    results: Path,
-    cases: Sequence[str],
-    file_ending: str,
-    env: Mapping[str, str],
-    print_fn: Callable[[str], None],
-) -> None:
-    """Run ``nnUNetv2_predict`` for every missing folder, into ``.<folder>.partial`` first."""
-    exe = predict_command[0] if predict_command else ""
-    if not exe or shutil.which(exe, path=env.get("PATH")) is None:
-        raise BenchmarkError(
-            f"'{exe}' is not on PATH; activate the environment where nnunetv2 is installed"
-        )
-    untrained = sorted(
-        {
-            f"  {t} fold {k}: no {fold_dir(results, name, t, plans, configuration, k)}"
-            f"/checkpoint_final.pth; train it with\n"
-            + _train_hint(name, t, configuration, plans, folds)
-            for t, _, _, _ in todo
-            for k in folds
-            if not (
-                fold_dir(results, name, t, plans, configuration, k) / "checkpoint_final.pth"
-            ).is_file()
-        }
-    )
-    if untrained:
-        raise BenchmarkError(
-            "cannot predict with untrained folds:\n" + "\n".join(untrained), multiline=True
-        )
-    for i, (t, key, inp, target) in enumerate(todo, 1):
-        partial = target.with_name(f".{target.name}.partial")
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        cmd = build_predict_command(
-            inp, partial, name, configuration, plans, t, folds, device, extra_args, predict_command
-        )
-        print_fn(f"[{i}/{len(todo)}] predict {t} {key}: {shlex.join(cmd)}")
-        rc = runner(cmd)
-        if rc != 0:
+@dataclass(frozen=True)
+class _Predictor:
+    """How the missing test-set predictions are made: ``nnUNetv2_predict`` per folder."""
+
+    name: str
+    results: Path
+    folds: list[int]
+    device: str | None
+    extra_args: tuple[str, ...]
+    predict_command: tuple[str, ...]
+    runner: Callable[[Sequence[str]], int]
+    settings: EvaluationSettings
+
+    def command(self, trainer: str, inp: Path, out: Path) -> list[str]:
+        """The ``nnUNetv2_predict`` command line from ``inp`` into ``out``."""
+        s = self.settings
+        return build_predict_command(
+            inp, out, self.name, s.configuration, s.plans, trainer, self.folds, self.device,
+            self.extra_args, self.predict_command,
+        )  # fmt: skip
+
+    def _fold(self, trainer: str, k: int) -> Path:
+        s = self.settings
+        return fold_dir(self.results, self.name, trainer, s.plans, s.configuration, k)
+
+    def _check_ready(self, todo: Sequence[tuple[str, str, Path, Path]]) -> None:
+        """BenchmarkError if the command is not on PATH or a fold is not trained."""
+        exe = self.predict_command[0] if self.predict_command else ""
+        if not exe or shutil.which(exe, path=self.settings.env.get("PATH")) is None:
             raise BenchmarkError(
-                f"nnUNetv2_predict failed with exit code {rc} for {t} {key}: {shlex.join(cmd)}; "
-                "the folders finished so far are kept, run the same command again to continue"
+                f"'{exe}' is not on PATH; activate the environment where nnunetv2 is installed"
             )
-        lacking = [c for c in cases if not (partial / f"{c}{file_ending}").is_file()]
-        if lacking:
-            raise BenchmarkError(
-                f"nnUNetv2_predict exited with 0 but wrote no prediction for {len(lacking)} "
-                f"case(s) into {partial} ({', '.join(lacking[:5])})"
-            )
-        (partial / PREDICTION_RECORD).write_text(
-            json.dumps(
-                {
-                    "trainer": t,
-                    "configuration": configuration,
-                    "plans": plans,
-                    "folds": folds,
-                    "dataset": name,
-                    "input": str(inp),
-                    "command": list(cmd),
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                },
-                indent=2,
-            )
-            + "\n"
+        s = self.settings
+        untrained = sorted(
+            {
+                f"  {t} fold {k}: no {self._fold(t, k)}/checkpoint_final.pth; train it with\n"
+                + _train_hint(self.name, t, s.configuration, s.plans, self.folds)
+                for t, _, _, _ in todo
+                for k in self.folds
+                if not (self._fold(t, k) / "checkpoint_final.pth").is_file()
+            }
         )
-        if target.exists():  # an incomplete folder from an earlier, interrupted run
-            shutil.rmtree(target)
-        os.replace(partial, target)
+        if untrained:
+            raise BenchmarkError(
+                "cannot predict with untrained folds:\n" + "\n".join(untrained), multiline=True
+            )
+
+    def predict_missing(
+        self, todo: Sequence[tuple[str, str, Path, Path]], cases: Sequence[str], file_ending: str
+    ) -> None:
+        """Run ``nnUNetv2_predict`` for every missing folder, into ``.<folder>.partial`` first."""
+        self._check_ready(todo)
+        s = self.settings
+        for i, (t, key, inp, target) in enumerate(todo, 1):
+            partial = target.with_name(f".{target.name}.partial")
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            cmd = self.command(t, inp, partial)
+            s.print_fn(f"[{i}/{len(todo)}] predict {t} {key}: {shlex.join(cmd)}")
+            rc = self.runner(cmd)
+            if rc != 0:
+                raise BenchmarkError(
+                    f"nnUNetv2_predict failed with exit code {rc} for {t} {key}: "
+                    f"{shlex.join(cmd)}; the folders finished so far are kept, run the same "
+                    "command again to continue"
+                )
+            lacking = [c for c in cases if not (partial / f"{c}{file_ending}").is_file()]
+            if lacking:
+                raise BenchmarkError(
+                    f"nnUNetv2_predict exited with 0 but wrote no prediction for {len(lacking)} "
+                    f"case(s) into {partial} ({', '.join(lacking[:5])})"
+                )
+            record = {
+                "trainer": t,
+                "configuration": s.configuration,
+                "plans": s.plans,
+                "folds": self.folds,
+                "dataset": self.name,
+                "input": str(inp),
+                "command": list(cmd),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            (partial / PREDICTION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+            if target.exists():  # an incomplete folder from an earlier, interrupted run
+                shutil.rmtree(target)
+            os.replace(partial, target)
