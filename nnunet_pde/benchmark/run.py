@@ -545,15 +545,7 @@ def run_benchmark(
         train_command=train_command,
     )
     outcome = RunOutcome(tasks, dry_run=dry_run)
-    to_run = [t for t in tasks if t.action != ACTION_SKIP]
-    n_skip = len(tasks) - len(to_run)
-    print_fn(
-        f"benchmark {name} {configuration} -p {plans}: {len(trainers)} trainer(s) x "
-        f"{len(tasks) // max(1, len(trainers))} fold(s) = {len(tasks)} runs; "
-        f"{n_skip} finished (skipped), "
-        f"{sum(t.action == ACTION_CONTINUE for t in to_run)} to continue (--c), "
-        f"{sum(t.action == ACTION_TRAIN for t in to_run)} to train"
-    )
+    print_fn(_plan_line(name, configuration, plans, trainers, tasks))
     if dry_run:
         for t in tasks:
             if t.action == ACTION_SKIP:
@@ -564,28 +556,60 @@ def run_benchmark(
 
     bench_dir = benchmark_folder(results, name)
     started_dt = datetime.now(timezone.utc)
-    manifest_path = create_manifest_file(bench_dir, started_dt)
-    outcome.manifest = manifest_path
-    lock = threading.Lock()
-    job_entries: dict[str, dict[str, Any]] = {}
-    for t in tasks:
-        job_entries[t.key] = {
-            "trainer": t.trainer,
-            "fold": t.fold,
-            "folder": str(t.folder),
-            "state_before": t.state,
-            "action": t.action,
-            "command": list(t.command),
-            "command_line": t.command_line() if t.command else None,
-            "log": str(t.log) if t.command else None,
-            "started": None,
-            "ended": None,
-            "returncode": None,
-            "job_id": None,
-            "error": None,
-            "outcome": "skipped" if t.action == ACTION_SKIP else "pending",
-        }
-    manifest: dict[str, Any] = {
+    outcome.manifest = create_manifest_file(bench_dir, started_dt)
+    manifest = _new_manifest(
+        started_dt, name, configuration, plans, trainers, folds, device, extra_args,
+        train_command, executor, env,
+    )  # fmt: skip
+    grid = _GridRun(outcome, manifest, trainer_classes, env, print_fn)
+    grid.run(executor)
+    print_fn(_summary_text(outcome, bench_dir))
+    return outcome
+
+
+def _plan_line(
+    name: str, configuration: str, plans: str, trainers: Sequence[str], tasks: list[FoldTask]
+) -> str:
+    """The first line of a run: the grid and what will happen to its folds."""
+    to_run = [t for t in tasks if t.action != ACTION_SKIP]
+    n_skip = len(tasks) - len(to_run)
+    return (
+        f"benchmark {name} {configuration} -p {plans}: {len(trainers)} trainer(s) x "
+        f"{len(tasks) // max(1, len(trainers))} fold(s) = {len(tasks)} runs; "
+        f"{n_skip} finished (skipped), "
+        f"{sum(t.action == ACTION_CONTINUE for t in to_run)} to continue (--c), "
+        f"{sum(t.action == ACTION_TRAIN for t in to_run)} to train"
+    )
+
+
+#: Environment variables the manifest records.
+_MANIFEST_ENV = (
+    "nnUNet_raw",
+    "nnUNet_preprocessed",
+    "nnUNet_results",
+    "nnUNet_extTrainer",
+    "nnUNet_n_proc_DA",
+    "nnUNet_def_n_proc",
+    "nnUNet_compile",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def _new_manifest(
+    started_dt: datetime,
+    name: str,
+    configuration: str,
+    plans: str,
+    trainers: Sequence[str],
+    folds: Sequence[int],
+    device: str | None,
+    extra_args: Sequence[str],
+    train_command: Sequence[str],
+    executor: Executor,
+    env: Mapping[str, str],
+) -> dict[str, Any]:
+    """The manifest of a run that starts now (its ``jobs`` are filled in by :class:`_GridRun`)."""
+    return {
         "kind": "nnunet_pde benchmark run manifest",
         "format_version": 1,
         "status": "running",
@@ -601,67 +625,102 @@ def run_benchmark(
         "train_command": list(train_command),
         "executor": executor.describe(),
         "argv": list(sys.argv),
-        "environment": {
-            k: env.get(k)
-            for k in (
-                "nnUNet_raw",
-                "nnUNet_preprocessed",
-                "nnUNet_results",
-                "nnUNet_extTrainer",
-                "nnUNet_n_proc_DA",
-                "nnUNet_def_n_proc",
-                "nnUNet_compile",
-                "CUDA_VISIBLE_DEVICES",
-            )
-        },
+        "environment": {k: env.get(k) for k in _MANIFEST_ENV},
         "software": software_versions(),
         "git": git_revision(),
         "host": host_info(),
-        "jobs": list(job_entries.values()),
+        "jobs": [],
     }
 
-    def save() -> None:
-        with lock:
-            manifest["jobs"] = list(job_entries.values())
-            write_manifest(manifest_path, manifest)
 
-    save()
-    task_by_key = {t.key: t for t in tasks}
-    index = {t.key: i + 1 for i, t in enumerate(to_run)}
-    t0: dict[str, float] = {}
+def _job_entry(t: FoldTask) -> dict[str, Any]:
+    """A task's entry in the manifest before it runs."""
+    return {
+        "trainer": t.trainer,
+        "fold": t.fold,
+        "folder": str(t.folder),
+        "state_before": t.state,
+        "action": t.action,
+        "command": list(t.command),
+        "command_line": t.command_line() if t.command else None,
+        "log": str(t.log) if t.command else None,
+        "started": None,
+        "ended": None,
+        "returncode": None,
+        "job_id": None,
+        "error": None,
+        "outcome": "skipped" if t.action == ACTION_SKIP else "pending",
+    }
 
-    def on_start(job: Job, result: JobResult) -> None:
-        t = task_by_key[job.key]
-        t0[job.key] = time.monotonic()
-        with lock:
-            job_entries[job.key].update(
+
+class _GridRun:
+    """One run of the tasks still to do: the executor's callbacks, progress and manifest."""
+
+    def __init__(
+        self,
+        outcome: RunOutcome,
+        manifest: dict[str, Any],
+        trainer_classes: Mapping[str, Any],
+        env: dict[str, str],
+        print_fn: Callable[[str], None],
+    ) -> None:
+        self.outcome = outcome
+        self.manifest = manifest
+        self.trainer_classes = trainer_classes
+        self.env = env
+        self.print_fn = print_fn
+        self.lock = threading.Lock()
+        self.entries = {t.key: _job_entry(t) for t in outcome.tasks}
+        manifest["jobs"] = list(self.entries.values())
+        self.to_run = [t for t in outcome.tasks if t.action != ACTION_SKIP]
+        self.task_by_key = {t.key: t for t in outcome.tasks}
+        self.index = {t.key: i + 1 for i, t in enumerate(self.to_run)}
+        self.t0: dict[str, float] = {}
+        self.save()
+        self.monitor = _ProgressMonitor(print_fn, _progress_interval(env))
+
+    def save(self) -> None:
+        with self.lock:
+            self.manifest["jobs"] = list(self.entries.values())
+            assert self.outcome.manifest is not None
+            write_manifest(self.outcome.manifest, self.manifest)
+
+    def _prefix(self, key: str) -> str:
+        return f"[{self.index[key]}/{len(self.to_run)}]"
+
+    def on_start(self, job: Job, result: JobResult) -> None:
+        t = self.task_by_key[job.key]
+        self.t0[job.key] = time.monotonic()
+        with self.lock:
+            self.entries[job.key].update(
                 started=result.started, job_id=result.job_id, outcome="running", **result.extra
             )
         where = f"SLURM job {result.job_id}" if result.job_id else f"log {t.log}"
         what = "continue (--c)" if t.action == ACTION_CONTINUE else "train"
-        print_fn(f"[{index[job.key]}/{len(to_run)}] {what} {t.trainer} fold {t.fold} ({where})")
-        monitor.start(
+        self.print_fn(f"{self._prefix(job.key)} {what} {t.trainer} fold {t.fold} ({where})")
+        self.monitor.start(
             job.key,
-            f"[{index[job.key]}/{len(to_run)}]",
+            self._prefix(job.key),
             t,
-            planned_epochs(t.trainer, trainer_classes.get(t.trainer)),
+            planned_epochs(t.trainer, self.trainer_classes.get(t.trainer)),
         )
-        save()
+        self.save()
 
-    def on_end(job: Job, result: JobResult) -> None:
-        t = task_by_key[job.key]
-        monitor.check()
-        monitor.end(job.key)
-        outcome.results[job.key] = result
+    def on_end(self, job: Job, result: JobResult) -> None:
+        t = self.task_by_key[job.key]
+        self.monitor.check()
+        self.monitor.end(job.key)
+        self.outcome.results[job.key] = result
         state = _outcome(t, result)
         if state == "failed" and result.error is None and result.returncode == 0:
             result.error = (
                 "exit code 0 but no checkpoint_final.pth + validation/summary.json in the fold "
                 "folder"
             )
-        with lock:
-            job_entries[job.key].update(
-                started=result.started or job_entries[job.key]["started"],
+        with self.lock:
+            entry = self.entries[job.key]
+            entry.update(
+                started=result.started or entry["started"],
                 ended=result.ended,
                 returncode=result.returncode,
                 job_id=result.job_id,
@@ -669,60 +728,65 @@ def run_benchmark(
                 outcome=state,
                 **result.extra,
             )
-        took = f" in {_fmt_duration(time.monotonic() - t0[job.key])}" if job.key in t0 else ""
+        t0 = self.t0.get(job.key)
+        took = f" in {_fmt_duration(time.monotonic() - t0)}" if t0 is not None else ""
         if state == "finished":
-            print_fn(f"[{index[job.key]}/{len(to_run)}] done {t.trainer} fold {t.fold}{took}")
+            self.print_fn(f"{self._prefix(job.key)} done {t.trainer} fold {t.fold}{took}")
         else:
             why = result.error or f"exit code {result.returncode}"
-            print_fn(
-                f"[{index[job.key]}/{len(to_run)}] FAILED {t.trainer} fold {t.fold}{took}: "
+            self.print_fn(
+                f"{self._prefix(job.key)} FAILED {t.trainer} fold {t.fold}{took}: "
                 f"{why}; see {t.log}"
             )
-        save()
+        self.save()
 
-    jobs = [Job(t.key, t.command, t.log, env) for t in to_run]
-    monitor = _ProgressMonitor(print_fn, _progress_interval(env))
-    restore = contextlib.ExitStack()
-    # SIGTERM (kill, a cancelled batch job) stops the grid like Ctrl-C: the local executor
-    # starts trainings in their own sessions, which would otherwise run on unsupervised.
-    restore.enter_context(interrupt_signals())
-    restore.enter_context(monitor)
-    try:
-        if jobs:
-            results_list = executor.run(jobs, on_start=on_start, on_end=on_end)
-            for job, res in zip(jobs, results_list, strict=True):
-                if job.key not in outcome.results:
-                    outcome.results[job.key] = res
-                    with lock:
-                        job_entries[job.key].update(
-                            job_id=res.job_id,
-                            returncode=res.returncode,
-                            error=res.error,
-                            outcome=_outcome(task_by_key[job.key], res),
-                            **res.extra,
-                        )
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-        with lock:
-            for entry in job_entries.values():
-                if entry["outcome"] in ("pending", "running"):
-                    entry["outcome"] = "interrupted"
-        print_fn("interrupted: the running folds will continue with --c on the next run")
-    finally:
-        restore.close()
-        manifest["ended"] = utc_now()
-        if outcome.interrupted:
-            manifest["status"] = "interrupted"
-        elif outcome.failed:
-            manifest["status"] = "failed"
-        elif outcome.submitted:
-            manifest["status"] = "submitted"
-        else:
-            manifest["status"] = "completed"
-        save()
+    def _record_results(self, jobs: list[Job], results_list: Sequence[JobResult]) -> None:
+        """Results the executor returned without an ``on_end`` call (e.g. submitted jobs)."""
+        for job, res in zip(jobs, results_list, strict=True):
+            if job.key not in self.outcome.results:
+                self.outcome.results[job.key] = res
+                with self.lock:
+                    self.entries[job.key].update(
+                        job_id=res.job_id,
+                        returncode=res.returncode,
+                        error=res.error,
+                        outcome=_outcome(self.task_by_key[job.key], res),
+                        **res.extra,
+                    )
 
-    print_fn(_summary_text(outcome, bench_dir))
-    return outcome
+    def run(self, executor: Executor) -> None:
+        """Run every task still to do; Ctrl-C or SIGTERM marks the rest interrupted."""
+        jobs = [Job(t.key, t.command, t.log, self.env) for t in self.to_run]
+        restore = contextlib.ExitStack()
+        # SIGTERM (kill, a cancelled batch job) stops the grid like Ctrl-C: the local executor
+        # starts trainings in their own sessions, which would otherwise run on unsupervised.
+        restore.enter_context(interrupt_signals())
+        restore.enter_context(self.monitor)
+        try:
+            if jobs:
+                results_list = executor.run(jobs, on_start=self.on_start, on_end=self.on_end)
+                self._record_results(jobs, results_list)
+        except KeyboardInterrupt:
+            self.outcome.interrupted = True
+            with self.lock:
+                for entry in self.entries.values():
+                    if entry["outcome"] in ("pending", "running"):
+                        entry["outcome"] = "interrupted"
+            self.print_fn("interrupted: the running folds will continue with --c on the next run")
+        finally:
+            restore.close()
+            self.manifest["ended"] = utc_now()
+            self.manifest["status"] = self._status()
+            self.save()
+
+    def _status(self) -> str:
+        if self.outcome.interrupted:
+            return "interrupted"
+        if self.outcome.failed:
+            return "failed"
+        if self.outcome.submitted:
+            return "submitted"
+        return "completed"
 
 
 def _summary_text(outcome: RunOutcome, bench_dir: Path) -> str:
