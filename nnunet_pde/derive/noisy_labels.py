@@ -385,40 +385,12 @@ def derive_noisy_labels(
     )
     raw_root = _resolve_raw_root(raw_root, source)
     src = find_raw_dataset(source, raw_root)
-    dj_path = src / "dataset.json"
-    if not dj_path.is_file():
-        raise FileNotFoundError(f"{src} has no dataset.json; is it an nnU-Net raw dataset?")
-    dataset_json = read_json(dj_path, NnunetPdeError)
-    if "dataset" in dataset_json:
-        raise NnunetPdeError(
-            f"{dj_path} lists its files explicitly (the 'dataset' key); only datasets with "
-            "imagesTr/labelsTr folders are supported"
-        )
-    file_ending = dataset_json.get("file_ending")
-    if not isinstance(file_ending, str) or not file_ending:
-        raise NnunetPdeError(f"{dj_path} has no 'file_ending'")
+    dj_path, dataset_json, file_ending = _read_source_dataset_json(src)
     structures, regions, ignore = structures_from_dataset_json(dataset_json)
     scheme = _Scheme(tuple(structures), regions, ignore)
     selected = _select(scheme, labels)
-    for sub in ("imagesTr", "labelsTr"):
-        if not (src / sub).is_dir():
-            raise FileNotFoundError(f"{src} has no {sub} folder")
-    clean_files = _label_files(src / "labelsTr", file_ending)
-    if not clean_files:
-        raise FileNotFoundError(f"no *{file_ending} training labels in {src / 'labelsTr'}")
-    info = read_derived_info(src)
-    if info is not None and info.get("kind") == KIND:
-        raise NnunetPdeError(
-            f"{src} is itself a noisy-labels dataset; derive from the original dataset, or "
-            f"its {CLEAN_LABELS_DIR} would hold noisy labels"
-        )
-    match = DATASET_FOLDER.match(src.name)
-    source_id = int(match.group(1)) if match else None
-    source_name = match.group(2) if match else re.sub(r"[^A-Za-z0-9_-]", "", src.name)
-    if source_id == dataset_id:
-        raise NnunetPdeError(
-            f"the new dataset needs its own id; {dataset_id} is the source's ({src.name})"
-        )
+    clean_files = _clean_label_files(src, file_ending)
+    source_id, source_name = _source_identity(src, dataset_id)
     name = default_name(source_name or "Dataset", mode, magnitude_mm) if name is None else name
     if not _NAME_PATTERN.match(name):
         raise NnunetPdeError(f"cannot make a valid dataset name from {name!r}; pass name=")
@@ -427,19 +399,7 @@ def derive_noisy_labels(
     case_ids = sorted(clean_files)
     corrupted = set(_corrupted_cases(case_ids, fraction, seed))
     if mode == "add-blobs":
-        missing = [
-            c
-            for c in sorted(corrupted)
-            if not (src / "imagesTr" / f"{c}_0000{file_ending}").is_file()
-        ]
-        if missing:
-            raise FileNotFoundError(
-                f"add-blobs needs channel 0 of each corrupted case; missing "
-                f"{src / 'imagesTr'}/{missing[0]}_0000{file_ending}"
-                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-            )
-
-    from nnunet_pde import __version__
+        _check_blob_images(src, corrupted, file_ending)
 
     settings: dict[str, Any] = {
         "dataset_id": dataset_id,
@@ -463,72 +423,20 @@ def derive_noisy_labels(
     done = False
     try:
         tmp.mkdir()
-        shutil.copytree(src / "imagesTr", tmp / "imagesTr", copy_function=shutil.copy2)
-        for sub in ("imagesTs", "labelsTs"):
-            if (src / sub).is_dir():
-                shutil.copytree(src / sub, tmp / sub, copy_function=shutil.copy2)
-        (tmp / "labelsTr").mkdir()
-        (tmp / CLEAN_LABELS_DIR).mkdir()
-        cases: dict[str, Any] = {}
-        hashes: dict[str, str] = {}
-        n_changed = 0
-        for n, case_id in enumerate(case_ids, start=1):
-            path = clean_files[case_id]
-            hashes[case_id] = _sha256(path)
-            shutil.copy2(path, tmp / CLEAN_LABELS_DIR / path.name)
-            if case_id not in corrupted:
-                shutil.copy2(path, tmp / "labelsTr" / path.name)
-                cases[case_id] = {"corrupted": False}
-                message = "copied (not selected)"
-            else:
-                cases[case_id], changed = _corrupt_file(
-                    case_id,
-                    path,
-                    tmp / "labelsTr" / path.name,
-                    src,
-                    file_ending,
-                    scheme,
-                    selected,
-                    settings,
-                    seed,
-                )
-                n_changed += changed > 0
-                message = f"{mode}: {changed} voxels changed"
-            if progress is not None:
-                progress(f"[{n}/{len(case_ids)}] {case_id}: {message}")
+        _copy_images(src, tmp)
+        cases, hashes, n_changed = _write_labels(
+            tmp, src, clean_files, corrupted, file_ending, scheme, selected, settings, progress
+        )
         shutil.copy2(dj_path, tmp / "dataset.json")
-        record = {
-            "kind": KIND,
-            "format_version": FORMAT_VERSION,
-            "dataset_id": dataset_id,
-            "name": name,
-            "source": {
-                "name": src.name,
-                "dataset_id": source_id,
-                "path": str(src.resolve()),
-                "labelsTr_sha256": hashes,
-            },
-            "mode": mode,
-            "magnitude_mm": magnitude_mm,
-            "fraction": fraction,
-            "seed": seed,
-            "labels": settings["labels"],
-            "label_type": "regions" if regions else "labels",
-            "smoothness_mm": smoothness_mm,
-            "blobs": blobs,
-            "clean_labels": CLEAN_LABELS_DIR,
-            "num_cases": len(case_ids),
-            "num_corrupted": len(corrupted),
-            "num_changed": int(n_changed),
-            "corrupted_cases": sorted(corrupted),
-            "label_damage": label_damage({c: cases[c] for c in sorted(corrupted)}),
-            "created_by": {
-                "tool": f"nnunet-pde {KIND}",
-                "version": __version__,
-                "command": _command_line(source, settings),
-            },
-            "cases": cases,
+        source_info = {
+            "name": src.name,
+            "dataset_id": source_id,
+            "path": str(src.resolve()),
+            "labelsTr_sha256": hashes,
         }
+        record = _derived_record(
+            source, source_info, settings, regions, cases, corrupted, n_changed
+        )
         write_json(tmp / DERIVED_JSON, record, indent=1)
         for p, old in zip(to_replace, olds, strict=True):
             p.rename(old)
@@ -547,6 +455,160 @@ def derive_noisy_labels(
             for old in olds:
                 shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _read_source_dataset_json(src: Path) -> tuple[Path, dict[str, Any], str]:
+    """The source's dataset.json path, content and file ending (checked)."""
+    dj_path = src / "dataset.json"
+    if not dj_path.is_file():
+        raise FileNotFoundError(f"{src} has no dataset.json; is it an nnU-Net raw dataset?")
+    dataset_json = read_json(dj_path, NnunetPdeError)
+    if "dataset" in dataset_json:
+        raise NnunetPdeError(
+            f"{dj_path} lists its files explicitly (the 'dataset' key); only datasets with "
+            "imagesTr/labelsTr folders are supported"
+        )
+    file_ending = dataset_json.get("file_ending")
+    if not isinstance(file_ending, str) or not file_ending:
+        raise NnunetPdeError(f"{dj_path} has no 'file_ending'")
+    return dj_path, dataset_json, file_ending
+
+
+def _clean_label_files(src: Path, file_ending: str) -> dict[str, Path]:
+    """Case id -> training label file of the source; refuses a noisy-labels source."""
+    for sub in ("imagesTr", "labelsTr"):
+        if not (src / sub).is_dir():
+            raise FileNotFoundError(f"{src} has no {sub} folder")
+    clean_files = _label_files(src / "labelsTr", file_ending)
+    if not clean_files:
+        raise FileNotFoundError(f"no *{file_ending} training labels in {src / 'labelsTr'}")
+    info = read_derived_info(src)
+    if info is not None and info.get("kind") == KIND:
+        raise NnunetPdeError(
+            f"{src} is itself a noisy-labels dataset; derive from the original dataset, or "
+            f"its {CLEAN_LABELS_DIR} would hold noisy labels"
+        )
+    return clean_files
+
+
+def _source_identity(src: Path, dataset_id: int) -> tuple[int | None, str]:
+    """The source's dataset id (None for a folder not named DatasetNNN_) and name."""
+    match = DATASET_FOLDER.match(src.name)
+    source_id = int(match.group(1)) if match else None
+    source_name = match.group(2) if match else re.sub(r"[^A-Za-z0-9_-]", "", src.name)
+    if source_id == dataset_id:
+        raise NnunetPdeError(
+            f"the new dataset needs its own id; {dataset_id} is the source's ({src.name})"
+        )
+    return source_id, source_name
+
+
+def _check_blob_images(src: Path, corrupted: Iterable[str], file_ending: str) -> None:
+    """add-blobs reads channel 0 of every corrupted case; FileNotFoundError if one lacks it."""
+    missing = [
+        c for c in sorted(corrupted) if not (src / "imagesTr" / f"{c}_0000{file_ending}").is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"add-blobs needs channel 0 of each corrupted case; missing "
+            f"{src / 'imagesTr'}/{missing[0]}_0000{file_ending}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+
+
+def _copy_images(src: Path, tmp: Path) -> None:
+    """imagesTr, and imagesTs / labelsTs where the source has them, unchanged."""
+    shutil.copytree(src / "imagesTr", tmp / "imagesTr", copy_function=shutil.copy2)
+    for sub in ("imagesTs", "labelsTs"):
+        if (src / sub).is_dir():
+            shutil.copytree(src / sub, tmp / sub, copy_function=shutil.copy2)
+
+
+def _write_labels(
+    tmp: Path,
+    src: Path,
+    clean_files: Mapping[str, Path],
+    corrupted: set[str],
+    file_ending: str,
+    scheme: _Scheme,
+    selected: Sequence[Structure],
+    settings: Mapping[str, Any],
+    progress: Callable[[str], None] | None,
+) -> tuple[dict[str, Any], dict[str, str], int]:
+    """labelsTr (corrupted where selected) and the clean copies; per case what was done,
+    the clean labels' sha256 and how many cases changed."""
+    (tmp / "labelsTr").mkdir()
+    (tmp / CLEAN_LABELS_DIR).mkdir()
+    case_ids = sorted(clean_files)
+    cases: dict[str, Any] = {}
+    hashes: dict[str, str] = {}
+    n_changed = 0
+    for n, case_id in enumerate(case_ids, start=1):
+        path = clean_files[case_id]
+        hashes[case_id] = _sha256(path)
+        shutil.copy2(path, tmp / CLEAN_LABELS_DIR / path.name)
+        if case_id not in corrupted:
+            shutil.copy2(path, tmp / "labelsTr" / path.name)
+            cases[case_id] = {"corrupted": False}
+            message = "copied (not selected)"
+        else:
+            cases[case_id], changed = _corrupt_file(
+                case_id,
+                path,
+                tmp / "labelsTr" / path.name,
+                src,
+                file_ending,
+                scheme,
+                selected,
+                settings,
+                settings["seed"],
+            )
+            n_changed += changed > 0
+            message = f"{settings['mode']}: {changed} voxels changed"
+        if progress is not None:
+            progress(f"[{n}/{len(case_ids)}] {case_id}: {message}")
+    return cases, hashes, int(n_changed)
+
+
+def _derived_record(
+    source: int | str | os.PathLike[str],
+    source_info: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    regions: bool,
+    cases: Mapping[str, Any],
+    corrupted: set[str],
+    n_changed: int,
+) -> dict[str, Any]:
+    """The content of :data:`DERIVED_JSON`."""
+    from nnunet_pde import __version__
+
+    return {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "dataset_id": settings["dataset_id"],
+        "name": settings["name"],
+        "source": dict(source_info),
+        "mode": settings["mode"],
+        "magnitude_mm": settings["magnitude_mm"],
+        "fraction": settings["fraction"],
+        "seed": settings["seed"],
+        "labels": settings["labels"],
+        "label_type": "regions" if regions else "labels",
+        "smoothness_mm": settings["smoothness_mm"],
+        "blobs": settings["blobs"],
+        "clean_labels": CLEAN_LABELS_DIR,
+        "num_cases": len(cases),
+        "num_corrupted": len(corrupted),
+        "num_changed": int(n_changed),
+        "corrupted_cases": sorted(corrupted),
+        "label_damage": label_damage({c: cases[c] for c in sorted(corrupted)}),
+        "created_by": {
+            "tool": f"nnunet-pde {KIND}",
+            "version": __version__,
+            "command": _command_line(source, settings),
+        },
+        "cases": dict(cases),
+    }
 
 
 def _corrupt_file(
