@@ -290,6 +290,47 @@ def derive_shifted_images(
     if progress is not None and not isinstance(progress, bool) and not callable(progress):
         raise ShiftError(f"progress must be None, a bool or a callable; got {progress!r}")
     dataset = _resolve_source(source, raw_root)
+    file_ending, channel_keys, cases = _test_images(dataset)
+    images = dataset / "imagesTs"
+    output = Path(output)
+    _check_output(output, dataset, overwrite)
+
+    n_total = sum(len(c) for c in cases.values()) * len(names) * len(level_list)
+    with contextlib.ExitStack() as stack:
+        advance = _progress_reporter(progress, n_total, stack)
+        tmp = stack.enter_context(staged_folder(output, command=MARKER_COMMAND))
+        for name in names:
+            for level in level_list:
+                level_folder(tmp, name, level).mkdir(parents=True)
+        jobs = [
+            (images, case, found, file_ending, names, level_list, seed, tmp)
+            for case, found in cases.items()
+        ]
+        per_case = _run_cases(jobs, workers, advance)
+        for name in names:
+            for level in level_list:
+                document = {
+                    "perturbation": name,
+                    "level": level,
+                    "settings": PERTURBATIONS[name].settings(level),
+                    "covered_by_nnunet": PERTURBATIONS[name].covered_by_nnunet,
+                    "seed": seed,
+                    "file_ending": file_ending,
+                    "cases": {case: per_case[case][name, level] for case in cases},
+                }
+                write_json(level_folder(tmp, name, level) / PARAMETERS_FILE, document, indent=1)
+        manifest = _shift_manifest(
+            dataset, file_ending, seed, names, level_list, list(cases), channel_keys
+        )
+        write_json(tmp / MANIFEST, manifest, indent=1)
+    return output
+
+
+def _test_images(dataset: Path) -> tuple[str, list[str], dict[str, list[str]]]:
+    """File ending, channel keys (``0000`` ...) and case -> channels of ``imagesTs``; every
+    header is read, so an unreadable or non-3D image fails before anything is written."""
+    import SimpleITK as sitk
+
     content = _read_dataset_json(dataset)
     file_ending: str = content["file_ending"]
     channels = content.get("channel_names", content.get("modality"))
@@ -301,12 +342,9 @@ def derive_shifted_images(
             f"('0', '1', ...); got {list(channels)}"
         ) from None
     images = dataset / "imagesTs"
-    labels = dataset / "labelsTs"
     if not images.is_dir():
         raise ShiftError(f"{dataset} has no imagesTs folder: there are no test images to shift")
     cases = _list_cases(images, file_ending, channel_keys)
-    import SimpleITK as sitk
-
     for case, found in cases.items():  # headers only: fail before writing anything
         for channel in found:
             path = images / f"{case}_{channel}{file_ending}"
@@ -317,15 +355,20 @@ def derive_shifted_images(
             except RuntimeError as exc:
                 raise ShiftError(f"SimpleITK cannot read {path}: {exc}") from None
             _check_3d_scalar(reader, path)
-    output = Path(output)
-    _check_output(output, dataset, overwrite)
+    return file_ending, channel_keys, cases
 
-    n_total = sum(len(c) for c in cases.values()) * len(names) * len(level_list)
+
+def _progress_reporter(
+    progress: Callable[[str], None] | bool | None, n_total: int, stack: contextlib.ExitStack
+) -> Callable[[int, str], None]:
+    """``advance(n, message)``: a tqdm bar (``progress`` True, closed by ``stack``) or one
+    ``[done/total] message`` call of ``progress`` per step."""
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_total, desc="shifting", unit="image", file=sys.stderr)
+        stack.callback(bar.close)
     report = progress if callable(progress) else None
     done = 0
 
@@ -337,64 +380,49 @@ def derive_shifted_images(
         if report is not None:
             report(f"[{done}/{n_total}] {message}")
 
-    with contextlib.ExitStack() as stack:
-        if bar is not None:
-            stack.callback(bar.close)
-        tmp = stack.enter_context(staged_folder(output, command=MARKER_COMMAND))
-        for name in names:
-            for level in level_list:
-                level_folder(tmp, name, level).mkdir(parents=True)
-        jobs = [
-            (images, case, found, file_ending, names, level_list, seed, tmp)
-            for case, found in cases.items()
-        ]
-        per_case = _run_cases(jobs, workers, advance)
-        records: dict[tuple[str, int], dict[str, Any]] = {
-            (name, level): {case: per_case[case][name, level] for case in cases}
-            for name in names
-            for level in level_list
+    return advance
+
+
+def _shift_manifest(
+    dataset: Path,
+    file_ending: str,
+    seed: int,
+    names: Sequence[str],
+    level_list: list[int],
+    cases: list[str],
+    channel_keys: list[str],
+) -> dict[str, Any]:
+    """The content of :data:`MANIFEST`."""
+    images = dataset / "imagesTs"
+    labels = dataset / "labelsTs"
+    settings = {
+        name: {
+            "covered_by_nnunet": PERTURBATIONS[name].covered_by_nnunet,
+            "nnunet_augmentation": PERTURBATIONS[name].nnunet_augmentation,
+            "torchio_transform": PERTURBATIONS[name].torchio_transform,
+            "description": PERTURBATIONS[name].description,
+            "levels": {str(k): PERTURBATIONS[name].settings(k) for k in level_list},
         }
-        settings = {
-            name: {
-                "covered_by_nnunet": PERTURBATIONS[name].covered_by_nnunet,
-                "nnunet_augmentation": PERTURBATIONS[name].nnunet_augmentation,
-                "torchio_transform": PERTURBATIONS[name].torchio_transform,
-                "description": PERTURBATIONS[name].description,
-                "levels": {str(k): PERTURBATIONS[name].settings(k) for k in level_list},
-            }
-            for name in names
-        }
-        for (name, level), level_records in records.items():
-            document = {
-                "perturbation": name,
-                "level": level,
-                "settings": PERTURBATIONS[name].settings(level),
-                "covered_by_nnunet": PERTURBATIONS[name].covered_by_nnunet,
-                "seed": seed,
-                "file_ending": file_ending,
-                "cases": level_records,
-            }
-            write_json(level_folder(tmp, name, level) / PARAMETERS_FILE, document, indent=1)
-        manifest = {
-            "kind": KIND,
-            "format_version": FORMAT_VERSION,
-            "source": {
-                "dataset": dataset.resolve().name,
-                "images": str(images.resolve()),
-                "labels": str(labels.resolve()) if labels.is_dir() else None,
-                "file_ending": file_ending,
-                "dataset_json": str((dataset / "dataset.json").resolve()),
-            },
-            "seed": seed,
-            "levels": level_list,
-            "cases": list(cases),
-            "channels": channel_keys,
-            "perturbations": settings,
-            "folders": {n: {str(k): f"{n}/level{k}" for k in level_list} for n in names},
-            "created_by": _created_by(),
-        }
-        write_json(tmp / MANIFEST, manifest, indent=1)
-    return output
+        for name in names
+    }
+    return {
+        "kind": KIND,
+        "format_version": FORMAT_VERSION,
+        "source": {
+            "dataset": dataset.resolve().name,
+            "images": str(images.resolve()),
+            "labels": str(labels.resolve()) if labels.is_dir() else None,
+            "file_ending": file_ending,
+            "dataset_json": str((dataset / "dataset.json").resolve()),
+        },
+        "seed": seed,
+        "levels": level_list,
+        "cases": cases,
+        "channels": channel_keys,
+        "perturbations": settings,
+        "folders": {n: {str(k): f"{n}/level{k}" for k in level_list} for n in names},
+        "created_by": _created_by(),
+    }
 
 
 def _shift_case(
