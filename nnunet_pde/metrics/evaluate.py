@@ -476,6 +476,73 @@ def _version() -> str:
         return __version__
 
 
+def _load_dataset_json(
+    dataset_json: str | os.PathLike[str] | Mapping[str, Any] | None, pred_dir: Path, ref_dir: Path
+) -> tuple[Path | None, Mapping[str, Any]]:
+    """The dataset.json file (None when given as a mapping) and its content."""
+    ds_path: Path | None = None
+    if dataset_json is None:
+        ds_path = find_dataset_json(pred_dir, ref_dir)
+        if ds_path is None:
+            raise EvaluationError(
+                f"no dataset.json found in or next to {pred_dir} or {ref_dir}; pass --dataset-json "
+                "(the dataset.json of the raw dataset, which lists the labels or regions)"
+            )
+    elif not isinstance(dataset_json, Mapping):
+        ds_path = Path(dataset_json)
+    if ds_path is None:
+        return None, dataset_json  # type: ignore[return-value]
+    if not ds_path.is_file():
+        raise EvaluationError(f"dataset.json {ds_path} does not exist")
+    try:
+        return ds_path, json.loads(ds_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(f"{ds_path} is not valid JSON: {exc}") from None
+
+
+def _check_outputs(out_dir: Path, csv_path: Path, json_path: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is a file, and existing outputs without ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EvaluationError(
+            f"--output: {out_dir} exists and is not a folder; give a folder for "
+            f"{PER_CASE_CSV} and {SUMMARY_JSON}"
+        )
+    if not overwrite:
+        existing = [str(p) for p in (csv_path, json_path) if p.exists()]
+        if existing:
+            raise FileExistsError(
+                f"{' and '.join(existing)} already exist(s); pass --overwrite to "
+                "replace, or --output DIR to write elsewhere"
+            )
+
+
+def _summary_metadata(
+    pred_dir: Path,
+    ref_dir: Path,
+    ds_path: Path | None,
+    file_ending: str,
+    n_cases: int,
+    regions: Sequence[Any],
+    ignore_label: int | None,
+    tolerance_mm: float,
+) -> dict[str, Any]:
+    """The ``metadata`` of ``metrics_summary.json``."""
+    return {
+        "prediction_folder": str(pred_dir.resolve()),
+        "reference_folder": str(ref_dir.resolve()),
+        "dataset_json": str(ds_path.resolve()) if ds_path is not None else None,
+        "file_ending": file_ending,
+        "n_cases": n_cases,
+        "regions": {r.name: r.key for r in regions},
+        "ignore_label": ignore_label,
+        "tolerance_mm": float(tolerance_mm),
+        "hd_percentile": 95.0,
+        "surface_connectivity": SURFACE_CONNECTIVITY,
+        "nnunet_pde_version": _version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def evaluate_folders(
     pred_dir: str | os.PathLike[str],
     ref_dir: str | os.PathLike[str],
@@ -543,43 +610,14 @@ def evaluate_folders(
         if not folder.is_dir():
             raise EvaluationError(f"{what} folder {folder} does not exist or is not a folder")
 
-    ds_path: Path | None = None
-    if dataset_json is None:
-        ds_path = find_dataset_json(pred_dir, ref_dir)
-        if ds_path is None:
-            raise EvaluationError(
-                f"no dataset.json found in or next to {pred_dir} or {ref_dir}; pass --dataset-json "
-                "(the dataset.json of the raw dataset, which lists the labels or regions)"
-            )
-    elif not isinstance(dataset_json, Mapping):
-        ds_path = Path(dataset_json)
-    if ds_path is not None:
-        if not ds_path.is_file():
-            raise EvaluationError(f"dataset.json {ds_path} does not exist")
-        try:
-            ds = json.loads(ds_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise EvaluationError(f"{ds_path} is not valid JSON: {exc}") from None
-    else:
-        ds = dataset_json  # type: ignore[assignment]
+    ds_path, ds = _load_dataset_json(dataset_json, pred_dir, ref_dir)
     regions, ignore_label = regions_from_dataset_json(ds)
     file_ending = str(ds.get("file_ending", ".nii.gz"))
 
     out_dir = Path(output_dir) if output_dir is not None else pred_dir
-    if write and out_dir.exists() and not out_dir.is_dir():
-        raise EvaluationError(
-            f"--output: {out_dir} exists and is not a folder; give a folder for "
-            f"{PER_CASE_CSV} and {SUMMARY_JSON}"
-        )
     csv_path, json_path = out_dir / PER_CASE_CSV, out_dir / SUMMARY_JSON
-    if write and not overwrite:
-        existing = [str(p) for p in (csv_path, json_path) if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"{' and '.join(existing)} already exist(s); pass --overwrite to "
-                "replace, or --output DIR to write elsewhere"
-            )
-
+    if write:
+        _check_outputs(out_dir, csv_path, json_path, overwrite)
     pairs = match_cases(pred_dir, ref_dir, file_ending, allow_missing_predictions)
     _check_geometry(pairs)
     n_workers = default_num_workers() if num_workers is None else num_workers
@@ -587,20 +625,16 @@ def evaluate_folders(
     rows = [row for case_rows in _run_cases(tasks, n_workers, progress) for row in case_rows]
 
     summary = {
-        "metadata": {
-            "prediction_folder": str(pred_dir.resolve()),
-            "reference_folder": str(ref_dir.resolve()),
-            "dataset_json": str(ds_path.resolve()) if ds_path is not None else None,
-            "file_ending": file_ending,
-            "n_cases": len(pairs),
-            "regions": {r.name: r.key for r in regions},
-            "ignore_label": ignore_label,
-            "tolerance_mm": float(tolerance_mm),
-            "hd_percentile": 95.0,
-            "surface_connectivity": SURFACE_CONNECTIVITY,
-            "nnunet_pde_version": _version(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
+        "metadata": _summary_metadata(
+            pred_dir,
+            ref_dir,
+            ds_path,
+            file_ending,
+            len(pairs),
+            regions,
+            ignore_label,
+            tolerance_mm,
+        ),  # fmt: skip
         **aggregate(rows, policy),
     }
     if write:
