@@ -136,6 +136,61 @@ def compute_statistics(
         ``p_holm`` (``nan`` for the reference itself). ``per_fold``: one dict per
         (region, trainer, fold, metric) with ``n`` and ``mean``.
     """
+    regions, by_tr, aligned, folds_of = _align(rows, trainers, metrics, policy)
+    summary: list[dict[str, Any]] = []
+    for region in regions:
+        for m in metrics:
+            block = []
+            for t in trainers:
+                rr = [r for r in by_tr[t] if r["region"] == region]
+                if not rr:
+                    continue
+                agg = aggregate(rr, policy, metrics=(m,))["regions"][region]
+                values = np.fromiter(aligned[(t, region, m)].values(), dtype=np.float64)
+                lo, hi = bootstrap_ci(
+                    values, n_bootstrap, confidence, _cell_seed(seed, t, region, m)
+                )
+                row: dict[str, Any] = {
+                    "region": region,
+                    "labels": agg["labels"],
+                    "trainer": t,
+                    "metric": m,
+                    **stat_fields(agg["metrics"][m]),
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "reference": reference,
+                    "n_paired": 0,
+                    "mean_difference": float("nan"),
+                    "wilcoxon_statistic": float("nan"),
+                    "p_value": float("nan"),
+                    "p_holm": float("nan"),
+                }
+                if t != reference and (reference, region, m) in aligned:
+                    row.update(
+                        _paired_test(aligned[(t, region, m)], aligned[(reference, region, m)])
+                    )
+                block.append(row)
+            adjusted = holm([r["p_value"] for r in block])
+            for r, p in zip(block, adjusted, strict=True):
+                r["p_holm"] = float(p)
+            summary.extend(block)
+    return summary, _per_fold_rows(regions, trainers, metrics, aligned, folds_of)
+
+
+_Aligned = dict[tuple[str, str, str], dict[str, float]]
+
+
+def _align(
+    rows: Sequence[Mapping[str, Any]],
+    trainers: Sequence[str],
+    metrics: Sequence[str],
+    policy: ImputationPolicy,
+) -> tuple[
+    list[str], dict[str, list[Mapping[str, Any]]], _Aligned, dict[tuple[str, str], dict[str, int]]
+]:
+    """Regions in order of appearance, the rows per trainer, the per-case values per
+    (trainer, region, metric) with distances imputed, and each case's fold per
+    (trainer, region)."""
     regions: list[str] = []
     for r in rows:
         if r["region"] not in regions:
@@ -143,9 +198,7 @@ def compute_statistics(
     by_tr: dict[str, list[Mapping[str, Any]]] = {t: [] for t in trainers}
     for r in rows:
         by_tr[str(r["trainer"])].append(r)
-
-    # Aligned per-case values: (trainer, region, metric) -> {case: value}
-    aligned: dict[tuple[str, str, str], dict[str, float]] = {}
+    aligned: _Aligned = {}
     folds_of: dict[tuple[str, str], dict[str, int]] = {}
     for t in trainers:
         for region in regions:
@@ -157,53 +210,29 @@ def compute_statistics(
                 if m in DISTANCE_METRICS:
                     vals = impute_aligned(vals, diag, policy).tolist()
                 aligned[(t, region, m)] = {str(r["case"]): v for r, v in zip(rr, vals, strict=True)}
+    return regions, by_tr, aligned, folds_of
 
-    summary: list[dict[str, Any]] = []
-    for region in regions:
-        for m in metrics:
-            block = []
-            for t in trainers:
-                rr = [r for r in by_tr[t] if r["region"] == region]
-                if not rr:
-                    continue
-                agg = aggregate(rr, policy, metrics=(m,))["regions"][region]
-                st = agg["metrics"][m]
-                values = np.fromiter(aligned[(t, region, m)].values(), dtype=np.float64)
-                lo, hi = bootstrap_ci(
-                    values, n_bootstrap, confidence, _cell_seed(seed, t, region, m)
-                )
-                row: dict[str, Any] = {
-                    "region": region,
-                    "labels": agg["labels"],
-                    "trainer": t,
-                    "metric": m,
-                    **stat_fields(st),
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "reference": reference,
-                    "n_paired": 0,
-                    "mean_difference": float("nan"),
-                    "wilcoxon_statistic": float("nan"),
-                    "p_value": float("nan"),
-                    "p_holm": float("nan"),
-                }
-                if t != reference and (reference, region, m) in aligned:
-                    ref_vals = aligned[(reference, region, m)]
-                    mine = aligned[(t, region, m)]
-                    common = sorted(set(ref_vals) & set(mine))
-                    test = paired_wilcoxon([mine[c] for c in common], [ref_vals[c] for c in common])
-                    row.update(
-                        n_paired=test.n,
-                        mean_difference=test.mean_difference,
-                        wilcoxon_statistic=test.statistic,
-                        p_value=test.pvalue,
-                    )
-                block.append(row)
-            adjusted = holm([r["p_value"] for r in block])
-            for r, p in zip(block, adjusted, strict=True):
-                r["p_holm"] = float(p)
-            summary.extend(block)
 
+def _paired_test(mine: Mapping[str, float], ref_vals: Mapping[str, float]) -> dict[str, Any]:
+    """The paired Wilcoxon test of a trainer against the reference on their common cases."""
+    common = sorted(set(ref_vals) & set(mine))
+    test = paired_wilcoxon([mine[c] for c in common], [ref_vals[c] for c in common])
+    return {
+        "n_paired": test.n,
+        "mean_difference": test.mean_difference,
+        "wilcoxon_statistic": test.statistic,
+        "p_value": test.pvalue,
+    }
+
+
+def _per_fold_rows(
+    regions: Sequence[str],
+    trainers: Sequence[str],
+    metrics: Sequence[str],
+    aligned: _Aligned,
+    folds_of: Mapping[tuple[str, str], Mapping[str, int]],
+) -> list[dict[str, Any]]:
+    """Per (region, trainer, fold): the number of cases and each metric's n and mean."""
     per_fold: list[dict[str, Any]] = []
     for region in regions:
         for t in trainers:
@@ -218,7 +247,7 @@ def compute_statistics(
                     entry[f"{m}_mean"] = float(v.mean()) if v.size else float("nan")
                 entry["n_cases"] = len(cases)
                 per_fold.append(entry)
-    return summary, per_fold
+    return per_fold
 
 
 # ------------------------------------------------------------------------------ driver
