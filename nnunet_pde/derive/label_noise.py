@@ -504,84 +504,17 @@ def _corrupt(
     if ignore is not None and not ignore.any():
         ignore = None
     record: dict[str, Any] = {}
-    new: dict[str, np.ndarray] = {}
     if mode in ("erode", "dilate", "random-morph"):
-        if mode == "random-morph":
-            sign = 1 if int(rng.integers(0, 2)) == 1 else -1
-        else:
-            sign = -1 if mode == "erode" else 1
-        record["sign"] = sign
-        record["operation"] = "dilate" if sign > 0 else "erode"
-        record["displacement_mm"] = sign * k
-        for s in selected:
-            new[s.name] = morph_mask(s.mask(seg), spacing, sign * k)
+        new = _morph(seg, spacing, selected, mode, k, rng, record)
     elif mode == "jitter":
-        field_seed = int(rng.integers(0, 2**31 - 1))
-        near = _near_boundaries((s.mask(seg) for s in selected), spacing, k + float(spacing.max()))
-        field = jitter_field(seg.shape, spacing, k, settings["smoothness_mm"], field_seed, near)
-        length = np.sqrt((field.astype(np.float64) ** 2).sum(0))
-        record["field_seed"] = field_seed
-        record["field_max_mm"] = _r(length.max() if near is None else length[near].max())
-        record["field_max_image_mm"] = _r(length.max())
-        warped = _warp(seg, field, spacing)
-        for s in selected:
-            new[s.name] = s.mask(warped)
+        new = _jitter(seg, spacing, selected, k, settings["smoothness_mm"], rng, record)
     elif mode == "drop-components":
-        dropped = []
-        voxel_volume = float(np.prod(spacing))
-        for s in selected:
-            mask = s.mask(seg)
-            lab, n = _components(mask)
-            if n == 0:
-                new[s.name] = mask
-                continue
-            sizes = np.bincount(lab.ravel(), minlength=n + 1)
-            volumes = sizes * voxel_volume
-            diameters = np.cbrt(6.0 * volumes / math.pi)
-            small = np.nonzero(diameters <= k + 1e-9)[0]
-            small = small[small > 0]
-            centroids = ndimage.center_of_mass(mask, lab, small) if small.size else []
-            for c, centroid in zip(small, centroids, strict=True):
-                dropped.append(
-                    {
-                        "structure": s.name,
-                        "voxels": int(sizes[c]),
-                        "volume_mm3": _r(volumes[c]),
-                        "diameter_mm": _r(diameters[c]),
-                        "centroid_voxel": [_r(x, 2) for x in centroid],
-                    }
-                )
-            new[s.name] = mask & ~np.isin(lab, small)
-        record["dropped_components"] = dropped
+        new = _drop_components(seg, spacing, selected, k, record)
     elif mode == "add-blobs":
         assert image0 is not None
-        image = image0()
-        if image.shape != seg.shape:
-            raise NnunetPdeError(
-                f"channel 0 image has shape {image.shape} but the label map {seg.shape}"
-            )
-        body = body_mask(image)
-        candidates = np.flatnonzero(body)
-        out = seg.copy()
-        blobs = []
-        for _ in range(settings["blobs"]):
-            centre = np.unravel_index(int(candidates[rng.integers(0, candidates.size)]), seg.shape)
-            s = selected[int(rng.integers(0, len(selected)))]
-            ball = _ball(seg.shape, spacing, centre, k / 2.0)
-            if ignore is not None:
-                ball &= ~ignore
-            out[ball] = s.paint
-            blobs.append(
-                {
-                    "centre_voxel": [int(c) for c in centre],
-                    "structure": s.name,
-                    "value": int(s.paint),
-                    "diameter_mm": _r(k),
-                    "voxels": int(ball.sum()),
-                }
-            )
-        record["body_voxels"] = int(candidates.size)
-        record["blobs"] = blobs
+        out = _add_blobs(
+            seg, spacing, selected, k, settings["blobs"], image0(), ignore, rng, record
+        )
         return out, record
     else:  # pragma: no cover - validated before
         raise NnunetPdeError(f"unknown mode {mode!r}")
@@ -590,6 +523,126 @@ def _corrupt(
     else:
         out = _compose_labels(seg, spacing, new, selected, ignore)
     return out, record
+
+
+def _morph(
+    seg: np.ndarray,
+    spacing: np.ndarray,
+    selected: Sequence[Structure],
+    mode: str,
+    k: float,
+    rng: np.random.Generator,
+    record: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """erode / dilate / random-morph: every selected mask moved by ``k`` mm (sign recorded)."""
+    if mode == "random-morph":
+        sign = 1 if int(rng.integers(0, 2)) == 1 else -1
+    else:
+        sign = -1 if mode == "erode" else 1
+    record["sign"] = sign
+    record["operation"] = "dilate" if sign > 0 else "erode"
+    record["displacement_mm"] = sign * k
+    return {s.name: morph_mask(s.mask(seg), spacing, sign * k) for s in selected}
+
+
+def _jitter(
+    seg: np.ndarray,
+    spacing: np.ndarray,
+    selected: Sequence[Structure],
+    k: float,
+    smoothness_mm: float,
+    rng: np.random.Generator,
+    record: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """jitter: the label map warped by a smooth random field of at most ``k`` mm."""
+    field_seed = int(rng.integers(0, 2**31 - 1))
+    near = _near_boundaries((s.mask(seg) for s in selected), spacing, k + float(spacing.max()))
+    field = jitter_field(seg.shape, spacing, k, smoothness_mm, field_seed, near)
+    length = np.sqrt((field.astype(np.float64) ** 2).sum(0))
+    record["field_seed"] = field_seed
+    record["field_max_mm"] = _r(length.max() if near is None else length[near].max())
+    record["field_max_image_mm"] = _r(length.max())
+    warped = _warp(seg, field, spacing)
+    return {s.name: s.mask(warped) for s in selected}
+
+
+def _drop_components(
+    seg: np.ndarray,
+    spacing: np.ndarray,
+    selected: Sequence[Structure],
+    k: float,
+    record: dict[str, Any],
+) -> dict[str, np.ndarray]:
+    """drop-components: connected components of equivalent diameter <= ``k`` mm removed."""
+    dropped = []
+    new: dict[str, np.ndarray] = {}
+    voxel_volume = float(np.prod(spacing))
+    for s in selected:
+        mask = s.mask(seg)
+        lab, n = _components(mask)
+        if n == 0:
+            new[s.name] = mask
+            continue
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        volumes = sizes * voxel_volume
+        diameters = np.cbrt(6.0 * volumes / math.pi)
+        small = np.nonzero(diameters <= k + 1e-9)[0]
+        small = small[small > 0]
+        centroids = ndimage.center_of_mass(mask, lab, small) if small.size else []
+        for c, centroid in zip(small, centroids, strict=True):
+            dropped.append(
+                {
+                    "structure": s.name,
+                    "voxels": int(sizes[c]),
+                    "volume_mm3": _r(volumes[c]),
+                    "diameter_mm": _r(diameters[c]),
+                    "centroid_voxel": [_r(x, 2) for x in centroid],
+                }
+            )
+        new[s.name] = mask & ~np.isin(lab, small)
+    record["dropped_components"] = dropped
+    return new
+
+
+def _add_blobs(
+    seg: np.ndarray,
+    spacing: np.ndarray,
+    selected: Sequence[Structure],
+    k: float,
+    n_blobs: int,
+    image: np.ndarray,
+    ignore: np.ndarray | None,
+    rng: np.random.Generator,
+    record: dict[str, Any],
+) -> np.ndarray:
+    """add-blobs: ``n_blobs`` balls of diameter ``k`` mm painted inside the body of ``image``."""
+    if image.shape != seg.shape:
+        raise NnunetPdeError(
+            f"channel 0 image has shape {image.shape} but the label map {seg.shape}"
+        )
+    body = body_mask(image)
+    candidates = np.flatnonzero(body)
+    out = seg.copy()
+    blobs = []
+    for _ in range(n_blobs):
+        centre = np.unravel_index(int(candidates[rng.integers(0, candidates.size)]), seg.shape)
+        s = selected[int(rng.integers(0, len(selected)))]
+        ball = _ball(seg.shape, spacing, centre, k / 2.0)
+        if ignore is not None:
+            ball &= ~ignore
+        out[ball] = s.paint
+        blobs.append(
+            {
+                "centre_voxel": [int(c) for c in centre],
+                "structure": s.name,
+                "value": int(s.paint),
+                "diameter_mm": _r(k),
+                "voxels": int(ball.sum()),
+            }
+        )
+    record["body_voxels"] = int(candidates.size)
+    record["blobs"] = blobs
+    return out
 
 
 def _change_stats(
