@@ -161,30 +161,42 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
     """Check the environment for what nnunet-pde needs; never raises."""
     env = os.environ if environ is None else environ
-    checks: list[Check] = []
-
     # pip refuses to install on Python < 3.10 (requires-python), so this only reports.
-    checks.append(Check("ok", f"Python {sys.version.split()[0]} ({sys.executable})"))
+    checks = [Check("ok", f"Python {sys.version.split()[0]} ({sys.executable})")]
+    nn_version, check = _check_nnunetv2()
+    checks.append(check)
+    checks.append(_check_torch())
+    try:
+        tdir = trainer_dir()
+        checks.append(Check("ok", f"trainers folder {tdir}"))
+    except RuntimeError as exc:
+        checks.append(Check("fail", str(exc)))
+        return checks
+    checks.extend(_check_ext_trainer(env, tdir))
+    checks.extend(_check_data_folders(env))
+    if nn_version is not None:
+        checks.extend(_check_trainer_resolution(env, tdir))
+    return checks
 
+
+def _check_nnunetv2() -> tuple[str | None, Check]:
+    """The installed nnunetv2 version (None if missing) and whether it is a tested one."""
     try:
         nn_version = importlib.metadata.version("nnunetv2")
     except importlib.metadata.PackageNotFoundError:
-        nn_version = None
-        checks.append(
-            Check("fail", "nnunetv2 is not installed", "pip install 'nnunetv2>=2.8.1,<2.9'")
+        return None, Check(
+            "fail", "nnunetv2 is not installed", "pip install 'nnunetv2>=2.8.1,<2.9'"
         )
-    if nn_version is not None:
-        if (2, 8, 1) <= _version_tuple(nn_version) < (2, 9):
-            checks.append(Check("ok", f"nnunetv2 {nn_version}"))
-        else:
-            checks.append(
-                Check(
-                    "fail",
-                    f"nnunetv2 {nn_version} is installed; nnunet-pde is tested with >=2.8.1,<2.9",
-                    "pip install 'nnunetv2>=2.8.1,<2.9'",
-                )
-            )
+    if (2, 8, 1) <= _version_tuple(nn_version) < (2, 9):
+        return nn_version, Check("ok", f"nnunetv2 {nn_version}")
+    return nn_version, Check(
+        "fail",
+        f"nnunetv2 {nn_version} is installed; nnunet-pde is tested with >=2.8.1,<2.9",
+        "pip install 'nnunetv2>=2.8.1,<2.9'",
+    )
 
+
+def _check_torch() -> Check:
     try:
         import torch
 
@@ -194,17 +206,14 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
             if cuda
             else "no CUDA device (train with -device cpu)"
         )
-        checks.append(Check("ok", f"torch {torch.__version__}, {dev}"))
+        return Check("ok", f"torch {torch.__version__}, {dev}")
     except Exception as exc:  # noqa: BLE001 - report any import failure
-        checks.append(Check("fail", f"torch cannot be imported: {exc}", "reinstall torch"))
+        return Check("fail", f"torch cannot be imported: {exc}", "reinstall torch")
 
-    try:
-        tdir = trainer_dir()
-        checks.append(Check("ok", f"trainers folder {tdir}"))
-    except RuntimeError as exc:
-        checks.append(Check("fail", str(exc)))
-        return checks
 
+def _check_ext_trainer(env: Mapping[str, str], tdir: Path) -> list[Check]:
+    """Whether nnUNet_extTrainer lists this install's trainers folder (and only folders)."""
+    checks: list[Check] = []
     ext = split_paths(env.get(EXT_TRAINER_VAR))
     missing_dirs = [p for p in ext if not os.path.isdir(p)]
     if any(_same_path(p, tdir) for p in ext):
@@ -229,7 +238,12 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
         )
     for p in missing_dirs:
         checks.append(Check("warn", f"{EXT_TRAINER_VAR} lists a folder that does not exist: {p}"))
+    return checks
 
+
+def _check_data_folders(env: Mapping[str, str]) -> list[Check]:
+    """nnUNet_raw / _preprocessed / _results: set, folders, writable."""
+    checks: list[Check] = []
     for var in NNUNET_PATH_VARS:
         value = env.get(var)
         if not value:
@@ -239,7 +253,7 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
                 Check(
                     "fail",
                     f"{var}={value} is not a folder (it is a file)",
-                    f"point {var} at a folder, e.g. eval \"$(nnunet-pde env)\" after unset {var}",
+                    f'point {var} at a folder, e.g. eval "$(nnunet-pde env)" after unset {var}',
                 )
             )
         elif not os.path.isdir(value):
@@ -252,9 +266,6 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
             )
         else:
             checks.append(Check("ok", f"{var}={value}"))
-
-    if nn_version is not None:
-        checks.extend(_check_trainer_resolution(env, tdir))
     return checks
 
 
