@@ -413,16 +413,8 @@ def derive_noisy_labels(
         "smoothness_mm": smoothness_mm,
         "blobs": blobs,
     }
-    target = raw_root / folder_name
-    raw_root.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    # Hidden names that do not start with "Dataset", so nnU-Net never mistakes them for one.
-    tmp = raw_root / f".{folder_name}.tmp-{token}"
-    olds = [raw_root / f".{p.name}.old-{token}" for p in to_replace]
-    moved: list[tuple[Path, Path]] = []
-    done = False
-    try:
-        tmp.mkdir()
+
+    def fill(tmp: Path) -> None:
         _copy_images(src, tmp)
         cases, hashes, n_changed = _write_labels(
             tmp, src, clean_files, corrupted, file_ending, scheme, selected, settings, progress
@@ -438,6 +430,29 @@ def derive_noisy_labels(
             source, source_info, settings, regions, cases, corrupted, n_changed
         )
         write_json(tmp / DERIVED_JSON, record, indent=1)
+
+    return _write_in_place(raw_root, folder_name, to_replace, fill)
+
+
+def _write_in_place(
+    raw_root: Path, folder_name: str, to_replace: Sequence[Path], fill: Callable[[Path], None]
+) -> Path:
+    """``fill`` a hidden temporary folder, then swap it in as ``raw_root / folder_name``.
+
+    The folders in ``to_replace`` are moved aside first and deleted once the new one is in
+    place; on any failure (or Ctrl-C) they are put back and the temporary folder removed.
+    """
+    target = raw_root / folder_name
+    raw_root.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    # Hidden names that do not start with "Dataset", so nnU-Net never mistakes them for one.
+    tmp = raw_root / f".{folder_name}.tmp-{token}"
+    olds = [raw_root / f".{p.name}.old-{token}" for p in to_replace]
+    moved: list[tuple[Path, Path]] = []
+    done = False
+    try:
+        tmp.mkdir()
+        fill(tmp)
         for p, old in zip(to_replace, olds, strict=True):
             p.rename(old)
             moved.append((p, old))
