@@ -20,6 +20,7 @@ from pathlib import Path
 from nnunet_pde.errors import BenchmarkError, NnunetPdeError
 
 __all__ = [
+    "gt_segmentations",
     "DATASET_FOLDER",
     "DATASET_NAME",
     "FOLD_FINISHED",
@@ -280,6 +281,23 @@ def possible_folds(preprocessed_dataset: Path) -> tuple[int, str]:
             "--folds",
         )
     return 5, f"nnU-Net makes 5 for {n_cases} training cases"
+
+
+def gt_segmentations(preprocessed_dataset: Path) -> Path:
+    """``<preprocessed dataset>/gt_segmentations`` (nnU-Net's validation references).
+
+    Raises
+    ------
+    BenchmarkError
+        It does not exist (the dataset was not preprocessed).
+    """
+    gt = preprocessed_dataset / "gt_segmentations"
+    if not gt.is_dir():
+        raise BenchmarkError(
+            f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
+            f"nnUNetv2_plan_and_preprocess -d {dataset_id(preprocessed_dataset.name)}"
+        )
+    return gt
 
 
 def read_splits(preprocessed_dataset: Path) -> list[dict[str, list[str]]] | None:

@@ -43,8 +43,8 @@ from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import read_json, write_json
 from nnunet_pde.folders import (
     check_trainer_names,
-    dataset_id,
     fold_dir,
+    gt_segmentations,
     parse_folds,
     read_splits,
     require_env_folder,
@@ -285,13 +285,8 @@ SUMMARY_COLUMNS = (
 def _reference_folders(pre: Path, name: str) -> tuple[Path, Path]:
     """``gt_segmentations`` and ``dataset.json`` of a preprocessed dataset; BenchmarkError if
     nnUNetv2_plan_and_preprocess has not written them."""
-    gt = pre / "gt_segmentations"
+    gt = gt_segmentations(pre)
     ds_json = pre / "dataset.json"
-    if not gt.is_dir():
-        raise BenchmarkError(
-            f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
-            f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
-        )
     if not ds_json.is_file():
         raise BenchmarkError(f"{ds_json} does not exist (nnUNetv2_plan_and_preprocess copies it)")
     return gt, ds_json

@@ -107,11 +107,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object.
-
-    The parser sets ``func``, which returns the exit code (0, or 2 with a one-line
-    ``error: ...`` on stderr for bad input).
-    """
+    """Add the ``evaluate`` subcommand to an ``argparse`` subparsers object."""
     p = add_command(
         subparsers,
         "evaluate",

@@ -78,11 +78,7 @@ def _cmd_noisy_labels(args: argparse.Namespace) -> int:
 
 
 def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``noisy-labels`` to the subparsers object of ``nnunet-pde derive``.
-
-    The parser sets ``func``, which returns the exit code (0, or 2 with a one-line
-    ``error: ...`` on stderr for bad input).
-    """
+    """Add ``noisy-labels`` to the subparsers object of ``nnunet-pde derive``."""
     p = add_command(
         derive_subparsers,
         "noisy-labels",

@@ -47,7 +47,8 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """Add subcommand ``name``; ``args.func`` runs ``handler`` with the failures reported.
 
-    With an ``epilog`` (the examples) the help keeps its line breaks.
+    ``args.func(args)`` returns the handler's exit code, or 2 after one ``error: ...`` line on
+    stderr for bad input. With an ``epilog`` (the examples) the help keeps its line breaks.
     """
     extra: dict[str, Any] = {}
     if epilog is not None:

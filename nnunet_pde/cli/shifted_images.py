@@ -112,11 +112,7 @@ def _cmd_shifted_images(args: argparse.Namespace) -> int:
 
 
 def register_cli(derive_subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``shifted-images`` to the sub-parsers of ``nnunet-pde derive``.
-
-    The parser sets ``func``, which returns the exit code (0, or 2 with a one-line
-    ``error: ...`` on stderr for bad input).
-    """
+    """Add ``shifted-images`` to the sub-parsers of ``nnunet-pde derive``."""
     p = add_command(
         derive_subparsers,
         "shifted-images",

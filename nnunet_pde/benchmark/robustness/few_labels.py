@@ -28,8 +28,8 @@ from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import read_json
 from nnunet_pde.folders import (
-    dataset_id,
     fold_dir,
+    gt_segmentations,
     read_splits,
     require_env_folder,
     resolve_dataset_name,
@@ -110,12 +110,7 @@ def robustness_few_labels(
     results = require_env_folder("nnUNet_results", env)
     preprocessed = require_env_folder("nnUNet_preprocessed", env)
     name = resolve_dataset_name(dataset, env)
-    gt = preprocessed / name / "gt_segmentations"
-    if not gt.is_dir():
-        raise BenchmarkError(
-            f"{gt} does not exist: nnU-Net writes the reference segmentations there during "
-            f"nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
-        )
+    gt = gt_segmentations(preprocessed / name)
     ds_json = _preprocessed_dataset_json(preprocessed, None, name)
     file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
     out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "few-labels")
