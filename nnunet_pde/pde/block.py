@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import native
 from .config import EXACT_SOLVERS, PDEConfig
-from .fused import EdgeEnergy, Standardise, aos_step_fused
+from .fused import EdgeEnergy, Gate, Standardise, aos_step_fused
 from .operators import Conductance, MomentOperator, Response, apply_weights, diagonal, pad_faces
 from .solvers import aos_step, explicit_step, sweep_step
 from .stencils import checkerboard
@@ -307,11 +307,9 @@ class PDEBlock(nn.Module):
             xc = x.to(self._compute_dtype(x.dtype))
             x_hat, _, std = normalise(xc)
             u_hat = self.integrate(x_hat)
-            gate = self.gamma.to(xc.dtype).reshape(1, -1, *([1] * self.ndim)) * std
-            # gate * u_hat - gate * x_hat (not gate * (u_hat - x_hat)): backward then keeps
-            # u_hat and x_hat, which the steps and the regulariser keep anyway, instead of
-            # a new difference tensor.
-            y = xc + gate * u_hat - gate * x_hat
+            # One function whose backward keeps only u_hat and x_hat, which the steps and
+            # the regulariser keep anyway.
+            y = Gate.apply(xc, u_hat, x_hat, self.gamma.to(xc.dtype), std)
         return y.to(x.dtype)
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -46,9 +46,9 @@ def _view(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def _solve(a: torch.Tensor, rhs: torch.Tensor, axis: int) -> torch.Tensor:
-    return thomas(a.movedim(axis, 0).contiguous(), rhs.movedim(axis, 0).contiguous()).movedim(
-        0, axis
-    )
+    return thomas(
+        a.movedim(axis, 0).contiguous(), rhs.movedim(axis, 0).contiguous()
+    ).movedim(0, axis)
 
 
 def _axis_terms(u, b, cA, ce, k, d):
@@ -123,8 +123,7 @@ def diffusion_backward_torch(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
 # --------------------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op("nnunet_pde::aos_diffusion", mutates_args=(), device_types="cpu")
-def _aos_diffusion_op(
+def _aos_diffusion_impl(
     u: torch.Tensor,
     b: torch.Tensor,
     cA: torch.Tensor,
@@ -134,13 +133,17 @@ def _aos_diffusion_op(
     return native.diffusion_forward(u, b, cA, ce, k)
 
 
+_aos_diffusion_op = torch.library.custom_op(
+    "nnunet_pde::aos_diffusion", mutates_args=(), device_types="cpu"
+)(_aos_diffusion_impl)
+
+
 @_aos_diffusion_op.register_fake
 def _(u, b, cA, ce, k):
     return torch.empty_like(u)
 
 
-@torch.library.custom_op("nnunet_pde::aos_diffusion_backward", mutates_args=(), device_types="cpu")
-def _aos_diffusion_backward_op(
+def _aos_diffusion_backward_impl(
     u: torch.Tensor,
     b: torch.Tensor,
     g: torch.Tensor,
@@ -149,6 +152,11 @@ def _aos_diffusion_backward_op(
     k: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return native.diffusion_backward(u, b, g, cA, ce, k)
+
+
+_aos_diffusion_backward_op = torch.library.custom_op(
+    "nnunet_pde::aos_diffusion_backward", mutates_args=(), device_types="cpu"
+)(_aos_diffusion_backward_impl)
 
 
 @_aos_diffusion_backward_op.register_fake
@@ -160,6 +168,15 @@ def _(u, b, g, cA, ce, k):
         cA.new_empty(cA.shape),
         cA.new_empty(cA.shape),
     )
+
+
+def _dispatch(op, impl, *args):
+    """Call a compiled kernel: through its custom operator while ``torch.compile`` traces
+    (opaque to dynamo, with a fake implementation), directly otherwise (the operator's
+    first eager call imports ``torch._dynamo``, over a second, in every process)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return impl(*args)
 
 
 def uses_native(u: torch.Tensor) -> bool:
@@ -177,7 +194,7 @@ def uses_native(u: torch.Tensor) -> bool:
 def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
     """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)``, compiled kernels where possible."""
     if uses_native(u):
-        return _aos_diffusion_op(u, b, cA, ce, k)
+        return _dispatch(_aos_diffusion_op, _aos_diffusion_impl, u, b, cA, ce, k)
     return diffusion_forward_torch(u, b, cA, ce, k)
 
 
@@ -186,7 +203,9 @@ def diffusion_backward(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
     gradient through the face weights and the explicit half plus ``gb`` (all of ``dL/du``
     where ``b = u``)."""
     if uses_native(u):
-        return _aos_diffusion_backward_op(u, b, g, cA, ce, k)
+        return _dispatch(
+            _aos_diffusion_backward_op, _aos_diffusion_backward_impl, u, b, g, cA, ce, k
+        )
     return diffusion_backward_torch(u, b, g, cA, ce, k)
 
 
@@ -204,8 +223,7 @@ def _response_torch(u, w1, b1, w2, b2):
     return h, conv(h, w2, b2)
 
 
-@torch.library.custom_op("nnunet_pde::response_b", mutates_args=(), device_types="cpu")
-def _response_b_op(
+def _response_b_impl(
     u: torch.Tensor,
     w1: torch.Tensor,
     b1: torch.Tensor,
@@ -216,13 +234,17 @@ def _response_b_op(
     return native.response_forward(u, w1, b1, w2, b2, tau)[0]  # b only
 
 
+_response_b_op = torch.library.custom_op(
+    "nnunet_pde::response_b", mutates_args=(), device_types="cpu"
+)(_response_b_impl)
+
+
 @_response_b_op.register_fake
 def _(u, w1, b1, w2, b2, tau):
     return torch.empty_like(u)
 
 
-@torch.library.custom_op("nnunet_pde::response_hnb", mutates_args=(), device_types="cpu")
-def _response_hnb_op(
+def _response_hnb_impl(
     u: torch.Tensor,
     w1: torch.Tensor,
     b1: torch.Tensor,
@@ -234,14 +256,18 @@ def _response_hnb_op(
     return h, n, b
 
 
+_response_hnb_op = torch.library.custom_op(
+    "nnunet_pde::response_hnb", mutates_args=(), device_types="cpu"
+)(_response_hnb_impl)
+
+
 @_response_hnb_op.register_fake
 def _(u, w1, b1, w2, b2, tau):
     h = u.new_empty((u.shape[0], w1.shape[0], *u.shape[2:]))
     return h, torch.empty_like(u), torch.empty_like(u)
 
 
-@torch.library.custom_op("nnunet_pde::response_backward", mutates_args=(), device_types="cpu")
-def _response_backward_op(
+def _response_backward_impl(
     h: torch.Tensor,
     gb: torch.Tensor,
     tau: torch.Tensor,
@@ -252,6 +278,11 @@ def _response_backward_op(
     return native.response_backward(h, gb, tau, w1, w2, gu_in)
 
 
+_response_backward_op = torch.library.custom_op(
+    "nnunet_pde::response_backward", mutates_args=(), device_types="cpu"
+)(_response_backward_impl)
+
+
 @_response_backward_op.register_fake
 def _(h, gb, tau, w1, w2, gu_in):
     return torch.empty_like(h), torch.empty_like(gb)
@@ -260,7 +291,7 @@ def _(h, gb, tau, w1, w2, gu_in):
 def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
     """``b = u + tau N(u)`` (compiled kernel where possible)."""
     if uses_native(u):
-        return _response_b_op(u, w1, b1, w2, b2, tau)
+        return _dispatch(_response_b_op, _response_b_impl, u, w1, b1, w2, b2, tau)
     _, n = _response_torch(u, w1, b1, w2, b2)
     return u + _view(tau, u.ndim - 2) * n
 
@@ -268,7 +299,7 @@ def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
 def response_hnb(u, tau, w1, b1, w2, b2) -> tuple[torch.Tensor, ...]:
     """``(h, N, b)`` of the reaction (compiled kernel where possible)."""
     if uses_native(u):
-        return _response_hnb_op(u, w1, b1, w2, b2, tau)
+        return _dispatch(_response_hnb_op, _response_hnb_impl, u, w1, b1, w2, b2, tau)
     h, n = _response_torch(u, w1, b1, w2, b2)
     return h, n, u + _view(tau, u.ndim - 2) * n
 
@@ -276,7 +307,9 @@ def response_hnb(u, tau, w1, b1, w2, b2) -> tuple[torch.Tensor, ...]:
 def response_backward(h, gb, tau, w1, w2, gu_in) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gpre, gu)``: ``gpre = (W2^T (tau gb)) (1 - h^2)``, ``gu = gu_in + W1^T gpre``."""
     if uses_native(gb):
-        return _response_backward_op(h, gb, tau, w1, w2, gu_in)
+        return _dispatch(
+            _response_backward_op, _response_backward_impl, h, gb, tau, w1, w2, gu_in
+        )
     ndim = gb.ndim - 2
     conv = _conv(ndim)
     gn = _view(tau, ndim) * gb
@@ -320,9 +353,15 @@ class AOSStep(torch.autograd.Function):
             gpre, gu = response_backward(h, gb, tau, w1, w2, gu)
             # Weight gradients: sums over voxels of outer products, as batched matmuls.
             gbf, hf, gpf = gb.flatten(2), h.flatten(2), gpre.flatten(2)
-            gw2 = (torch.bmm(gbf, hf.transpose(1, 2)).sum(dim=0) * tau[:, None]).reshape(w2.shape)
+            gw2 = (
+                torch.bmm(gbf, hf.transpose(1, 2)).sum(dim=0) * tau[:, None]
+            ).reshape(w2.shape)
             gb2 = tau * gbf.sum(dim=(0, 2))
-            gw1 = torch.bmm(gpf, u.flatten(2).transpose(1, 2)).sum(dim=0).reshape(w1.shape)
+            gw1 = (
+                torch.bmm(gpf, u.flatten(2).transpose(1, 2))
+                .sum(dim=0)
+                .reshape(w1.shape)
+            )
             gb1 = gpf.sum(dim=(0, 2))
         return (
             gu,
@@ -353,7 +392,9 @@ def aos_step_fused(
     ``aos_step(u, u + tau N(u), interior_weights(u), tau, theta)``.
     """
     m = len(spacing)
-    inv_h2 = torch.tensor([1.0 / (h * h) for h in spacing], dtype=u.dtype, device=u.device)
+    inv_h2 = torch.tensor(
+        [1.0 / (h * h) for h in spacing], dtype=u.dtype, device=u.device
+    )
     base = (tau * alpha).unsqueeze(0) * inv_h2.unsqueeze(1)  # (m, C): tau alpha / h^2
     cA = (m * theta) * base
     ce = (m * (1.0 - theta)) * base if theta < 1.0 else None
@@ -378,10 +419,16 @@ def _standardise(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
     return centred / std, mean, std
 
 
-@torch.library.custom_op("nnunet_pde::standardise", mutates_args=(), device_types="cpu")
-def _standardise_op(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _standardise_impl(
+    x: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x_hat, mean, std = native.standardise_forward(x, eps)
     return x_hat, mean, std
+
+
+_standardise_op = torch.library.custom_op(
+    "nnunet_pde::standardise", mutates_args=(), device_types="cpu"
+)(_standardise_impl)
 
 
 @_standardise_op.register_fake
@@ -390,8 +437,7 @@ def _(x, eps):
     return torch.empty_like(x), x.new_empty(stat), x.new_empty(stat)
 
 
-@torch.library.custom_op("nnunet_pde::standardise_backward", mutates_args=(), device_types="cpu")
-def _standardise_backward_op(
+def _standardise_backward_impl(
     x_hat: torch.Tensor,
     std: torch.Tensor,
     g_hat: torch.Tensor,
@@ -401,14 +447,25 @@ def _standardise_backward_op(
     return native.standardise_backward(x_hat, std, g_hat, g_mean, g_std)
 
 
+_standardise_backward_op = torch.library.custom_op(
+    "nnunet_pde::standardise_backward", mutates_args=(), device_types="cpu"
+)(_standardise_backward_impl)
+
+
 @_standardise_backward_op.register_fake
 def _(x_hat, std, g_hat, g_mean, g_std):
     return torch.empty_like(x_hat)
 
 
-@torch.library.custom_op("nnunet_pde::edge_energy_sums", mutates_args=(), device_types="cpu")
-def _energy_sums_op(z: torch.Tensor, spacing: list[float], eps: float) -> torch.Tensor:
+def _energy_sums_impl(
+    z: torch.Tensor, spacing: list[float], eps: float
+) -> torch.Tensor:
     return native.energy_sums(z, tuple(spacing), eps)
+
+
+_energy_sums_op = torch.library.custom_op(
+    "nnunet_pde::edge_energy_sums", mutates_args=(), device_types="cpu"
+)(_energy_sums_impl)
 
 
 @_energy_sums_op.register_fake
@@ -426,7 +483,7 @@ class Standardise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, eps: float):  # noqa: D102
         if uses_native(x):
-            x_hat, mean, std = _standardise_op(x, eps)
+            x_hat, mean, std = _dispatch(_standardise_op, _standardise_impl, x, eps)
         else:
             x_hat, mean, std = _standardise(x, eps)
         ctx.save_for_backward(x_hat, std)
@@ -438,7 +495,15 @@ class Standardise(torch.autograd.Function):
         if uses_native(x_hat):
             if g_hat is None:
                 g_hat = torch.zeros_like(x_hat)
-            return _standardise_backward_op(x_hat, std, g_hat, g_mean, g_std), None
+            return _dispatch(
+                _standardise_backward_op,
+                _standardise_backward_impl,
+                x_hat,
+                std,
+                g_hat,
+                g_mean,
+                g_std,
+            ), None
         return standardise_backward(x_hat, std, g_hat, g_mean, g_std), None
 
 
@@ -481,16 +546,40 @@ def _energy_backward_torch(z, g, spacing, mean, std) -> torch.Tensor:
     return standardise_backward(z_hat, std, g_hat)
 
 
-@torch.library.custom_op("nnunet_pde::edge_energy_backward", mutates_args=(), device_types="cpu")
-def _energy_backward_op(
-    z: torch.Tensor, g: torch.Tensor, spacing: list[float], mean: torch.Tensor, std: torch.Tensor
+def _energy_backward_impl(
+    z: torch.Tensor,
+    g: torch.Tensor,
+    spacing: list[float],
+    mean: torch.Tensor,
+    std: torch.Tensor,
 ) -> torch.Tensor:
     return native.energy_backward(z, g, tuple(spacing), mean, std)
+
+
+_energy_backward_op = torch.library.custom_op(
+    "nnunet_pde::edge_energy_backward", mutates_args=(), device_types="cpu"
+)(_energy_backward_impl)
 
 
 @_energy_backward_op.register_fake
 def _(z, g, spacing, mean, std):
     return torch.empty_like(z)
+
+
+def _moments_impl(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, inv_std = native.volume_moments(z, eps)
+    return mean, inv_std
+
+
+_moments_op = torch.library.custom_op(
+    "nnunet_pde::volume_moments", mutates_args=(), device_types="cpu"
+)(_moments_impl)
+
+
+@_moments_op.register_fake
+def _(z, eps):
+    stat = (z.shape[0], z.shape[1], *([1] * (z.ndim - 2)))
+    return z.new_empty(stat), z.new_empty(stat)
 
 
 class EdgeEnergy(torch.autograd.Function):
@@ -503,9 +592,10 @@ class EdgeEnergy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, spacing: tuple[float, ...], eps: float):  # noqa: D102
         if uses_native(z):
-            sums = _energy_sums_op(z, list(spacing), eps)
+            sums = _dispatch(_energy_sums_op, _energy_sums_impl, z, list(spacing), eps)
             faces = [
-                z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(len(spacing))
+                z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1)
+                for d in range(len(spacing))
             ]
             # an axis of one cell has no faces and contributes 0
             total = sum(sums[d] / f for d, f in enumerate(faces) if f > 0)
@@ -519,7 +609,9 @@ class EdgeEnergy(torch.autograd.Function):
                 s = torch.diff(z, dim=2 + d) * (inv_std / h)
                 # log(1 + s^2) rather than log1p: vectorised on the CPU (log1p is ~6x
                 # slower there); s^2 >= 0, so the error is a rounding of 1 + s^2.
-                total = total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
+                total = (
+                    total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
+                )
         ctx.save_for_backward(z)
         ctx.spacing = spacing
         ctx.eps = eps
@@ -528,10 +620,104 @@ class EdgeEnergy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         (z,) = ctx.saved_tensors
-        mean, inv_std = _moments(z, ctx.eps)
+        if uses_native(z):
+            mean, inv_std = _dispatch(_moments_op, _moments_impl, z, ctx.eps)
+        else:
+            mean, inv_std = _moments(z, ctx.eps)
         std = 1.0 / inv_std
         if uses_native(z):
-            gz = _energy_backward_op(z, g, list(ctx.spacing), mean, std)
+            gz = _dispatch(
+                _energy_backward_op,
+                _energy_backward_impl,
+                z,
+                g,
+                list(ctx.spacing),
+                mean,
+                std,
+            )
         else:
             gz = _energy_backward_torch(z, g, ctx.spacing, mean, std)
         return gz, None, None
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _gate_impl(
+    x: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
+) -> torch.Tensor:
+    return native.gate_forward(x, u, x_hat, g)
+
+
+_gate_op = torch.library.custom_op(
+    "nnunet_pde::gate", mutates_args=(), device_types="cpu"
+)(_gate_impl)
+
+
+@_gate_op.register_fake
+def _(x, u, x_hat, g):
+    return torch.empty_like(x)
+
+
+def _gate_backward_impl(
+    gy: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gu, gxh, s = native.gate_backward(gy, u, x_hat, g)
+    return gu, gxh, s
+
+
+_gate_backward_op = torch.library.custom_op(
+    "nnunet_pde::gate_backward", mutates_args=(), device_types="cpu"
+)(_gate_backward_impl)
+
+
+@_gate_backward_op.register_fake
+def _(gy, u, x_hat, g):
+    return (
+        torch.empty_like(gy),
+        torch.empty_like(gy),
+        gy.new_empty(gy.shape[:2], dtype=torch.float64),
+    )
+
+
+class Gate(torch.autograd.Function):
+    """The gated residual ``y = x + gamma_c std (u_hat - x_hat)`` of a block.
+
+    ``x``, ``u_hat``, ``x_hat``: ``(B, C, *S)``; ``gamma`` ``(C,)``; ``std`` ``(B, C, 1, ...)``.
+    Saves ``u_hat`` and ``x_hat`` (kept by the steps anyway). Backward: ``dx = gy``,
+    ``du_hat = g gy``, ``dx_hat = -g gy``, ``dgamma_c = sum_b std S``, ``dstd = gamma S``
+    with ``g = gamma std`` and ``S = sum_voxels gy (u_hat - x_hat)`` per sample and channel.
+    """
+
+    @staticmethod
+    def forward(ctx, x, u_hat, x_hat, gamma, std):  # noqa: D102
+        g = gamma.reshape(1, -1) * std.reshape(std.shape[0], -1)  # (B, C)
+        if uses_native(x):
+            y = _dispatch(_gate_op, _gate_impl, x, u_hat, x_hat, g)
+        else:
+            y = x + _bc(g, x.ndim) * (u_hat - x_hat)
+        ctx.save_for_backward(u_hat, x_hat, gamma, std)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # noqa: D102
+        u_hat, x_hat, gamma, std = ctx.saved_tensors
+        g = gamma.reshape(1, -1) * std.reshape(std.shape[0], -1)
+        if uses_native(gy):
+            gu, gxh, s = _dispatch(
+                _gate_backward_op, _gate_backward_impl, gy.contiguous(), u_hat, x_hat, g
+            )
+            s = s.to(gy.dtype)
+        else:
+            gu = _bc(g, gy.ndim) * gy
+            gxh = -gu
+            s = (gy * (u_hat - x_hat)).flatten(2).sum(dim=2)
+        std2 = std.reshape(std.shape[0], -1)
+        ggamma = (s * std2).sum(dim=0)
+        gstd = (s * gamma.reshape(1, -1)).reshape(std.shape)
+        return gy, gu, gxh, ggamma, gstd
+
+
+def _bc(g: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(B, C)`` -> ``(B, C, 1, ..., 1)``."""
+    return g.reshape(*g.shape, *([1] * (ndim - 2)))

@@ -94,7 +94,9 @@ def _build() -> ctypes.CDLL:
         if proc.returncode != 0:
             os.unlink(tmp)
             msg = (proc.stderr or proc.stdout).strip().splitlines()
-            raise RuntimeError(f"{' '.join(cmd)} failed: {msg[-1] if msg else proc.returncode}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed: {msg[-1] if msg else proc.returncode}"
+            )
         os.replace(tmp, target)  # atomic: concurrent builders never see a partial file
     lib = ctypes.CDLL(str(target))
     _declare(lib)
@@ -126,6 +128,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         ef = getattr(lib, "energy_forward" + suffix)
         ef.argtypes = [p, p, p, i, p, d, lg, lg]
         ef.restype = i
+        vm = getattr(lib, "volume_moments" + suffix)
+        vm.argtypes = [p, p, p, lg, d, lg, lg]
+        vm.restype = i
+        gf = getattr(lib, "gate_forward" + suffix)
+        gf.argtypes = [p, p, p, p, p, lg, lg, lg]
+        gf.restype = i
+        gbk = getattr(lib, "gate_backward" + suffix)
+        gbk.argtypes = [p, p, p, p, p, p, p, lg, lg, lg]
+        gbk.restype = i
         eb = getattr(lib, "energy_backward" + suffix)
         eb.argtypes = [p, p, p, i, p, p, p, p, lg, lg]
         eb.restype = i
@@ -169,7 +180,9 @@ def _threads() -> ThreadPoolExecutor | None:
         if _pool is None or _pool_size != n:
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nnunet_pde_aos")
+            _pool = ThreadPoolExecutor(
+                max_workers=n, thread_name_prefix="nnunet_pde_aos"
+            )
             _pool_size = n
     return _pool
 
@@ -222,7 +235,17 @@ def diffusion_forward(
     B, C = u.shape[:2]
     fn = getattr(lib, "aos_forward" + _suffix(u.dtype))
     dims = _dims(u.shape)
-    args = (_ptr(u), _ptr(b), _ptr(out), dims, u.ndim - 2, C, _ptr(cA), _ptr(ce), _ptr(k))
+    args = (
+        _ptr(u),
+        _ptr(b),
+        _ptr(out),
+        dims,
+        u.ndim - 2,
+        C,
+        _ptr(cA),
+        _ptr(ce),
+        _ptr(k),
+    )
     _run_split(fn, args, B * C)
     return out
 
@@ -257,7 +280,9 @@ def diffusion_backward(
     per_channel = sums.sum(dim=0).to(u.dtype)  # (C, 3, m)
     # Separate tensors: outputs of a custom operator must not alias each other.
     gcA = per_channel[:, 0].t().contiguous()
-    gce = per_channel[:, 1].t().contiguous() if ce is not None else torch.zeros_like(gcA)
+    gce = (
+        per_channel[:, 1].t().contiguous() if ce is not None else torch.zeros_like(gcA)
+    )
     gk = per_channel[:, 2].t().contiguous() if k is not None else torch.zeros_like(gcA)
     return gb, gu, gcA, gce, gk
 
@@ -281,14 +306,24 @@ def energy_backward(
     faces = [z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(m)]
     gval = float(g)
     coef = torch.tensor(
-        [gval / (m * max(f, 1) * h) for f, h in zip(faces, spacing, strict=True)], dtype=z.dtype
+        [gval / (m * max(f, 1) * h) for f, h in zip(faces, spacing, strict=True)],
+        dtype=z.dtype,
     )
     hs = torch.tensor(spacing, dtype=z.dtype)
     mean = mean.reshape(-1).to(z.dtype).contiguous()
     inv_std = (1.0 / std).reshape(-1).to(z.dtype).contiguous()
     gz = torch.empty_like(z)
     fn = getattr(lib, "energy_backward" + _suffix(z.dtype))
-    args = (_ptr(z), _ptr(gz), _dims(z.shape), m, _ptr(coef), _ptr(hs), _ptr(mean), _ptr(inv_std))
+    args = (
+        _ptr(z),
+        _ptr(gz),
+        _dims(z.shape),
+        m,
+        _ptr(coef),
+        _ptr(hs),
+        _ptr(mean),
+        _ptr(inv_std),
+    )
     _run_split(fn, args, B * C)
     return gz
 
@@ -360,7 +395,16 @@ def response_backward(
     gpre = torch.empty_like(h)
     gu = torch.empty_like(gb)
     fn = getattr(lib, "mlp_backward" + _suffix(gb.dtype))
-    args = (_ptr(h), _ptr(gb), _ptr(tauc), _ptr(w1m), _ptr(w2m), _ptr(gu_in), _ptr(gpre), _ptr(gu))
+    args = (
+        _ptr(h),
+        _ptr(gb),
+        _ptr(tauc),
+        _ptr(w1m),
+        _ptr(w2m),
+        _ptr(gu_in),
+        _ptr(gpre),
+        _ptr(gu),
+    )
     _run_split(fn, (*args, C, H, P), _tiles(gb.shape))
     return gpre, gu
 
@@ -387,7 +431,9 @@ def standardise_forward(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]
     mean = x.new_empty(stat)
     std = x.new_empty(stat)
     fn = getattr(lib, "standardise_forward" + _suffix(x.dtype))
-    _run_split(fn, (_ptr(x), _ptr(x_hat), _ptr(mean), _ptr(std), x[0, 0].numel(), eps), B * C)
+    _run_split(
+        fn, (_ptr(x), _ptr(x_hat), _ptr(mean), _ptr(std), x[0, 0].numel(), eps), B * C
+    )
     return x_hat, mean, std
 
 
@@ -410,7 +456,9 @@ def standardise_backward(
     return dx
 
 
-def energy_sums(z: torch.Tensor, spacing: tuple[float, ...], eps: float) -> torch.Tensor:
+def energy_sums(
+    z: torch.Tensor, spacing: tuple[float, ...], eps: float
+) -> torch.Tensor:
     """Per axis ``d`` the sum over all faces of ``log(1 + s^2)``, ``s = diff_d(z) / (h_d
     std)`` with ``std`` per sample and channel; ``(m,)`` float64; C kernel."""
     lib = library()
@@ -433,3 +481,49 @@ def log1p_f32(x: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(x)
     lib.log1p_f32_array(_ptr(x), _ptr(y), x.numel())
     return y
+
+
+def volume_moments(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, 1 / sqrt(var + eps))`` per sample and channel, ``(B, C, 1, ...)``; C kernel."""
+    lib = library()
+    assert lib is not None
+    x = x.contiguous()
+    B, C = x.shape[:2]
+    stat = (B, C, *([1] * (x.ndim - 2)))
+    mean, inv_std = x.new_empty(stat), x.new_empty(stat)
+    fn = getattr(lib, "volume_moments" + _suffix(x.dtype))
+    _run_split(fn, (_ptr(x), _ptr(mean), _ptr(inv_std), x[0, 0].numel(), eps), B * C)
+    return mean, inv_std
+
+
+def gate_forward(
+    x: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
+):
+    """``x + g (u - x_hat)`` with ``g`` per sample and channel; C kernel."""
+    lib = library()
+    assert lib is not None
+    x, u, x_hat = x.contiguous(), u.contiguous(), x_hat.contiguous()
+    g = g.to(x.dtype).contiguous()
+    y = torch.empty_like(x)
+    fn = getattr(lib, "gate_forward" + _suffix(x.dtype))
+    args = (_ptr(x), _ptr(u), _ptr(x_hat), _ptr(g), _ptr(y), x[0, 0].numel())
+    _run_split(fn, args, x.shape[0] * x.shape[1])
+    return y
+
+
+def gate_backward(
+    gy: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
+):
+    """``(g gy, -g gy, S)`` with ``S = sum gy (u - x_hat)`` per sample and channel
+    ``(B, C)`` (float64); C kernel."""
+    lib = library()
+    assert lib is not None
+    gy, u, x_hat = gy.contiguous(), u.contiguous(), x_hat.contiguous()
+    g = g.to(gy.dtype).contiguous()
+    gu, gxh = torch.empty_like(gy), torch.empty_like(gy)
+    B, C = gy.shape[:2]
+    S = torch.empty((B, C), dtype=torch.float64)
+    fn = getattr(lib, "gate_backward" + _suffix(gy.dtype))
+    args = (_ptr(gy), _ptr(u), _ptr(x_hat), _ptr(g), _ptr(gu), _ptr(gxh), _ptr(S))
+    _run_split(fn, (*args, gy[0, 0].numel()), B * C)
+    return gu, gxh, S

@@ -327,3 +327,17 @@ def test_statistics_kernels_equal_the_torch_implementation(shape, dtype, monkeyp
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **tol)
     assert torch.isfinite(got[3])  # an axis of one cell contributes 0, not NaN
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_gate_gradcheck_and_formula(backend, monkeypatch) -> None:
+    if backend == "torch":
+        monkeypatch.setattr(native, "AVAILABLE", False)
+    torch.manual_seed(8)
+    shape = (2, 3, 4, 5, 17)
+    x, u, xh = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    gamma = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    std = (torch.rand(2, 3, 1, 1, 1, dtype=torch.float64) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(fused.Gate.apply, (x, u, xh, gamma, std))
+    want = x + gamma.view(1, -1, 1, 1, 1) * std * (u - xh)
+    torch.testing.assert_close(fused.Gate.apply(x, u, xh, gamma, std), want)

@@ -121,3 +121,59 @@ int CAT(energy_forward, SUF)(const T *z, double *sums, const long *dims, int m, 
     FTZ_END
     return 0;
 }
+
+/* Per volume: mean and 1 / sqrt(var + eps). */
+int CAT(volume_moments, SUF)(const T *x, T *mean, T *inv_std, long vox, double eps, long v0,
+                             long v1) {
+    for (long v = v0; v < v1; ++v) {
+        double mu, is;
+        CAT(moments, SUF)(x + v * vox, vox, eps, &mu, &is);
+        mean[v] = (T)mu;
+        inv_std[v] = (T)is;
+    }
+    return 0;
+}
+
+/* The gate y = x + g (u - x_hat), g = gamma_c std_v, per volume. */
+int CAT(gate_forward, SUF)(const T *x, const T *u, const T *xh, const T *g, T *y, long vox,
+                           long v0, long v1) {
+    FTZ_BEGIN
+    for (long v = v0; v < v1; ++v) {
+        const T *restrict xv = x + v * vox, *restrict uv = u + v * vox, *restrict hv = xh + v * vox;
+        T *restrict yv = y + v * vox;
+        const T gv = g[v];
+        for (long i = 0; i < vox; ++i) yv[i] = xv[i] + gv * (uv[i] - hv[i]);
+    }
+    FTZ_END
+    return 0;
+}
+
+/* Backward of the gate for dL/dy = gy: gu = g gy, gxh = -g gy, and per volume
+ * S_v = sum_i gy (u - x_hat) (double; dL/dg_v = S_v). */
+int CAT(gate_backward, SUF)(const T *gy, const T *u, const T *xh, const T *g, T *gu, T *gxh,
+                            double *S, long vox, long v0, long v1) {
+    FTZ_BEGIN
+    for (long v = v0; v < v1; ++v) {
+        const T *restrict gyv = gy + v * vox, *restrict uv = u + v * vox, *restrict hv = xh + v * vox;
+        T *restrict guv = gu + v * vox, *restrict ghv = gxh + v * vox;
+        const T gv = g[v];
+        double acc[LANES] = {0}, tail = 0;
+        long i = 0;
+        for (; i + LANES <= vox; i += LANES)
+            for (int l = 0; l < LANES; ++l) {
+                T a = gyv[i + l];
+                acc[l] += a * (uv[i + l] - hv[i + l]);
+                guv[i + l] = gv * a;
+                ghv[i + l] = -gv * a;
+            }
+        for (; i < vox; ++i) {
+            tail += gyv[i] * (uv[i] - hv[i]);
+            guv[i] = gv * gyv[i];
+            ghv[i] = -gv * gyv[i];
+        }
+        for (int l = 0; l < LANES; ++l) tail += acc[l];
+        S[v] = tail;
+    }
+    FTZ_END
+    return 0;
+}
