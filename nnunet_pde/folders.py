@@ -305,7 +305,10 @@ def read_splits(preprocessed_dataset: Path) -> list[dict[str, list[str]]] | None
     path = preprocessed_dataset / "splits_final.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"{path} is not valid JSON: {exc}") from None
 
 
 def parse_folds(folds: Sequence[str | int]) -> list[int]:

@@ -10,9 +10,9 @@ and any other fold is trained from scratch (see :func:`nnunet_pde.folders.fold_s
 Every invocation writes a new manifest (:mod:`nnunet_pde.benchmark.manifest`) and one log
 per fold in ``$nnUNet_results/<dataset>/nnunet_pde_benchmark/``.
 
-Size (about 740 lines): the grid plan, the resume decisions, the progress monitor and the
-run loop all work on the same FoldTask and manifest; ``run_benchmark`` (about 250 lines) is the
-next candidate for a settings object and smaller steps.
+Size (about 810 lines): the grid plan, the resume decisions, the progress monitor and the
+run loop (``_GridRun``: the executor's callbacks, the manifest saves, the interrupt) all work
+on the same FoldTask and manifest.
 """
 
 from __future__ import annotations

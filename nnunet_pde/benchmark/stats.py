@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nnunet_pde.errors import BenchmarkError
+
 __all__ = ["PairedTest", "bootstrap_ci", "holm", "paired_wilcoxon"]
 
 
@@ -50,9 +52,9 @@ def bootstrap_ci(
         ``(nan, nan)`` without finite values; ``(x, x)`` for a single value.
     """
     if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+        raise BenchmarkError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise BenchmarkError(f"confidence must be in (0, 1), got {confidence}")
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:

@@ -1,6 +1,6 @@
 """Label corruptions of ``derive noisy-labels``: structures of a label map, transforms, one case.
 
-Size (about 650 lines): the structures of a label map, the transforms that act on them and
+Size (about 710 lines): the structures of a label map, the transforms that act on them and
 the one-case corruption that combines them use one data model (``Structure``, ``_Scheme``).
 """
 

@@ -53,6 +53,10 @@ keeps the same signs. The same arguments give a byte-identical dataset.
 
 Arrays are in numpy axis order (z, y, x for 3-D), spacings in mm along those axes
 (SimpleITK's (x, y, z) order is reversed once, on reading).
+
+Size (about 670 lines, a third of it this docstring and the parameters' documentation): the
+parameter checks, the source and target checks, the writing and the record of one derived
+dataset; the label corruptions themselves are in :mod:`nnunet_pde.derive.label_noise`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ touched, and an existing output of ours is only replaced with ``overwrite=True``
 Arrays are in numpy axis order (z, y, x for 3-D images) and spacings in mm along those axes:
 SimpleITK reports spacing in (x, y, z) order, which is reversed here once, on reading.
 
-Size (about 610 lines): matching, reading, per-case evaluation, the worker pool and the
+Size (about 650 lines): matching, reading, per-case evaluation, the worker pool and the
 summary writers form one pipeline; the command line is in :mod:`nnunet_pde.cli.evaluate`.
 """
 
