@@ -72,6 +72,7 @@ def test_runs_on_the_tiny_plans_and_writes_consistent_json(tmp_path):
         (["--placement", "0,9"], "out of range"),
         (["--patch", "32", "30", "32"], "not divisible by the network's total stride 8x8x8"),
         (["--reps", "0"], "--reps must be >= 1"),
+        (["--block-vs-conv", "2x32x48"], "is not a shape NxCxDxHxW"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(capsys, extra, message):
@@ -100,3 +101,22 @@ def test_saved_tensor_count_dedupes_storages_and_skips_parameters():
         y = x * w  # saves x and w
         (y * x).sum()  # saves y and x again: x counted once
     assert counted["bytes"] == 2 * 16000 and counted["tensors"] == 2
+
+
+def test_block_vs_conv_alone_writes_times_and_saved_bytes(tmp_path, capsys):
+    out = tmp_path / "bvc.json"
+    args = ["--no-networks", "--block-vs-conv", "1x4x8x9x10", "--reps", "1", "--threads", "1"]
+    assert _load_script().main([*args, "--output", str(out)]) == 0
+    (res,) = json.loads(out.read_text())["block_vs_conv"]
+    assert res["shape"] == [1, 4, 8, 9, 10]
+    assert set(res["median_time_s"]) == {"conv3x3x3", "block_fused", "block_reference"}
+    assert res["time_ratio_to_conv"]["conv3x3x3"] == 1.0
+    saved = res["saved_bytes_over_input"]
+    # default K = 2: x_hat, u_1, u_2 (+ per-channel vectors); the reference keeps far more
+    assert 2.9 < saved["block_fused"] < 3.2 and saved["block_reference"] > 10
+    assert "block vs one 3x3x3 conv 4->4" in capsys.readouterr().out
+
+
+def test_no_networks_needs_block_vs_conv(capsys):
+    assert _load_script().main(["--no-networks"]) == 2
+    assert "--no-networks leaves nothing to measure" in capsys.readouterr().err
