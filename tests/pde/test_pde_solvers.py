@@ -97,15 +97,18 @@ def test_tridiagonal_adjoint_backward_passes_gradcheck() -> None:
 @pytest.mark.parametrize("operator", ["diffusion", "laplacian"])
 @pytest.mark.parametrize("solver,theta", [("semi_implicit", 1.0), ("crank_nicolson", 0.5)])
 @pytest.mark.parametrize("tau", [0.3, 40.0])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
 def test_aos_step_equals_sparse_direct_solve_of_the_split_system(
-    operator: str, solver: str, theta: float, tau: float
+    operator: str, solver: str, theta: float, tau: float, fused: bool
 ) -> None:
     """``u^{n+1} = (1/m) sum_d (I - m theta tau A_d)^{-1} (u + m (1 - theta) tau A_d u)``.
 
     Fails if the solve is approximate (a sweep instead of an exact solve), if the explicit
-    half of Crank-Nicolson is dropped, or if the axes or their spacings are mixed up.
+    half of Crank-Nicolson is dropped, or if the axes or their spacings are mixed up; for
+    the fused step (compiled kernels on the CPU) and the reference implementation alike.
     """
     block = _block(operator, solver, tau_max=100.0)
+    block.fused = fused
     _set(block, tau)
     u = _field()
     alpha, kappa, tau_eff = _params(block)
