@@ -46,9 +46,9 @@ def _view(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def _solve(a: torch.Tensor, rhs: torch.Tensor, axis: int) -> torch.Tensor:
-    return thomas(
-        a.movedim(axis, 0).contiguous(), rhs.movedim(axis, 0).contiguous()
-    ).movedim(0, axis)
+    return thomas(a.movedim(axis, 0).contiguous(), rhs.movedim(axis, 0).contiguous()).movedim(
+        0, axis
+    )
 
 
 def _axis_terms(u, b, cA, ce, k, d):
@@ -123,6 +123,25 @@ def diffusion_backward_torch(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
 # --------------------------------------------------------------------------- custom ops
 
 
+class _Kernel:
+    """A compiled CPU kernel: called directly in eager mode, through the custom operator
+    ``torch.ops.nnunet_pde.<name>`` (opaque to dynamo, shapes from ``fake``) while
+    ``torch.compile`` traces. (An eager call through the operator would import
+    ``torch._dynamo`` on first use: over a second in every ``nnUNetv2_predict`` process.)"""
+
+    def __init__(self, name: str, impl, fake) -> None:
+        self.impl = impl
+        self.op = torch.library.custom_op(
+            f"nnunet_pde::{name}", mutates_args=(), device_types="cpu"
+        )(impl)
+        self.op.register_fake(fake)
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling():
+            return self.op(*args)
+        return self.impl(*args)
+
+
 def _aos_diffusion_impl(
     u: torch.Tensor,
     b: torch.Tensor,
@@ -133,14 +152,11 @@ def _aos_diffusion_impl(
     return native.diffusion_forward(u, b, cA, ce, k)
 
 
-_aos_diffusion_op = torch.library.custom_op(
-    "nnunet_pde::aos_diffusion", mutates_args=(), device_types="cpu"
-)(_aos_diffusion_impl)
-
-
-@_aos_diffusion_op.register_fake
-def _(u, b, cA, ce, k):
+def _aos_diffusion_fake(u, b, cA, ce, k):
     return torch.empty_like(u)
+
+
+_aos_diffusion_kernel = _Kernel("aos_diffusion", _aos_diffusion_impl, _aos_diffusion_fake)
 
 
 def _aos_diffusion_backward_impl(
@@ -154,13 +170,7 @@ def _aos_diffusion_backward_impl(
     return native.diffusion_backward(u, b, g, cA, ce, k)
 
 
-_aos_diffusion_backward_op = torch.library.custom_op(
-    "nnunet_pde::aos_diffusion_backward", mutates_args=(), device_types="cpu"
-)(_aos_diffusion_backward_impl)
-
-
-@_aos_diffusion_backward_op.register_fake
-def _(u, b, g, cA, ce, k):
+def _aos_diffusion_backward_fake(u, b, g, cA, ce, k):
     return (
         torch.empty_like(u),
         torch.empty_like(u),
@@ -170,13 +180,9 @@ def _(u, b, g, cA, ce, k):
     )
 
 
-def _dispatch(op, impl, *args):
-    """Call a compiled kernel: through its custom operator while ``torch.compile`` traces
-    (opaque to dynamo, with a fake implementation), directly otherwise (the operator's
-    first eager call imports ``torch._dynamo``, over a second, in every process)."""
-    if torch.compiler.is_compiling():
-        return op(*args)
-    return impl(*args)
+_aos_diffusion_backward_kernel = _Kernel(
+    "aos_diffusion_backward", _aos_diffusion_backward_impl, _aos_diffusion_backward_fake
+)
 
 
 def uses_native(u: torch.Tensor) -> bool:
@@ -194,7 +200,7 @@ def uses_native(u: torch.Tensor) -> bool:
 def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
     """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)``, compiled kernels where possible."""
     if uses_native(u):
-        return _dispatch(_aos_diffusion_op, _aos_diffusion_impl, u, b, cA, ce, k)
+        return _aos_diffusion_kernel(u, b, cA, ce, k)
     return diffusion_forward_torch(u, b, cA, ce, k)
 
 
@@ -203,9 +209,7 @@ def diffusion_backward(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
     gradient through the face weights and the explicit half plus ``gb`` (all of ``dL/du``
     where ``b = u``)."""
     if uses_native(u):
-        return _dispatch(
-            _aos_diffusion_backward_op, _aos_diffusion_backward_impl, u, b, g, cA, ce, k
-        )
+        return _aos_diffusion_backward_kernel(u, b, g, cA, ce, k)
     return diffusion_backward_torch(u, b, g, cA, ce, k)
 
 
@@ -234,14 +238,11 @@ def _response_b_impl(
     return native.response_forward(u, w1, b1, w2, b2, tau)[0]  # b only
 
 
-_response_b_op = torch.library.custom_op(
-    "nnunet_pde::response_b", mutates_args=(), device_types="cpu"
-)(_response_b_impl)
-
-
-@_response_b_op.register_fake
-def _(u, w1, b1, w2, b2, tau):
+def _response_b_fake(u, w1, b1, w2, b2, tau):
     return torch.empty_like(u)
+
+
+_response_b_kernel = _Kernel("response_b", _response_b_impl, _response_b_fake)
 
 
 def _response_hnb_impl(
@@ -256,15 +257,12 @@ def _response_hnb_impl(
     return h, n, b
 
 
-_response_hnb_op = torch.library.custom_op(
-    "nnunet_pde::response_hnb", mutates_args=(), device_types="cpu"
-)(_response_hnb_impl)
-
-
-@_response_hnb_op.register_fake
-def _(u, w1, b1, w2, b2, tau):
+def _response_hnb_fake(u, w1, b1, w2, b2, tau):
     h = u.new_empty((u.shape[0], w1.shape[0], *u.shape[2:]))
     return h, torch.empty_like(u), torch.empty_like(u)
+
+
+_response_hnb_kernel = _Kernel("response_hnb", _response_hnb_impl, _response_hnb_fake)
 
 
 def _response_backward_impl(
@@ -278,20 +276,19 @@ def _response_backward_impl(
     return native.response_backward(h, gb, tau, w1, w2, gu_in)
 
 
-_response_backward_op = torch.library.custom_op(
-    "nnunet_pde::response_backward", mutates_args=(), device_types="cpu"
-)(_response_backward_impl)
-
-
-@_response_backward_op.register_fake
-def _(h, gb, tau, w1, w2, gu_in):
+def _response_backward_fake(h, gb, tau, w1, w2, gu_in):
     return torch.empty_like(h), torch.empty_like(gb)
+
+
+_response_backward_kernel = _Kernel(
+    "response_backward", _response_backward_impl, _response_backward_fake
+)
 
 
 def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
     """``b = u + tau N(u)`` (compiled kernel where possible)."""
     if uses_native(u):
-        return _dispatch(_response_b_op, _response_b_impl, u, w1, b1, w2, b2, tau)
+        return _response_b_kernel(u, w1, b1, w2, b2, tau)
     _, n = _response_torch(u, w1, b1, w2, b2)
     return u + _view(tau, u.ndim - 2) * n
 
@@ -299,7 +296,7 @@ def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
 def response_hnb(u, tau, w1, b1, w2, b2) -> tuple[torch.Tensor, ...]:
     """``(h, N, b)`` of the reaction (compiled kernel where possible)."""
     if uses_native(u):
-        return _dispatch(_response_hnb_op, _response_hnb_impl, u, w1, b1, w2, b2, tau)
+        return _response_hnb_kernel(u, w1, b1, w2, b2, tau)
     h, n = _response_torch(u, w1, b1, w2, b2)
     return h, n, u + _view(tau, u.ndim - 2) * n
 
@@ -307,9 +304,7 @@ def response_hnb(u, tau, w1, b1, w2, b2) -> tuple[torch.Tensor, ...]:
 def response_backward(h, gb, tau, w1, w2, gu_in) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gpre, gu)``: ``gpre = (W2^T (tau gb)) (1 - h^2)``, ``gu = gu_in + W1^T gpre``."""
     if uses_native(gb):
-        return _dispatch(
-            _response_backward_op, _response_backward_impl, h, gb, tau, w1, w2, gu_in
-        )
+        return _response_backward_kernel(h, gb, tau, w1, w2, gu_in)
     ndim = gb.ndim - 2
     conv = _conv(ndim)
     gn = _view(tau, ndim) * gb
@@ -353,15 +348,9 @@ class AOSStep(torch.autograd.Function):
             gpre, gu = response_backward(h, gb, tau, w1, w2, gu)
             # Weight gradients: sums over voxels of outer products, as batched matmuls.
             gbf, hf, gpf = gb.flatten(2), h.flatten(2), gpre.flatten(2)
-            gw2 = (
-                torch.bmm(gbf, hf.transpose(1, 2)).sum(dim=0) * tau[:, None]
-            ).reshape(w2.shape)
+            gw2 = (torch.bmm(gbf, hf.transpose(1, 2)).sum(dim=0) * tau[:, None]).reshape(w2.shape)
             gb2 = tau * gbf.sum(dim=(0, 2))
-            gw1 = (
-                torch.bmm(gpf, u.flatten(2).transpose(1, 2))
-                .sum(dim=0)
-                .reshape(w1.shape)
-            )
+            gw1 = torch.bmm(gpf, u.flatten(2).transpose(1, 2)).sum(dim=0).reshape(w1.shape)
             gb1 = gpf.sum(dim=(0, 2))
         return (
             gu,
@@ -392,9 +381,7 @@ def aos_step_fused(
     ``aos_step(u, u + tau N(u), interior_weights(u), tau, theta)``.
     """
     m = len(spacing)
-    inv_h2 = torch.tensor(
-        [1.0 / (h * h) for h in spacing], dtype=u.dtype, device=u.device
-    )
+    inv_h2 = torch.tensor([1.0 / (h * h) for h in spacing], dtype=u.dtype, device=u.device)
     base = (tau * alpha).unsqueeze(0) * inv_h2.unsqueeze(1)  # (m, C): tau alpha / h^2
     cA = (m * theta) * base
     ce = (m * (1.0 - theta)) * base if theta < 1.0 else None
@@ -426,15 +413,12 @@ def _standardise_impl(
     return x_hat, mean, std
 
 
-_standardise_op = torch.library.custom_op(
-    "nnunet_pde::standardise", mutates_args=(), device_types="cpu"
-)(_standardise_impl)
-
-
-@_standardise_op.register_fake
-def _(x, eps):
+def _standardise_fake(x, eps):
     stat = (x.shape[0], x.shape[1], *([1] * (x.ndim - 2)))
     return torch.empty_like(x), x.new_empty(stat), x.new_empty(stat)
+
+
+_standardise_kernel = _Kernel("standardise", _standardise_impl, _standardise_fake)
 
 
 def _standardise_backward_impl(
@@ -447,30 +431,24 @@ def _standardise_backward_impl(
     return native.standardise_backward(x_hat, std, g_hat, g_mean, g_std)
 
 
-_standardise_backward_op = torch.library.custom_op(
-    "nnunet_pde::standardise_backward", mutates_args=(), device_types="cpu"
-)(_standardise_backward_impl)
-
-
-@_standardise_backward_op.register_fake
-def _(x_hat, std, g_hat, g_mean, g_std):
+def _standardise_backward_fake(x_hat, std, g_hat, g_mean, g_std):
     return torch.empty_like(x_hat)
 
 
-def _energy_sums_impl(
-    z: torch.Tensor, spacing: list[float], eps: float
-) -> torch.Tensor:
+_standardise_backward_kernel = _Kernel(
+    "standardise_backward", _standardise_backward_impl, _standardise_backward_fake
+)
+
+
+def _energy_sums_impl(z: torch.Tensor, spacing: list[float], eps: float) -> torch.Tensor:
     return native.energy_sums(z, tuple(spacing), eps)
 
 
-_energy_sums_op = torch.library.custom_op(
-    "nnunet_pde::edge_energy_sums", mutates_args=(), device_types="cpu"
-)(_energy_sums_impl)
-
-
-@_energy_sums_op.register_fake
-def _(z, spacing, eps):
+def _energy_sums_fake(z, spacing, eps):
     return z.new_empty((z.ndim - 2,), dtype=torch.float64)
+
+
+_energy_sums_kernel = _Kernel("edge_energy_sums", _energy_sums_impl, _energy_sums_fake)
 
 
 class Standardise(torch.autograd.Function):
@@ -483,7 +461,7 @@ class Standardise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, eps: float):  # noqa: D102
         if uses_native(x):
-            x_hat, mean, std = _dispatch(_standardise_op, _standardise_impl, x, eps)
+            x_hat, mean, std = _standardise_kernel(x, eps)
         else:
             x_hat, mean, std = _standardise(x, eps)
         ctx.save_for_backward(x_hat, std)
@@ -495,9 +473,7 @@ class Standardise(torch.autograd.Function):
         if uses_native(x_hat):
             if g_hat is None:
                 g_hat = torch.zeros_like(x_hat)
-            return _dispatch(
-                _standardise_backward_op,
-                _standardise_backward_impl,
+            return _standardise_backward_kernel(
                 x_hat,
                 std,
                 g_hat,
@@ -556,14 +532,13 @@ def _energy_backward_impl(
     return native.energy_backward(z, g, tuple(spacing), mean, std)
 
 
-_energy_backward_op = torch.library.custom_op(
-    "nnunet_pde::edge_energy_backward", mutates_args=(), device_types="cpu"
-)(_energy_backward_impl)
-
-
-@_energy_backward_op.register_fake
-def _(z, g, spacing, mean, std):
+def _energy_backward_fake(z, g, spacing, mean, std):
     return torch.empty_like(z)
+
+
+_energy_backward_kernel = _Kernel(
+    "edge_energy_backward", _energy_backward_impl, _energy_backward_fake
+)
 
 
 def _moments_impl(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -571,15 +546,12 @@ def _moments_impl(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tens
     return mean, inv_std
 
 
-_moments_op = torch.library.custom_op(
-    "nnunet_pde::volume_moments", mutates_args=(), device_types="cpu"
-)(_moments_impl)
-
-
-@_moments_op.register_fake
-def _(z, eps):
+def _moments_fake(z, eps):
     stat = (z.shape[0], z.shape[1], *([1] * (z.ndim - 2)))
     return z.new_empty(stat), z.new_empty(stat)
+
+
+_moments_kernel = _Kernel("volume_moments", _moments_impl, _moments_fake)
 
 
 class EdgeEnergy(torch.autograd.Function):
@@ -592,10 +564,9 @@ class EdgeEnergy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, spacing: tuple[float, ...], eps: float):  # noqa: D102
         if uses_native(z):
-            sums = _dispatch(_energy_sums_op, _energy_sums_impl, z, list(spacing), eps)
+            sums = _energy_sums_kernel(z, list(spacing), eps)
             faces = [
-                z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1)
-                for d in range(len(spacing))
+                z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(len(spacing))
             ]
             # an axis of one cell has no faces and contributes 0
             total = sum(sums[d] / f for d, f in enumerate(faces) if f > 0)
@@ -609,9 +580,7 @@ class EdgeEnergy(torch.autograd.Function):
                 s = torch.diff(z, dim=2 + d) * (inv_std / h)
                 # log(1 + s^2) rather than log1p: vectorised on the CPU (log1p is ~6x
                 # slower there); s^2 >= 0, so the error is a rounding of 1 + s^2.
-                total = (
-                    total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
-                )
+                total = total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
         ctx.save_for_backward(z)
         ctx.spacing = spacing
         ctx.eps = eps
@@ -621,14 +590,12 @@ class EdgeEnergy(torch.autograd.Function):
     def backward(ctx, g):  # noqa: D102
         (z,) = ctx.saved_tensors
         if uses_native(z):
-            mean, inv_std = _dispatch(_moments_op, _moments_impl, z, ctx.eps)
+            mean, inv_std = _moments_kernel(z, ctx.eps)
         else:
             mean, inv_std = _moments(z, ctx.eps)
         std = 1.0 / inv_std
         if uses_native(z):
-            gz = _dispatch(
-                _energy_backward_op,
-                _energy_backward_impl,
+            gz = _energy_backward_kernel(
                 z,
                 g,
                 list(ctx.spacing),
@@ -649,14 +616,11 @@ def _gate_impl(
     return native.gate_forward(x, u, x_hat, g)
 
 
-_gate_op = torch.library.custom_op(
-    "nnunet_pde::gate", mutates_args=(), device_types="cpu"
-)(_gate_impl)
-
-
-@_gate_op.register_fake
-def _(x, u, x_hat, g):
+def _gate_fake(x, u, x_hat, g):
     return torch.empty_like(x)
+
+
+_gate_kernel = _Kernel("gate", _gate_impl, _gate_fake)
 
 
 def _gate_backward_impl(
@@ -666,18 +630,15 @@ def _gate_backward_impl(
     return gu, gxh, s
 
 
-_gate_backward_op = torch.library.custom_op(
-    "nnunet_pde::gate_backward", mutates_args=(), device_types="cpu"
-)(_gate_backward_impl)
-
-
-@_gate_backward_op.register_fake
-def _(gy, u, x_hat, g):
+def _gate_backward_fake(gy, u, x_hat, g):
     return (
         torch.empty_like(gy),
         torch.empty_like(gy),
         gy.new_empty(gy.shape[:2], dtype=torch.float64),
     )
+
+
+_gate_backward_kernel = _Kernel("gate_backward", _gate_backward_impl, _gate_backward_fake)
 
 
 class Gate(torch.autograd.Function):
@@ -693,7 +654,7 @@ class Gate(torch.autograd.Function):
     def forward(ctx, x, u_hat, x_hat, gamma, std):  # noqa: D102
         g = gamma.reshape(1, -1) * std.reshape(std.shape[0], -1)  # (B, C)
         if uses_native(x):
-            y = _dispatch(_gate_op, _gate_impl, x, u_hat, x_hat, g)
+            y = _gate_kernel(x, u_hat, x_hat, g)
         else:
             y = x + _bc(g, x.ndim) * (u_hat - x_hat)
         ctx.save_for_backward(u_hat, x_hat, gamma, std)
@@ -704,9 +665,7 @@ class Gate(torch.autograd.Function):
         u_hat, x_hat, gamma, std = ctx.saved_tensors
         g = gamma.reshape(1, -1) * std.reshape(std.shape[0], -1)
         if uses_native(gy):
-            gu, gxh, s = _dispatch(
-                _gate_backward_op, _gate_backward_impl, gy.contiguous(), u_hat, x_hat, g
-            )
+            gu, gxh, s = _gate_backward_kernel(gy.contiguous(), u_hat, x_hat, g)
             s = s.to(gy.dtype)
         else:
             gu = _bc(g, gy.ndim) * gy

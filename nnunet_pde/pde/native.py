@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 _SOURCE_DIR = Path(__file__).with_name("csrc")
-_SOURCES = ("aos.c", "aos_impl.h", "mlp.c", "mlp_impl.h", "norm.c", "norm_impl.h")
+_SOURCES = ("common.h", "aos.c", "aos_impl.h", "mlp.c", "mlp_impl.h", "norm.c", "norm_impl.h")
 _UNITS = ("aos.c", "mlp.c", "norm.c")
 _FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-Wno-psabi")
 

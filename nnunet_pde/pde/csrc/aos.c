@@ -16,28 +16,7 @@
  * every step of a recurrence is one vector operation; each (b, c) volume is finished (all
  * axes) before the next, so it stays in cache between the axes. Compiled at first use by nnunet_pde/pde/native.py.
  */
-#include <stdlib.h>
-#include <string.h>
-
-/* Denormal operands are flushed to zero inside the kernels (x86 MXCSR FTZ and DAZ bits, set
- * on entry and restored on exit): trained blocks can carry denormal-small values, and
- * arithmetic on them is tens of times slower on x86 CPUs. Results differ only where a value
- * below 1.2e-38 (float32) would have been kept. */
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#define FTZ_BEGIN const unsigned int csr_saved_ = _mm_getcsr(); _mm_setcsr(csr_saved_ | 0x8040u);
-#define FTZ_END _mm_setcsr(csr_saved_);
-#else
-#define FTZ_BEGIN
-#define FTZ_END
-#endif
-
-#define LANES 16
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-
-typedef float vf32 __attribute__((vector_size(LANES * sizeof(float))));
-typedef double vf64 __attribute__((vector_size(LANES * sizeof(double))));
+#include "common.h"
 
 #define T float
 #define V vf32

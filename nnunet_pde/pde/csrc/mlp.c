@@ -8,34 +8,7 @@
  * (tested against torch.tanh). float64 uses the C library's tanh lane by lane.
  * Compiled at first use by nnunet_pde/pde/native.py.
  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-/* Denormal operands are flushed to zero inside the kernels (x86 MXCSR FTZ and DAZ bits, set
- * on entry and restored on exit): trained blocks can carry denormal-small values, and
- * arithmetic on them is tens of times slower on x86 CPUs. Results differ only where a value
- * below 1.2e-38 (float32) would have been kept. */
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#define FTZ_BEGIN const unsigned int csr_saved_ = _mm_getcsr(); _mm_setcsr(csr_saved_ | 0x8040u);
-#define FTZ_END _mm_setcsr(csr_saved_);
-#else
-#define FTZ_BEGIN
-#define FTZ_END
-#endif
-
-#define LANES 16
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-
-typedef float vf32 __attribute__((vector_size(LANES * sizeof(float))));
-typedef int vi32 __attribute__((vector_size(LANES * sizeof(int))));
-typedef double vf64 __attribute__((vector_size(LANES * sizeof(double))));
-
-static inline vf32 select_f32(vi32 mask, vf32 a, vf32 b) {
-    return (vf32)(((vi32)a & mask) | ((vi32)b & ~mask));
-}
+#include "common.h"
 
 /* exp(y) for 0 <= y <= 20: y = n ln2 + r, |r| <= ln2 / 2, exp(r) by its degree-7 Taylor
  * polynomial (remainder < 6e-9), times 2^n built in the exponent bits. */

@@ -3,26 +3,7 @@
  * pass over the whole tensor per element-wise torch operation. float32 log1p is a vector
  * approximation (log(1 + x) = e ln 2 + 2 atanh((m - 1) / (m + 1)), relative error below
  * 1e-6, tested); float64 uses the C library's. Compiled at first use by native.py. */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#define FTZ_BEGIN const unsigned int csr_saved_ = _mm_getcsr(); _mm_setcsr(csr_saved_ | 0x8040u);
-#define FTZ_END _mm_setcsr(csr_saved_);
-#else
-#define FTZ_BEGIN
-#define FTZ_END
-#endif
-
-#define LANES 16
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-
-typedef float vf32 __attribute__((vector_size(LANES * sizeof(float))));
-typedef int vi32 __attribute__((vector_size(LANES * sizeof(int))));
-typedef double vf64 __attribute__((vector_size(LANES * sizeof(double))));
+#include "common.h"
 
 /* log(1 + x) for x >= 0 (finite): y = 1 + x = 2^e m with m in [sqrt(1/2), sqrt(2)),
  * log(m) = 2 (t + t^3/3 + ... + t^9/9), t = (m - 1) / (m + 1), |t| <= 0.172; then the
