@@ -209,6 +209,13 @@ def _suffix(dtype: torch.dtype) -> str:
     return "_f64" if dtype == torch.float64 else "_f32"
 
 
+def _kernel(name: str, dtype: torch.dtype):
+    """The C function ``name`` for ``dtype`` (float64 or float32) of the loaded library."""
+    lib = library()
+    assert lib is not None, "compiled kernels called while unavailable"
+    return getattr(lib, name + _suffix(dtype))
+
+
 def _dims(shape: torch.Size) -> ctypes.Array:
     return (ctypes.c_long * (len(shape) - 2))(*shape[2:])
 
@@ -227,13 +234,11 @@ def diffusion_forward(
     ``None`` for the linear Laplacian). Each ``(b, c)`` volume is done whole (all axes)
     before the next, so it stays in cache between the axes.
     """
-    lib = library()
-    assert lib is not None
     u, b = u.contiguous(), b.contiguous()
     cA, ce, k = (None if t is None else t.contiguous() for t in (cA, ce, k))
     out = torch.empty_like(u)
     B, C = u.shape[:2]
-    fn = getattr(lib, "aos_forward" + _suffix(u.dtype))
+    fn = _kernel("aos_forward", u.dtype)
     dims = _dims(u.shape)
     args = (
         _ptr(u),
@@ -264,8 +269,6 @@ def diffusion_backward(
     dL/dcA, dL/dce, dL/dk)``, the last three ``(m, C)`` (zeros where ``ce``/``k`` is
     ``None``).
     """
-    lib = library()
-    assert lib is not None
     u, b, g = u.contiguous(), b.contiguous(), g.contiguous()
     cA, ce, k = (None if t is None else t.contiguous() for t in (cA, ce, k))
     m = u.ndim - 2
@@ -273,7 +276,7 @@ def diffusion_backward(
     gb = torch.empty_like(u)
     gu = torch.empty_like(u)
     sums = torch.empty((B, C, 3, m), dtype=torch.float64)
-    fn = getattr(lib, "aos_backward" + _suffix(u.dtype))
+    fn = _kernel("aos_backward", u.dtype)
     dims = _dims(u.shape)
     args = (_ptr(u), _ptr(b), _ptr(g), _ptr(gb), _ptr(gu), _ptr(sums), dims, m, C)
     _run_split(fn, (*args, _ptr(cA), _ptr(ce), _ptr(k)), B * C)
@@ -298,8 +301,6 @@ def energy_backward(
 
     ``mean``, ``std``: ``(B, C, 1, ...)`` statistics of ``z`` (``std`` with the floor).
     """
-    lib = library()
-    assert lib is not None
     z = z.contiguous()
     m = z.ndim - 2
     B, C = z.shape[:2]
@@ -313,7 +314,7 @@ def energy_backward(
     mean = mean.reshape(-1).to(z.dtype).contiguous()
     inv_std = (1.0 / std).reshape(-1).to(z.dtype).contiguous()
     gz = torch.empty_like(z)
-    fn = getattr(lib, "energy_backward" + _suffix(z.dtype))
+    fn = _kernel("energy_backward", z.dtype)
     args = (
         _ptr(z),
         _ptr(gz),
@@ -355,15 +356,13 @@ def response_forward(
     convolution weights); ``tau``: ``(C,)``. Returns ``(b,)``, or with ``hidden``
     ``(h, N, b)`` with ``h = tanh(W1 u + b1)`` ``(B, H, *S)`` (what backward needs).
     """
-    lib = library()
-    assert lib is not None
     u = u.contiguous()
     C, H = u.shape[1], w1.shape[0]
     P = u[0, 0].numel()
     w1m, w2m = _weights(w1, w2, dtype=u.dtype)
     b1c, b2c = (t.to(u.dtype).contiguous() for t in (b1, b2))
     tauc = tau.to(u.dtype).contiguous()
-    fn = getattr(lib, "mlp_forward" + _suffix(u.dtype))
+    fn = _kernel("mlp_forward", u.dtype)
     b = torch.empty_like(u)
     h = u.new_empty((u.shape[0], H, *u.shape[2:])) if hidden else None
     n = torch.empty_like(u) if hidden else None
@@ -385,8 +384,6 @@ def response_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gpre, gu)`` for ``dL/db = gb`` of ``b = u + tau N(u)``: ``gpre = (W2^T (tau gb))
     (1 - h^2)`` ``(B, H, *S)``, ``gu = gu_in + W1^T gpre`` ``(B, C, *S)``; C kernel."""
-    lib = library()
-    assert lib is not None
     h, gb, gu_in = h.contiguous(), gb.contiguous(), gu_in.contiguous()
     C, H = gb.shape[1], h.shape[1]
     P = gb[0, 0].numel()
@@ -394,7 +391,7 @@ def response_backward(
     tauc = tau.to(gb.dtype).contiguous()
     gpre = torch.empty_like(h)
     gu = torch.empty_like(gb)
-    fn = getattr(lib, "mlp_backward" + _suffix(gb.dtype))
+    fn = _kernel("mlp_backward", gb.dtype)
     args = (
         _ptr(h),
         _ptr(gb),
@@ -422,15 +419,13 @@ def tanh_f32(x: torch.Tensor) -> torch.Tensor:
 def standardise_forward(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
     """``(x_hat, mean, std)`` per sample and channel (``std = sqrt(var + eps)``; statistics
     shaped ``(B, C, 1, ...)``); C kernel."""
-    lib = library()
-    assert lib is not None
     x = x.contiguous()
     B, C = x.shape[:2]
     x_hat = torch.empty_like(x)
     stat = (B, C, *([1] * (x.ndim - 2)))
     mean = x.new_empty(stat)
     std = x.new_empty(stat)
-    fn = getattr(lib, "standardise_forward" + _suffix(x.dtype))
+    fn = _kernel("standardise_forward", x.dtype)
     _run_split(
         fn, (_ptr(x), _ptr(x_hat), _ptr(mean), _ptr(std), x[0, 0].numel(), eps), B * C
     )
@@ -445,12 +440,10 @@ def standardise_backward(
     g_std: torch.Tensor | None,
 ) -> torch.Tensor:
     """``dL/dx`` of :func:`standardise_forward`; C kernel."""
-    lib = library()
-    assert lib is not None
     x_hat, g_hat, std = x_hat.contiguous(), g_hat.contiguous(), std.contiguous()
     g_mean, g_std = (None if t is None else t.contiguous() for t in (g_mean, g_std))
     dx = torch.empty_like(x_hat)
-    fn = getattr(lib, "standardise_backward" + _suffix(x_hat.dtype))
+    fn = _kernel("standardise_backward", x_hat.dtype)
     args = (_ptr(x_hat), _ptr(std), _ptr(g_hat), _ptr(g_mean), _ptr(g_std), _ptr(dx))
     _run_split(fn, (*args, x_hat[0, 0].numel()), x_hat.shape[0] * x_hat.shape[1])
     return dx
@@ -461,14 +454,12 @@ def energy_sums(
 ) -> torch.Tensor:
     """Per axis ``d`` the sum over all faces of ``log(1 + s^2)``, ``s = diff_d(z) / (h_d
     std)`` with ``std`` per sample and channel; ``(m,)`` float64; C kernel."""
-    lib = library()
-    assert lib is not None
     z = z.contiguous()
     m = z.ndim - 2
     B, C = z.shape[:2]
     sums = torch.empty((B * C, m), dtype=torch.float64)
     hs = torch.tensor(spacing, dtype=z.dtype)
-    fn = getattr(lib, "energy_forward" + _suffix(z.dtype))
+    fn = _kernel("energy_forward", z.dtype)
     _run_split(fn, (_ptr(z), _ptr(sums), _dims(z.shape), m, _ptr(hs), eps), B * C)
     return sums.sum(dim=0)
 
@@ -485,13 +476,11 @@ def log1p_f32(x: torch.Tensor) -> torch.Tensor:
 
 def volume_moments(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, 1 / sqrt(var + eps))`` per sample and channel, ``(B, C, 1, ...)``; C kernel."""
-    lib = library()
-    assert lib is not None
     x = x.contiguous()
     B, C = x.shape[:2]
     stat = (B, C, *([1] * (x.ndim - 2)))
     mean, inv_std = x.new_empty(stat), x.new_empty(stat)
-    fn = getattr(lib, "volume_moments" + _suffix(x.dtype))
+    fn = _kernel("volume_moments", x.dtype)
     _run_split(fn, (_ptr(x), _ptr(mean), _ptr(inv_std), x[0, 0].numel(), eps), B * C)
     return mean, inv_std
 
@@ -500,12 +489,10 @@ def gate_forward(
     x: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
 ):
     """``x + g (u - x_hat)`` with ``g`` per sample and channel; C kernel."""
-    lib = library()
-    assert lib is not None
     x, u, x_hat = x.contiguous(), u.contiguous(), x_hat.contiguous()
     g = g.to(x.dtype).contiguous()
     y = torch.empty_like(x)
-    fn = getattr(lib, "gate_forward" + _suffix(x.dtype))
+    fn = _kernel("gate_forward", x.dtype)
     args = (_ptr(x), _ptr(u), _ptr(x_hat), _ptr(g), _ptr(y), x[0, 0].numel())
     _run_split(fn, args, x.shape[0] * x.shape[1])
     return y
@@ -516,14 +503,12 @@ def gate_backward(
 ):
     """``(g gy, -g gy, S)`` with ``S = sum gy (u - x_hat)`` per sample and channel
     ``(B, C)`` (float64); C kernel."""
-    lib = library()
-    assert lib is not None
     gy, u, x_hat = gy.contiguous(), u.contiguous(), x_hat.contiguous()
     g = g.to(gy.dtype).contiguous()
     gu, gxh = torch.empty_like(gy), torch.empty_like(gy)
     B, C = gy.shape[:2]
     S = torch.empty((B, C), dtype=torch.float64)
-    fn = getattr(lib, "gate_backward" + _suffix(gy.dtype))
+    fn = _kernel("gate_backward", gy.dtype)
     args = (_ptr(gy), _ptr(u), _ptr(x_hat), _ptr(g), _ptr(gu), _ptr(gxh), _ptr(S))
     _run_split(fn, (*args, gy[0, 0].numel()), B * C)
     return gu, gxh, S
