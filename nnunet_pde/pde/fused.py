@@ -527,12 +527,12 @@ def _energy_backward_impl(
     g: torch.Tensor,
     spacing: list[float],
     mean: torch.Tensor,
-    std: torch.Tensor,
+    inv_std: torch.Tensor,
 ) -> torch.Tensor:
-    return native.energy_backward(z, g, tuple(spacing), mean, std)
+    return native.energy_backward(z, g, tuple(spacing), mean, inv_std)
 
 
-def _energy_backward_fake(z, g, spacing, mean, std):
+def _energy_backward_fake(z, g, spacing, mean, inv_std):
     return torch.empty_like(z)
 
 
@@ -591,19 +591,10 @@ class EdgeEnergy(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         if uses_native(z):
             mean, inv_std = _moments_kernel(z, ctx.eps)
+            gz = _energy_backward_kernel(z, g, list(ctx.spacing), mean, inv_std)
         else:
             mean, inv_std = _moments(z, ctx.eps)
-        std = 1.0 / inv_std
-        if uses_native(z):
-            gz = _energy_backward_kernel(
-                z,
-                g,
-                list(ctx.spacing),
-                mean,
-                std,
-            )
-        else:
-            gz = _energy_backward_torch(z, g, ctx.spacing, mean, std)
+            gz = _energy_backward_torch(z, g, ctx.spacing, mean, 1.0 / inv_std)
         return gz, None, None
 
 

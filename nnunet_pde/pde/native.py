@@ -295,11 +295,12 @@ def energy_backward(
     g: torch.Tensor,
     spacing: tuple[float, ...],
     mean: torch.Tensor,
-    std: torch.Tensor,
+    inv_std: torch.Tensor,
 ) -> torch.Tensor:
     """``g * dE/dz`` of the edge energy (see :class:`~nnunet_pde.pde.fused.EdgeEnergy`).
 
-    ``mean``, ``std``: ``(B, C, 1, ...)`` statistics of ``z`` (``std`` with the floor).
+    ``mean``, ``inv_std``: ``(B, C, 1, ...)`` statistics of ``z`` (``1 / sqrt(var + eps)``,
+    as :func:`volume_moments` returns them).
     """
     z = z.contiguous()
     m = z.ndim - 2
@@ -312,7 +313,7 @@ def energy_backward(
     )
     hs = torch.tensor(spacing, dtype=z.dtype)
     mean = mean.reshape(-1).to(z.dtype).contiguous()
-    inv_std = (1.0 / std).reshape(-1).to(z.dtype).contiguous()
+    inv_std = inv_std.reshape(-1).to(z.dtype).contiguous()
     gz = torch.empty_like(z)
     fn = _kernel("energy_backward", z.dtype)
     args = (
