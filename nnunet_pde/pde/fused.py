@@ -398,11 +398,18 @@ def aos_step_fused(
 # --------------------------------------------------------------------------- normalisation
 
 
-def _standardise(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+def _centred(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, x - mean, var)`` per sample and channel, two passes (``var_mean`` is several
+    times slower on the CPU)."""
     dims = tuple(range(2, x.ndim))
     mean = x.mean(dim=dims, keepdim=True)
     centred = x - mean
-    std = torch.sqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
+    return mean, centred, centred.square().mean(dim=dims, keepdim=True)
+
+
+def _standardise(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    mean, centred, var = _centred(x)
+    std = torch.sqrt(var + eps)
     return centred / std, mean, std
 
 
@@ -503,11 +510,8 @@ def standardise_backward(x_hat, std, g_hat, g_mean=None, g_std=None) -> torch.Te
 
 
 def _moments(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample and channel ``(mean, 1 / sqrt(var + eps))`` by two passes (``var_mean``
-    is several times slower on the CPU)."""
-    dims = tuple(range(2, z.ndim))
-    mean = z.mean(dim=dims, keepdim=True)
-    var = (z - mean).square().mean(dim=dims, keepdim=True)
+    """Per sample and channel ``(mean, 1 / sqrt(var + eps))``."""
+    mean, _, var = _centred(z)
     return mean, torch.rsqrt(var + eps)
 
 
