@@ -245,39 +245,28 @@ def _response_b_fake(u, w1, b1, w2, b2, tau):
 _response_b_kernel = _Kernel("response_b", _response_b_impl, _response_b_fake)
 
 
-def _response_hnb_impl(
+def _response_backward_impl(
     u: torch.Tensor,
+    gb: torch.Tensor,
+    gu_in: torch.Tensor,
     w1: torch.Tensor,
     b1: torch.Tensor,
     w2: torch.Tensor,
     b2: torch.Tensor,
     tau: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    h, n, b = native.response_forward(u, w1, b1, w2, b2, tau, hidden=True)
-    return h, n, b
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return native.response_backward(u, gb, gu_in, w1, b1, w2, b2, tau)
 
 
-def _response_hnb_fake(u, w1, b1, w2, b2, tau):
-    h = u.new_empty((u.shape[0], w1.shape[0], *u.shape[2:]))
-    return h, torch.empty_like(u), torch.empty_like(u)
-
-
-_response_hnb_kernel = _Kernel("response_hnb", _response_hnb_impl, _response_hnb_fake)
-
-
-def _response_backward_impl(
-    h: torch.Tensor,
-    gb: torch.Tensor,
-    tau: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    gu_in: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return native.response_backward(h, gb, tau, w1, w2, gu_in)
-
-
-def _response_backward_fake(h, gb, tau, w1, w2, gu_in):
-    return torch.empty_like(h), torch.empty_like(gb)
+def _response_backward_fake(u, gb, gu_in, w1, b1, w2, b2, tau):
+    return (
+        torch.empty_like(gb),
+        w1.new_empty(w1.shape),
+        b1.new_empty(b1.shape),
+        w2.new_empty(w2.shape),
+        b2.new_empty(b2.shape),
+        tau.new_empty(tau.shape),
+    )
 
 
 _response_backward_kernel = _Kernel(
@@ -293,26 +282,25 @@ def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
     return u + _view(tau, u.ndim - 2) * n
 
 
-def response_hnb(u, tau, w1, b1, w2, b2) -> tuple[torch.Tensor, ...]:
-    """``(h, N, b)`` of the reaction (compiled kernel where possible)."""
-    if uses_native(u):
-        return _response_hnb_kernel(u, w1, b1, w2, b2, tau)
-    h, n = _response_torch(u, w1, b1, w2, b2)
-    return h, n, u + _view(tau, u.ndim - 2) * n
-
-
-def response_backward(h, gb, tau, w1, w2, gu_in) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(gpre, gu)``: ``gpre = (W2^T (tau gb)) (1 - h^2)``, ``gu = gu_in + W1^T gpre``."""
-    if uses_native(gb):
-        return _response_backward_kernel(h, gb, tau, w1, w2, gu_in)
+def response_backward_torch(u, h, n, gb, gu_in, tau, w1, w2) -> tuple[torch.Tensor, ...]:
+    """Backward of ``b = u + tau N(u)`` for ``dL/db = gb`` from the forward's ``h =
+    tanh(W1 u + b1)`` and ``N``: ``(gu, gtau, gw1, gb1, gw2, gb2)`` with ``gu = gu_in + W1^T
+    gpre``, ``gpre = (W2^T (tau gb)) (1 - h^2)`` (torch; what the kernel computes)."""
     ndim = gb.ndim - 2
     conv = _conv(ndim)
+    dims = (0, *range(2, gb.ndim))
+    gtau = (gb * n).sum(dim=dims)
     gn = _view(tau, ndim) * gb
     # The transposed 1x1 maps as convolutions: matmul of a matrix with a batch would
     # transpose and copy both operands.
     gpre = conv(gn, w2.transpose(0, 1).contiguous())
     gpre = torch.addcmul(gpre, gpre * h, h, value=-1.0)  # * (1 - h^2)
-    return gpre, gu_in + conv(gpre, w1.transpose(0, 1).contiguous())
+    gu = gu_in + conv(gpre, w1.transpose(0, 1).contiguous())
+    # Weight gradients: sums over voxels of outer products, as batched matmuls.
+    gnf, hf, gpf = gn.flatten(2), h.flatten(2), gpre.flatten(2)
+    gw2 = torch.bmm(gnf, hf.transpose(1, 2)).sum(dim=0).reshape(w2.shape)
+    gw1 = torch.bmm(gpf, u.flatten(2).transpose(1, 2)).sum(dim=0).reshape(w1.shape)
+    return gu, gtau, gw1, gpf.sum(dim=(0, 2)), gw2, gnf.sum(dim=(0, 2))
 
 
 class AOSStep(torch.autograd.Function):
@@ -335,23 +323,26 @@ class AOSStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         u, tau, cA, ce, k, w1, b1, w2, b2 = ctx.saved_tensors
+        native_path = uses_native(u)
         b = u
         h = n = None
         if w1 is not None:
-            h, n, b = response_hnb(u, tau, w1, b1, w2, b2)
+            if native_path:
+                b = response_b(u, tau, w1, b1, w2, b2)
+            else:
+                h, n = _response_torch(u, w1, b1, w2, b2)
+                b = u + _view(tau, u.ndim - 2) * n
         gb, gu, gcA, gce, gk = diffusion_backward(u, b, g.contiguous(), cA, ce, k)
         gtau = gw1 = gb1 = gw2 = gb2 = None
         if w1 is not None:
-            assert h is not None and n is not None
-            dims = (0, *range(2, u.ndim))
-            gtau = (gb * n).sum(dim=dims)
-            gpre, gu = response_backward(h, gb, tau, w1, w2, gu)
-            # Weight gradients: sums over voxels of outer products, as batched matmuls.
-            gbf, hf, gpf = gb.flatten(2), h.flatten(2), gpre.flatten(2)
-            gw2 = (torch.bmm(gbf, hf.transpose(1, 2)).sum(dim=0) * tau[:, None]).reshape(w2.shape)
-            gb2 = tau * gbf.sum(dim=(0, 2))
-            gw1 = torch.bmm(gpf, u.flatten(2).transpose(1, 2)).sum(dim=0).reshape(w1.shape)
-            gb1 = gpf.sum(dim=(0, 2))
+            if native_path:
+                gu, gw1, gb1, gw2, gb2, gtau = _response_backward_kernel(
+                    u, gb, gu, w1, b1, w2, b2, tau
+                )
+            else:
+                gu, gtau, gw1, gb1, gw2, gb2 = response_backward_torch(
+                    u, h, n, gb, gu, tau, w1, w2
+                )
         return (
             gu,
             gtau,

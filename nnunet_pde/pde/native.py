@@ -116,8 +116,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         mf.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, lg, lg]
         mf.restype = i
         mb = getattr(lib, "mlp_backward" + suffix)
-        mb.argtypes = [p, p, p, p, p, p, p, p, lg, lg, lg, lg, lg]
+        mb.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, p, lg, lg]
         mb.restype = i
+        mc = getattr(lib, "mlp_chunk_len" + suffix)
+        mc.argtypes = [lg, lg]
+        mc.restype = lg
         d = ctypes.c_double
         sf = getattr(lib, "standardise_forward" + suffix)
         sf.argtypes = [p, p, p, p, lg, d, lg, lg]
@@ -189,16 +192,30 @@ def _threads() -> ThreadPoolExecutor | None:
 
 def _run_split(fn, args: tuple, volumes: int) -> None:
     """``fn(*args, v0, v1)`` over the volumes ``[0, volumes)``, split over the threads."""
+    _run_parts(fn, args, volumes)
+
+
+def _run_parts(fn, args: tuple, units: int, width: int = 0) -> torch.Tensor | None:
+    """``fn(*args, [acc_t,] u0, u1)`` over the units ``[0, units)``, split over the threads;
+    with ``width > 0`` each part gets its own zeroed float64 accumulator ``acc_t`` of
+    ``width`` values, and their sum is returned."""
     pool = _threads()
-    if pool is None or volumes < 2:
-        if fn(*args, 0, volumes) != 0:
-            raise MemoryError("nnunet_pde AOS kernel: out of memory for its scratch")
-        return
-    n = min(_pool_size, volumes)
-    bounds = [volumes * t // n for t in range(n + 1)]
-    futures = [pool.submit(fn, *args, bounds[t], bounds[t + 1]) for t in range(n)]
-    if any(f.result() != 0 for f in futures):
-        raise MemoryError("nnunet_pde AOS kernel: out of memory for its scratch")
+    parts = 1 if pool is None or units < 2 else min(_pool_size, units)
+    acc = torch.zeros(parts, width, dtype=torch.float64) if width else None
+    bounds = [units * t // parts for t in range(parts + 1)]
+
+    def call(t: int) -> int:
+        extra = () if acc is None else (acc[t].data_ptr(),)
+        return fn(*args, *extra, bounds[t], bounds[t + 1])
+
+    if parts == 1:
+        codes = [call(0)]
+    else:
+        assert pool is not None
+        codes = [f.result() for f in [pool.submit(call, t) for t in range(parts)]]
+    if any(c != 0 for c in codes):
+        raise MemoryError("nnunet_pde kernel: out of memory for its scratch")
+    return None if acc is None else acc.sum(dim=0)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -330,11 +347,13 @@ def energy_backward(
     return gz
 
 
-def _tiles(shape: torch.Size) -> int:
+def _chunks(shape: torch.Size, channels: int, hidden: int, dtype: torch.dtype) -> int:
+    """Work units of the reaction kernels: (sample, chunk of voxels) pairs."""
     voxels = 1
     for s in shape[2:]:
         voxels *= s
-    return shape[0] * (-(-voxels // library().aos_lanes()))
+    length = _kernel("mlp_chunk_len", dtype)(channels, hidden)
+    return shape[0] * (-(-voxels // length))
 
 
 def _weights(*ts: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -368,7 +387,7 @@ def response_forward(
     h = u.new_empty((u.shape[0], H, *u.shape[2:])) if hidden else None
     n = torch.empty_like(u) if hidden else None
     args = (_ptr(u), _ptr(w1m), _ptr(b1c), _ptr(w2m), _ptr(b2c), _ptr(tauc), _ptr(b))
-    _run_split(fn, (*args, _ptr(h), _ptr(n), C, H, P), _tiles(u.shape))
+    _run_split(fn, (*args, _ptr(h), _ptr(n), C, H, P), _chunks(u.shape, C, H, u.dtype))
     if hidden:
         assert h is not None and n is not None
         return h, n, b
@@ -376,35 +395,43 @@ def response_forward(
 
 
 def response_backward(
-    h: torch.Tensor,
+    u: torch.Tensor,
     gb: torch.Tensor,
-    tau: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
     gu_in: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(gpre, gu)`` for ``dL/db = gb`` of ``b = u + tau N(u)``: ``gpre = (W2^T (tau gb))
-    (1 - h^2)`` ``(B, H, *S)``, ``gu = gu_in + W1^T gpre`` ``(B, C, *S)``; C kernel."""
-    h, gb, gu_in = h.contiguous(), gb.contiguous(), gu_in.contiguous()
-    C, H = gb.shape[1], h.shape[1]
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    tau: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Backward of ``b = u + tau N(u)``, ``N(u) = W2 tanh(W1 u + b1) + b2``, for ``dL/db =
+    gb``, with ``h`` and ``N`` recomputed from ``u`` (nothing of the forward is kept); C
+    kernel.
+
+    Returns ``(gu, gw1, gb1, gw2, gb2, gtau)``: ``gu = gu_in + W1^T gpre`` ``(B, C, *S)``
+    with ``gpre = (W2^T (tau gb)) (1 - h^2)``, and the gradients of ``w1`` ``(H, C, 1,
+    ...)``, ``b1`` ``(H,)``, ``w2`` ``(C, H, 1, ...)``, ``b2`` and ``tau`` ``(C,)``, summed
+    over samples and voxels (in float64, returned in ``gb``'s dtype).
+    """
+    u, gb, gu_in = u.contiguous(), gb.contiguous(), gu_in.contiguous()
+    C, H = gb.shape[1], w1.shape[0]
     P = gb[0, 0].numel()
     w1m, w2m = _weights(w1, w2, dtype=gb.dtype)
-    tauc = tau.to(gb.dtype).contiguous()
-    gpre = torch.empty_like(h)
+    b1c, b2c, tauc = (t.to(gb.dtype).contiguous() for t in (b1, b2, tau))
     gu = torch.empty_like(gb)
     fn = _kernel("mlp_backward", gb.dtype)
-    args = (
-        _ptr(h),
-        _ptr(gb),
-        _ptr(tauc),
-        _ptr(w1m),
-        _ptr(w2m),
-        _ptr(gu_in),
-        _ptr(gpre),
-        _ptr(gu),
+    args = (_ptr(u), _ptr(gb), _ptr(gu_in), _ptr(w1m), _ptr(b1c), _ptr(w2m), _ptr(b2c))
+    acc = _run_parts(
+        fn,
+        (*args, _ptr(tauc), _ptr(gu), C, H, P),
+        _chunks(gb.shape, C, H, gb.dtype),
+        width=2 * H * C + H + 2 * C,
     )
-    _run_split(fn, (*args, C, H, P), _tiles(gb.shape))
-    return gpre, gu
+    assert acc is not None
+    acc = acc.to(gb.dtype)
+    sizes = (H * C, H, C * H, C, C)
+    gw1, gb1, gw2, gb2, gtau = torch.split(acc, sizes)
+    return gu, gw1.reshape(w1.shape), gb1, gw2.reshape(w2.shape), gb2, gtau
 
 
 def tanh_f32(x: torch.Tensor) -> torch.Tensor:

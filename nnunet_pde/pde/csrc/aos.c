@@ -21,7 +21,11 @@
 #define T float
 #define V vf32
 #define SUF _f32
+#ifdef HAVE_SHUFFLE
+#define TRANSPOSE16 transpose16_f32 /* float32 only: float64 serves the tests */
+#endif
 #include "aos_impl.h"
+#undef TRANSPOSE16
 #undef T
 #undef V
 #undef SUF

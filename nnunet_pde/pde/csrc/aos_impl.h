@@ -37,19 +37,34 @@ static long CAT(n_panels, SUF)(long outer, long inner) {
 static void CAT(load, SUF)(const T *src, V *dst, const long *off, long n, long stride,
                            int contig) {
     if (contig) {
-        for (long i = 0; i < n; ++i) memcpy(&dst[i], src + off[0] + i * stride, sizeof(V));
+        /* The next panel's cells (the following LANES of every row): rows are a page or
+         * more apart along the first axis, where the hardware prefetchers stop. */
+        for (long i = 0; i < n; ++i) {
+            const T *row = src + off[0] + i * stride;
+            __builtin_prefetch(row + LANES);
+            memcpy(&dst[i], row, sizeof(V));
+        }
         return;
     }
-    for (long i = 0; i < n; ++i)
+    long i0 = 0;
+#ifdef TRANSPOSE16
+    if (stride == 1) /* lines along memory: 16 x 16 blocks, one vector load per line */
+        for (; i0 + LANES <= n; i0 += LANES) {
+            for (int l = 0; l < LANES; ++l) memcpy(&dst[i0 + l], src + off[l] + i0, sizeof(V));
+            TRANSPOSE16(dst + i0);
+        }
+#endif
+    for (long i = i0; i < n; ++i)
         for (int l = 0; l < LANES; ++l) dst[i][l] = src[off[l] + i * stride];
 }
 
-/* dst (=, or += when acc) src for the valid lanes of a panel. */
-static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long stride,
+/* dst (=, or += when acc) src for the valid lanes of a panel; src may be overwritten. */
+static void CAT(store, SUF)(T *dst, V *src, const long *off, long n, long stride,
                             int contig, int valid, int acc) {
     if (contig) {
         for (long i = 0; i < n; ++i) {
             T *o = dst + off[0] + i * stride;
+            __builtin_prefetch(o + LANES, 1);
             V x = src[i];
             if (acc) {
                 V y;
@@ -60,7 +75,24 @@ static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long 
         }
         return;
     }
-    for (long i = 0; i < n; ++i)
+    long i0 = 0;
+#ifdef TRANSPOSE16
+    if (stride == 1)
+        for (; i0 + LANES <= n; i0 += LANES) {
+            TRANSPOSE16(src + i0); /* src[i0 + l] is now line l's 16 values */
+            for (int l = 0; l < valid; ++l) {
+                T *o = dst + off[l] + i0;
+                V x = src[i0 + l];
+                if (acc) {
+                    V y;
+                    memcpy(&y, o, sizeof(V));
+                    x += y;
+                }
+                memcpy(o, &x, sizeof(V));
+            }
+        }
+#endif
+    for (long i = i0; i < n; ++i)
         for (int l = 0; l < valid; ++l) {
             T *o = dst + off[l] + i * stride;
             *o = acc ? *o + src[i][l] : src[i][l];

@@ -41,6 +41,50 @@ static inline vf64 tanh_vf64(vf64 x) {
     return x;
 }
 
+/* Sum of the lanes of one vector (in float64). */
+static inline double hsum_f32(vf32 x) {
+    double s = 0;
+    for (int l = 0; l < LANES; ++l) s += x[l];
+    return s;
+}
+
+static inline double hsum_f64(vf64 x) {
+    double s = 0;
+    for (int l = 0; l < LANES; ++l) s += x[l];
+    return s;
+}
+
+/* r[q] = sum of the lanes of s[q], q < 16 = LANES, as a tree of lane shuffles: 15 vector
+ * additions instead of 16 separate reductions. Slot j of the tree takes s[bitrev4(j)],
+ * because the tree leaves the sum of slot j in lane bitrev4(j). */
+static inline vf32 hsum16_f32(const vf32 *s) {
+#ifdef HAVE_SHUFFLE
+    static const int rev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+    vf32 z[8], w[4], q[2];
+    for (int i = 0; i < 8; ++i) {
+        vf32 x = s[rev[2 * i]], y = s[rev[2 * i + 1]];
+        z[i] = __builtin_shuffle(x, y, LO8) + __builtin_shuffle(x, y, LO8 + 8);
+    }
+    for (int i = 0; i < 4; ++i)
+        w[i] = __builtin_shuffle(z[2 * i], z[2 * i + 1], LO4)
+               + __builtin_shuffle(z[2 * i], z[2 * i + 1], LO4 + 4);
+    for (int i = 0; i < 2; ++i)
+        q[i] = __builtin_shuffle(w[2 * i], w[2 * i + 1], LO2)
+               + __builtin_shuffle(w[2 * i], w[2 * i + 1], LO2 + 2);
+    return __builtin_shuffle(q[0], q[1], LO1) + __builtin_shuffle(q[0], q[1], LO1 + 1);
+#else
+    vf32 r;
+    for (int i = 0; i < LANES; ++i) r[i] = (float)hsum_f32(s[i]);
+    return r;
+#endif
+}
+
+static inline vf64 hsum16_f64(const vf64 *s) {
+    vf64 r;
+    for (int i = 0; i < LANES; ++i) r[i] = hsum_f64(s[i]);
+    return r;
+}
+
 #define T float
 #define V vf32
 #define SUF _f32

@@ -1,37 +1,37 @@
 /* One scalar type's instantiation of the fused pointwise reaction N(u) = W2 tanh(W1 u + b1)
- * + b2 (see mlp.c). Included with T, V, VI (same-size integer vector), SUF and TANH (the
- * vector tanh of this type) defined.
+ * + b2 and of its backward (see mlp.c). Included with T, V, SUF and TANH (the vector tanh of
+ * this type) defined.
  *
- * Tensors are (B, C, P) or (B, H, P) row-major (P voxels). A tile is LANES consecutive
- * voxels of one sample: channel c of the tile is one vector. Tiles [t0, t1) are numbered
- * over (sample, tile) pairs.
+ * Tensors are (B, C, P) or (B, H, P) row-major (P voxels). Work is split into chunks of L
+ * consecutive voxels of one sample (L from mlp_chunk_len, a multiple of LANES), numbered
+ * over (sample, chunk) pairs. A chunk's rows are copied to scratch with rows LP = L + LANES
+ * apart (long contiguous runs in memory, and no two rows on the same L1 set), computed there
+ * one sub-tile of LANES voxels at a time (channel c of a sub-tile is one vector), and copied
+ * back the same way.
  */
 
-static void CAT(tile_load, SUF)(const T *src, V *dst, long rows, long P, long p0, int valid) {
+/* rows x len values from src (rows P apart, from voxel p0) to scratch rows LP apart; the
+ * tail of the last sub-tile is zero-filled. */
+static void CAT(rows_in, SUF)(const T *src, T *dst, long rows, long P, long p0, long len,
+                              long LP) {
+    long padded = (len + LANES - 1) / LANES * LANES;
     for (long r = 0; r < rows; ++r) {
-        if (valid == LANES) {
-            memcpy(&dst[r], src + r * P + p0, sizeof(V));
-        } else {
-            dst[r] = (V){};
-            for (int l = 0; l < valid; ++l) dst[r][l] = src[r * P + p0 + l];
-        }
+        memcpy(dst + r * LP, src + r * P + p0, sizeof(T) * (size_t)len);
+        for (long i = len; i < padded; ++i) dst[r * LP + i] = (T)0;
     }
 }
 
-static void CAT(tile_store, SUF)(T *dst, const V *src, long rows, long P, long p0, int valid) {
-    for (long r = 0; r < rows; ++r) {
-        if (valid == LANES) {
-            memcpy(dst + r * P + p0, &src[r], sizeof(V));
-        } else {
-            for (int l = 0; l < valid; ++l) dst[r * P + p0 + l] = src[r][l];
-        }
-    }
+static void CAT(rows_out, SUF)(const T *src, T *dst, long rows, long P, long p0, long len,
+                               long LP) {
+    for (long r = 0; r < rows; ++r)
+        memcpy(dst + r * P + p0, src + r * LP, sizeof(T) * (size_t)len);
 }
 
-/* out[o] = bias[o] + sum_i W[o * ws_o + i * ws_i] x[i] for o < O (8 outputs at a time, so
- * eight independent accumulation chains). ws_o/ws_i: strides of W (transposes for free). */
+/* out[o * os] = bias[o] + sum_i W[o * ws_o + i * ws_i] x[i * xs] for o < O, 8 outputs at a
+ * time (eight independent accumulation chains). ws_o / ws_i: strides of W (a transpose for
+ * free); xs / os: strides of x and out in vectors. */
 static void CAT(matvec, SUF)(const T *W, long ws_o, long ws_i, const T *bias, const V *x,
-                             long I, V *out, long O) {
+                             long xs, long I, V *out, long os, long O) {
     long o = 0;
     for (; o + 8 <= O; o += 8) {
         V a0 = (V){}, a1 = (V){}, a2 = (V){}, a3 = (V){}, a4 = (V){}, a5 = (V){}, a6 = (V){},
@@ -42,7 +42,7 @@ static void CAT(matvec, SUF)(const T *W, long ws_o, long ws_i, const T *bias, co
         }
         const T *w = W + o * ws_o;
         for (long i = 0; i < I; ++i) {
-            V xi = x[i];
+            V xi = x[i * xs];
             const T *wi = w + i * ws_i;
             a0 += wi[0] * xi;
             a1 += wi[ws_o] * xi;
@@ -53,73 +53,173 @@ static void CAT(matvec, SUF)(const T *W, long ws_o, long ws_i, const T *bias, co
             a6 += wi[6 * ws_o] * xi;
             a7 += wi[7 * ws_o] * xi;
         }
-        out[o] = a0, out[o + 1] = a1, out[o + 2] = a2, out[o + 3] = a3;
-        out[o + 4] = a4, out[o + 5] = a5, out[o + 6] = a6, out[o + 7] = a7;
+        out[o * os] = a0, out[(o + 1) * os] = a1, out[(o + 2) * os] = a2;
+        out[(o + 3) * os] = a3, out[(o + 4) * os] = a4, out[(o + 5) * os] = a5;
+        out[(o + 6) * os] = a6, out[(o + 7) * os] = a7;
     }
     for (; o < O; ++o) {
         V a = (V){};
         if (bias) a += bias[o];
-        for (long i = 0; i < I; ++i) a += W[o * ws_o + i * ws_i] * x[i];
-        out[o] = a;
+        for (long i = 0; i < I; ++i) a += W[o * ws_o + i * ws_i] * x[i * xs];
+        out[o * os] = a;
     }
 }
 
-/* h = tanh(W1 u + b1), n = W2 h + b2; writes b = u + tau n, h and n where not NULL. */
+/* acc[i * N + j] += sum over the first `sub` sub-tiles (all lanes) of A[i] * Bm[j], for
+ * scratch rows A[0..M) and Bm[0..N) (LP values apart): a chunk's part of a weight gradient
+ * sum_p a_i(p) b_j(p). 4 x 4 blocks in 16 vector accumulators. */
+static void CAT(gemm_nt, SUF)(const T *A, long M, const T *Bm, long N, long LP, long sub,
+                              double *acc) {
+    const long vs = LP / LANES;
+    const V *a = (const V *)A, *b = (const V *)Bm;
+    long i = 0;
+    for (; i + 4 <= M; i += 4) {
+        long j = 0;
+        for (; j + 4 <= N; j += 4) {
+            V s[16];
+            for (int q = 0; q < 16; ++q) s[q] = (V){};
+            for (long t = 0; t < sub; ++t) {
+                V a0 = a[i * vs + t], a1 = a[(i + 1) * vs + t], a2 = a[(i + 2) * vs + t],
+                  a3 = a[(i + 3) * vs + t];
+                V b0 = b[j * vs + t], b1 = b[(j + 1) * vs + t], b2 = b[(j + 2) * vs + t],
+                  b3 = b[(j + 3) * vs + t];
+                s[0] += a0 * b0, s[1] += a0 * b1, s[2] += a0 * b2, s[3] += a0 * b3;
+                s[4] += a1 * b0, s[5] += a1 * b1, s[6] += a1 * b2, s[7] += a1 * b3;
+                s[8] += a2 * b0, s[9] += a2 * b1, s[10] += a2 * b2, s[11] += a2 * b3;
+                s[12] += a3 * b0, s[13] += a3 * b1, s[14] += a3 * b2, s[15] += a3 * b3;
+            }
+            V r = CAT(hsum16, SUF)(s); /* r[q] = sum of the lanes of s[q] */
+            for (int q = 0; q < 16; ++q) acc[(i + q / 4) * N + j + q % 4] += (double)r[q];
+        }
+        for (; j < N; ++j)
+            for (long ii = i; ii < i + 4; ++ii) {
+                V s = (V){};
+                for (long t = 0; t < sub; ++t) s += a[ii * vs + t] * b[j * vs + t];
+                acc[ii * N + j] += CAT(hsum, SUF)(s);
+            }
+    }
+    for (; i < M; ++i)
+        for (long j = 0; j < N; ++j) {
+            V s = (V){};
+            for (long t = 0; t < sub; ++t) s += a[i * vs + t] * b[j * vs + t];
+            acc[i * N + j] += CAT(hsum, SUF)(s);
+        }
+}
+
+/* acc[r] += sum of the first `sub` sub-tiles of scratch row r, for r < rows. */
+static void CAT(row_sums, SUF)(const T *A, long rows, long LP, long sub, double *acc) {
+    const long vs = LP / LANES;
+    const V *a = (const V *)A;
+    for (long r = 0; r < rows; ++r) {
+        V s = (V){};
+        for (long t = 0; t < sub; ++t) s += a[r * vs + t];
+        acc[r] += CAT(hsum, SUF)(s);
+    }
+}
+
+/* Voxels per chunk for C channels and H hidden units: the chunk's scratch rows (at most
+ * 3 C + 2 H of them) within about 384 KiB, between LANES and 512. */
+long CAT(mlp_chunk_len, SUF)(long C, long H) {
+    long rows = 3 * C + 2 * H;
+    long L = (384L * 1024) / ((long)sizeof(T) * (rows > 0 ? rows : 1)) / LANES * LANES;
+    return L < LANES ? LANES : (L > 512 ? 512 : L);
+}
+
+static T *CAT(scratch, SUF)(long rows, long LP) {
+    return (T *)aligned_alloc(sizeof(V), sizeof(T) * (size_t)(rows > 0 ? rows : 1) * LP);
+}
+
+/* h = tanh(W1 u + b1), n = W2 h + b2; writes b = u + tau n, and h and n where not NULL, for
+ * chunks [t0, t1). */
 int CAT(mlp_forward, SUF)(const T *u, const T *w1, const T *b1, const T *w2, const T *b2,
                           const T *tau, T *out_b, T *out_h, T *out_n, long C, long H, long P,
                           long t0, long t1) {
-    long tiles = (P + LANES - 1) / LANES;
-    V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(2 * C + H));
+    const long L = CAT(mlp_chunk_len, SUF)(C, H), LP = L + LANES, vs = LP / LANES;
+    const long chunks = (P + L - 1) / L;
+    T *buf = CAT(scratch, SUF)(3 * C + H, LP);
     if (!buf) return 1;
     FTZ_BEGIN
-    V *U = buf, *N = U + C, *Hh = N + C;
+    T *U = buf, *Bo = U + C * LP, *Nn = Bo + C * LP, *Hh = Nn + C * LP;
+    V *Uv = (V *)U, *Bv = (V *)Bo, *Nv = (V *)Nn, *Hv = (V *)Hh;
     for (long t = t0; t < t1; ++t) {
-        long bi = t / tiles, p0 = (t % tiles) * LANES;
-        int valid = P - p0 < LANES ? (int)(P - p0) : LANES;
-        CAT(tile_load, SUF)(u + bi * C * P, U, C, P, p0, valid);
-        CAT(matvec, SUF)(w1, C, 1, b1, U, C, Hh, H);
-        for (long h = 0; h < H; ++h) Hh[h] = TANH(Hh[h]);
-        CAT(matvec, SUF)(w2, H, 1, b2, Hh, H, N, C);
-        if (out_h) CAT(tile_store, SUF)(out_h + bi * H * P, Hh, H, P, p0, valid);
-        if (out_n) CAT(tile_store, SUF)(out_n + bi * C * P, N, C, P, p0, valid);
-        if (out_b) {
-            for (long c = 0; c < C; ++c) N[c] = U[c] + tau[c] * N[c];
-            CAT(tile_store, SUF)(out_b + bi * C * P, N, C, P, p0, valid);
+        const long bi = t / chunks, p0 = (t % chunks) * L;
+        const long len = P - p0 < L ? P - p0 : L, sub = (len + LANES - 1) / LANES;
+        CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
+        for (long s = 0; s < sub; ++s) {
+            CAT(matvec, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
+            for (long k = 0; k < H; ++k) Hv[k * vs + s] = TANH(Hv[k * vs + s]);
+            CAT(matvec, SUF)(w2, H, 1, b2, Hv + s, vs, H, Nv + s, vs, C);
+            for (long c = 0; c < C; ++c) Bv[c * vs + s] = Uv[c * vs + s] + tau[c] * Nv[c * vs + s];
         }
+        CAT(rows_out, SUF)(Bo, out_b + bi * C * P, C, P, p0, len, LP);
+        if (out_h) CAT(rows_out, SUF)(Hh, out_h + bi * H * P, H, P, p0, len, LP);
+        if (out_n) CAT(rows_out, SUF)(Nn, out_n + bi * C * P, C, P, p0, len, LP);
     }
     FTZ_END
     free(buf);
     return 0;
 }
 
-/* Backward core for dL/db = gb: gN = tau gb, gpre = (W2^T gN) (1 - h^2), and
- * gu = gu_in + W1^T gpre. Writes gpre (B, H, P) and gu (B, C, P). */
-int CAT(mlp_backward, SUF)(const T *h, const T *gb, const T *tau, const T *w1, const T *w2,
-                           const T *gu_in, T *out_gpre, T *out_gu, long C, long H, long P,
-                           long t0, long t1) {
-    long tiles = (P + LANES - 1) / LANES;
-    V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(3 * C + 2 * H));
-    if (!buf) return 1;
+/* The whole backward of b = u + tau N(u) for dL/db = gb, with h and N recomputed from u:
+ * gN = tau gb, gpre = (W2^T gN) (1 - h^2), gu = gu_in + W1^T gpre (written to out_gu), and
+ * the parameter gradients added to acc (float64, laid out as
+ * [gw1 (H, C) | gb1 (H) | gw2 (C, H) | gb2 (C) | gtau (C)]):
+ * gw1 += gpre u^T, gb1 += sum gpre, gw2 += gN h^T, gb2 += sum gN, gtau += sum gb N. */
+int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *w1, const T *b1,
+                           const T *w2, const T *b2, const T *tau, T *out_gu, long C,
+                           long H, long P, double *acc, long t0, long t1) {
+    const long L = CAT(mlp_chunk_len, SUF)(C, H), LP = L + LANES, vs = LP / LANES;
+    const long chunks = (P + L - 1) / L;
+    /* scratch rows: u, gN, gu (C each), h, gpre (H each); then 3 C single vectors */
+    T *buf = CAT(scratch, SUF)(3 * C + 2 * H, LP);
+    V *vec = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(3 * C));
+    if (!buf || !vec) {
+        free(buf);
+        free(vec);
+        return 1;
+    }
     FTZ_BEGIN
-    V *G = buf, *GU = G + C, *Hh = GU + C, *GP = Hh + H, *GI = GP + H;
+    T *U = buf, *G = U + C * LP, *GU = G + C * LP, *Hh = GU + C * LP, *GP = Hh + H * LP;
+    V *Uv = (V *)U, *Gv = (V *)G, *GUv = (V *)GU, *Hv = (V *)Hh, *GPv = (V *)GP;
+    V *Nt = vec, *Tm = Nt + C, *GT = Tm + C; /* N, W1^T gpre of a sub-tile; gtau partials */
+    double *gw1 = acc, *gb1 = gw1 + H * C, *gw2 = gb1 + H, *gb2 = gw2 + C * H, *gtau = gb2 + C;
     const V one = (V){} + (T)1;
     for (long t = t0; t < t1; ++t) {
-        long bi = t / tiles, p0 = (t % tiles) * LANES;
-        int valid = P - p0 < LANES ? (int)(P - p0) : LANES;
-        CAT(tile_load, SUF)(gb + bi * C * P, G, C, P, p0, valid);
-        CAT(tile_load, SUF)(h + bi * H * P, Hh, H, P, p0, valid);
-        for (long c = 0; c < C; ++c) G[c] *= tau[c];
-        /* W2 is (C, H): (W2^T)[o = h][i = c] = W2[c * H + h] */
-        CAT(matvec, SUF)(w2, 1, H, 0, G, C, GP, H);
-        for (long k = 0; k < H; ++k) GP[k] *= one - Hh[k] * Hh[k];
-        /* W1 is (H, C): (W1^T)[o = c][i = h] = W1[h * C + c] */
-        CAT(matvec, SUF)(w1, 1, C, 0, GP, H, GU, C);
-        CAT(tile_load, SUF)(gu_in + bi * C * P, GI, C, P, p0, valid);
-        for (long c = 0; c < C; ++c) GU[c] += GI[c];
-        CAT(tile_store, SUF)(out_gpre + bi * H * P, GP, H, P, p0, valid);
-        CAT(tile_store, SUF)(out_gu + bi * C * P, GU, C, P, p0, valid);
+        const long bi = t / chunks, p0 = (t % chunks) * L;
+        const long len = P - p0 < L ? P - p0 : L, sub = (len + LANES - 1) / LANES;
+        CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
+        CAT(rows_in, SUF)(gb + bi * C * P, G, C, P, p0, len, LP);
+        CAT(rows_in, SUF)(gu_in + bi * C * P, GU, C, P, p0, len, LP);
+        for (long c = 0; c < C; ++c) GT[c] = (V){};
+        for (long s = 0; s < sub; ++s) {
+            CAT(matvec, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
+            for (long k = 0; k < H; ++k) Hv[k * vs + s] = TANH(Hv[k * vs + s]);
+            CAT(matvec, SUF)(w2, H, 1, b2, Hv + s, vs, H, Nt, 1, C);
+            /* zero-filled tail lanes have gb = 0: they add nothing to any sum below */
+            for (long c = 0; c < C; ++c) {
+                V g = Gv[c * vs + s];
+                GT[c] += g * Nt[c];
+                Gv[c * vs + s] = tau[c] * g;
+            }
+            /* W2 is (C, H): (W2^T)[o = k][i = c] = W2[c * H + k] */
+            CAT(matvec, SUF)(w2, 1, H, 0, Gv + s, vs, C, GPv + s, vs, H);
+            for (long k = 0; k < H; ++k) {
+                V h = Hv[k * vs + s];
+                GPv[k * vs + s] *= one - h * h;
+            }
+            /* W1 is (H, C): (W1^T)[o = c][i = k] = W1[k * C + c] */
+            CAT(matvec, SUF)(w1, 1, C, 0, GPv + s, vs, H, Tm, 1, C);
+            for (long c = 0; c < C; ++c) GUv[c * vs + s] += Tm[c];
+        }
+        CAT(rows_out, SUF)(GU, out_gu + bi * C * P, C, P, p0, len, LP);
+        for (long c = 0; c < C; ++c) gtau[c] += CAT(hsum, SUF)(GT[c]);
+        CAT(gemm_nt, SUF)(GP, H, U, C, LP, sub, gw1);
+        CAT(row_sums, SUF)(GP, H, LP, sub, gb1);
+        CAT(gemm_nt, SUF)(G, C, Hh, H, LP, sub, gw2);
+        CAT(row_sums, SUF)(G, C, LP, sub, gb2);
     }
     FTZ_END
+    free(vec);
     free(buf);
     return 0;
 }
