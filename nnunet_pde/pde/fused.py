@@ -127,10 +127,14 @@ class _Kernel:
     """A compiled CPU kernel: called directly in eager mode, through the custom operator
     ``torch.ops.nnunet_pde.<name>`` (opaque to dynamo, shapes from ``fake``) while
     ``torch.compile`` traces. (An eager call through the operator would import
-    ``torch._dynamo`` on first use: over a second in every ``nnUNetv2_predict`` process.)"""
+    ``torch._dynamo`` on first use: over a second in every ``nnUNetv2_predict`` process.)
 
-    def __init__(self, name: str, impl, fake) -> None:
-        self.impl = impl
+    ``eager``, if given, replaces ``impl`` in eager mode: the same results, but free to
+    write into an input the caller no longer needs (a custom operator's outputs may not
+    alias its inputs)."""
+
+    def __init__(self, name: str, impl, fake, eager=None) -> None:
+        self.impl = impl if eager is None else eager
         self.op = torch.library.custom_op(
             f"nnunet_pde::{name}", mutates_args=(), device_types="cpu"
         )(impl)
@@ -270,7 +274,11 @@ def _response_backward_fake(u, gb, gu_in, w1, b1, w2, b2, tau):
 
 
 _response_backward_kernel = _Kernel(
-    "response_backward", _response_backward_impl, _response_backward_fake
+    "response_backward",
+    _response_backward_impl,
+    _response_backward_fake,
+    # eager: dL/du overwrites gu_in (a temporary of AOSStep.backward), one allocation less
+    eager=lambda *args: native.response_backward(*args, inplace=True),
 )
 
 

@@ -403,6 +403,7 @@ def response_backward(
     w2: torch.Tensor,
     b2: torch.Tensor,
     tau: torch.Tensor,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of ``b = u + tau N(u)``, ``N(u) = W2 tanh(W1 u + b1) + b2``, for ``dL/db =
     gb``, with ``h`` and ``N`` recomputed from ``u`` (nothing of the forward is kept); C
@@ -411,14 +412,16 @@ def response_backward(
     Returns ``(gu, gw1, gb1, gw2, gb2, gtau)``: ``gu = gu_in + W1^T gpre`` ``(B, C, *S)``
     with ``gpre = (W2^T (tau gb)) (1 - h^2)``, and the gradients of ``w1`` ``(H, C, 1,
     ...)``, ``b1`` ``(H,)``, ``w2`` ``(C, H, 1, ...)``, ``b2`` and ``tau`` ``(C,)``, summed
-    over samples and voxels (in float64, returned in ``gb``'s dtype).
+    over samples and voxels (in float64, returned in ``gb``'s dtype). With ``inplace``,
+    ``gu`` is written over ``gu_in`` (when it is contiguous).
     """
     u, gb, gu_in = u.contiguous(), gb.contiguous(), gu_in.contiguous()
     C, H = gb.shape[1], w1.shape[0]
     P = gb[0, 0].numel()
     w1m, w2m = _weights(w1, w2, dtype=gb.dtype)
     b1c, b2c, tauc = (t.to(gb.dtype).contiguous() for t in (b1, b2, tau))
-    gu = torch.empty_like(gb)
+    # Each chunk of gu_in is read into scratch before the same chunk of gu is written.
+    gu = gu_in if inplace else torch.empty_like(gb)
     fn = _kernel("mlp_backward", gb.dtype)
     args = (_ptr(u), _ptr(gb), _ptr(gu_in), _ptr(w1m), _ptr(b1c), _ptr(w2m), _ptr(b2c))
     acc = _run_parts(
@@ -428,9 +431,9 @@ def response_backward(
         width=2 * H * C + H + 2 * C,
     )
     assert acc is not None
-    acc = acc.to(gb.dtype)
     sizes = (H * C, H, C * H, C, C)
-    gw1, gb1, gw2, gb2, gtau = torch.split(acc, sizes)
+    # separate tensors (views of one would alias, which custom operators forbid)
+    gw1, gb1, gw2, gb2, gtau = (t.to(gb.dtype, copy=True) for t in torch.split(acc, sizes))
     return gu, gw1.reshape(w1.shape), gb1, gw2.reshape(w2.shape), gb2, gtau
 
 

@@ -50,16 +50,18 @@ static void CAT(load, SUF)(const T *src, V *dst, const long *off, long n, long s
 #ifdef TRANSPOSE16
     if (stride == 1) /* lines along memory: 16 x 16 blocks, one vector load per line */
         for (; i0 + LANES <= n; i0 += LANES) {
-            for (int l = 0; l < LANES; ++l) memcpy(&dst[i0 + l], src + off[l] + i0, sizeof(V));
-            TRANSPOSE16(dst + i0);
+            V blk[LANES];
+            for (int l = 0; l < LANES; ++l) memcpy(&blk[l], src + off[l] + i0, sizeof(V));
+            TRANSPOSE16(blk);
+            memcpy(dst + i0, blk, sizeof blk);
         }
 #endif
     for (long i = i0; i < n; ++i)
         for (int l = 0; l < LANES; ++l) dst[i][l] = src[off[l] + i * stride];
 }
 
-/* dst (=, or += when acc) src for the valid lanes of a panel; src may be overwritten. */
-static void CAT(store, SUF)(T *dst, V *src, const long *off, long n, long stride,
+/* dst (=, or += when acc) src for the valid lanes of a panel. */
+static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long stride,
                             int contig, int valid, int acc) {
     if (contig) {
         for (long i = 0; i < n; ++i) {
@@ -79,10 +81,12 @@ static void CAT(store, SUF)(T *dst, V *src, const long *off, long n, long stride
 #ifdef TRANSPOSE16
     if (stride == 1)
         for (; i0 + LANES <= n; i0 += LANES) {
-            TRANSPOSE16(src + i0); /* src[i0 + l] is now line l's 16 values */
+            V blk[LANES];
+            memcpy(blk, src + i0, sizeof blk);
+            TRANSPOSE16(blk); /* blk[l]: line l's 16 values */
             for (int l = 0; l < valid; ++l) {
                 T *o = dst + off[l] + i0;
-                V x = src[i0 + l];
+                V x = blk[l];
                 if (acc) {
                     V y;
                     memcpy(&y, o, sizeof(V));

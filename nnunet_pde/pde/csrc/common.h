@@ -44,18 +44,33 @@ static inline vf32 select_f32(vi32 mask, vf32 a, vf32 b) {
 #define LO1 ((vi32){0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30})
 
 /* In-place transpose of 16 vectors of 16 floats (r[i][j] <-> r[j][i]): four stages that
- * swap the off-diagonal h x h blocks, h = 8, 4, 2, 1. */
+ * swap the off-diagonal h x h blocks, h = 8, 4, 2, 1; written out so that the 16 rows stay
+ * in registers. */
+#define TSWAP_(x, y, lo, h)                                                                     \
+    do {                                                                                        \
+        vf32 t_ = __builtin_shuffle(x, y, lo);                                                  \
+        y = __builtin_shuffle(x, y, lo + h);                                                    \
+        x = t_;                                                                                 \
+    } while (0)
 static inline void transpose16_f32(vf32 *r) {
-    const vi32 lo[4] = {LO8, LO4, LO2, LO1};
-    for (int s = 0, h = 8; s < 4; ++s, h /= 2) {
-        const vi32 l = lo[s], hm = lo[s] + h;
-        for (int i = 0; i < 16; ++i) {
-            if (i & h) continue;
-            vf32 a = r[i], b = r[i + h];
-            r[i] = __builtin_shuffle(a, b, l);
-            r[i + h] = __builtin_shuffle(a, b, hm);
-        }
-    }
+    vf32 a0 = r[0], a1 = r[1], a2 = r[2], a3 = r[3], a4 = r[4], a5 = r[5], a6 = r[6],
+         a7 = r[7], a8 = r[8], a9 = r[9], a10 = r[10], a11 = r[11], a12 = r[12], a13 = r[13],
+         a14 = r[14], a15 = r[15];
+    TSWAP_(a0, a8, LO8, 8); TSWAP_(a1, a9, LO8, 8); TSWAP_(a2, a10, LO8, 8);
+    TSWAP_(a3, a11, LO8, 8); TSWAP_(a4, a12, LO8, 8); TSWAP_(a5, a13, LO8, 8);
+    TSWAP_(a6, a14, LO8, 8); TSWAP_(a7, a15, LO8, 8);
+    TSWAP_(a0, a4, LO4, 4); TSWAP_(a1, a5, LO4, 4); TSWAP_(a2, a6, LO4, 4);
+    TSWAP_(a3, a7, LO4, 4); TSWAP_(a8, a12, LO4, 4); TSWAP_(a9, a13, LO4, 4);
+    TSWAP_(a10, a14, LO4, 4); TSWAP_(a11, a15, LO4, 4);
+    TSWAP_(a0, a2, LO2, 2); TSWAP_(a1, a3, LO2, 2); TSWAP_(a4, a6, LO2, 2);
+    TSWAP_(a5, a7, LO2, 2); TSWAP_(a8, a10, LO2, 2); TSWAP_(a9, a11, LO2, 2);
+    TSWAP_(a12, a14, LO2, 2); TSWAP_(a13, a15, LO2, 2);
+    TSWAP_(a0, a1, LO1, 1); TSWAP_(a2, a3, LO1, 1); TSWAP_(a4, a5, LO1, 1);
+    TSWAP_(a6, a7, LO1, 1); TSWAP_(a8, a9, LO1, 1); TSWAP_(a10, a11, LO1, 1);
+    TSWAP_(a12, a13, LO1, 1); TSWAP_(a14, a15, LO1, 1);
+    r[0] = a0, r[1] = a1, r[2] = a2, r[3] = a3, r[4] = a4, r[5] = a5, r[6] = a6, r[7] = a7;
+    r[8] = a8, r[9] = a9, r[10] = a10, r[11] = a11, r[12] = a12, r[13] = a13, r[14] = a14;
+    r[15] = a15;
 }
 #endif
 

@@ -27,6 +27,17 @@ static void CAT(rows_out, SUF)(const T *src, T *dst, long rows, long P, long p0,
         memcpy(dst + r * P + p0, src + r * LP, sizeof(T) * (size_t)len);
 }
 
+/* Prefetch sub-tile s of the next chunk's rows (rows x P values from src, the chunk after
+ * t of `chunks` per sample, of B * chunks in all): spread over a chunk's sub-tiles, the next
+ * chunk arrives in cache while this one computes. Prefetches never fault. */
+static inline void CAT(prefetch_next, SUF)(const T *src, long rows, long P, long L,
+                                            long chunks, long t, long s) {
+    const long n = t + 1, bi = n / chunks, p0 = (n % chunks) * L + s * LANES;
+    if (p0 >= P) return;
+    const T *base = src + bi * rows * P + p0;
+    for (long r = 0; r < rows; ++r) __builtin_prefetch(base + r * P);
+}
+
 /* out[o * os] = bias[o] + sum_i W[o * ws_o + i * ws_i] x[i * xs] for o < O, 8 outputs at a
  * time (eight independent accumulation chains). ws_o / ws_i: strides of W (a transpose for
  * free); xs / os: strides of x and out in vectors. */
@@ -146,6 +157,7 @@ int CAT(mlp_forward, SUF)(const T *u, const T *w1, const T *b1, const T *w2, con
         const long len = P - p0 < L ? P - p0 : L, sub = (len + LANES - 1) / LANES;
         CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
         for (long s = 0; s < sub; ++s) {
+            if (t + 1 < t1) CAT(prefetch_next, SUF)(u, C, P, L, chunks, t, s);
             CAT(matvec, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
             for (long k = 0; k < H; ++k) Hv[k * vs + s] = TANH(Hv[k * vs + s]);
             CAT(matvec, SUF)(w2, H, 1, b2, Hv + s, vs, H, Nv + s, vs, C);
@@ -192,6 +204,11 @@ int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *w1,
         CAT(rows_in, SUF)(gu_in + bi * C * P, GU, C, P, p0, len, LP);
         for (long c = 0; c < C; ++c) GT[c] = (V){};
         for (long s = 0; s < sub; ++s) {
+            if (t + 1 < t1) {
+                CAT(prefetch_next, SUF)(u, C, P, L, chunks, t, s);
+                CAT(prefetch_next, SUF)(gb, C, P, L, chunks, t, s);
+                CAT(prefetch_next, SUF)(gu_in, C, P, L, chunks, t, s);
+            }
             CAT(matvec, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
             for (long k = 0; k < H; ++k) Hv[k * vs + s] = TANH(Hv[k * vs + s]);
             CAT(matvec, SUF)(w2, H, 1, b2, Hv + s, vs, H, Nt, 1, C);
