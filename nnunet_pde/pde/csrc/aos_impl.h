@@ -103,38 +103,59 @@ static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long 
         }
 }
 
-/* Forward sweep of one panel: face weights phi_f = 1/(1 + (k d_f)^2), right-hand side
- * r_i = b_i + ce (phi_i d_i - phi_{i-1} d_{i-1}) and the Thomas elimination of
- * T = I + sum_f cA phi_f (e_f - e_{f+1})(e_f - e_{f+1})^T in one pass, for r and (when z
- * is given) a second right-hand side z. Leaves the multipliers in c, the eliminated
- * right-hand sides in y (and z), phi in ph when ph is given. Then back substitution. */
-static void CAT(sweep, SUF)(const V *tu, const V *tb, V *y, V *z, V *c, V *ph, long n, V cA,
-                            V ce, V k, int explicit_half) {
+/* Scratch of one panel: its u and b (tu, tb), the solution y, the multipliers c, the
+ * adjoint z and the face weights ph (z and ph: backward only). */
+typedef struct {
+    V *tu, *tb, *y, *c, *z, *ph;
+} CAT(panel_buf, SUF);
+
+/* Forward sweep of one panel P (an element step below): face weights phi_f = 1/(1 + (k
+ * d_f)^2), right-hand side r_i = b_i + ce (phi_i d_i - phi_{i-1} d_{i-1}) and the Thomas
+ * elimination of T = I + sum_f cA phi_f (e_f - e_{f+1})(e_f - e_{f+1})^T in one pass, for r
+ * and (when z is given) a second right-hand side z. Leaves the multipliers in c, the
+ * eliminated right-hand sides in y (and z), phi in ph when ph is given. */
+#define AOS_ELIM_STEP(P, a_prev, c_prev, flux_prev)                                            \
+    do {                                                                                        \
+        V a_hi = (V){}, flux = (V){};                                                           \
+        if (i < n - 1) {                                                                        \
+            V d = P->tu[i + 1] - P->tu[i];                                                      \
+            V s = d * k;                                                                        \
+            V phi = one / (one + s * s);                                                        \
+            if (P->ph) P->ph[i] = phi;                                                          \
+            a_hi = cA * phi;                                                                    \
+            if (explicit_half) flux = ce * phi * d;                                             \
+        }                                                                                       \
+        V r = P->tb[i];                                                                         \
+        if (explicit_half) r += flux - flux_prev;                                               \
+        V inv = one / (one + a_prev * (one - c_prev) + a_hi);                                   \
+        P->y[i] = i > 0 ? (r + a_prev * P->y[i - 1]) * inv : r * inv;                           \
+        if (P->z) P->z[i] = i > 0 ? (P->z[i] + a_prev * P->z[i - 1]) * inv : P->z[i] * inv;     \
+        P->c[i] = a_hi * inv;                                                                   \
+        a_prev = a_hi;                                                                          \
+        c_prev = P->c[i];                                                                       \
+        flux_prev = flux;                                                                       \
+    } while (0)
+
+/* The forward sweep and back substitution of panel p0 and, when p1 is not NULL, of panel
+ * p1 in the same loop: two independent chains of divisions (one alone is latency-bound). */
+static void CAT(sweep, SUF)(const CAT(panel_buf, SUF) *p0, const CAT(panel_buf, SUF) *p1,
+                            long n, V cA, V ce, V k, int explicit_half) {
     const V one = (V){} + (T)1;
-    V a_prev = (V){}, c_prev = (V){}, flux_prev = (V){};
-    for (long i = 0; i < n; ++i) {
-        V a_hi = (V){}, flux = (V){};
-        if (i < n - 1) {
-            V d = tu[i + 1] - tu[i];
-            V s = d * k;
-            V phi = one / (one + s * s);
-            if (ph) ph[i] = phi;
-            a_hi = cA * phi;
-            if (explicit_half) flux = ce * phi * d;
+    V a0 = (V){}, c0 = (V){}, f0 = (V){}, a1 = (V){}, c1 = (V){}, f1 = (V){};
+    if (p1) {
+        for (long i = 0; i < n; ++i) {
+            AOS_ELIM_STEP(p0, a0, c0, f0);
+            AOS_ELIM_STEP(p1, a1, c1, f1);
         }
-        V r = tb[i];
-        if (explicit_half) r += flux - flux_prev;
-        V inv = one / (one + a_prev * (one - c_prev) + a_hi);
-        y[i] = i > 0 ? (r + a_prev * y[i - 1]) * inv : r * inv;
-        if (z) z[i] = i > 0 ? (z[i] + a_prev * z[i - 1]) * inv : z[i] * inv;
-        c[i] = a_hi * inv;
-        a_prev = a_hi;
-        c_prev = c[i];
-        flux_prev = flux;
+    } else {
+        for (long i = 0; i < n; ++i) AOS_ELIM_STEP(p0, a0, c0, f0);
     }
-    for (long i = n - 2; i >= 0; --i) {
-        y[i] += c[i] * y[i + 1];
-        if (z) z[i] += c[i] * z[i + 1];
+    for (int j = 0; j < (p1 ? 2 : 1); ++j) {
+        const CAT(panel_buf, SUF) *P = j ? p1 : p0;
+        for (long i = n - 2; i >= 0; --i) {
+            P->y[i] += P->c[i] * P->y[i + 1];
+            if (P->z) P->z[i] += P->c[i] * P->z[i + 1];
+        }
     }
 }
 
@@ -154,33 +175,64 @@ static void CAT(axis_geom, SUF)(const long *dims, int m, int d, long *outer, lon
     for (int e = d + 1; e < m; ++e) *inner *= dims[e];
 }
 
-/* Forward over volumes [v0, v1) of a (B * C, *dims) tensor: out = (1/m) sum_d v_d. */
+/* The coefficients of axis d for channel ch, broadcast: cA, ce (0 for theta = 1) and k (0
+ * for the linear Laplacian). */
+static void CAT(coefs, SUF)(const T *cA, const T *ce, const T *k, int d, long C, long ch,
+                            V *vcA, V *vce, V *vk) {
+    *vcA = (V){} + cA[d * C + ch];
+    *vce = (V){} + (ce ? ce[d * C + ch] : (T)0);
+    *vk = (V){} + (k ? k[d * C + ch] : (T)0);
+}
+
+/* Two panels' scratch (rows of nmax vectors: tu, tb, y, c and, with adjoint, z and ph) in
+ * one allocation; NULL when out of memory. */
+static V *CAT(panel_bufs, SUF)(CAT(panel_buf, SUF) * pb, long nmax, int adjoint) {
+    const int rows = adjoint ? 6 : 4;
+    V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(2 * rows * nmax));
+    if (!buf) return NULL;
+    for (int j = 0; j < 2; ++j) {
+        V *base = buf + j * rows * nmax;
+        pb[j].tu = base, pb[j].tb = base + nmax, pb[j].y = base + 2 * nmax;
+        pb[j].c = base + 3 * nmax;
+        pb[j].z = adjoint ? base + 4 * nmax : NULL;
+        pb[j].ph = adjoint ? base + 5 * nmax : NULL;
+    }
+    return buf;
+}
+
+/* Forward over volumes [v0, v1) of a (B * C, *dims) tensor: out = (1/m) sum_d v_d. Panels
+ * are swept two at a time. */
 int CAT(aos_forward, SUF)(const T *u, const T *b, T *out, const long *dims, int m, long C,
                           const T *cA, const T *ce, const T *k, long v0, long v1) {
     long vox, nmax;
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
-    V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(4 * nmax));
+    CAT(panel_buf, SUF) pb[2];
+    V *buf = CAT(panel_bufs, SUF)(pb, nmax, 0);
     if (!buf) return 1;
     FTZ_BEGIN
-    V *tu = buf, *tb = tu + nmax, *y = tb + nmax, *c = y + nmax;
     const T scale = (T)1 / (T)m;
-    long off[LANES];
+    long off[2][LANES];
+    int contig[2], valid[2];
     for (long v = v0; v < v1; ++v) {
-        const long ch = v % C;
         for (int d = 0; d < m; ++d) {
             long outer, inner, n = dims[d];
             CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
-            V vcA = (V){} + cA[d * C + ch];
-            V vce = (V){} + (ce ? ce[d * C + ch] : (T)0);
-            V vk = (V){} + (k ? k[d * C + ch] : (T)0);
-            long panels = CAT(n_panels, SUF)(outer, inner);
-            for (long p = 0; p < panels; ++p) {
-                int contig, valid = CAT(panel, SUF)(p, n, inner, outer * inner, off, &contig);
-                CAT(load, SUF)(u + v * vox, tu, off, n, inner, contig);
-                CAT(load, SUF)(b + v * vox, tb, off, n, inner, contig);
-                CAT(sweep, SUF)(tu, tb, y, 0, c, 0, n, vcA, vce, vk, ce != 0);
-                for (long i = 0; i < n; ++i) y[i] *= scale;
-                CAT(store, SUF)(out + v * vox, y, off, n, inner, contig, valid, d > 0);
+            V vcA, vce, vk;
+            CAT(coefs, SUF)(cA, ce, k, d, C, v % C, &vcA, &vce, &vk);
+            const long panels = CAT(n_panels, SUF)(outer, inner);
+            for (long p = 0; p < panels; p += 2) {
+                const int np = p + 1 < panels ? 2 : 1;
+                for (int j = 0; j < np; ++j) {
+                    valid[j] = CAT(panel, SUF)(p + j, n, inner, outer * inner, off[j], &contig[j]);
+                    CAT(load, SUF)(u + v * vox, pb[j].tu, off[j], n, inner, contig[j]);
+                    CAT(load, SUF)(b + v * vox, pb[j].tb, off[j], n, inner, contig[j]);
+                }
+                CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
+                for (int j = 0; j < np; ++j) {
+                    for (long i = 0; i < n; ++i) pb[j].y[i] *= scale;
+                    CAT(store, SUF)(out + v * vox, pb[j].y, off[j], n, inner, contig[j],
+                                    valid[j], d > 0);
+                }
             }
         }
     }
@@ -198,54 +250,62 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
                            const T *k, long v0, long v1) {
     long vox, nmax;
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
-    V *buf = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(6 * nmax));
+    CAT(panel_buf, SUF) pb[2];
+    V *buf = CAT(panel_bufs, SUF)(pb, nmax, 1);
     if (!buf) return 1;
     FTZ_BEGIN
-    V *tu = buf, *tb = tu + nmax, *y = tb + nmax, *z = y + nmax, *c = z + nmax, *ph = c + nmax;
     const T scale = (T)1 / (T)m;
-    long off[LANES];
+    long off[2][LANES];
+    int contig[2], valid[2];
     for (long v = v0; v < v1; ++v) {
-        const long ch = v % C;
         for (int d = 0; d < m; ++d) {
             long outer, inner, n = dims[d];
             CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
-            V vcA = (V){} + cA[d * C + ch];
-            V vce = (V){} + (ce ? ce[d * C + ch] : (T)0);
-            V vk = (V){} + (k ? k[d * C + ch] : (T)0);
+            V vcA, vce, vk;
+            CAT(coefs, SUF)(cA, ce, k, d, C, v % C, &vcA, &vce, &vk);
             V acA = (V){}, ace = (V){}, ak = (V){};
-            long panels = CAT(n_panels, SUF)(outer, inner);
-            for (long p = 0; p < panels; ++p) {
-                int contig, valid = CAT(panel, SUF)(p, n, inner, outer * inner, off, &contig);
-                CAT(load, SUF)(u + v * vox, tu, off, n, inner, contig);
-                CAT(load, SUF)(b + v * vox, tb, off, n, inner, contig);
-                CAT(load, SUF)(g + v * vox, z, off, n, inner, contig);
-                for (long i = 0; i < n; ++i) z[i] *= scale;
-                /* y -> v (the solution), z -> lambda (the adjoint: T is symmetric) */
-                CAT(sweep, SUF)(tu, tb, y, z, c, ph, n, vcA, vce, vk, ce != 0);
-                V mask = (V){};
-                for (int l = 0; l < valid; ++l) mask[l] = (T)1;
-                /* tb becomes the panel's dL/du (direct part + dL/db). */
-                V gd_prev = (V){};
-                for (long f = 0; f < n; ++f) {
-                    V gd = (V){};
-                    if (f < n - 1) {
-                        V dl = tu[f + 1] - tu[f];
-                        V mu = z[f] - z[f + 1];
-                        V nu = y[f] - y[f + 1];
-                        V phi = ph[f];
-                        V gphi = vce * mu * dl - vcA * mu * nu;
-                        V s = dl * vk;
-                        V gs = gphi * ((T)-2 * s * phi * phi);
-                        acA -= mask * (phi * mu * nu);
-                        ace += mask * (phi * dl * mu);
-                        ak += mask * (dl * gs);
-                        gd = vce * mu * phi + vk * gs;
-                    }
-                    tb[f] = gd_prev - gd + z[f]; /* + dL/db: b depends on u */
-                    gd_prev = gd;
+            const long panels = CAT(n_panels, SUF)(outer, inner);
+            for (long p = 0; p < panels; p += 2) {
+                const int np = p + 1 < panels ? 2 : 1;
+                for (int j = 0; j < np; ++j) {
+                    valid[j] = CAT(panel, SUF)(p + j, n, inner, outer * inner, off[j], &contig[j]);
+                    CAT(load, SUF)(u + v * vox, pb[j].tu, off[j], n, inner, contig[j]);
+                    CAT(load, SUF)(b + v * vox, pb[j].tb, off[j], n, inner, contig[j]);
+                    CAT(load, SUF)(g + v * vox, pb[j].z, off[j], n, inner, contig[j]);
+                    for (long i = 0; i < n; ++i) pb[j].z[i] *= scale;
                 }
-                CAT(store, SUF)(gb + v * vox, z, off, n, inner, contig, valid, d > 0);
-                CAT(store, SUF)(gu + v * vox, tb, off, n, inner, contig, valid, d > 0);
+                /* y -> v (the solution), z -> lambda (the adjoint: T is symmetric) */
+                CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
+                for (int j = 0; j < np; ++j) {
+                    const V *tu = pb[j].tu, *y = pb[j].y, *z = pb[j].z, *ph = pb[j].ph;
+                    V *tb = pb[j].tb;
+                    V mask = (V){};
+                    for (int l = 0; l < valid[j]; ++l) mask[l] = (T)1;
+                    /* tb becomes the panel's dL/du (direct part + dL/db). */
+                    V gd_prev = (V){};
+                    for (long f = 0; f < n; ++f) {
+                        V gd = (V){};
+                        if (f < n - 1) {
+                            V dl = tu[f + 1] - tu[f];
+                            V mu = z[f] - z[f + 1];
+                            V nu = y[f] - y[f + 1];
+                            V phi = ph[f];
+                            V gphi = vce * mu * dl - vcA * mu * nu;
+                            V s = dl * vk;
+                            V gs = gphi * ((T)-2 * s * phi * phi);
+                            acA -= mask * (phi * mu * nu);
+                            ace += mask * (phi * dl * mu);
+                            ak += mask * (dl * gs);
+                            gd = vce * mu * phi + vk * gs;
+                        }
+                        tb[f] = gd_prev - gd + z[f]; /* + dL/db: b depends on u */
+                        gd_prev = gd;
+                    }
+                    CAT(store, SUF)(gb + v * vox, z, off[j], n, inner, contig[j], valid[j],
+                                    d > 0);
+                    CAT(store, SUF)(gu + v * vox, tb, off[j], n, inner, contig[j], valid[j],
+                                    d > 0);
+                }
             }
             double s0 = 0, s1 = 0, s2 = 0;
             for (int l = 0; l < LANES; ++l) {
