@@ -339,41 +339,51 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
         const T *restrict zv = z + v * vox;
         T *restrict gv = gz + v * vox;
         const T mu = mean[v], is = inv_std[v];
-        for (long i = 0; i < vox; ++i) gv[i] = (T)0;
+        double s1 = 0, s2 = 0; /* sums of gz_hat and gz_hat z_hat, during the last axis */
         for (int d = 0; d < m; ++d) {
             long outer, inner, n = dims[d];
             CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
             const T sc = is / hs[d], cf = coef[d];
             const long span = (n - 1) * inner; /* faces (i, i + inner) of one outer block */
+            const long cells = n * inner, lo = inner < span ? inner : span;
+            const long hi = span > inner ? span : inner;
             for (long o = 0; o < outer; ++o) {
-                const T *restrict zb = zv + o * n * inner;
-                T *restrict gb = gv + o * n * inner;
+                const T *restrict zb = zv + o * cells;
+                T *restrict gb = gv + o * cells;
                 T *restrict qb = q;
                 for (long i = 0; i < span; ++i) {
                     T s = (zb[i + inner] - zb[i]) * sc;
                     qb[i] = cf * (T)2 * s / ((T)1 + s * s);
                 }
-                for (long i = 0; i < inner && i < span; ++i) gb[i] -= qb[i];
-                for (long i = inner; i < span; ++i) gb[i] += qb[i - inner] - qb[i];
-                for (long i = span > inner ? span : inner; i < n * inner; ++i) gb[i] += qb[i - inner];
+                /* cell i gains the flux of face i - inner and loses that of face i; the first
+                 * axis writes (no zero-fill pass), the others accumulate */
+                if (d == 0) {
+                    for (long i = 0; i < lo; ++i) gb[i] = -qb[i];
+                    for (long i = lo; i < inner; ++i) gb[i] = (T)0;
+                    for (long i = inner; i < span; ++i) gb[i] = qb[i - inner] - qb[i];
+                    for (long i = hi; i < cells; ++i) gb[i] = qb[i - inner];
+                } else {
+                    for (long i = 0; i < lo; ++i) gb[i] -= qb[i];
+                    for (long i = inner; i < span; ++i) gb[i] += qb[i - inner] - qb[i];
+                    for (long i = hi; i < cells; ++i) gb[i] += qb[i - inner];
+                }
+                if (d == m - 1) { /* the block's values are final: sum them while in cache */
+                    double a1[LANES] = {0}, a2[LANES] = {0}; /* lanes: a vectorised sum */
+                    long i = 0;
+                    for (; i + LANES <= cells; i += LANES)
+                        for (int l = 0; l < LANES; ++l) {
+                            a1[l] += gb[i + l];
+                            a2[l] += gb[i + l] * ((zb[i + l] - mu) * is);
+                        }
+                    for (; i < cells; ++i) {
+                        s1 += gb[i];
+                        s2 += gb[i] * ((zb[i] - mu) * is);
+                    }
+                    for (int l = 0; l < LANES; ++l) s1 += a1[l], s2 += a2[l];
+                }
             }
         }
         /* gz_hat -> dz = (gz_hat - mean(gz_hat) - z_hat mean(gz_hat z_hat)) / std */
-        double a1[LANES] = {0}, a2[LANES] = {0}, s1 = 0, s2 = 0;
-        long i = 0;
-        for (; i + LANES <= vox; i += LANES)
-            for (int l = 0; l < LANES; ++l) {
-                a1[l] += gv[i + l];
-                a2[l] += gv[i + l] * ((zv[i + l] - mu) * is);
-            }
-        for (; i < vox; ++i) {
-            s1 += gv[i];
-            s2 += gv[i] * ((zv[i] - mu) * is);
-        }
-        for (int l = 0; l < LANES; ++l) {
-            s1 += a1[l];
-            s2 += a2[l];
-        }
         const T m1 = (T)(s1 / vox), m2 = (T)(s2 / vox);
         for (long i = 0; i < vox; ++i) gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is;
     }
