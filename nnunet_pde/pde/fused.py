@@ -185,7 +185,11 @@ def _aos_diffusion_backward_fake(u, b, g, cA, ce, k):
 
 
 _aos_diffusion_backward_kernel = _Kernel(
-    "aos_diffusion_backward", _aos_diffusion_backward_impl, _aos_diffusion_backward_fake
+    "aos_diffusion_backward",
+    _aos_diffusion_backward_impl,
+    _aos_diffusion_backward_fake,
+    # eager: dL/db in a scratch buffer (AOSStep.backward consumes it at once)
+    eager=lambda *args: native.diffusion_backward(*args, scratch=True),
 )
 
 
@@ -211,7 +215,8 @@ def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
 def diffusion_backward(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`diffusion_forward`: ``(gb, gu, gcA, gce, gk)``; ``gu`` is the
     gradient through the face weights and the explicit half plus ``gb`` (all of ``dL/du``
-    where ``b = u``)."""
+    where ``b = u``). With the compiled kernels in eager mode ``gb`` is a per-thread scratch
+    buffer, overwritten by the next call: use it before calling again."""
     if uses_native(u):
         return _aos_diffusion_backward_kernel(u, b, g, cA, ce, k)
     return diffusion_backward_torch(u, b, g, cA, ce, k)
@@ -246,7 +251,15 @@ def _response_b_fake(u, w1, b1, w2, b2, tau):
     return torch.empty_like(u)
 
 
-_response_b_kernel = _Kernel("response_b", _response_b_impl, _response_b_fake)
+_response_b_kernel = _Kernel(
+    "response_b",
+    _response_b_impl,
+    _response_b_fake,
+    # eager: b in a scratch buffer (AOSStep consumes it in the same call)
+    eager=lambda u, w1, b1, w2, b2, tau: native.response_forward(
+        u, w1, b1, w2, b2, tau, scratch=True
+    )[0],
+)
 
 
 def _response_backward_impl(
@@ -283,7 +296,8 @@ _response_backward_kernel = _Kernel(
 
 
 def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
-    """``b = u + tau N(u)`` (compiled kernel where possible)."""
+    """``b = u + tau N(u)`` (compiled kernel where possible; in eager mode it returns a
+    per-thread scratch buffer, overwritten by the next call)."""
     if uses_native(u):
         return _response_b_kernel(u, w1, b1, w2, b2, tau)
     _, n = _response_torch(u, w1, b1, w2, b2)
