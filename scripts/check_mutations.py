@@ -87,8 +87,8 @@ MUTATIONS = (
     Mutation(
         "fused C kernel: back substitution of the Thomas solve dropped",
         "nnunet_pde/pde/csrc/aos_impl.h",
-        "        y[i] += c[i] * y[i + 1];",
-        "        y[i] += 0 * c[i] * y[i + 1];",
+        "            P->y[i] += P->c[i] * P->y[i + 1];",
+        "            P->y[i] += 0 * P->c[i] * P->y[i + 1];",
         (
             "tests/pde/test_pde_fused.py::test_compiled_kernels_equal_the_torch_implementation",
             "tests/pde/test_pde_fused.py::test_fused_block_equals_reference_implementation",
@@ -100,6 +100,27 @@ MUTATIONS = (
         "V gphi = vce * mu * dl - vcA * mu * nu;",
         "V gphi = -vcA * mu * nu;",
         ("tests/pde/test_pde_fused.py::test_fused_step_gradcheck",),
+    ),
+    Mutation(
+        "fused C reaction backward: the tanh derivative (1 - h^2) dropped",
+        "nnunet_pde/pde/csrc/mlp_impl.h",
+        "                GPv[k * vs + s] *= one - h * h;",
+        "                GPv[k * vs + s] *= one;",
+        ("tests/pde/test_pde_fused.py::test_reaction_kernels_equal_the_torch_implementation",),
+    ),
+    Mutation(
+        "fused C weight gradients: lane sums of a 4 x 4 block read in the wrong order",
+        "nnunet_pde/pde/csrc/mlp.c",
+        "static const int rev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};",
+        "static const int rev[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};",
+        ("tests/pde/test_pde_fused.py::test_reaction_kernels_equal_the_torch_implementation",),
+    ),
+    Mutation(
+        "fused C last-axis panels: one stage of the 16 x 16 transpose with a wrong mask",
+        "nnunet_pde/pde/csrc/common.h",
+        "#define LO2 ((vi32){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29})",
+        "#define LO2 ((vi32){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 29, 28})",
+        ("tests/pde/test_pde_fused.py::test_compiled_kernels_equal_the_torch_implementation",),
     ),
 )
 

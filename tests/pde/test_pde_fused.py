@@ -76,6 +76,81 @@ def test_compiled_kernels_equal_the_torch_implementation(shape, theta, edge_stop
         torch.testing.assert_close(x, y, **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
+# (shape, hidden units): voxels per sample below one sub-tile, across several chunks of the
+# reaction kernels with a partial last sub-tile, and 4 x 4 weight-gradient blocks with
+# remainders (C, H not multiples of 4) as well as without (32 x 32).
+REACTION_CASES = [
+    ((2, 5, 7, 9, 11), 3),
+    ((1, 32, 20, 21, 23), 32),
+    ((2, 8, 3, 40, 50), 12),
+    ((2, 3, 9, 21), 5),
+]
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("shape,hidden", REACTION_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_reaction_kernels_equal_the_torch_implementation(shape, hidden, dtype) -> None:
+    """The reaction's forward and its one-kernel backward (h and N recomputed, weight,
+    bias and tau gradients summed inside) against the torch formulas."""
+    torch.manual_seed(3)
+    c, one = shape[1], [1] * (len(shape) - 2)
+    u, gb, gu_in = (torch.randn(*shape, dtype=dtype) for _ in range(3))
+    w1 = 0.4 * torch.randn(hidden, c, *one, dtype=dtype)
+    w2 = 0.4 * torch.randn(c, hidden, *one, dtype=dtype)
+    b1, b2 = 0.3 * torch.randn(hidden, dtype=dtype), 0.3 * torch.randn(c, dtype=dtype)
+    tau = torch.rand(c, dtype=dtype)
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+    h, n = fused._response_torch(u, w1, b1, w2, b2)
+    got_h, got_n, got_b = native.response_forward(u, w1, b1, w2, b2, tau, hidden=True)
+    torch.testing.assert_close(got_h, h, **tol)
+    torch.testing.assert_close(got_n, n, **tol)
+    torch.testing.assert_close(got_b, u + tau.view(-1, *one) * n, **tol)
+    gu_before = gu_in.clone()
+    got = native.response_backward(u, gb, gu_in, w1, b1, w2, b2, tau)
+    assert torch.equal(gu_in, gu_before)  # not in place unless asked
+    # (gu, gtau, gw1, gb1, gw2, gb2) from torch in float64 (sums over thousands of voxels:
+    # float32 references round too); the kernel returns gtau last
+    d = [t.double() for t in (u, gb, gu_in, w1, b1, w2, b2, tau)]
+    hd, nd = fused._response_torch(d[0], d[3], d[4], d[5], d[6])
+    want = fused.response_backward_torch(d[0], hd, nd, d[1], d[2], d[7], d[3], d[5])
+    names = ("gu", "gw1", "gb1", "gw2", "gb2", "gtau")
+    for name, x, y in zip(names, got, [want[0], *want[2:], want[1]], strict=True):
+        assert x.dtype == dtype
+        err = (x.double() - y).abs().max().item()
+        scale = y.abs().max().item()
+        limit = 1e-12 if dtype == torch.float64 else 1e-5
+        assert err <= limit * max(scale, 1.0), f"{name}: error {err:.3g}, scale {scale:.3g}"
+    inplace = native.response_backward(u, gb, gu_in, w1, b1, w2, b2, tau, inplace=True)
+    assert inplace[0].data_ptr() == gu_in.data_ptr()
+    torch.testing.assert_close(inplace[0].double(), want[0], **tol)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_scratch_buffers_are_reused_only_when_asked() -> None:
+    """Eager fused steps take their temporaries from per-thread scratch; plain calls of the
+    kernels must still return fresh tensors, and a step's output must not be a scratch."""
+    torch.manual_seed(4)
+    u = torch.randn(1, 3, 6, 7, 8)
+    w1, w2 = torch.randn(4, 3, 1, 1, 1), torch.randn(3, 4, 1, 1, 1)
+    b1, b2, tau = torch.zeros(4), torch.zeros(3), torch.ones(3)
+    first = native.response_forward(u, w1, b1, w2, b2, tau)[0]
+    second = native.response_forward(u + 1, w1, b1, w2, b2, tau)[0]
+    assert first.data_ptr() != second.data_ptr()
+    s1 = native.response_forward(u, w1, b1, w2, b2, tau, scratch=True)[0]
+    s2 = native.response_forward(u + 1, w1, b1, w2, b2, tau, scratch=True)[0]
+    assert s1.data_ptr() == s2.data_ptr()
+    torch.testing.assert_close(s2, second)
+    inputs = _step_inputs((1, 2, 5, 6, 7), 1.0, True, True)
+    args = [t.detach().float().requires_grad_() if t is not None else None for t in inputs]
+    out1 = fused.AOSStep.apply(*args)
+    ref = out1.detach().clone()
+    out2 = fused.AOSStep.apply(args[0] * 0.5, *args[1:])
+    torch.testing.assert_close(out1.detach(), ref)  # the second step left the first alone
+    (out1.sum() + out2.sum()).backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in args if t is not None)
+
+
 def _step_inputs(shape, theta: float, edge_stopping: bool, response: bool):
     torch.manual_seed(2)
     m, c = len(shape) - 2, shape[1]

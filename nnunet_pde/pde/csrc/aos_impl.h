@@ -60,6 +60,16 @@ static void CAT(load, SUF)(const T *src, V *dst, const long *off, long n, long s
         for (int l = 0; l < LANES; ++l) dst[i][l] = src[off[l] + i * stride];
 }
 
+/* One vector to o (unaligned): o = x, or o += x when acc. */
+static inline void CAT(put, SUF)(T *o, V x, int acc) {
+    if (acc) {
+        V y;
+        memcpy(&y, o, sizeof(V));
+        x += y;
+    }
+    memcpy(o, &x, sizeof(V));
+}
+
 /* dst (=, or += when acc) src for the valid lanes of a panel. */
 static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long stride,
                             int contig, int valid, int acc) {
@@ -67,13 +77,7 @@ static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long 
         for (long i = 0; i < n; ++i) {
             T *o = dst + off[0] + i * stride;
             __builtin_prefetch(o + LANES, 1);
-            V x = src[i];
-            if (acc) {
-                V y;
-                memcpy(&y, o, sizeof(V));
-                x += y;
-            }
-            memcpy(o, &x, sizeof(V));
+            CAT(put, SUF)(o, src[i], acc);
         }
         return;
     }
@@ -84,16 +88,7 @@ static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long 
             V blk[LANES];
             memcpy(blk, src + i0, sizeof blk);
             TRANSPOSE16(blk); /* blk[l]: line l's 16 values */
-            for (int l = 0; l < valid; ++l) {
-                T *o = dst + off[l] + i0;
-                V x = blk[l];
-                if (acc) {
-                    V y;
-                    memcpy(&y, o, sizeof(V));
-                    x += y;
-                }
-                memcpy(o, &x, sizeof(V));
-            }
+            for (int l = 0; l < valid; ++l) CAT(put, SUF)(dst + off[l] + i0, blk[l], acc);
         }
 #endif
     for (long i = i0; i < n; ++i)
@@ -200,6 +195,24 @@ static V *CAT(panel_bufs, SUF)(CAT(panel_buf, SUF) * pb, long nmax, int adjoint)
     return buf;
 }
 
+/* Loads panels p and p + 1 (if p + 1 < panels) of one volume's axis into pb: u and b, and
+ * with g (backward) the scaled upstream gradient into z. Returns how many were loaded. */
+static int CAT(load_panels, SUF)(CAT(panel_buf, SUF) * pb, long p, long panels, long n,
+                                 long inner, long lines, const T *u, const T *b, const T *g,
+                                 T scale, long (*off)[LANES], int *contig, int *valid) {
+    const int np = p + 1 < panels ? 2 : 1;
+    for (int j = 0; j < np; ++j) {
+        valid[j] = CAT(panel, SUF)(p + j, n, inner, lines, off[j], &contig[j]);
+        CAT(load, SUF)(u, pb[j].tu, off[j], n, inner, contig[j]);
+        CAT(load, SUF)(b, pb[j].tb, off[j], n, inner, contig[j]);
+        if (g) {
+            CAT(load, SUF)(g, pb[j].z, off[j], n, inner, contig[j]);
+            for (long i = 0; i < n; ++i) pb[j].z[i] *= scale;
+        }
+    }
+    return np;
+}
+
 /* Forward over volumes [v0, v1) of a (B * C, *dims) tensor: out = (1/m) sum_d v_d. Panels
  * are swept two at a time. */
 int CAT(aos_forward, SUF)(const T *u, const T *b, T *out, const long *dims, int m, long C,
@@ -221,12 +234,9 @@ int CAT(aos_forward, SUF)(const T *u, const T *b, T *out, const long *dims, int 
             CAT(coefs, SUF)(cA, ce, k, d, C, v % C, &vcA, &vce, &vk);
             const long panels = CAT(n_panels, SUF)(outer, inner);
             for (long p = 0; p < panels; p += 2) {
-                const int np = p + 1 < panels ? 2 : 1;
-                for (int j = 0; j < np; ++j) {
-                    valid[j] = CAT(panel, SUF)(p + j, n, inner, outer * inner, off[j], &contig[j]);
-                    CAT(load, SUF)(u + v * vox, pb[j].tu, off[j], n, inner, contig[j]);
-                    CAT(load, SUF)(b + v * vox, pb[j].tb, off[j], n, inner, contig[j]);
-                }
+                const int np = CAT(load_panels, SUF)(pb, p, panels, n, inner, outer * inner,
+                                                     u + v * vox, b + v * vox, NULL, scale,
+                                                     off, contig, valid);
                 CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
                 for (int j = 0; j < np; ++j) {
                     for (long i = 0; i < n; ++i) pb[j].y[i] *= scale;
@@ -266,14 +276,9 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
             V acA = (V){}, ace = (V){}, ak = (V){};
             const long panels = CAT(n_panels, SUF)(outer, inner);
             for (long p = 0; p < panels; p += 2) {
-                const int np = p + 1 < panels ? 2 : 1;
-                for (int j = 0; j < np; ++j) {
-                    valid[j] = CAT(panel, SUF)(p + j, n, inner, outer * inner, off[j], &contig[j]);
-                    CAT(load, SUF)(u + v * vox, pb[j].tu, off[j], n, inner, contig[j]);
-                    CAT(load, SUF)(b + v * vox, pb[j].tb, off[j], n, inner, contig[j]);
-                    CAT(load, SUF)(g + v * vox, pb[j].z, off[j], n, inner, contig[j]);
-                    for (long i = 0; i < n; ++i) pb[j].z[i] *= scale;
-                }
+                const int np = CAT(load_panels, SUF)(pb, p, panels, n, inner, outer * inner,
+                                                     u + v * vox, b + v * vox, g + v * vox,
+                                                     scale, off, contig, valid);
                 /* y -> v (the solution), z -> lambda (the adjoint: T is symmetric) */
                 CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
                 for (int j = 0; j < np; ++j) {

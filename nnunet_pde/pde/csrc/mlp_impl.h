@@ -35,7 +35,7 @@ static inline void CAT(prefetch_next, SUF)(const T *src, long rows, long P, long
     const long n = t + 1, bi = n / chunks, p0 = (n % chunks) * L + s * LANES;
     if (p0 >= P) return;
     const T *base = src + bi * rows * P + p0;
-    for (long r = 0; r < rows; ++r) __builtin_prefetch(base + r * P);
+    for (long r = 0; r < rows; ++r) __builtin_prefetch(base + r * P, 0, 2);
 }
 
 /* out[o * os] = bias[o] + sum_i W[o * ws_o + i * ws_i] x[i * xs] for o < O, 8 outputs at a
