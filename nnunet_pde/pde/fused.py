@@ -460,12 +460,15 @@ _standardise_backward_kernel = _Kernel(
 )
 
 
-def _energy_sums_impl(z: torch.Tensor, spacing: list[float], eps: float) -> torch.Tensor:
+def _energy_sums_impl(
+    z: torch.Tensor, spacing: list[float], eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return native.energy_sums(z, tuple(spacing), eps)
 
 
 def _energy_sums_fake(z, spacing, eps):
-    return z.new_empty((z.ndim - 2,), dtype=torch.float64)
+    stat = (z.shape[0], z.shape[1], *([1] * (z.ndim - 2)))
+    return z.new_empty((z.ndim - 2,), dtype=torch.float64), z.new_empty(stat), z.new_empty(stat)
 
 
 _energy_sums_kernel = _Kernel("edge_energy_sums", _energy_sums_impl, _energy_sums_fake)
@@ -558,22 +561,9 @@ _energy_backward_kernel = _Kernel(
 )
 
 
-def _moments_impl(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, inv_std = native.volume_moments(z, eps)
-    return mean, inv_std
-
-
-def _moments_fake(z, eps):
-    stat = (z.shape[0], z.shape[1], *([1] * (z.ndim - 2)))
-    return z.new_empty(stat), z.new_empty(stat)
-
-
-_moments_kernel = _Kernel("volume_moments", _moments_impl, _moments_fake)
-
-
 class EdgeEnergy(torch.autograd.Function):
     """Scalar ``(1/m) sum_d mean log(1 + (diff_d z_hat / h_d)^2)``, ``z_hat`` = standardised
-    ``z``; saves ``z`` only (backward recomputes the statistics; compiled kernel on the CPU).
+    ``z``; saves ``z`` and its per-volume ``(mean, 1 / std)`` (compiled kernel on the CPU).
 
     ``diff_d z_hat = diff_d z / std``: the mean cancels, so forward needs no ``z_hat``.
     """
@@ -581,7 +571,7 @@ class EdgeEnergy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, spacing: tuple[float, ...], eps: float):  # noqa: D102
         if uses_native(z):
-            sums = _energy_sums_kernel(z, list(spacing), eps)
+            sums, mean, inv_std = _energy_sums_kernel(z, list(spacing), eps)
             faces = [
                 z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(len(spacing))
             ]
@@ -589,7 +579,7 @@ class EdgeEnergy(torch.autograd.Function):
             total = sum(sums[d] / f for d, f in enumerate(faces) if f > 0)
             total = torch.as_tensor(total, dtype=torch.float64).to(z.dtype)
         else:
-            _, inv_std = _moments(z, eps)
+            mean, inv_std = _moments(z, eps)
             total = z.new_zeros(())
             for d, h in enumerate(spacing):
                 if z.shape[2 + d] < 2:
@@ -598,19 +588,16 @@ class EdgeEnergy(torch.autograd.Function):
                 # log(1 + s^2) rather than log1p: vectorised on the CPU (log1p is ~6x
                 # slower there); s^2 >= 0, so the error is a rounding of 1 + s^2.
                 total = total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
-        ctx.save_for_backward(z)
+        ctx.save_for_backward(z, mean, inv_std)
         ctx.spacing = spacing
-        ctx.eps = eps
         return total / len(spacing)
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        (z,) = ctx.saved_tensors
+        z, mean, inv_std = ctx.saved_tensors
         if uses_native(z):
-            mean, inv_std = _moments_kernel(z, ctx.eps)
             gz = _energy_backward_kernel(z, g, list(ctx.spacing), mean, inv_std)
         else:
-            mean, inv_std = _moments(z, ctx.eps)
             gz = _energy_backward_torch(z, g, ctx.spacing, mean, 1.0 / inv_std)
         return gz, None, None
 

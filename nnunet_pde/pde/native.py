@@ -134,11 +134,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         sb.argtypes = [p, p, p, p, p, p, lg, lg, lg]
         sb.restype = i
         ef = getattr(lib, "energy_forward" + suffix)
-        ef.argtypes = [p, p, p, i, p, d, lg, lg]
+        ef.argtypes = [p, p, p, p, p, i, p, d, lg, lg]
         ef.restype = i
-        vm = getattr(lib, "volume_moments" + suffix)
-        vm.argtypes = [p, p, p, lg, d, lg, lg]
-        vm.restype = i
         gf = getattr(lib, "gate_forward" + suffix)
         gf.argtypes = [p, p, p, p, p, lg, lg, lg]
         gf.restype = i
@@ -338,7 +335,7 @@ def energy_backward(
     """``g * dE/dz`` of the edge energy (see :class:`~nnunet_pde.pde.fused.EdgeEnergy`).
 
     ``mean``, ``inv_std``: ``(B, C, 1, ...)`` statistics of ``z`` (``1 / sqrt(var + eps)``,
-    as :func:`volume_moments` returns them).
+    as :func:`energy_sums` returns them).
     """
     z = z.contiguous()
     m = z.ndim - 2
@@ -505,17 +502,21 @@ def standardise_backward(
 
 def energy_sums(
     z: torch.Tensor, spacing: tuple[float, ...], eps: float
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per axis ``d`` the sum over all faces of ``log(1 + s^2)``, ``s = diff_d(z) / (h_d
-    std)`` with ``std`` per sample and channel; ``(m,)`` float64; C kernel."""
+    std)`` with ``std`` per sample and channel (``(m,)`` float64), and the per-volume
+    ``(mean, 1 / std)`` (``(B, C, 1, ...)``); C kernel."""
     z = z.contiguous()
     m = z.ndim - 2
     B, C = z.shape[:2]
     sums = torch.empty((B * C, m), dtype=torch.float64)
+    stat = (B, C, *([1] * m))
+    mean, inv_std = z.new_empty(stat), z.new_empty(stat)
     hs = torch.tensor(spacing, dtype=z.dtype)
     fn = _kernel("energy_forward", z.dtype)
-    _run_split(fn, (_ptr(z), _ptr(sums), _dims(z.shape), m, _ptr(hs), eps), B * C)
-    return sums.sum(dim=0)
+    args = (_ptr(z), _ptr(sums), _ptr(mean), _ptr(inv_std), _dims(z.shape), m, _ptr(hs), eps)
+    _run_split(fn, args, B * C)
+    return sums.sum(dim=0), mean, inv_std
 
 
 def log1p_f32(x: torch.Tensor) -> torch.Tensor:
@@ -526,17 +527,6 @@ def log1p_f32(x: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(x)
     lib.log1p_f32_array(_ptr(x), _ptr(y), x.numel())
     return y
-
-
-def volume_moments(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, 1 / sqrt(var + eps))`` per sample and channel, ``(B, C, 1, ...)``; C kernel."""
-    x = x.contiguous()
-    B, C = x.shape[:2]
-    stat = (B, C, *([1] * (x.ndim - 2)))
-    mean, inv_std = x.new_empty(stat), x.new_empty(stat)
-    fn = _kernel("volume_moments", x.dtype)
-    _run_split(fn, (_ptr(x), _ptr(mean), _ptr(inv_std), x[0, 0].numel(), eps), B * C)
-    return mean, inv_std
 
 
 def gate_forward(

@@ -104,54 +104,75 @@ typedef struct {
     V *tu, *tb, *y, *c, *z, *ph;
 } CAT(panel_buf, SUF);
 
-/* Forward sweep of one panel P (an element step below): face weights phi_f = 1/(1 + (k
+/* Forward sweep of one panel (an element step below): face weights phi_f = 1/(1 + (k
  * d_f)^2), right-hand side r_i = b_i + ce (phi_i d_i - phi_{i-1} d_{i-1}) and the Thomas
  * elimination of T = I + sum_f cA phi_f (e_f - e_{f+1})(e_f - e_{f+1})^T in one pass, for r
  * and (when z is given) a second right-hand side z. Leaves the multipliers in c, the
- * eliminated right-hand sides in y (and z), phi in ph when ph is given. */
-#define AOS_ELIM_STEP(P, a_prev, c_prev, flux_prev)                                            \
+ * eliminated right-hand sides in y (and z), phi in ph when ph is given. The recurrences
+ * carry their previous values in registers (a_prev, c_prev, flux_prev, y_prev, z_prev). */
+#define AOS_ELIM_STEP(tu, tb, y, z, c, ph, a_prev, c_prev, flux_prev, y_prev, z_prev)          \
     do {                                                                                        \
         V a_hi = (V){}, flux = (V){};                                                           \
         if (i < n - 1) {                                                                        \
-            V d = P->tu[i + 1] - P->tu[i];                                                      \
+            V d = tu[i + 1] - tu[i];                                                            \
             V s = d * k;                                                                        \
             V phi = one / (one + s * s);                                                        \
-            if (P->ph) P->ph[i] = phi;                                                          \
+            if (ph) ph[i] = phi;                                                                \
             a_hi = cA * phi;                                                                    \
             if (explicit_half) flux = ce * phi * d;                                             \
         }                                                                                       \
-        V r = P->tb[i];                                                                         \
+        V r = tb[i];                                                                            \
         if (explicit_half) r += flux - flux_prev;                                               \
         V inv = one / (one + a_prev * (one - c_prev) + a_hi);                                   \
-        P->y[i] = i > 0 ? (r + a_prev * P->y[i - 1]) * inv : r * inv;                           \
-        if (P->z) P->z[i] = i > 0 ? (P->z[i] + a_prev * P->z[i - 1]) * inv : P->z[i] * inv;     \
-        P->c[i] = a_hi * inv;                                                                   \
+        y_prev = (r + a_prev * y_prev) * inv; /* a_prev = 0 at i = 0 */                         \
+        y[i] = y_prev;                                                                          \
+        if (z) {                                                                                \
+            z_prev = (z[i] + a_prev * z_prev) * inv;                                            \
+            z[i] = z_prev;                                                                      \
+        }                                                                                       \
+        c_prev = a_hi * inv;                                                                    \
+        c[i] = c_prev;                                                                          \
         a_prev = a_hi;                                                                          \
-        c_prev = P->c[i];                                                                       \
         flux_prev = flux;                                                                       \
     } while (0)
+
+/* Back substitution of one panel: y_i += c_i y_{i+1} (and z), carried in registers. */
+static inline void CAT(back_sub, SUF)(V *restrict y, V *restrict z, const V *restrict c,
+                                      long n) {
+    V yn = y[n - 1], zn = z ? z[n - 1] : (V){};
+    for (long i = n - 2; i >= 0; --i) {
+        yn = y[i] + c[i] * yn;
+        y[i] = yn;
+        if (z) {
+            zn = z[i] + c[i] * zn;
+            z[i] = zn;
+        }
+    }
+}
 
 /* The forward sweep and back substitution of panel p0 and, when p1 is not NULL, of panel
  * p1 in the same loop: two independent chains of divisions (one alone is latency-bound). */
 static void CAT(sweep, SUF)(const CAT(panel_buf, SUF) *p0, const CAT(panel_buf, SUF) *p1,
                             long n, V cA, V ce, V k, int explicit_half) {
     const V one = (V){} + (T)1;
-    V a0 = (V){}, c0 = (V){}, f0 = (V){}, a1 = (V){}, c1 = (V){}, f1 = (V){};
+    const V *restrict tu0 = p0->tu, *restrict tb0 = p0->tb;
+    V *restrict y0 = p0->y, *restrict z0 = p0->z, *restrict c0 = p0->c, *restrict ph0 = p0->ph;
+    V a0 = (V){}, q0 = (V){}, f0 = (V){}, yp0 = (V){}, zp0 = (V){};
     if (p1) {
+        const V *restrict tu1 = p1->tu, *restrict tb1 = p1->tb;
+        V *restrict y1 = p1->y, *restrict z1 = p1->z, *restrict c1 = p1->c;
+        V *restrict ph1 = p1->ph;
+        V a1 = (V){}, q1 = (V){}, f1 = (V){}, yp1 = (V){}, zp1 = (V){};
         for (long i = 0; i < n; ++i) {
-            AOS_ELIM_STEP(p0, a0, c0, f0);
-            AOS_ELIM_STEP(p1, a1, c1, f1);
+            AOS_ELIM_STEP(tu0, tb0, y0, z0, c0, ph0, a0, q0, f0, yp0, zp0);
+            AOS_ELIM_STEP(tu1, tb1, y1, z1, c1, ph1, a1, q1, f1, yp1, zp1);
         }
+        CAT(back_sub, SUF)(y1, z1, c1, n);
     } else {
-        for (long i = 0; i < n; ++i) AOS_ELIM_STEP(p0, a0, c0, f0);
+        for (long i = 0; i < n; ++i)
+            AOS_ELIM_STEP(tu0, tb0, y0, z0, c0, ph0, a0, q0, f0, yp0, zp0);
     }
-    for (int j = 0; j < (p1 ? 2 : 1); ++j) {
-        const CAT(panel_buf, SUF) *P = j ? p1 : p0;
-        for (long i = n - 2; i >= 0; --i) {
-            P->y[i] += P->c[i] * P->y[i + 1];
-            if (P->z) P->z[i] += P->c[i] * P->z[i + 1];
-        }
-    }
+    CAT(back_sub, SUF)(y0, z0, c0, n);
 }
 
 static void CAT(volume_size, SUF)(const long *dims, int m, long *vox, long *nmax) {
@@ -195,6 +216,40 @@ static V *CAT(panel_bufs, SUF)(CAT(panel_buf, SUF) * pb, long nmax, int adjoint)
     return buf;
 }
 
+/* Backward of one panel after its sweep: overwrites tb with the panel's dL/du (through the
+ * face weights and the explicit half, plus dL/db = z) and adds the panel's parts of
+ * dL/dcA, dL/dce, dL/dk to the lane sums acc[0..3). explicit_half is a constant at each
+ * call, so each case compiles to its own loop. */
+static inline void CAT(panel_grad, SUF)(const CAT(panel_buf, SUF) * P, long n, V vcA, V vce,
+                                        V vk, int explicit_half, V *acc) {
+    const V *restrict tu = P->tu, *restrict y = P->y, *restrict z = P->z;
+    const V *restrict ph = P->ph;
+    V *restrict tb = P->tb;
+    V acA = acc[0], ace = acc[1], ak = acc[2];
+    V gd_prev = (V){};
+    for (long f = 0; f < n; ++f) {
+        V gd = (V){};
+        if (f < n - 1) {
+            V dl = tu[f + 1] - tu[f];
+            V mu = z[f] - z[f + 1];
+            V nu = y[f] - y[f + 1];
+            V phi = ph[f];
+            V gphi = -vcA * mu * nu;
+            if (explicit_half) gphi += vce * mu * dl;
+            V s = dl * vk;
+            V gs = gphi * ((T)-2 * s * phi * phi);
+            acA -= phi * mu * nu;
+            if (explicit_half) ace += phi * dl * mu;
+            ak += dl * gs;
+            gd = vk * gs;
+            if (explicit_half) gd += vce * mu * phi;
+        }
+        tb[f] = gd_prev - gd + z[f]; /* + dL/db: b depends on u */
+        gd_prev = gd;
+    }
+    acc[0] = acA, acc[1] = ace, acc[2] = ak;
+}
+
 /* Loads panels p and p + 1 (if p + 1 < panels) of one volume's axis into pb: u and b, and
  * with g (backward) the scaled upstream gradient into z. Returns how many were loaded. */
 static int CAT(load_panels, SUF)(CAT(panel_buf, SUF) * pb, long p, long panels, long n,
@@ -206,8 +261,12 @@ static int CAT(load_panels, SUF)(CAT(panel_buf, SUF) * pb, long p, long panels, 
         CAT(load, SUF)(u, pb[j].tu, off[j], n, inner, contig[j]);
         CAT(load, SUF)(b, pb[j].tb, off[j], n, inner, contig[j]);
         if (g) {
+            /* scaled, and 0 in the lanes past the last line: with a zero adjoint those
+             * lanes add nothing to the coefficient gradients (and are never stored) */
+            V sc = (V){};
+            for (int l = 0; l < valid[j]; ++l) sc[l] = scale;
             CAT(load, SUF)(g, pb[j].z, off[j], n, inner, contig[j]);
-            for (long i = 0; i < n; ++i) pb[j].z[i] *= scale;
+            for (long i = 0; i < n; ++i) pb[j].z[i] *= sc;
         }
     }
     return np;
@@ -273,7 +332,7 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
             CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
             V vcA, vce, vk;
             CAT(coefs, SUF)(cA, ce, k, d, C, v % C, &vcA, &vce, &vk);
-            V acA = (V){}, ace = (V){}, ak = (V){};
+            V acc[3] = {(V){}, (V){}, (V){}}; /* lane sums of dL/dcA, dL/dce, dL/dk */
             const long panels = CAT(n_panels, SUF)(outer, inner);
             for (long p = 0; p < panels; p += 2) {
                 const int np = CAT(load_panels, SUF)(pb, p, panels, n, inner, outer * inner,
@@ -282,41 +341,21 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
                 /* y -> v (the solution), z -> lambda (the adjoint: T is symmetric) */
                 CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
                 for (int j = 0; j < np; ++j) {
-                    const V *tu = pb[j].tu, *y = pb[j].y, *z = pb[j].z, *ph = pb[j].ph;
-                    V *tb = pb[j].tb;
-                    V mask = (V){};
-                    for (int l = 0; l < valid[j]; ++l) mask[l] = (T)1;
-                    /* tb becomes the panel's dL/du (direct part + dL/db). */
-                    V gd_prev = (V){};
-                    for (long f = 0; f < n; ++f) {
-                        V gd = (V){};
-                        if (f < n - 1) {
-                            V dl = tu[f + 1] - tu[f];
-                            V mu = z[f] - z[f + 1];
-                            V nu = y[f] - y[f + 1];
-                            V phi = ph[f];
-                            V gphi = vce * mu * dl - vcA * mu * nu;
-                            V s = dl * vk;
-                            V gs = gphi * ((T)-2 * s * phi * phi);
-                            acA -= mask * (phi * mu * nu);
-                            ace += mask * (phi * dl * mu);
-                            ak += mask * (dl * gs);
-                            gd = vce * mu * phi + vk * gs;
-                        }
-                        tb[f] = gd_prev - gd + z[f]; /* + dL/db: b depends on u */
-                        gd_prev = gd;
-                    }
-                    CAT(store, SUF)(gb + v * vox, z, off[j], n, inner, contig[j], valid[j],
-                                    d > 0);
-                    CAT(store, SUF)(gu + v * vox, tb, off[j], n, inner, contig[j], valid[j],
-                                    d > 0);
+                    if (ce)
+                        CAT(panel_grad, SUF)(&pb[j], n, vcA, vce, vk, 1, acc);
+                    else
+                        CAT(panel_grad, SUF)(&pb[j], n, vcA, vce, vk, 0, acc);
+                    CAT(store, SUF)(gb + v * vox, pb[j].z, off[j], n, inner, contig[j],
+                                    valid[j], d > 0);
+                    CAT(store, SUF)(gu + v * vox, pb[j].tb, off[j], n, inner, contig[j],
+                                    valid[j], d > 0);
                 }
             }
             double s0 = 0, s1 = 0, s2 = 0;
             for (int l = 0; l < LANES; ++l) {
-                s0 += acA[l];
-                s1 += ace[l];
-                s2 += ak[l];
+                s0 += acc[0][l];
+                s1 += acc[1][l];
+                s2 += acc[2][l];
             }
             sums[(v * 3 + 0) * m + d] = s0;
             sums[(v * 3 + 1) * m + d] = s1;

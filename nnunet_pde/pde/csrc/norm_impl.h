@@ -78,9 +78,9 @@ int CAT(standardise_backward, SUF)(const T *x_hat, const T *std, const T *g, con
 }
 
 /* Per volume and axis d: sum over the faces of log(1 + s^2), s = diff_d(z) / (h_d std), into
- * sums[v * m + d] (double). */
-int CAT(energy_forward, SUF)(const T *z, double *sums, const long *dims, int m, const T *hs,
-                             double eps, long v0, long v1) {
+ * sums[v * m + d] (double); the volume's mean and 1 / std into mean[v] and inv_std[v]. */
+int CAT(energy_forward, SUF)(const T *z, double *sums, T *mean, T *inv_std, const long *dims,
+                             int m, const T *hs, double eps, long v0, long v1) {
     long vox = 1;
     for (int e = 0; e < m; ++e) vox *= dims[e];
     FTZ_BEGIN
@@ -88,6 +88,8 @@ int CAT(energy_forward, SUF)(const T *z, double *sums, const long *dims, int m, 
         const T *restrict zv = z + v * vox;
         double mu, is;
         CAT(moments, SUF)(zv, vox, eps, &mu, &is);
+        mean[v] = (T)mu;
+        inv_std[v] = (T)is;
         for (int d = 0; d < m; ++d) {
             long outer = 1, inner = 1, n = dims[d];
             for (int e = 0; e < d; ++e) outer *= dims[e];
@@ -119,18 +121,6 @@ int CAT(energy_forward, SUF)(const T *z, double *sums, const long *dims, int m, 
         }
     }
     FTZ_END
-    return 0;
-}
-
-/* Per volume: mean and 1 / sqrt(var + eps). */
-int CAT(volume_moments, SUF)(const T *x, T *mean, T *inv_std, long vox, double eps, long v0,
-                             long v1) {
-    for (long v = v0; v < v1; ++v) {
-        double mu, is;
-        CAT(moments, SUF)(x + v * vox, vox, eps, &mu, &is);
-        mean[v] = (T)mu;
-        inv_std[v] = (T)is;
-    }
     return 0;
 }
 
