@@ -87,8 +87,8 @@ MUTATIONS = (
     Mutation(
         "fused C kernel: back substitution of the Thomas solve dropped",
         "nnunet_pde/pde/csrc/aos_impl.h",
-        "            P->y[i] += P->c[i] * P->y[i + 1];",
-        "            P->y[i] += 0 * P->c[i] * P->y[i + 1];",
+        "        yn = y[i] + c[i] * yn;",
+        "        yn = y[i] + 0 * c[i] * yn;",
         (
             "tests/pde/test_pde_fused.py::test_compiled_kernels_equal_the_torch_implementation",
             "tests/pde/test_pde_fused.py::test_fused_block_equals_reference_implementation",
