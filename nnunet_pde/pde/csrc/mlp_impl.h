@@ -76,6 +76,13 @@ static void CAT(matvec, SUF)(const T *W, long ws_o, long ws_i, const T *bias, co
     }
 }
 
+/* Sum over the first `sub` sub-tiles (all lanes) of a * b, a and b scratch rows. */
+static inline double CAT(dot_rows, SUF)(const V *a, const V *b, long sub) {
+    V s = (V){};
+    for (long t = 0; t < sub; ++t) s += a[t] * b[t];
+    return CAT(hsum, SUF)(s);
+}
+
 /* acc[i * N + j] += sum over the first `sub` sub-tiles (all lanes) of A[i] * Bm[j], for
  * scratch rows A[0..M) and Bm[0..N) (LP values apart): a chunk's part of a weight gradient
  * sum_p a_i(p) b_j(p). 4 x 4 blocks in 16 vector accumulators. */
@@ -103,18 +110,12 @@ static void CAT(gemm_nt, SUF)(const T *A, long M, const T *Bm, long N, long LP, 
             for (int q = 0; q < 16; ++q) acc[(i + q / 4) * N + j + q % 4] += (double)r[q];
         }
         for (; j < N; ++j)
-            for (long ii = i; ii < i + 4; ++ii) {
-                V s = (V){};
-                for (long t = 0; t < sub; ++t) s += a[ii * vs + t] * b[j * vs + t];
-                acc[ii * N + j] += CAT(hsum, SUF)(s);
-            }
+            for (long ii = i; ii < i + 4; ++ii)
+                acc[ii * N + j] += CAT(dot_rows, SUF)(a + ii * vs, b + j * vs, sub);
     }
     for (; i < M; ++i)
-        for (long j = 0; j < N; ++j) {
-            V s = (V){};
-            for (long t = 0; t < sub; ++t) s += a[i * vs + t] * b[j * vs + t];
-            acc[i * N + j] += CAT(hsum, SUF)(s);
-        }
+        for (long j = 0; j < N; ++j)
+            acc[i * N + j] += CAT(dot_rows, SUF)(a + i * vs, b + j * vs, sub);
 }
 
 /* acc[r] += sum of the first `sub` sub-tiles of scratch row r, for r < rows. */
@@ -126,6 +127,26 @@ static void CAT(row_sums, SUF)(const T *A, long rows, long LP, long sub, double 
         for (long t = 0; t < sub; ++t) s += a[r * vs + t];
         acc[r] += CAT(hsum, SUF)(s);
     }
+}
+
+/* The reaction of one sub-tile: h = tanh(W1 u + b1) into h[k * hs] (k < H), N = W2 h + b2
+ * into n[c * ns] (c < C), from u[c * us]. Forward and backward both compute it here. */
+static inline void CAT(reaction_at, SUF)(const T *w1, const T *b1, const T *w2, const T *b2,
+                                          const V *u, long us, V *h, long hs, V *n, long ns,
+                                          long C, long H) {
+    CAT(matvec, SUF)(w1, C, 1, b1, u, us, C, h, hs, H);
+    for (long k = 0; k < H; ++k) h[k * hs] = TANH(h[k * hs]);
+    CAT(matvec, SUF)(w2, H, 1, b2, h, hs, H, n, ns, C);
+}
+
+/* Chunk t of `chunks` per sample (L voxels each, P per sample): its sample bi, first voxel
+ * p0, length len and number of sub-tiles sub. */
+static inline void CAT(chunk_at, SUF)(long t, long chunks, long L, long P, long *bi, long *p0,
+                                       long *len, long *sub) {
+    *bi = t / chunks;
+    *p0 = (t % chunks) * L;
+    *len = P - *p0 < L ? P - *p0 : L;
+    *sub = (*len + LANES - 1) / LANES;
 }
 
 /* Voxels per chunk for C channels and H hidden units: the chunk's scratch rows (at most
@@ -153,14 +174,12 @@ int CAT(mlp_forward, SUF)(const T *u, const T *w1, const T *b1, const T *w2, con
     T *U = buf, *Bo = U + C * LP, *Nn = Bo + C * LP, *Hh = Nn + C * LP;
     V *Uv = (V *)U, *Bv = (V *)Bo, *Nv = (V *)Nn, *Hv = (V *)Hh;
     for (long t = t0; t < t1; ++t) {
-        const long bi = t / chunks, p0 = (t % chunks) * L;
-        const long len = P - p0 < L ? P - p0 : L, sub = (len + LANES - 1) / LANES;
+        long bi, p0, len, sub;
+        CAT(chunk_at, SUF)(t, chunks, L, P, &bi, &p0, &len, &sub);
         CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
         for (long s = 0; s < sub; ++s) {
             if (t + 1 < t1) CAT(prefetch_next, SUF)(u, C, P, L, chunks, t, s);
-            CAT(matvec, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
-            for (long k = 0; k < H; ++k) Hv[k * vs + s] = TANH(Hv[k * vs + s]);
-            CAT(matvec, SUF)(w2, H, 1, b2, Hv + s, vs, H, Nv + s, vs, C);
+            CAT(reaction_at, SUF)(w1, b1, w2, b2, Uv + s, vs, Hv + s, vs, Nv + s, vs, C, H);
             for (long c = 0; c < C; ++c) Bv[c * vs + s] = Uv[c * vs + s] + tau[c] * Nv[c * vs + s];
         }
         CAT(rows_out, SUF)(Bo, out_b + bi * C * P, C, P, p0, len, LP);
@@ -197,8 +216,8 @@ int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *w1,
     double *gw1 = acc, *gb1 = gw1 + H * C, *gw2 = gb1 + H, *gb2 = gw2 + C * H, *gtau = gb2 + C;
     const V one = (V){} + (T)1;
     for (long t = t0; t < t1; ++t) {
-        const long bi = t / chunks, p0 = (t % chunks) * L;
-        const long len = P - p0 < L ? P - p0 : L, sub = (len + LANES - 1) / LANES;
+        long bi, p0, len, sub;
+        CAT(chunk_at, SUF)(t, chunks, L, P, &bi, &p0, &len, &sub);
         CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
         CAT(rows_in, SUF)(gb + bi * C * P, G, C, P, p0, len, LP);
         CAT(rows_in, SUF)(gu_in + bi * C * P, GU, C, P, p0, len, LP);
@@ -209,9 +228,7 @@ int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *w1,
                 CAT(prefetch_next, SUF)(gb, C, P, L, chunks, t, s);
                 CAT(prefetch_next, SUF)(gu_in, C, P, L, chunks, t, s);
             }
-            CAT(matvec, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
-            for (long k = 0; k < H; ++k) Hv[k * vs + s] = TANH(Hv[k * vs + s]);
-            CAT(matvec, SUF)(w2, H, 1, b2, Hv + s, vs, H, Nt, 1, C);
+            CAT(reaction_at, SUF)(w1, b1, w2, b2, Uv + s, vs, Hv + s, vs, Nt, 1, C, H);
             /* zero-filled tail lanes have gb = 0: they add nothing to any sum below */
             for (long c = 0; c < C; ++c) {
                 V g = Gv[c * vs + s];
