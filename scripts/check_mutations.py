@@ -116,6 +116,20 @@ MUTATIONS = (
         ("tests/pde/test_pde_fused.py::test_reaction_kernels_equal_the_torch_implementation",),
     ),
     Mutation(
+        "fused C reaction backward: dL/dtau without the output bias's part (b2 sum gb)",
+        "nnunet_pde/pde/csrc/mlp_impl.h",
+        "        double nt = (double)b2[c] * sgb[c];",
+        "        double nt = 0;",
+        ("tests/pde/test_pde_fused.py::test_reaction_kernels_equal_the_torch_implementation",),
+    ),
+    Mutation(
+        "fused C gated residual: the gate's gradient of u_hat dropped where the regulariser's is",
+        "nnunet_pde/pde/csrc/aos_impl.h",
+        "                    gv[i + l] = (gv[i + l] - m1 - ((zi - mu) * is) * m2) * is + c * q;",
+        "                    gv[i + l] = (gv[i + l] - m1 - ((zi - mu) * is) * m2) * is;",
+        ("tests/pde/test_pde_fused.py::test_gate_gradcheck_and_formula",),
+    ),
+    Mutation(
         "fused C last-axis panels: one stage of the 16 x 16 transpose with a wrong mask",
         "nnunet_pde/pde/csrc/common.h",
         "#define LO2 ((vi32){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29})",

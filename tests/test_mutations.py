@@ -20,4 +20,4 @@ def test_every_named_mutation_fails_its_test():
     )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "summary: 11 of 11 mutations caught" in proc.stdout
+    assert "summary: 13 of 13 mutations caught" in proc.stdout

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import native
 from .config import EXACT_SOLVERS, PDEConfig
-from .fused import EdgeEnergy, Gate, Standardise, aos_step_fused
+from .fused import EdgeEnergy, GatedResidual, Standardise, aos_step_fused
 from .operators import Conductance, MomentOperator, Response, apply_weights, diagonal, pad_faces
 from .solvers import aos_step, explicit_step, sweep_step
 from .stencils import checkerboard
@@ -251,11 +251,11 @@ class PDEBlock(nn.Module):
                 )
         return v
 
-    def integrate(self, u: torch.Tensor) -> torch.Tensor:
+    def integrate(self, u: torch.Tensor, record: bool = True) -> torch.Tensor:
         """``K`` steps from features ``u`` that are already normalised (see :func:`normalise`).
 
         Runs in ``u``'s dtype (no autocast handling: :meth:`evolve` and :meth:`forward` do
-        that). In training mode with :attr:`record_consistency` it records
+        that). In training mode with :attr:`record_consistency` (and ``record``) it records
         ``last_residuals = {"energy": edge_energy(u_K)}``.
         """
         view = (1, -1, *([1] * self.ndim))
@@ -272,9 +272,12 @@ class PDEBlock(nn.Module):
                 u = checkpoint(self._step, u, tau, tau_m, kernel, red, use_reentrant=False)
             else:
                 u = self._step(u, tau, tau_m, kernel, red)
-        if self.training and self.record_consistency:
+        if record and self._records():
             self.last_residuals = {"energy": edge_energy(u, self.spacing)}
         return u
+
+    def _records(self) -> bool:
+        return self.training and self.record_consistency
 
     @staticmethod
     def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -305,11 +308,16 @@ class PDEBlock(nn.Module):
         self._check_input(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(self._compute_dtype(x.dtype))
-            x_hat, _, std = normalise(xc)
-            u_hat = self.integrate(x_hat)
-            # One function whose backward keeps only u_hat and x_hat, which the steps and
-            # the regulariser keep anyway.
-            y = Gate.apply(xc, u_hat, x_hat, self.gamma.to(xc.dtype), std)
+            x_hat, mean, std = normalise(xc)
+            u_hat = self.integrate(x_hat, record=False)
+            # The gate and the regulariser of u_hat in one function: u_hat's two gradients
+            # come from one kernel, and it keeps only u_hat and x_hat (kept anyway).
+            record = self._records()
+            y, energy = GatedResidual.apply(
+                xc, u_hat, x_hat, self.gamma.to(xc.dtype), mean, std, self.spacing, NORM_EPS, record
+            )
+            if record:
+                self.last_residuals = {"energy": energy}
         return y.to(x.dtype)
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -262,20 +262,48 @@ _response_b_kernel = _Kernel(
 )
 
 
+def _response_bh_impl(
+    u: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    tau: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    b, h = native.response_forward(u, w1, b1, w2, b2, tau, hidden=True)
+    return b, h
+
+
+def _response_bh_fake(u, w1, b1, w2, b2, tau):
+    return torch.empty_like(u), u.new_empty((u.shape[0], w1.shape[0], *u.shape[2:]))
+
+
+_response_bh_kernel = _Kernel(
+    "response_bh",
+    _response_bh_impl,
+    _response_bh_fake,
+    # eager: b and h in scratch buffers (AOSStep.backward consumes both in the same call)
+    eager=lambda u, w1, b1, w2, b2, tau: native.response_forward(
+        u, w1, b1, w2, b2, tau, hidden=True, scratch=True
+    ),
+)
+
+
 def _response_backward_impl(
     u: torch.Tensor,
     gb: torch.Tensor,
     gu_in: torch.Tensor,
+    h: torch.Tensor,
     w1: torch.Tensor,
     b1: torch.Tensor,
     w2: torch.Tensor,
     b2: torch.Tensor,
     tau: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return native.response_backward(u, gb, gu_in, w1, b1, w2, b2, tau)
+    return native.response_backward(u, gb, gu_in, h, w1, b1, w2, b2, tau)
 
 
-def _response_backward_fake(u, gb, gu_in, w1, b1, w2, b2, tau):
+def _response_backward_fake(u, gb, gu_in, h, w1, b1, w2, b2, tau):
     return (
         torch.empty_like(gb),
         w1.new_empty(w1.shape),
@@ -350,7 +378,8 @@ class AOSStep(torch.autograd.Function):
         h = n = None
         if w1 is not None:
             if native_path:
-                b = response_b(u, tau, w1, b1, w2, b2)
+                # h as well: the reaction's backward reads it instead of recomputing it
+                b, h = _response_bh_kernel(u, w1, b1, w2, b2, tau)
             else:
                 h, n = _response_torch(u, w1, b1, w2, b2)
                 b = u + _view(tau, u.ndim - 2) * n
@@ -359,12 +388,10 @@ class AOSStep(torch.autograd.Function):
         if w1 is not None:
             if native_path:
                 gu, gw1, gb1, gw2, gb2, gtau = _response_backward_kernel(
-                    u, gb, gu, w1, b1, w2, b2, tau
+                    u, gb, gu, h, w1, b1, w2, b2, tau
                 )
             else:
-                gu, gtau, gw1, gb1, gw2, gb2 = response_backward_torch(
-                    u, h, n, gb, gu, tau, w1, w2
-                )
+                gu, gtau, gw1, gb1, gw2, gb2 = response_backward_torch(u, h, n, gb, gu, tau, w1, w2)
         return (
             gu,
             gtau,
@@ -549,7 +576,7 @@ def _energy_backward_impl(
     mean: torch.Tensor,
     inv_std: torch.Tensor,
 ) -> torch.Tensor:
-    return native.energy_backward(z, g, tuple(spacing), mean, inv_std)
+    return native.energy_backward(z, g, tuple(spacing), mean, inv_std)[0]
 
 
 def _energy_backward_fake(z, g, spacing, mean, inv_std):
@@ -561,6 +588,28 @@ _energy_backward_kernel = _Kernel(
 )
 
 
+def _energy_value(z: torch.Tensor, spacing: Sequence[float], eps: float):
+    """``(E, mean, inv_std)``: the edge energy of ``z`` (a scalar in ``z``'s dtype) and the
+    per-volume statistics its backward reuses (see :class:`EdgeEnergy`)."""
+    if uses_native(z):
+        sums, mean, inv_std = _energy_sums_kernel(z, list(spacing), eps)
+        faces = [z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(len(spacing))]
+        # an axis of one cell has no faces and contributes 0
+        total = sum(sums[d] / f for d, f in enumerate(faces) if f > 0)
+        total = torch.as_tensor(total, dtype=torch.float64).to(z.dtype)
+    else:
+        mean, inv_std = _moments(z, eps)
+        total = z.new_zeros(())
+        for d, h in enumerate(spacing):
+            if z.shape[2 + d] < 2:
+                continue  # no faces: contributes 0
+            s = torch.diff(z, dim=2 + d) * (inv_std / h)
+            # log(1 + s^2) rather than log1p: vectorised on the CPU (log1p is ~6x
+            # slower there); s^2 >= 0, so the error is a rounding of 1 + s^2.
+            total = total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
+    return total / len(spacing), mean, inv_std
+
+
 class EdgeEnergy(torch.autograd.Function):
     """Scalar ``(1/m) sum_d mean log(1 + (diff_d z_hat / h_d)^2)``, ``z_hat`` = standardised
     ``z``; saves ``z`` and its per-volume ``(mean, 1 / std)`` (compiled kernel on the CPU).
@@ -570,27 +619,10 @@ class EdgeEnergy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, spacing: tuple[float, ...], eps: float):  # noqa: D102
-        if uses_native(z):
-            sums, mean, inv_std = _energy_sums_kernel(z, list(spacing), eps)
-            faces = [
-                z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(len(spacing))
-            ]
-            # an axis of one cell has no faces and contributes 0
-            total = sum(sums[d] / f for d, f in enumerate(faces) if f > 0)
-            total = torch.as_tensor(total, dtype=torch.float64).to(z.dtype)
-        else:
-            mean, inv_std = _moments(z, eps)
-            total = z.new_zeros(())
-            for d, h in enumerate(spacing):
-                if z.shape[2 + d] < 2:
-                    continue  # no faces: contributes 0
-                s = torch.diff(z, dim=2 + d) * (inv_std / h)
-                # log(1 + s^2) rather than log1p: vectorised on the CPU (log1p is ~6x
-                # slower there); s^2 >= 0, so the error is a rounding of 1 + s^2.
-                total = total + torch.log(torch.addcmul(torch.ones_like(s), s, s)).mean()
+        total, mean, inv_std = _energy_value(z, spacing, eps)
         ctx.save_for_backward(z, mean, inv_std)
         ctx.spacing = spacing
-        return total / len(spacing)
+        return total
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
@@ -606,12 +638,12 @@ class EdgeEnergy(torch.autograd.Function):
 
 
 def _gate_impl(
-    x: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
+    x: torch.Tensor, u: torch.Tensor, a: torch.Tensor, g: torch.Tensor, c: torch.Tensor
 ) -> torch.Tensor:
-    return native.gate_forward(x, u, x_hat, g)
+    return native.gate_forward(x, u, a, g, c)
 
 
-def _gate_fake(x, u, x_hat, g):
+def _gate_fake(x, u, a, g, c):
     return torch.empty_like(x)
 
 
@@ -619,57 +651,134 @@ _gate_kernel = _Kernel("gate", _gate_impl, _gate_fake)
 
 
 def _gate_backward_impl(
-    gy: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
+    gy: torch.Tensor, x_hat: torch.Tensor, u: torch.Tensor, a: torch.Tensor, g: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gu, gxh, s = native.gate_backward(gy, u, x_hat, g)
-    return gu, gxh, s
+    dx, gu, S = native.gate_backward(gy, x_hat, u, a, g)
+    assert gu is not None
+    return dx, gu, S
 
 
-def _gate_backward_fake(gy, u, x_hat, g):
-    return (
-        torch.empty_like(gy),
-        torch.empty_like(gy),
-        gy.new_empty(gy.shape[:2], dtype=torch.float64),
-    )
+def _gate_backward_fake(gy, x_hat, u, a, g):
+    stat = gy.new_empty((*gy.shape[:2], 3), dtype=torch.float64)
+    return torch.empty_like(gy), torch.empty_like(gy), stat
 
 
 _gate_backward_kernel = _Kernel("gate_backward", _gate_backward_impl, _gate_backward_fake)
 
 
-class Gate(torch.autograd.Function):
-    """The gated residual ``y = x + gamma_c std (u_hat - x_hat)`` of a block.
+def _gate_backward_dx_impl(
+    gy: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    dx, _, S = native.gate_backward(gy, x_hat, None, a, g)
+    return dx, S
 
-    ``x``, ``u_hat``, ``x_hat``: ``(B, C, *S)``; ``gamma`` ``(C,)``; ``std`` ``(B, C, 1, ...)``.
-    Saves ``u_hat`` and ``x_hat`` (kept by the steps anyway). Backward: ``dx = gy``,
-    ``du_hat = g gy``, ``dx_hat = -g gy``, ``dgamma_c = sum_b std S``, ``dstd = gamma S``
-    with ``g = gamma std`` and ``S = sum_voxels gy (u_hat - x_hat)`` per sample and channel.
+
+def _gate_backward_dx_fake(gy, x_hat, a, g):
+    return torch.empty_like(gy), gy.new_empty((*gy.shape[:2], 3), dtype=torch.float64)
+
+
+_gate_backward_dx_kernel = _Kernel(
+    "gate_backward_dx", _gate_backward_dx_impl, _gate_backward_dx_fake
+)
+
+
+def _gate_energy_backward_impl(
+    z: torch.Tensor,
+    g: torch.Tensor,
+    spacing: list[float],
+    mean: torch.Tensor,
+    inv_std: torch.Tensor,
+    gy: torch.Tensor,
+    gg: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gz, su = native.energy_backward(z, g, tuple(spacing), mean, inv_std, gy, gg)
+    assert su is not None
+    return gz, su
+
+
+def _gate_energy_backward_fake(z, g, spacing, mean, inv_std, gy, gg):
+    return torch.empty_like(z), z.new_empty(z.shape[:2], dtype=torch.float64)
+
+
+_gate_energy_backward_kernel = _Kernel(
+    "gate_energy_backward", _gate_energy_backward_impl, _gate_energy_backward_fake
+)
+
+
+class GatedResidual(torch.autograd.Function):
+    """The block's output ``y = (1 - gamma_c) x + gamma_c (mean + std u_hat)`` and, with
+    ``energy``, the regulariser ``E(u_hat)`` of :class:`EdgeEnergy` (else a constant 0).
+
+    ``y = x + gamma std (u_hat - x_hat)`` for ``x_hat = (x - mean) / std``, written so that
+    ``y`` is exactly ``x`` while ``gamma = 0`` and needs no ``x_hat``: its gradient goes to
+    ``x``, ``u_hat``, ``mean`` and ``std`` (one feature map each for ``x`` and ``u_hat``, two
+    numbers per sample and channel for the statistics), and ``u_hat`` receives the gate's
+    and the regulariser's gradients from one kernel.
+
+    ``x``, ``u_hat``, ``x_hat``: ``(B, C, *S)``; ``gamma`` ``(C,)``; ``mean``, ``std`` ``(B,
+    C, 1, ...)``. ``x_hat`` must be ``(x - mean) / std`` (the block's standardised input):
+    it is read only for ``dL/dgamma = sum std gy (u_hat - x_hat)``, which avoids the
+    cancellation of ``mean + std u_hat - x``. Saves ``u_hat`` and ``x_hat`` (kept by the
+    steps anyway) and the statistics.
     """
 
     @staticmethod
-    def forward(ctx, x, u_hat, x_hat, gamma, std):  # noqa: D102
-        g = gamma.reshape(1, -1) * std.reshape(std.shape[0], -1)  # (B, C)
+    def forward(ctx, x, u_hat, x_hat, gamma, mean, std, spacing, eps: float, energy: bool):  # noqa: D102
+        a, g, c = _gate_coefficients(gamma, mean, std)
         if uses_native(x):
-            y = _gate_kernel(x, u_hat, x_hat, g)
+            y = _gate_kernel(x, u_hat, a, g, c)
         else:
-            y = x + _bc(g, x.ndim) * (u_hat - x_hat)
-        ctx.save_for_backward(u_hat, x_hat, gamma, std)
-        return y
+            nd = x.ndim
+            y = _bc(a, nd) * x + (_bc(c, nd) + _bc(g, nd) * u_hat)
+        if energy:
+            total, e_mean, e_inv_std = _energy_value(u_hat, spacing, eps)
+        else:
+            total, e_mean, e_inv_std = x.new_zeros(()), None, None
+        ctx.save_for_backward(u_hat, x_hat, gamma, mean, std, e_mean, e_inv_std)
+        ctx.spacing, ctx.energy = spacing, energy
+        return y, total
 
     @staticmethod
-    def backward(ctx, gy):  # noqa: D102
-        u_hat, x_hat, gamma, std = ctx.saved_tensors
-        g = gamma.reshape(1, -1) * std.reshape(std.shape[0], -1)
+    def backward(ctx, gy, g_energy):  # noqa: D102
+        u_hat, x_hat, gamma, mean, std, e_mean, e_inv_std = ctx.saved_tensors
+        a, g, _ = _gate_coefficients(gamma, mean, std)
+        gy = gy.contiguous()
+        nd = gy.ndim
         if uses_native(gy):
-            gu, gxh, s = _gate_backward_kernel(gy.contiguous(), u_hat, x_hat, g)
-            s = s.to(gy.dtype)
+            if ctx.energy:
+                dx, S = _gate_backward_dx_kernel(gy, x_hat, a, g)
+                gu, su = _gate_energy_backward_kernel(
+                    u_hat, g_energy, list(ctx.spacing), e_mean, e_inv_std, gy, g
+                )
+                S = S.to(gy.dtype)
+                sg, su, sx = S[..., 0], su.to(gy.dtype), S[..., 2]
+            else:
+                dx, gu, S = _gate_backward_kernel(gy, x_hat, u_hat, a, g)
+                S = S.to(gy.dtype)
+                sg, su, sx = S[..., 0], S[..., 1], S[..., 2]
         else:
-            gu = _bc(g, gy.ndim) * gy
-            gxh = -gu
-            s = (gy * (u_hat - x_hat)).flatten(2).sum(dim=2)
+            dims = tuple(range(2, nd))
+            dx = _bc(a, nd) * gy
+            gu = _bc(g, nd) * gy
+            sg, su, sx = gy.sum(dim=dims), (gy * u_hat).sum(dim=dims), (gy * x_hat).sum(dim=dims)
+            if ctx.energy:
+                gu = gu + _energy_backward_torch(
+                    u_hat, g_energy, ctx.spacing, e_mean, 1.0 / e_inv_std
+                )
+        gam = gamma.reshape(1, -1)
         std2 = std.reshape(std.shape[0], -1)
-        ggamma = (s * std2).sum(dim=0)
-        gstd = (s * gamma.reshape(1, -1)).reshape(std.shape)
-        return gy, gu, gxh, ggamma, gstd
+        ggamma = (std2 * (su - sx)).sum(dim=0)
+        gmean = (gam * sg).reshape(mean.shape)
+        gstd = (gam * su).reshape(std.shape)
+        return dx, gu, None, ggamma, gmean, gstd, None, None, None
+
+
+def _gate_coefficients(gamma, mean, std) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a, g, c)`` ``(B, C)`` of ``y = a x + (c + g u_hat)``: ``1 - gamma``, ``gamma std``,
+    ``gamma mean``."""
+    B = std.shape[0]
+    gam = gamma.reshape(1, -1)
+    return (1.0 - gam).expand(B, -1), gam * std.reshape(B, -1), gam * mean.reshape(B, -1)
 
 
 def _bc(g: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -99,9 +99,7 @@ def _build() -> ctypes.CDLL:
         if proc.returncode != 0:
             os.unlink(tmp)
             msg = (proc.stderr or proc.stdout).strip().splitlines()
-            raise RuntimeError(
-                f"{' '.join(cmd)} failed: {msg[-1] if msg else proc.returncode}"
-            )
+            raise RuntimeError(f"{' '.join(cmd)} failed: {msg[-1] if msg else proc.returncode}")
         os.replace(tmp, target)  # atomic: concurrent builders never see a partial file
     lib = ctypes.CDLL(str(target))
     _declare(lib)
@@ -121,7 +119,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         mf.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, lg, lg]
         mf.restype = i
         mb = getattr(lib, "mlp_backward" + suffix)
-        mb.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, p, lg, lg]
+        mb.argtypes = [p, p, p, p, p, p, p, p, p, p, lg, lg, lg, p, lg, lg]
         mb.restype = i
         mc = getattr(lib, "mlp_chunk_len" + suffix)
         mc.argtypes = [lg, lg]
@@ -137,13 +135,13 @@ def _declare(lib: ctypes.CDLL) -> None:
         ef.argtypes = [p, p, p, p, p, i, p, d, lg, lg]
         ef.restype = i
         gf = getattr(lib, "gate_forward" + suffix)
-        gf.argtypes = [p, p, p, p, p, lg, lg, lg]
+        gf.argtypes = [p, p, p, p, p, p, lg, lg, lg]
         gf.restype = i
         gbk = getattr(lib, "gate_backward" + suffix)
-        gbk.argtypes = [p, p, p, p, p, p, p, lg, lg, lg]
+        gbk.argtypes = [p, p, p, p, p, p, p, p, lg, lg, lg]
         gbk.restype = i
         eb = getattr(lib, "energy_backward" + suffix)
-        eb.argtypes = [p, p, p, i, p, p, p, p, lg, lg]
+        eb.argtypes = [p, p, p, i, p, p, p, p, p, p, p, lg, lg]
         eb.restype = i
     lib.aos_lanes.restype = i
     lib.tanh_f32_array.argtypes = [p, p, lg]
@@ -185,9 +183,7 @@ def _threads() -> ThreadPoolExecutor | None:
         if _pool is None or _pool_size != n:
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(
-                max_workers=n, thread_name_prefix="nnunet_pde_aos"
-            )
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nnunet_pde_aos")
             _pool_size = n
     return _pool
 
@@ -223,13 +219,14 @@ def _run_parts(fn, args: tuple, units: int, width: int = 0) -> torch.Tensor | No
 _scratch_buffers = threading.local()
 
 
-def _scratch(slot: str, like: torch.Tensor) -> torch.Tensor:
-    """This thread's reusable buffer ``slot`` shaped like ``like`` (contiguous); its
-    previous contents are overwritten by the next caller of the same slot. One buffer per
-    slot is kept (the last shape asked for)."""
+def _scratch(slot: str, like: torch.Tensor, shape: torch.Size | None = None) -> torch.Tensor:
+    """This thread's reusable buffer ``slot`` shaped like ``like`` (or ``shape``, in
+    ``like``'s dtype; contiguous); its previous contents are overwritten by the next caller
+    of the same slot. One buffer per slot is kept (the last shape asked for)."""
+    shape = like.shape if shape is None else shape
     buf = getattr(_scratch_buffers, slot, None)
-    if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
-        buf = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype:
+        buf = torch.empty(shape, dtype=like.dtype, device=like.device)
         setattr(_scratch_buffers, slot, buf)
     return buf
 
@@ -318,9 +315,7 @@ def diffusion_backward(
     per_channel = sums.sum(dim=0).to(u.dtype)  # (C, 3, m)
     # Separate tensors: outputs of a custom operator must not alias each other.
     gcA = per_channel[:, 0].t().contiguous()
-    gce = (
-        per_channel[:, 1].t().contiguous() if ce is not None else torch.zeros_like(gcA)
-    )
+    gce = per_channel[:, 1].t().contiguous() if ce is not None else torch.zeros_like(gcA)
     gk = per_channel[:, 2].t().contiguous() if k is not None else torch.zeros_like(gcA)
     return gb, gu, gcA, gce, gk
 
@@ -331,11 +326,15 @@ def energy_backward(
     spacing: tuple[float, ...],
     mean: torch.Tensor,
     inv_std: torch.Tensor,
-) -> torch.Tensor:
+    gy: torch.Tensor | None = None,
+    gg: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``g * dE/dz`` of the edge energy (see :class:`~nnunet_pde.pde.fused.EdgeEnergy`).
 
     ``mean``, ``inv_std``: ``(B, C, 1, ...)`` statistics of ``z`` (``1 / sqrt(var + eps)``,
-    as :func:`energy_sums` returns them).
+    as :func:`energy_sums` returns them). With ``gy`` (a gate's ``dL/dy``, ``z`` its
+    ``u``) and ``gg`` ``(B, C)``, ``gg gy`` is added to the result and ``sum gy z`` per
+    sample and channel ``(B, C)`` (float64) is returned with it (else ``None``).
     """
     z = z.contiguous()
     m = z.ndim - 2
@@ -350,19 +349,15 @@ def energy_backward(
     mean = mean.reshape(-1).to(z.dtype).contiguous()
     inv_std = inv_std.reshape(-1).to(z.dtype).contiguous()
     gz = torch.empty_like(z)
+    S = None
+    if gy is not None:
+        assert gg is not None
+        gy, gg = gy.contiguous(), gg.reshape(-1).to(z.dtype).contiguous()
+        S = torch.zeros((B * C, 3), dtype=torch.float64)
     fn = _kernel("energy_backward", z.dtype)
-    args = (
-        _ptr(z),
-        _ptr(gz),
-        _dims(z.shape),
-        m,
-        _ptr(coef),
-        _ptr(hs),
-        _ptr(mean),
-        _ptr(inv_std),
-    )
-    _run_split(fn, args, B * C)
-    return gz
+    args = (_ptr(z), _ptr(gz), _dims(z.shape), m, _ptr(coef), _ptr(hs), _ptr(mean))
+    _run_split(fn, (*args, _ptr(inv_std), _ptr(gy), _ptr(gg), _ptr(S)), B * C)
+    return gz, None if S is None else S[:, 1].reshape(B, C).contiguous()
 
 
 def _chunks(shape: torch.Size, channels: int, hidden: int, dtype: torch.dtype) -> int:
@@ -386,15 +381,17 @@ def response_forward(
     b2: torch.Tensor,
     tau: torch.Tensor,
     hidden: bool = False,
+    reaction: bool = False,
     scratch: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """The reaction ``N(u) = W2 tanh(W1 u + b1) + b2`` per voxel and ``b = u + tau N``; C
     kernel.
 
     ``u``: ``(B, C, *S)``; ``w1``: ``(H, C, 1, ...)``, ``w2``: ``(C, H, 1, ...)`` (1x1
-    convolution weights); ``tau``: ``(C,)``. Returns ``(b,)``, or with ``hidden``
-    ``(h, N, b)`` with ``h = tanh(W1 u + b1)`` ``(B, H, *S)``. With ``scratch``, ``b`` is
-    this thread's scratch buffer ``"b"`` (valid until the next such call).
+    convolution weights); ``tau``: ``(C,)``. Returns ``(b,)``, followed by ``h = tanh(W1 u
+    + b1)`` ``(B, H, *S)`` with ``hidden`` and by ``N`` with ``reaction``. With
+    ``scratch``, ``b`` and ``h`` are this thread's scratch buffers ``"b"`` and ``"h"``
+    (valid until the next such call).
     """
     u = u.contiguous()
     C, H = u.shape[1], w1.shape[0]
@@ -404,20 +401,21 @@ def response_forward(
     tauc = tau.to(u.dtype).contiguous()
     fn = _kernel("mlp_forward", u.dtype)
     b = _scratch("b", u) if scratch else torch.empty_like(u)
-    h = u.new_empty((u.shape[0], H, *u.shape[2:])) if hidden else None
-    n = torch.empty_like(u) if hidden else None
+    h = None
+    if hidden:
+        h_shape = torch.Size((u.shape[0], H, *u.shape[2:]))
+        h = _scratch("h", u, h_shape) if scratch else u.new_empty(h_shape)
+    n = torch.empty_like(u) if reaction else None
     args = (_ptr(u), _ptr(w1m), _ptr(b1c), _ptr(w2m), _ptr(b2c), _ptr(tauc), _ptr(b))
     _run_split(fn, (*args, _ptr(h), _ptr(n), C, H, P), _chunks(u.shape, C, H, u.dtype))
-    if hidden:
-        assert h is not None and n is not None
-        return h, n, b
-    return (b,)
+    return (b, *(t for t in (h, n) if t is not None))
 
 
 def response_backward(
     u: torch.Tensor,
     gb: torch.Tensor,
     gu_in: torch.Tensor,
+    h: torch.Tensor | None,
     w1: torch.Tensor,
     b1: torch.Tensor,
     w2: torch.Tensor,
@@ -426,8 +424,8 @@ def response_backward(
     inplace: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of ``b = u + tau N(u)``, ``N(u) = W2 tanh(W1 u + b1) + b2``, for ``dL/db =
-    gb``, with ``h`` and ``N`` recomputed from ``u`` (nothing of the forward is kept); C
-    kernel.
+    gb``, from ``u`` and the forward's ``h = tanh(W1 u + b1)`` ``(B, H, *S)`` (recomputed
+    from ``u`` where ``None``); ``N`` is not needed. C kernel.
 
     Returns ``(gu, gw1, gb1, gw2, gb2, gtau)``: ``gu = gu_in + W1^T gpre`` ``(B, C, *S)``
     with ``gpre = (W2^T (tau gb)) (1 - h^2)``, and the gradients of ``w1`` ``(H, C, 1,
@@ -436,6 +434,7 @@ def response_backward(
     ``gu`` is written over ``gu_in`` (when it is contiguous).
     """
     u, gb, gu_in = u.contiguous(), gb.contiguous(), gu_in.contiguous()
+    h = None if h is None else h.contiguous()
     C, H = gb.shape[1], w1.shape[0]
     P = gb[0, 0].numel()
     w1m, w2m = _weights(w1, w2, dtype=gb.dtype)
@@ -443,10 +442,10 @@ def response_backward(
     # Each chunk of gu_in is read into scratch before the same chunk of gu is written.
     gu = gu_in if inplace else torch.empty_like(gb)
     fn = _kernel("mlp_backward", gb.dtype)
-    args = (_ptr(u), _ptr(gb), _ptr(gu_in), _ptr(w1m), _ptr(b1c), _ptr(w2m), _ptr(b2c))
+    args = (_ptr(u), _ptr(gb), _ptr(gu_in), _ptr(h), _ptr(w1m), _ptr(b1c), _ptr(w2m))
     acc = _run_parts(
         fn,
-        (*args, _ptr(tauc), _ptr(gu), C, H, P),
+        (*args, _ptr(b2c), _ptr(tauc), _ptr(gu), C, H, P),
         _chunks(gb.shape, C, H, gb.dtype),
         width=2 * H * C + H + 2 * C,
     )
@@ -477,9 +476,7 @@ def standardise_forward(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]
     mean = x.new_empty(stat)
     std = x.new_empty(stat)
     fn = _kernel("standardise_forward", x.dtype)
-    _run_split(
-        fn, (_ptr(x), _ptr(x_hat), _ptr(mean), _ptr(std), x[0, 0].numel(), eps), B * C
-    )
+    _run_split(fn, (_ptr(x), _ptr(x_hat), _ptr(mean), _ptr(std), x[0, 0].numel(), eps), B * C)
     return x_hat, mean, std
 
 
@@ -530,29 +527,38 @@ def log1p_f32(x: torch.Tensor) -> torch.Tensor:
 
 
 def gate_forward(
-    x: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
-):
-    """``x + g (u - x_hat)`` with ``g`` per sample and channel; C kernel."""
-    x, u, x_hat = x.contiguous(), u.contiguous(), x_hat.contiguous()
-    g = g.to(x.dtype).contiguous()
+    x: torch.Tensor, u: torch.Tensor, a: torch.Tensor, g: torch.Tensor, c: torch.Tensor
+) -> torch.Tensor:
+    """``a x + (c + g u)`` with ``a``, ``g``, ``c`` per sample and channel ``(B, C)``; C
+    kernel."""
+    x, u = x.contiguous(), u.contiguous()
+    a, g, c = (t.to(x.dtype).contiguous() for t in (a, g, c))
     y = torch.empty_like(x)
     fn = _kernel("gate_forward", x.dtype)
-    args = (_ptr(x), _ptr(u), _ptr(x_hat), _ptr(g), _ptr(y), x[0, 0].numel())
+    args = (_ptr(x), _ptr(u), _ptr(a), _ptr(g), _ptr(c), _ptr(y), x[0, 0].numel())
     _run_split(fn, args, x.shape[0] * x.shape[1])
     return y
 
 
 def gate_backward(
-    gy: torch.Tensor, u: torch.Tensor, x_hat: torch.Tensor, g: torch.Tensor
-):
-    """``(g gy, -g gy, S)`` with ``S = sum gy (u - x_hat)`` per sample and channel
-    ``(B, C)`` (float64); C kernel."""
-    gy, u, x_hat = gy.contiguous(), u.contiguous(), x_hat.contiguous()
-    g = g.to(gy.dtype).contiguous()
-    gu, gxh = torch.empty_like(gy), torch.empty_like(gy)
+    gy: torch.Tensor,
+    x_hat: torch.Tensor,
+    u: torch.Tensor | None,
+    a: torch.Tensor,
+    g: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(a gy, g gy, S)`` with ``S[..., 0] = sum gy``, ``S[..., 1] = sum gy u``, ``S[...,
+    2] = sum gy x_hat`` per sample and channel ``(B, C, 3)`` (float64); without ``u`` the
+    second output is ``None`` and ``S[..., 1]`` is 0 (see :func:`energy_backward`); C
+    kernel."""
+    gy, x_hat = gy.contiguous(), x_hat.contiguous()
+    u = None if u is None else u.contiguous()
+    a, g = (t.to(gy.dtype).contiguous() for t in (a, g))
+    dx = torch.empty_like(gy)
+    gu = None if u is None else torch.empty_like(gy)
     B, C = gy.shape[:2]
-    S = torch.empty((B, C), dtype=torch.float64)
+    S = torch.zeros((B, C, 3), dtype=torch.float64)
     fn = _kernel("gate_backward", gy.dtype)
-    args = (_ptr(gy), _ptr(u), _ptr(x_hat), _ptr(g), _ptr(gu), _ptr(gxh), _ptr(S))
+    args = (_ptr(gy), _ptr(x_hat), _ptr(u), _ptr(a), _ptr(g), _ptr(dx), _ptr(gu), _ptr(S))
     _run_split(fn, (*args, gy[0, 0].numel()), B * C)
-    return gu, gxh, S
+    return dx, gu, S

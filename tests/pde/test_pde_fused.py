@@ -91,8 +91,8 @@ REACTION_CASES = [
 @pytest.mark.parametrize("shape,hidden", REACTION_CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_reaction_kernels_equal_the_torch_implementation(shape, hidden, dtype) -> None:
-    """The reaction's forward and its one-kernel backward (h and N recomputed, weight,
-    bias and tau gradients summed inside) against the torch formulas."""
+    """The reaction's forward and its one-kernel backward (h read or recomputed, N never
+    formed, weight, bias and tau gradients summed inside) against the torch formulas."""
     torch.manual_seed(3)
     c, one = shape[1], [1] * (len(shape) - 2)
     u, gb, gu_in = (torch.randn(*shape, dtype=dtype) for _ in range(3))
@@ -102,26 +102,35 @@ def test_reaction_kernels_equal_the_torch_implementation(shape, hidden, dtype) -
     tau = torch.rand(c, dtype=dtype)
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
     h, n = fused._response_torch(u, w1, b1, w2, b2)
-    got_h, got_n, got_b = native.response_forward(u, w1, b1, w2, b2, tau, hidden=True)
+    got_b, got_h, got_n = native.response_forward(
+        u, w1, b1, w2, b2, tau, hidden=True, reaction=True
+    )
     torch.testing.assert_close(got_h, h, **tol)
     torch.testing.assert_close(got_n, n, **tol)
     torch.testing.assert_close(got_b, u + tau.view(-1, *one) * n, **tol)
     gu_before = gu_in.clone()
-    got = native.response_backward(u, gb, gu_in, w1, b1, w2, b2, tau)
+    got = native.response_backward(u, gb, gu_in, None, w1, b1, w2, b2, tau)
     assert torch.equal(gu_in, gu_before)  # not in place unless asked
+    # from the forward's h: the same results (h is bitwise the one recomputed)
+    from_h = native.response_backward(u, gb, gu_in, got_h, w1, b1, w2, b2, tau)
+    for x, y in zip(got, from_h, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
     # (gu, gtau, gw1, gb1, gw2, gb2) from torch in float64 (sums over thousands of voxels:
     # float32 references round too); the kernel returns gtau last
     d = [t.double() for t in (u, gb, gu_in, w1, b1, w2, b2, tau)]
     hd, nd = fused._response_torch(d[0], d[3], d[4], d[5], d[6])
     want = fused.response_backward_torch(d[0], hd, nd, d[1], d[2], d[7], d[3], d[5])
     names = ("gu", "gw1", "gb1", "gw2", "gb2", "gtau")
+    # h given wrongly (zero) must change the result: the kernel really reads it
+    wrong = native.response_backward(u, gb, gu_in, torch.zeros_like(got_h), w1, b1, w2, b2, tau)
+    assert not torch.allclose(wrong[0], got[0])
     for name, x, y in zip(names, got, [want[0], *want[2:], want[1]], strict=True):
         assert x.dtype == dtype
         err = (x.double() - y).abs().max().item()
         scale = y.abs().max().item()
         limit = 1e-12 if dtype == torch.float64 else 1e-5
         assert err <= limit * max(scale, 1.0), f"{name}: error {err:.3g}, scale {scale:.3g}"
-    inplace = native.response_backward(u, gb, gu_in, w1, b1, w2, b2, tau, inplace=True)
+    inplace = native.response_backward(u, gb, gu_in, got_h, w1, b1, w2, b2, tau, inplace=True)
     assert inplace[0].data_ptr() == gu_in.data_ptr()
     torch.testing.assert_close(inplace[0].double(), want[0], **tol)
 
@@ -220,6 +229,10 @@ def _edge_energy_by_autograd(z: torch.Tensor, spacing, eps: float = 1e-5) -> tor
 def test_edge_energy_equals_its_formula(backend, monkeypatch) -> None:
     if backend == "torch":
         monkeypatch.setattr(native, "AVAILABLE", False)
+    elif not HAS_COMPILER:
+        pytest.skip("no C compiler on this machine")
+    else:
+        assert native.library() is not None  # loaded here: run alone, nothing else loads it
     torch.manual_seed(4)
     z = (2.0 * torch.randn(2, 3, 7, 20, 9, dtype=torch.float64)).requires_grad_()
     spacing = (3.0, 1.0, 1.4)
@@ -384,6 +397,7 @@ def test_vector_log1p_is_accurate() -> None:
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_statistics_kernels_equal_the_torch_implementation(shape, dtype, monkeypatch) -> None:
     """Standardise forward/backward and the edge energy, compiled kernels vs torch."""
+    assert native.library() is not None  # loaded here: run alone, nothing else loads it
     torch.manual_seed(7)
     x = (3.0 * torch.randn(*shape, dtype=dtype) + 2.0).requires_grad_()
     spacing = tuple(1.0 + 0.5 * d for d in range(len(shape) - 2))
@@ -404,15 +418,43 @@ def test_statistics_kernels_equal_the_torch_implementation(shape, dtype, monkeyp
     assert torch.isfinite(got[3])  # an axis of one cell contributes 0, not NaN
 
 
+@pytest.mark.parametrize("energy", [False, True])
 @pytest.mark.parametrize("backend", ["native", "torch"])
-def test_gate_gradcheck_and_formula(backend, monkeypatch) -> None:
+def test_gate_gradcheck_and_formula(backend, energy, monkeypatch) -> None:
+    """The gated residual (and the regulariser of u_hat fused into it) passes gradcheck,
+    equals ``x + gamma std (u_hat - x_hat)`` and, separately, :class:`EdgeEnergy`."""
     if backend == "torch":
         monkeypatch.setattr(native, "AVAILABLE", False)
+    elif not HAS_COMPILER:
+        pytest.skip("no C compiler on this machine")
+    else:
+        assert native.library() is not None  # loaded here: run alone, nothing else loads it
     torch.manual_seed(8)
     shape = (2, 3, 4, 5, 17)
-    x, u, xh = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    spacing = (1.0, 1.5, 2.5)
+    x, u = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for _ in range(2))
     gamma = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    std = (torch.rand(2, 3, 1, 1, 1, dtype=torch.float64) + 0.5).requires_grad_()
-    assert torch.autograd.gradcheck(fused.Gate.apply, (x, u, xh, gamma, std))
+    stat = (2, 3, 1, 1, 1)
+    mean = torch.randn(stat, dtype=torch.float64).requires_grad_()
+    std = (torch.rand(stat, dtype=torch.float64) + 0.5).requires_grad_()
+    # x_hat consistent with (x, mean, std), as in the block (read only for dL/dgamma)
+    xh = ((x - mean) / std).detach()
+
+    def f(x, u, gamma, mean, std):
+        y, e = fused.GatedResidual.apply(x, u, xh, gamma, mean, std, spacing, 1e-5, energy)
+        return y, 3.0 * e
+
+    assert torch.autograd.gradcheck(f, (x, u, gamma, mean, std))
+    y, e = f(x, u, gamma, mean, std)
+    assert fused.uses_native(y) == (backend == "native")
     want = x + gamma.view(1, -1, 1, 1, 1) * std * (u - xh)
-    torch.testing.assert_close(fused.Gate.apply(x, u, xh, gamma, std), want)
+    torch.testing.assert_close(y, want)
+    if energy:
+        torch.testing.assert_close(e, 3.0 * fused.EdgeEnergy.apply(u, spacing, 1e-5))
+    else:
+        assert float(e.detach()) == 0.0
+    # a closed gate returns x bit for bit, whatever u_hat holds
+    y0, _ = fused.GatedResidual.apply(
+        x, 1e6 * u, xh, torch.zeros_like(gamma), mean, std, spacing, 1e-5, energy
+    )
+    assert torch.equal(y0, x)

@@ -370,10 +370,12 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
 /* Backward of the edge energy E = (1/m) sum_d mean_faces log(1 + s^2), s = diff_d(z_hat)
  * / h_d, z_hat = (z - mean) / std per volume, for volumes [v0, v1): gz (overwritten) =
  * dE/dz times g. coef[d] = g / (m * faces_d * h_d) with faces_d the number of faces of axis
- * d over the whole tensor; inv_std[v] = 1 / std of volume v; mean[v] its mean. */
+ * d over the whole tensor; inv_std[v] = 1 / std of volume v; mean[v] its mean. Where gy is
+ * given (the gate's dL/dy, z being the gate's u), gz also gets the gate's gg[v] gy and
+ * S[3 v + 1] = sum gy z (double), the part of gate_backward that reads z. */
 int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const T *coef,
-                              const T *hs, const T *mean, const T *inv_std, long v0,
-                              long v1) {
+                              const T *hs, const T *mean, const T *inv_std, const T *gy,
+                              const T *gg, double *S, long v0, long v1) {
     long vox, nmax;
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
     T *q = (T *)malloc(sizeof(T) * (size_t)(vox > 0 ? vox : 1));
@@ -429,7 +431,26 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
         }
         /* gz_hat -> dz = (gz_hat - mean(gz_hat) - z_hat mean(gz_hat z_hat)) / std */
         const T m1 = (T)(s1 / vox), m2 = (T)(s2 / vox);
-        for (long i = 0; i < vox; ++i) gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is;
+        if (gy) {
+            const T *restrict yv = gy + v * vox;
+            const T c = gg[v];
+            double a[LANES] = {0}, r = 0;
+            long i = 0;
+            for (; i + LANES <= vox; i += LANES)
+                for (int l = 0; l < LANES; ++l) {
+                    T zi = zv[i + l], q = yv[i + l];
+                    a[l] += q * zi;
+                    gv[i + l] = (gv[i + l] - m1 - ((zi - mu) * is) * m2) * is + c * q;
+                }
+            for (; i < vox; ++i) {
+                r += yv[i] * zv[i];
+                gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is + c * yv[i];
+            }
+            for (int l = 0; l < LANES; ++l) r += a[l];
+            S[3 * v + 1] = r;
+        } else {
+            for (long i = 0; i < vox; ++i) gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is;
+        }
     }
     FTZ_END
     free(q);

@@ -191,52 +191,60 @@ int CAT(mlp_forward, SUF)(const T *u, const T *w1, const T *b1, const T *w2, con
     return 0;
 }
 
-/* The whole backward of b = u + tau N(u) for dL/db = gb, with h and N recomputed from u:
- * gN = tau gb, gpre = (W2^T gN) (1 - h^2), gu = gu_in + W1^T gpre (written to out_gu), and
- * the parameter gradients added to acc (float64, laid out as
+/* The whole backward of b = u + tau N(u) for dL/db = gb, from u and the forward's hidden
+ * activation h = tanh(W1 u + b1) (h_in, (B, H, P); recomputed from u where NULL):
+ * gpre = (W2^T (tau gb)) (1 - h^2), gu = gu_in + W1^T gpre (written to out_gu), and the
+ * parameter gradients added to acc (float64, laid out as
  * [gw1 (H, C) | gb1 (H) | gw2 (C, H) | gb2 (C) | gtau (C)]):
- * gw1 += gpre u^T, gb1 += sum gpre, gw2 += gN h^T, gb2 += sum gN, gtau += sum gb N. */
-int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *w1, const T *b1,
-                           const T *w2, const T *b2, const T *tau, T *out_gu, long C,
-                           long H, long P, double *acc, long t0, long t1) {
+ * gw1 += gpre u^T, gb1 += sum gpre, gw2 += tau S, gb2 += tau s, gtau += sum gb N
+ * with S = sum gb h^T and s = sum gb. N is never formed: sum gb_c N_c = sum_k W2[c, k]
+ * S[c, k] + b2[c] s[c] (a product, not a difference, so no precision is lost for small
+ * tau). */
+int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *h_in,
+                           const T *w1, const T *b1, const T *w2, const T *b2, const T *tau,
+                           T *out_gu, long C, long H, long P, double *acc, long t0, long t1) {
     const long L = CAT(mlp_chunk_len, SUF)(C, H), LP = L + LANES, vs = LP / LANES;
     const long chunks = (P + L - 1) / L;
-    /* scratch rows: u, gN, gu (C each), h, gpre (H each); then 3 C single vectors */
+    /* scratch rows: u, gb, gu (C each), h, gpre (H each) */
     T *buf = CAT(scratch, SUF)(3 * C + 2 * H, LP);
-    V *vec = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)(3 * C));
-    if (!buf || !vec) {
+    V *Tm = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)C); /* W1^T gpre of a sub-tile */
+    T *w2t = (T *)malloc(sizeof(T) * (size_t)(C * H + 1));        /* tau-scaled W2 */
+    double *S = (double *)calloc((size_t)(C * H + C), sizeof(double)); /* S, then s */
+    if (!buf || !Tm || !w2t || !S) {
         free(buf);
-        free(vec);
+        free(Tm);
+        free(w2t);
+        free(S);
         return 1;
     }
     FTZ_BEGIN
     T *U = buf, *G = U + C * LP, *GU = G + C * LP, *Hh = GU + C * LP, *GP = Hh + H * LP;
     V *Uv = (V *)U, *Gv = (V *)G, *GUv = (V *)GU, *Hv = (V *)Hh, *GPv = (V *)GP;
-    V *Nt = vec, *Tm = Nt + C, *GT = Tm + C; /* N, W1^T gpre of a sub-tile; gtau partials */
     double *gw1 = acc, *gb1 = gw1 + H * C, *gw2 = gb1 + H, *gb2 = gw2 + C * H, *gtau = gb2 + C;
+    double *sgb = S + C * H;
     const V one = (V){} + (T)1;
+    for (long c = 0; c < C; ++c)
+        for (long k = 0; k < H; ++k) w2t[c * H + k] = tau[c] * w2[c * H + k];
     for (long t = t0; t < t1; ++t) {
         long bi, p0, len, sub;
         CAT(chunk_at, SUF)(t, chunks, L, P, &bi, &p0, &len, &sub);
         CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
         CAT(rows_in, SUF)(gb + bi * C * P, G, C, P, p0, len, LP);
         CAT(rows_in, SUF)(gu_in + bi * C * P, GU, C, P, p0, len, LP);
-        for (long c = 0; c < C; ++c) GT[c] = (V){};
+        if (h_in) CAT(rows_in, SUF)(h_in + bi * H * P, Hh, H, P, p0, len, LP);
         for (long s = 0; s < sub; ++s) {
             if (t + 1 < t1) {
                 CAT(prefetch_next, SUF)(u, C, P, L, chunks, t, s);
                 CAT(prefetch_next, SUF)(gb, C, P, L, chunks, t, s);
                 CAT(prefetch_next, SUF)(gu_in, C, P, L, chunks, t, s);
+                if (h_in) CAT(prefetch_next, SUF)(h_in, H, P, L, chunks, t, s);
             }
-            CAT(reaction_at, SUF)(w1, b1, w2, b2, Uv + s, vs, Hv + s, vs, Nt, 1, C, H);
-            /* zero-filled tail lanes have gb = 0: they add nothing to any sum below */
-            for (long c = 0; c < C; ++c) {
-                V g = Gv[c * vs + s];
-                GT[c] += g * Nt[c];
-                Gv[c * vs + s] = tau[c] * g;
+            if (!h_in) {
+                CAT(matvec, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
+                for (long k = 0; k < H; ++k) Hv[k * vs + s] = TANH(Hv[k * vs + s]);
             }
-            /* W2 is (C, H): (W2^T)[o = k][i = c] = W2[c * H + k] */
-            CAT(matvec, SUF)(w2, 1, H, 0, Gv + s, vs, C, GPv + s, vs, H);
+            /* W2 is (C, H): (W2^T)[o = k][i = c] = W2[c * H + k]; tau folded in */
+            CAT(matvec, SUF)(w2t, 1, H, 0, Gv + s, vs, C, GPv + s, vs, H);
             for (long k = 0; k < H; ++k) {
                 V h = Hv[k * vs + s];
                 GPv[k * vs + s] *= one - h * h;
@@ -246,14 +254,25 @@ int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *w1,
             for (long c = 0; c < C; ++c) GUv[c * vs + s] += Tm[c];
         }
         CAT(rows_out, SUF)(GU, out_gu + bi * C * P, C, P, p0, len, LP);
-        for (long c = 0; c < C; ++c) gtau[c] += CAT(hsum, SUF)(GT[c]);
+        /* zero-filled tail lanes have gb = 0 and gpre = 0: they add nothing below */
         CAT(gemm_nt, SUF)(GP, H, U, C, LP, sub, gw1);
         CAT(row_sums, SUF)(GP, H, LP, sub, gb1);
-        CAT(gemm_nt, SUF)(G, C, Hh, H, LP, sub, gw2);
-        CAT(row_sums, SUF)(G, C, LP, sub, gb2);
+        CAT(gemm_nt, SUF)(G, C, Hh, H, LP, sub, S);
+        CAT(row_sums, SUF)(G, C, LP, sub, sgb);
+    }
+    for (long c = 0; c < C; ++c) {
+        double nt = (double)b2[c] * sgb[c];
+        for (long k = 0; k < H; ++k) {
+            gw2[c * H + k] += (double)tau[c] * S[c * H + k];
+            nt += (double)w2[c * H + k] * S[c * H + k];
+        }
+        gb2[c] += (double)tau[c] * sgb[c];
+        gtau[c] += nt;
     }
     FTZ_END
-    free(vec);
+    free(S);
+    free(w2t);
+    free(Tm);
     free(buf);
     return 0;
 }

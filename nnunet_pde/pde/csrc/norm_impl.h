@@ -124,45 +124,66 @@ int CAT(energy_forward, SUF)(const T *z, double *sums, T *mean, T *inv_std, cons
     return 0;
 }
 
-/* The gate y = x + g (u - x_hat), g = gamma_c std_v, per volume. */
-int CAT(gate_forward, SUF)(const T *x, const T *u, const T *xh, const T *g, T *y, long vox,
-                           long v0, long v1) {
+/* The gate y = a x + (c + g u) per volume v (a = 1 - gamma_c, g = gamma_c std_v, c =
+ * gamma_c mean_v): exactly x while gamma = 0. */
+int CAT(gate_forward, SUF)(const T *x, const T *u, const T *a, const T *g, const T *c, T *y,
+                           long vox, long v0, long v1) {
     FTZ_BEGIN
     for (long v = v0; v < v1; ++v) {
-        const T *restrict xv = x + v * vox, *restrict uv = u + v * vox, *restrict hv = xh + v * vox;
+        const T *restrict xv = x + v * vox, *restrict uv = u + v * vox;
         T *restrict yv = y + v * vox;
-        const T gv = g[v];
-        for (long i = 0; i < vox; ++i) yv[i] = xv[i] + gv * (uv[i] - hv[i]);
+        const T av = a[v], gv = g[v], cv = c[v];
+        for (long i = 0; i < vox; ++i) yv[i] = av * xv[i] + (cv + gv * uv[i]);
     }
     FTZ_END
     return 0;
 }
 
-/* Backward of the gate for dL/dy = gy: gu = g gy, gxh = -g gy, and per volume
- * S_v = sum_i gy (u - x_hat) (double; dL/dg_v = S_v). */
-int CAT(gate_backward, SUF)(const T *gy, const T *u, const T *xh, const T *g, T *gu, T *gxh,
-                            double *S, long vox, long v0, long v1) {
+/* Backward of the gate for dL/dy = gy: dx = a gy and per volume (double) S[3 v] = sum gy,
+ * S[3 v + 2] = sum gy x_hat; where u is given also gu = g gy and S[3 v + 1] = sum gy u
+ * (otherwise the energy's backward, which reads u anyway, adds them). */
+int CAT(gate_backward, SUF)(const T *gy, const T *xh, const T *u, const T *a, const T *g,
+                            T *dx, T *gu, double *S, long vox, long v0, long v1) {
     FTZ_BEGIN
     for (long v = v0; v < v1; ++v) {
-        const T *restrict gyv = gy + v * vox, *restrict uv = u + v * vox, *restrict hv = xh + v * vox;
-        T *restrict guv = gu + v * vox, *restrict ghv = gxh + v * vox;
-        const T gv = g[v];
-        double acc[LANES] = {0}, tail = 0;
+        const T *restrict gyv = gy + v * vox, *restrict hv = xh + v * vox;
+        T *restrict dxv = dx + v * vox;
+        const T av = a[v];
+        double s0[LANES] = {0}, s2[LANES] = {0}, r0 = 0, r2 = 0;
         long i = 0;
         for (; i + LANES <= vox; i += LANES)
             for (int l = 0; l < LANES; ++l) {
-                T a = gyv[i + l];
-                acc[l] += a * (uv[i + l] - hv[i + l]);
-                guv[i + l] = gv * a;
-                ghv[i + l] = -gv * a;
+                T q = gyv[i + l];
+                s0[l] += q;
+                s2[l] += q * hv[i + l];
+                dxv[i + l] = av * q;
             }
         for (; i < vox; ++i) {
-            tail += gyv[i] * (uv[i] - hv[i]);
-            guv[i] = gv * gyv[i];
-            ghv[i] = -gv * gyv[i];
+            r0 += gyv[i];
+            r2 += gyv[i] * hv[i];
+            dxv[i] = av * gyv[i];
         }
-        for (int l = 0; l < LANES; ++l) tail += acc[l];
-        S[v] = tail;
+        for (int l = 0; l < LANES; ++l) r0 += s0[l], r2 += s2[l];
+        S[3 * v] = r0;
+        S[3 * v + 2] = r2;
+        if (u) {
+            const T *restrict uv = u + v * vox;
+            T *restrict guv = gu + v * vox;
+            const T gv = g[v];
+            double s1[LANES] = {0}, r1 = 0;
+            for (i = 0; i + LANES <= vox; i += LANES)
+                for (int l = 0; l < LANES; ++l) {
+                    T q = gyv[i + l];
+                    s1[l] += q * uv[i + l];
+                    guv[i + l] = gv * q;
+                }
+            for (; i < vox; ++i) {
+                r1 += gyv[i] * uv[i];
+                guv[i] = gv * gyv[i];
+            }
+            for (int l = 0; l < LANES; ++l) r1 += s1[l];
+            S[3 * v + 1] = r1;
+        }
     }
     FTZ_END
     return 0;
