@@ -130,6 +130,23 @@ MUTATIONS = (
         ("tests/pde/test_pde_fused.py::test_gate_gradcheck_and_formula",),
     ),
     Mutation(
+        "fused block: the step gradients written into the buffer they read (one scratch slot)",
+        "nnunet_pde/pde/fused.py",
+        '        slots = ("fused_block_g0", "fused_block_g1")',
+        '        slots = ("fused_block_g0", "fused_block_g0")',
+        (
+            "tests/pde/test_pde_fused.py::test_fused_block_function_gradcheck",
+            "tests/pde/test_pde_fused.py::test_fused_block_equals_reference_implementation",
+        ),
+    ),
+    Mutation(
+        "fused block: the gate's direct (1 - gamma) dL/dy dropped from dL/dx",
+        "nnunet_pde/pde/fused.py",
+        "            dx = _standardise_backward_kernel(x_hat, std, g_u, gmean, gstd, gy, a)",
+        "            dx = _standardise_backward_kernel(x_hat, std, g_u, gmean, gstd, None, None)",
+        ("tests/pde/test_pde_fused.py::test_fused_block_function_gradcheck",),
+    ),
+    Mutation(
         "fused C last-axis panels: one stage of the 16 x 16 transpose with a wrong mask",
         "nnunet_pde/pde/csrc/common.h",
         "#define LO2 ((vi32){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29})",

@@ -20,4 +20,4 @@ def test_every_named_mutation_fails_its_test():
     )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "summary: 13 of 13 mutations caught" in proc.stdout
+    assert "summary: 15 of 15 mutations caught" in proc.stdout

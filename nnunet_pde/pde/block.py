@@ -11,7 +11,14 @@ from torch.utils.checkpoint import checkpoint
 
 from . import native
 from .config import EXACT_SOLVERS, PDEConfig
-from .fused import EdgeEnergy, GatedResidual, Standardise, aos_step_fused
+from .fused import (
+    EdgeEnergy,
+    FusedBlock,
+    GatedResidual,
+    Standardise,
+    aos_step_fused,
+    step_coefficients,
+)
 from .operators import Conductance, MomentOperator, Response, apply_weights, diagonal, pad_faces
 from .solvers import aos_step, explicit_step, sweep_step
 from .stencils import checkerboard
@@ -308,6 +315,8 @@ class PDEBlock(nn.Module):
         self._check_input(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(self._compute_dtype(x.dtype))
+            if self.fused and self.moment is None:
+                return self._fused_forward(xc).to(x.dtype)
             x_hat, mean, std = normalise(xc)
             u_hat = self.integrate(x_hat, record=False)
             # The gate and the regulariser of u_hat in one function: u_hat's two gradients
@@ -319,6 +328,41 @@ class PDEBlock(nn.Module):
             if record:
                 self.last_residuals = {"energy": energy}
         return y.to(x.dtype)
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` as one :class:`~nnunet_pde.pde.fused.FusedBlock` (every step fused,
+        no moment sub-step), ``x`` already in the compute dtype."""
+        cond = self.conductance
+        tau = self.time_step().to(x.dtype)
+        theta = 1.0 if self.config.solver == "semi_implicit" else 0.5
+        kappa = cond.kappa().to(x.dtype) if cond.edge_stopping else None
+        cA, ce, k = step_coefficients(x, tau, cond.alpha().to(x.dtype), kappa, self.spacing, theta)
+        w1 = b1 = w2 = b2 = None
+        if self.response is not None:
+            r = self.response
+            w1, b1, w2, b2 = (
+                t.to(x.dtype) for t in (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias)
+            )
+        record = self._records()
+        y, energy = FusedBlock.apply(
+            x,
+            self.gamma.to(x.dtype),
+            tau,
+            cA,
+            ce,
+            k,
+            w1,
+            b1,
+            w2,
+            b2,
+            self.config.steps,
+            self.spacing,
+            NORM_EPS,
+            record,
+        )
+        if record:
+            self.last_residuals = {"energy": energy}
+        return y
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.ndim + 2 or x.shape[1] != self.channels:

@@ -9,15 +9,18 @@ per-channel parameters and recomputes the rest in backward:
 * :class:`AOSStep`: one diffusion-reaction step ``u -> (1/m) sum_d T_d^{-1} (b + ce_d A_d
   u)`` with ``b = u + tau N(u)`` (semi-implicit ``theta = 1``: ``ce = None``; Crank-Nicolson
   ``theta = 1/2``). Saves ``u``. Backward recomputes the face weights ``phi``, the reaction
-  and the elimination, and solves the adjoint system with the same multipliers (``T_d`` is
-  symmetric). On the CPU the per-axis work runs in the compiled kernels of
-  :mod:`~nnunet_pde.pde.native` (face weights, right-hand side, Thomas elimination and back
-  substitution in one pass over each grid line); elsewhere, or without a C compiler, in the
-  vectorised torch implementation of this module (same formulas, tested equal).
+  (``b`` and the hidden activation ``h``; ``N`` is never needed) and the elimination, and
+  solves the adjoint system with the same multipliers (``T_d`` is symmetric). On the CPU
+  the per-axis work runs in the compiled kernels of :mod:`~nnunet_pde.pde.native` (face
+  weights, right-hand side, Thomas elimination and back substitution in one pass over
+  each grid line); elsewhere, or without a C compiler, in the vectorised torch
+  implementation of this module (same formulas, tested equal).
 * :class:`Standardise`: ``x -> ((x - mean) / std, mean, std)`` per sample and channel;
   saves its output and ``std``.
 * :class:`EdgeEnergy`: the regulariser :func:`~nnunet_pde.pde.block.edge_energy`; saves its
-  input (which the gate saves anyway).
+  input.
+* :class:`GatedResidual`: the block's output and (in training) the regulariser of ``u_K``
+  in one function; saves ``u_K`` and ``x_hat``.
 
 With ``K`` steps a training forward of a block therefore saves ``x_hat, u_1, ..., u_K``:
 ``K + 1`` feature maps (the gated output needs ``u_K`` and ``x_hat``).
@@ -353,6 +356,54 @@ def response_backward_torch(u, h, n, gb, gu_in, tau, w1, w2) -> tuple[torch.Tens
     return gu, gtau, gw1, gpf.sum(dim=(0, 2)), gw2, gnf.sum(dim=(0, 2))
 
 
+def _step_forward(u, tau, cA, ce, k, w1, b1, w2, b2) -> torch.Tensor:
+    """One step's output (see :class:`AOSStep`)."""
+    b = u if w1 is None else response_b(u, tau, w1, b1, w2, b2)
+    return diffusion_forward(u, b, cA, ce, k)
+
+
+def _step_backward(u, g, tau, cA, ce, k, w1, b1, w2, b2, out_slot: str | None = None):
+    """``(gu, gtau, gcA, gce, gk, gw1, gb1, gw2, gb2)`` of one step for upstream ``g`` (the
+    reaction's gradients ``None`` without one). With the compiled kernels in eager mode and
+    ``out_slot``, ``gu`` is the scratch buffer of that name (not ``g``'s)."""
+    native_path = uses_native(u)
+    b = u
+    h = n = None
+    if w1 is not None:
+        if native_path:
+            # h as well: the reaction's backward reads it instead of recomputing it
+            b, h = _response_bh_kernel(u, w1, b1, w2, b2, tau)
+        else:
+            h, n = _response_torch(u, w1, b1, w2, b2)
+            b = u + _view(tau, u.ndim - 2) * n
+    g = g.contiguous()
+    if native_path and out_slot is not None and not torch.compiler.is_compiling():
+        gb, gu, gcA, gce, gk = native.diffusion_backward(
+            u, b, g, cA, ce, k, scratch=True, out_slot=out_slot
+        )
+    else:
+        gb, gu, gcA, gce, gk = diffusion_backward(u, b, g, cA, ce, k)
+    gtau = gw1 = gb1 = gw2 = gb2 = None
+    if w1 is not None:
+        if native_path:
+            gu, gw1, gb1, gw2, gb2, gtau = _response_backward_kernel(
+                u, gb, gu, h, w1, b1, w2, b2, tau
+            )
+        else:
+            gu, gtau, gw1, gb1, gw2, gb2 = response_backward_torch(u, h, n, gb, gu, tau, w1, w2)
+    return (
+        gu,
+        gtau,
+        gcA,
+        gce if ce is not None else None,
+        gk if k is not None else None,
+        gw1,
+        gb1,
+        gw2,
+        gb2,
+    )
+
+
 class AOSStep(torch.autograd.Function):
     """One fused AOS diffusion-reaction step; see the module docstring.
 
@@ -365,44 +416,35 @@ class AOSStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, tau, cA, ce, k, w1, b1, w2, b2):  # noqa: D102
-        b = u if w1 is None else response_b(u, tau, w1, b1, w2, b2)
-        out = diffusion_forward(u, b, cA, ce, k)
         ctx.save_for_backward(u, tau, cA, ce, k, w1, b1, w2, b2)
-        return out
+        return _step_forward(u, tau, cA, ce, k, w1, b1, w2, b2)
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        u, tau, cA, ce, k, w1, b1, w2, b2 = ctx.saved_tensors
-        native_path = uses_native(u)
-        b = u
-        h = n = None
-        if w1 is not None:
-            if native_path:
-                # h as well: the reaction's backward reads it instead of recomputing it
-                b, h = _response_bh_kernel(u, w1, b1, w2, b2, tau)
-            else:
-                h, n = _response_torch(u, w1, b1, w2, b2)
-                b = u + _view(tau, u.ndim - 2) * n
-        gb, gu, gcA, gce, gk = diffusion_backward(u, b, g.contiguous(), cA, ce, k)
-        gtau = gw1 = gb1 = gw2 = gb2 = None
-        if w1 is not None:
-            if native_path:
-                gu, gw1, gb1, gw2, gb2, gtau = _response_backward_kernel(
-                    u, gb, gu, h, w1, b1, w2, b2, tau
-                )
-            else:
-                gu, gtau, gw1, gb1, gw2, gb2 = response_backward_torch(u, h, n, gb, gu, tau, w1, w2)
-        return (
-            gu,
-            gtau,
-            gcA,
-            gce if ce is not None else None,
-            gk if k is not None else None,
-            gw1,
-            gb1,
-            gw2,
-            gb2,
-        )
+        return _step_backward(ctx.saved_tensors[0], g, *ctx.saved_tensors[1:])
+
+
+def step_coefficients(
+    u: torch.Tensor,
+    tau: torch.Tensor,
+    alpha: torch.Tensor,
+    kappa: torch.Tensor | None,
+    spacing: Sequence[float],
+    theta: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(cA, ce, k)`` ``(m, C)`` of :class:`AOSStep` from the per-channel ``tau``,
+    ``alpha``, ``kappa`` ``(C,)`` (``kappa`` ``None``: linear Laplacian), the normalised
+    ``spacing`` and ``theta`` (in ``u``'s dtype and device)."""
+    m = len(spacing)
+    inv_h2 = torch.tensor([1.0 / (h * h) for h in spacing], dtype=u.dtype, device=u.device)
+    base = (tau * alpha).unsqueeze(0) * inv_h2.unsqueeze(1)  # (m, C): tau alpha / h^2
+    cA = (m * theta) * base
+    ce = (m * (1.0 - theta)) * base if theta < 1.0 else None
+    k = None
+    if kappa is not None:
+        inv_h = torch.tensor([1.0 / h for h in spacing], dtype=u.dtype, device=u.device)
+        k = inv_h.unsqueeze(1) / kappa.unsqueeze(0)
+    return cA, ce, k
 
 
 def aos_step_fused(
@@ -420,15 +462,7 @@ def aos_step_fused(
     ``response``: ``(w1, b1, w2, b2)`` or ``None``. Equals the reference
     ``aos_step(u, u + tau N(u), interior_weights(u), tau, theta)``.
     """
-    m = len(spacing)
-    inv_h2 = torch.tensor([1.0 / (h * h) for h in spacing], dtype=u.dtype, device=u.device)
-    base = (tau * alpha).unsqueeze(0) * inv_h2.unsqueeze(1)  # (m, C): tau alpha / h^2
-    cA = (m * theta) * base
-    ce = (m * (1.0 - theta)) * base if theta < 1.0 else None
-    k = None
-    if kappa is not None:
-        inv_h = torch.tensor([1.0 / h for h in spacing], dtype=u.dtype, device=u.device)
-        k = inv_h.unsqueeze(1) / kappa.unsqueeze(0)
+    cA, ce, k = step_coefficients(u, tau, alpha, kappa, spacing, theta)
     w1 = b1 = w2 = b2 = None
     if response is not None:
         w1, b1, w2, b2 = (t.to(u.dtype) for t in response)
@@ -474,11 +508,13 @@ def _standardise_backward_impl(
     g_hat: torch.Tensor,
     g_mean: torch.Tensor | None,
     g_std: torch.Tensor | None,
+    gy: torch.Tensor | None,
+    a: torch.Tensor | None,
 ) -> torch.Tensor:
-    return native.standardise_backward(x_hat, std, g_hat, g_mean, g_std)
+    return native.standardise_backward(x_hat, std, g_hat, g_mean, g_std, gy, a)
 
 
-def _standardise_backward_fake(x_hat, std, g_hat, g_mean, g_std):
+def _standardise_backward_fake(x_hat, std, g_hat, g_mean, g_std, gy, a):
     return torch.empty_like(x_hat)
 
 
@@ -523,13 +559,7 @@ class Standardise(torch.autograd.Function):
         if uses_native(x_hat):
             if g_hat is None:
                 g_hat = torch.zeros_like(x_hat)
-            return _standardise_backward_kernel(
-                x_hat,
-                std,
-                g_hat,
-                g_mean,
-                g_std,
-            ), None
+            return _standardise_backward_kernel(x_hat, std, g_hat, g_mean, g_std, None, None), None
         return standardise_backward(x_hat, std, g_hat, g_mean, g_std), None
 
 
@@ -705,6 +735,83 @@ _gate_energy_backward_kernel = _Kernel(
 )
 
 
+def _tail_forward(x, u_hat, gamma, mean, std, spacing, eps: float, energy: bool):
+    """``(y, E, e_mean, e_inv_std)`` of :class:`GatedResidual` (``E`` 0 and the statistics
+    ``None`` without ``energy``)."""
+    a, g, c = _gate_coefficients(gamma, mean, std)
+    if uses_native(x):
+        y = _gate_kernel(x, u_hat, a, g, c)
+    else:
+        nd = x.ndim
+        y = _bc(a, nd) * x + (_bc(c, nd) + _bc(g, nd) * u_hat)
+    if energy:
+        return (y, *_energy_value(u_hat, spacing, eps))
+    return y, x.new_zeros(()), None, None
+
+
+def _tail_backward(
+    gy,
+    u_hat,
+    x_hat,
+    gamma,
+    mean,
+    std,
+    e_mean,
+    e_inv_std,
+    g_energy,
+    spacing,
+    energy: bool,
+    with_dx: bool = True,
+    slot: str | None = None,
+):
+    """``(dx, gu, ggamma, gmean, gstd)`` of :class:`GatedResidual` for ``dL/dy = gy`` and
+    ``dL/dE = g_energy``; ``dx`` (``a gy``) is ``None`` without ``with_dx``. With the
+    compiled kernels in eager mode and ``slot``, ``gu`` is the scratch buffer of that name."""
+    a, g, _ = _gate_coefficients(gamma, mean, std)
+    gy = gy.contiguous()
+    nd = gy.ndim
+    dx = None
+    if uses_native(gy):
+        eager_slot = None if torch.compiler.is_compiling() else slot
+        if energy:
+            if eager_slot is not None:
+                dx, _, S = native.gate_backward(gy, x_hat, None, a, g, with_dx=with_dx)
+                gu, su = native.energy_backward(
+                    u_hat, g_energy, tuple(spacing), e_mean, e_inv_std, gy, g, out_slot=eager_slot
+                )
+            else:
+                dx, S = _gate_backward_dx_kernel(gy, x_hat, a, g)
+                gu, su = _gate_energy_backward_kernel(
+                    u_hat, g_energy, list(spacing), e_mean, e_inv_std, gy, g
+                )
+            S = S.to(gy.dtype)
+            sg, su, sx = S[..., 0], su.to(gy.dtype), S[..., 2]
+        else:
+            if eager_slot is not None:
+                dx, gu, S = native.gate_backward(
+                    gy, x_hat, u_hat, a, g, gu_slot=eager_slot, with_dx=with_dx
+                )
+            else:
+                dx, gu, S = _gate_backward_kernel(gy, x_hat, u_hat, a, g)
+            S = S.to(gy.dtype)
+            sg, su, sx = S[..., 0], S[..., 1], S[..., 2]
+        if not with_dx:
+            dx = None
+    else:
+        dims = tuple(range(2, nd))
+        dx = _bc(a, nd) * gy if with_dx else None
+        gu = _bc(g, nd) * gy
+        sg, su, sx = gy.sum(dim=dims), (gy * u_hat).sum(dim=dims), (gy * x_hat).sum(dim=dims)
+        if energy:
+            gu = gu + _energy_backward_torch(u_hat, g_energy, spacing, e_mean, 1.0 / e_inv_std)
+    gam = gamma.reshape(1, -1)
+    std2 = std.reshape(std.shape[0], -1)
+    ggamma = (std2 * (su - sx)).sum(dim=0)
+    gmean = (gam * sg).reshape(mean.shape)
+    gstd = (gam * su).reshape(std.shape)
+    return dx, gu, ggamma, gmean, gstd
+
+
 class GatedResidual(torch.autograd.Function):
     """The block's output ``y = (1 - gamma_c) x + gamma_c (mean + std u_hat)`` and, with
     ``energy``, the regulariser ``E(u_hat)`` of :class:`EdgeEnergy` (else a constant 0).
@@ -724,16 +831,9 @@ class GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, u_hat, x_hat, gamma, mean, std, spacing, eps: float, energy: bool):  # noqa: D102
-        a, g, c = _gate_coefficients(gamma, mean, std)
-        if uses_native(x):
-            y = _gate_kernel(x, u_hat, a, g, c)
-        else:
-            nd = x.ndim
-            y = _bc(a, nd) * x + (_bc(c, nd) + _bc(g, nd) * u_hat)
-        if energy:
-            total, e_mean, e_inv_std = _energy_value(u_hat, spacing, eps)
-        else:
-            total, e_mean, e_inv_std = x.new_zeros(()), None, None
+        y, total, e_mean, e_inv_std = _tail_forward(
+            x, u_hat, gamma, mean, std, spacing, eps, energy
+        )
         ctx.save_for_backward(u_hat, x_hat, gamma, mean, std, e_mean, e_inv_std)
         ctx.spacing, ctx.energy = spacing, energy
         return y, total
@@ -741,36 +841,103 @@ class GatedResidual(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, g_energy):  # noqa: D102
         u_hat, x_hat, gamma, mean, std, e_mean, e_inv_std = ctx.saved_tensors
-        a, g, _ = _gate_coefficients(gamma, mean, std)
-        gy = gy.contiguous()
-        nd = gy.ndim
-        if uses_native(gy):
-            if ctx.energy:
-                dx, S = _gate_backward_dx_kernel(gy, x_hat, a, g)
-                gu, su = _gate_energy_backward_kernel(
-                    u_hat, g_energy, list(ctx.spacing), e_mean, e_inv_std, gy, g
-                )
-                S = S.to(gy.dtype)
-                sg, su, sx = S[..., 0], su.to(gy.dtype), S[..., 2]
-            else:
-                dx, gu, S = _gate_backward_kernel(gy, x_hat, u_hat, a, g)
-                S = S.to(gy.dtype)
-                sg, su, sx = S[..., 0], S[..., 1], S[..., 2]
-        else:
-            dims = tuple(range(2, nd))
-            dx = _bc(a, nd) * gy
-            gu = _bc(g, nd) * gy
-            sg, su, sx = gy.sum(dim=dims), (gy * u_hat).sum(dim=dims), (gy * x_hat).sum(dim=dims)
-            if ctx.energy:
-                gu = gu + _energy_backward_torch(
-                    u_hat, g_energy, ctx.spacing, e_mean, 1.0 / e_inv_std
-                )
-        gam = gamma.reshape(1, -1)
-        std2 = std.reshape(std.shape[0], -1)
-        ggamma = (std2 * (su - sx)).sum(dim=0)
-        gmean = (gam * sg).reshape(mean.shape)
-        gstd = (gam * su).reshape(std.shape)
+        dx, gu, ggamma, gmean, gstd = _tail_backward(
+            gy,
+            u_hat,
+            x_hat,
+            gamma,
+            mean,
+            std,
+            e_mean,
+            e_inv_std,
+            g_energy,
+            ctx.spacing,
+            ctx.energy,
+        )
         return dx, gu, None, ggamma, gmean, gstd, None, None, None
+
+
+class FusedBlock(torch.autograd.Function):
+    """A whole block's forward, ``x -> (y, E)``, when every step is fused: the
+    standardisation (:class:`Standardise`), ``steps`` :class:`AOSStep` steps and the tail
+    (:class:`GatedResidual`) in one function, with the same formulas and saved tensors
+    (``x_hat, u_1, ..., u_K``).
+
+    Being one function, its backward owns every gradient between its input and its output:
+    the gradients of ``u_K, ..., u_1`` alternate between two per-thread scratch buffers in
+    eager mode on the CPU (instead of a fresh feature map per step), the per-channel
+    parameter gradients of the steps are summed here, and ``dL/dx`` (the standardisation's
+    backward plus the gate's ``(1 - gamma) gy``) is formed by one kernel pass instead of two
+    maps added by autograd.
+
+    Inputs: ``x`` ``(B, C, *S)``; ``gamma`` ``(C,)``; ``tau, cA, ce, k, w1, b1, w2, b2`` as
+    for :class:`AOSStep` (shared by all steps); ``steps`` ``K >= 1``; ``spacing`` the
+    normalised spacing; ``eps`` the variance floor; ``energy`` whether ``E`` is computed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, tau, cA, ce, k, w1, b1, w2, b2, steps: int, spacing, eps, energy):  # noqa: D102
+        if uses_native(x):
+            x_hat, mean, std = _standardise_kernel(x, eps)
+        else:
+            x_hat, mean, std = _standardise(x, eps)
+        # without a backward to come (inference) each state is dropped once the next exists
+        keep = any(ctx.needs_input_grad)
+        u, us = x_hat, [x_hat]
+        for _ in range(steps):
+            u = _step_forward(u, tau, cA, ce, k, w1, b1, w2, b2)
+            if keep:
+                us.append(u)
+        y, total, e_mean, e_inv_std = _tail_forward(x, u, gamma, mean, std, spacing, eps, energy)
+        if keep:
+            ctx.save_for_backward(
+                *us, gamma, mean, std, tau, cA, ce, k, w1, b1, w2, b2, e_mean, e_inv_std
+            )
+        ctx.steps, ctx.spacing, ctx.energy = steps, spacing, energy
+        return y, total
+
+    @staticmethod
+    def backward(ctx, gy, g_energy):  # noqa: D102
+        K = ctx.steps
+        saved = ctx.saved_tensors
+        us = saved[: K + 1]
+        gamma, mean, std, tau, cA, ce, k, w1, b1, w2, b2, e_mean, e_inv_std = saved[K + 1 :]
+        x_hat = us[0]
+        slots = ("fused_block_g0", "fused_block_g1")
+        _, g_u, ggamma, gmean, gstd = _tail_backward(
+            gy,
+            us[-1],
+            x_hat,
+            gamma,
+            mean,
+            std,
+            e_mean,
+            e_inv_std,
+            g_energy,
+            ctx.spacing,
+            ctx.energy,
+            with_dx=False,
+            slot=slots[0],
+        )
+        grads: list[torch.Tensor | None] | None = None
+        for i in range(K - 1, -1, -1):
+            out = _step_backward(
+                us[i], g_u, tau, cA, ce, k, w1, b1, w2, b2, out_slot=slots[(K - i) % 2]
+            )
+            g_u = out[0]
+            if grads is None:
+                grads = list(out[1:])
+            else:
+                grads = [None if p is None else p + q for p, q in zip(grads, out[1:], strict=True)]
+        assert grads is not None
+        a = _gate_coefficients(gamma, mean, std)[0]
+        gy = gy.contiguous()
+        if uses_native(x_hat):
+            dx = _standardise_backward_kernel(x_hat, std, g_u, gmean, gstd, gy, a)
+        else:
+            dx = standardise_backward(x_hat, std, g_u, gmean, gstd) + _bc(a, gy.ndim) * gy
+        gtau, gcA, gce, gk, gw1, gb1, gw2, gb2 = grads
+        return dx, ggamma, gtau, gcA, gce, gk, gw1, gb1, gw2, gb2, None, None, None, None
 
 
 def _gate_coefficients(gamma, mean, std) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

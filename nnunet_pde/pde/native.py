@@ -14,7 +14,7 @@ implementation instead; results agree to rounding (tested).
 ``torch.ops.nnunet_pde.*`` (CPU, float32/float64) with shape-only fake implementations, so
 ``torch.compile(fullgraph=True)`` treats them as opaque calls instead of breaking the graph.
 
-Temporaries that die inside one fused step (the reaction's ``b``, the diffusion's
+Temporaries that die inside one fused step (the reaction's ``b`` and ``h``, the diffusion's
 ``dL/db``) can come from a per-thread scratch buffer (``scratch=True``, eager mode only):
 a fresh feature-map-sized allocation faults in all its pages again whenever glibc has
 returned the freed block to the system, which costs 5-15 % of a block's step.
@@ -129,7 +129,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         sf.argtypes = [p, p, p, p, lg, d, lg, lg]
         sf.restype = i
         sb = getattr(lib, "standardise_backward" + suffix)
-        sb.argtypes = [p, p, p, p, p, p, lg, lg, lg]
+        sb.argtypes = [p, p, p, p, p, p, p, p, lg, lg, lg]
         sb.restype = i
         ef = getattr(lib, "energy_forward" + suffix)
         ef.argtypes = [p, p, p, p, p, i, p, d, lg, lg]
@@ -293,20 +293,22 @@ def diffusion_backward(
     ce: torch.Tensor | None,
     k: torch.Tensor | None,
     scratch: bool = False,
+    out_slot: str | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`diffusion_forward` for upstream gradient ``g``; C kernel.
 
     Returns ``(dL/db, dL/du through the face weights and the explicit half plus dL/db,
     dL/dcA, dL/dce, dL/dk)``, the last three ``(m, C)`` (zeros where ``ce``/``k`` is
     ``None``). With ``scratch``, ``dL/db`` is this thread's scratch buffer ``"gb"`` (valid
-    until the next such call).
+    until the next such call); with ``out_slot``, ``dL/du`` is the scratch buffer of that
+    name (which must not be ``g``'s).
     """
     u, b, g = u.contiguous(), b.contiguous(), g.contiguous()
     cA, ce, k = (None if t is None else t.contiguous() for t in (cA, ce, k))
     m = u.ndim - 2
     B, C = u.shape[:2]
     gb = _scratch("gb", u) if scratch else torch.empty_like(u)
-    gu = torch.empty_like(u)
+    gu = _scratch(out_slot, u) if out_slot else torch.empty_like(u)
     sums = torch.empty((B, C, 3, m), dtype=torch.float64)
     fn = _kernel("aos_backward", u.dtype)
     dims = _dims(u.shape)
@@ -328,13 +330,15 @@ def energy_backward(
     inv_std: torch.Tensor,
     gy: torch.Tensor | None = None,
     gg: torch.Tensor | None = None,
+    out_slot: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``g * dE/dz`` of the edge energy (see :class:`~nnunet_pde.pde.fused.EdgeEnergy`).
 
     ``mean``, ``inv_std``: ``(B, C, 1, ...)`` statistics of ``z`` (``1 / sqrt(var + eps)``,
     as :func:`energy_sums` returns them). With ``gy`` (a gate's ``dL/dy``, ``z`` its
     ``u``) and ``gg`` ``(B, C)``, ``gg gy`` is added to the result and ``sum gy z`` per
-    sample and channel ``(B, C)`` (float64) is returned with it (else ``None``).
+    sample and channel ``(B, C)`` (float64) is returned with it (else ``None``). With
+    ``out_slot`` the result is the scratch buffer of that name.
     """
     z = z.contiguous()
     m = z.ndim - 2
@@ -348,7 +352,7 @@ def energy_backward(
     hs = torch.tensor(spacing, dtype=z.dtype)
     mean = mean.reshape(-1).to(z.dtype).contiguous()
     inv_std = inv_std.reshape(-1).to(z.dtype).contiguous()
-    gz = torch.empty_like(z)
+    gz = _scratch(out_slot, z) if out_slot else torch.empty_like(z)
     S = None
     if gy is not None:
         assert gg is not None
@@ -486,14 +490,21 @@ def standardise_backward(
     g_hat: torch.Tensor,
     g_mean: torch.Tensor | None,
     g_std: torch.Tensor | None,
+    gy: torch.Tensor | None = None,
+    a: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``dL/dx`` of :func:`standardise_forward`; C kernel."""
+    """``dL/dx`` of :func:`standardise_forward`, plus ``a gy`` where ``gy`` is given (``a``
+    per sample and channel ``(B, C)``: a direct use of ``x`` scaled per volume, summed in
+    the same pass); C kernel."""
     x_hat, g_hat, std = x_hat.contiguous(), g_hat.contiguous(), std.contiguous()
     g_mean, g_std = (None if t is None else t.contiguous() for t in (g_mean, g_std))
+    if gy is not None:
+        assert a is not None
+        gy, a = gy.contiguous(), a.to(x_hat.dtype).contiguous()
     dx = torch.empty_like(x_hat)
     fn = _kernel("standardise_backward", x_hat.dtype)
-    args = (_ptr(x_hat), _ptr(std), _ptr(g_hat), _ptr(g_mean), _ptr(g_std), _ptr(dx))
-    _run_split(fn, (*args, x_hat[0, 0].numel()), x_hat.shape[0] * x_hat.shape[1])
+    args = (_ptr(x_hat), _ptr(std), _ptr(g_hat), _ptr(g_mean), _ptr(g_std), _ptr(gy), _ptr(a))
+    _run_split(fn, (*args, _ptr(dx), x_hat[0, 0].numel()), x_hat.shape[0] * x_hat.shape[1])
     return dx
 
 
@@ -546,16 +557,21 @@ def gate_backward(
     u: torch.Tensor | None,
     a: torch.Tensor,
     g: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    gu_slot: str | None = None,
+    with_dx: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """``(a gy, g gy, S)`` with ``S[..., 0] = sum gy``, ``S[..., 1] = sum gy u``, ``S[...,
     2] = sum gy x_hat`` per sample and channel ``(B, C, 3)`` (float64); without ``u`` the
-    second output is ``None`` and ``S[..., 1]`` is 0 (see :func:`energy_backward`); C
-    kernel."""
+    second output is ``None`` and ``S[..., 1]`` is 0 (see :func:`energy_backward`), without
+    ``with_dx`` the first; C kernel. With ``gu_slot``, ``g gy`` is the scratch buffer of
+    that name."""
     gy, x_hat = gy.contiguous(), x_hat.contiguous()
     u = None if u is None else u.contiguous()
     a, g = (t.to(gy.dtype).contiguous() for t in (a, g))
-    dx = torch.empty_like(gy)
-    gu = None if u is None else torch.empty_like(gy)
+    dx = torch.empty_like(gy) if with_dx else None
+    gu = None
+    if u is not None:
+        gu = _scratch(gu_slot, gy) if gu_slot else torch.empty_like(gy)
     B, C = gy.shape[:2]
     S = torch.zeros((B, C, 3), dtype=torch.float64)
     fn = _kernel("gate_backward", gy.dtype)

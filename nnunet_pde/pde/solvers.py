@@ -132,4 +132,3 @@ def sweep_step(
         else:
             v = jacobi_sweep(v, b, weights, denom, tau, omega)
     return v
-

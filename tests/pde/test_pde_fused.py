@@ -196,6 +196,30 @@ def test_fused_step_gradcheck(backend, theta, edge_stopping, response, shape, mo
     assert torch.autograd.gradcheck(fused.AOSStep.apply, inputs, eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("steps,energy,theta", [(2, True, 1.0), (3, False, 0.5), (1, True, 0.5)])
+def test_fused_block_function_gradcheck(backend, steps, energy, theta, monkeypatch) -> None:
+    """The whole-block function (standardisation, K steps, gate and regulariser, with its
+    gradient buffers alternating between two scratch slots) against numerical derivatives
+    in float64, for every input at once."""
+    if backend == "native":
+        if not HAS_COMPILER:
+            pytest.skip("no C compiler on this machine")
+        assert native.library() is not None
+    else:
+        monkeypatch.setattr(native, "AVAILABLE", False)
+    u, *params = _step_inputs((2, 2, 4, 5, 3), theta, True, True)
+    x = (1.5 * u.detach() + 0.7).requires_grad_()
+    gamma = torch.tensor([0.6, -0.4], dtype=torch.float64, requires_grad=True)
+    spacing = (1.0, 1.4, 2.0)
+
+    def f(x, gamma, *p):
+        y, e = fused.FusedBlock.apply(x, gamma, *p, steps, spacing, 1e-5, energy)
+        return y, 2.0 * e
+
+    assert torch.autograd.gradcheck(f, (x, gamma, *params), eps=1e-6, atol=1e-6)
+
+
 def test_standardise_and_edge_energy_gradcheck() -> None:
     torch.manual_seed(3)
     x = (3.0 * torch.randn(2, 3, 4, 5, 6, dtype=torch.float64) + 1.0).requires_grad_()
@@ -262,6 +286,8 @@ def _run_block(block: PDEBlock, x: torch.Tensor):
         {"solver": "crank_nicolson"},
         {"operator": "laplacian"},
         {"response": False, "steps": 3},
+        {"steps": 3},
+        {"steps": 1, "solver": "crank_nicolson"},
         {"operator": "moment", "solver": "crank_nicolson"},
     ],
 )

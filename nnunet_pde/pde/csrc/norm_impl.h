@@ -58,9 +58,10 @@ int CAT(standardise_forward, SUF)(const T *x, T *x_hat, T *mean, T *std, long vo
 }
 
 /* dx = (g - mean(g) - x_hat mean(g x_hat)) / std + g_mean / N + g_std x_hat / N per volume
- * (g_mean, g_std per volume; either may be NULL). */
+ * (g_mean, g_std per volume; either may be NULL), plus a[v] gy where gy is not NULL. */
 int CAT(standardise_backward, SUF)(const T *x_hat, const T *std, const T *g, const T *g_mean,
-                                   const T *g_std, T *dx, long vox, long v0, long v1) {
+                                   const T *g_std, const T *gy, const T *a, T *dx, long vox,
+                                   long v0, long v1) {
     FTZ_BEGIN
     for (long v = v0; v < v1; ++v) {
         const T *restrict xv = x_hat + v * vox, *restrict gv = g + v * vox;
@@ -71,7 +72,14 @@ int CAT(standardise_backward, SUF)(const T *x_hat, const T *std, const T *g, con
         const T m1 = (T)(s1 / (double)vox), m2 = (T)(s2 / (double)vox);
         const T c0 = (g_mean ? g_mean[v] : (T)0) / (T)vox;
         const T c1 = (g_std ? g_std[v] : (T)0) / (T)vox;
-        for (long i = 0; i < vox; ++i) ov[i] = (gv[i] - m1 - xv[i] * m2) * is + c0 + c1 * xv[i];
+        if (gy) {
+            const T *restrict yv = gy + v * vox;
+            const T av = a[v];
+            for (long i = 0; i < vox; ++i)
+                ov[i] = (gv[i] - m1 - xv[i] * m2) * is + c0 + c1 * xv[i] + av * yv[i];
+        } else {
+            for (long i = 0; i < vox; ++i) ov[i] = (gv[i] - m1 - xv[i] * m2) * is + c0 + c1 * xv[i];
+        }
     }
     FTZ_END
     return 0;
@@ -139,16 +147,14 @@ int CAT(gate_forward, SUF)(const T *x, const T *u, const T *a, const T *g, const
     return 0;
 }
 
-/* Backward of the gate for dL/dy = gy: dx = a gy and per volume (double) S[3 v] = sum gy,
- * S[3 v + 2] = sum gy x_hat; where u is given also gu = g gy and S[3 v + 1] = sum gy u
- * (otherwise the energy's backward, which reads u anyway, adds them). */
+/* Backward of the gate for dL/dy = gy: dx = a gy (where dx is not NULL) and per volume
+ * (double) S[3 v] = sum gy, S[3 v + 2] = sum gy x_hat; where u is given also gu = g gy and
+ * S[3 v + 1] = sum gy u (otherwise the energy's backward, which reads u anyway, adds them). */
 int CAT(gate_backward, SUF)(const T *gy, const T *xh, const T *u, const T *a, const T *g,
                             T *dx, T *gu, double *S, long vox, long v0, long v1) {
     FTZ_BEGIN
     for (long v = v0; v < v1; ++v) {
         const T *restrict gyv = gy + v * vox, *restrict hv = xh + v * vox;
-        T *restrict dxv = dx + v * vox;
-        const T av = a[v];
         double s0[LANES] = {0}, s2[LANES] = {0}, r0 = 0, r2 = 0;
         long i = 0;
         for (; i + LANES <= vox; i += LANES)
@@ -156,12 +162,15 @@ int CAT(gate_backward, SUF)(const T *gy, const T *xh, const T *u, const T *a, co
                 T q = gyv[i + l];
                 s0[l] += q;
                 s2[l] += q * hv[i + l];
-                dxv[i + l] = av * q;
             }
         for (; i < vox; ++i) {
             r0 += gyv[i];
             r2 += gyv[i] * hv[i];
-            dxv[i] = av * gyv[i];
+        }
+        if (dx) {
+            T *restrict dxv = dx + v * vox;
+            const T av = a[v];
+            for (i = 0; i < vox; ++i) dxv[i] = av * gyv[i];
         }
         for (int l = 0; l < LANES; ++l) r0 += s0[l], r2 += s2[l];
         S[3 * v] = r0;
