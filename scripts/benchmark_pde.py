@@ -331,8 +331,14 @@ def block_vs_conv(
 ) -> dict[str, Any]:
     """One default :class:`PDEBlock` (fused steps; and, if ``reference``, the reference
     implementation) against one 3x3x3 convolution ``C -> C`` (padding 1, bias) at the same
-    input shape: forward+backward wall times, alternated rep by rep, and the bytes each
-    saves for backward relative to the input's bytes."""
+    input shape: forward+backward wall times and the bytes each saves for backward relative
+    to the input's bytes.
+
+    The convolution and the fused block are alternated repetition by repetition (the order
+    flipped every repetition), and besides the ratio of their medians the median of the
+    per-repetition ratios is reported, which cancels the slow drifts of a shared machine.
+    The reference implementation, whose allocations are tens of times larger, is timed
+    after them, so that it cannot change the allocator's state between the two compared."""
     from nnunet_pde.pde import PDEBlock, PDEConfig
 
     torch.manual_seed(seed)
@@ -363,23 +369,33 @@ def block_vs_conv(
             step()
         saved[name] = counted["bytes"]
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for step in variants.values():  # warm-up (kernel build, allocator)
-        step()
+
+    def timed(name: str) -> None:
+        _sync(device)
+        t0 = time.perf_counter()
+        variants[name]()
+        _sync(device)
+        times[name].append(time.perf_counter() - t0)
+
+    compared = ["conv3x3x3", "block_fused"]
+    for name in compared:  # warm-up (kernel build, allocator)
+        variants[name]()
     for r in range(reps):
-        names = list(variants) if r % 2 == 0 else list(variants)[::-1]
-        for name in names:
-            _sync(device)
-            t0 = time.perf_counter()
-            variants[name]()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+        for name in compared if r % 2 == 0 else compared[::-1]:
+            timed(name)
+    if reference:
+        variants["block_reference"]()  # warm-up
+        for _ in range(reps):
+            timed("block_reference")
     input_bytes = x.numel() * x.element_size()
     conv_time = _median(times["conv3x3x3"])
+    paired = [b / a for a, b in zip(times["conv3x3x3"], times["block_fused"], strict=True)]
     return {
         "shape": list(shape),
         "median_time_s": {k: _median(v) for k, v in times.items()},
         "times_s": times,
         "time_ratio_to_conv": {k: _median(v) / conv_time for k, v in times.items()},
+        "fused_paired_ratio_median": _median(paired),
         "saved_bytes": saved,
         "saved_bytes_over_input": {k: v / input_bytes for k, v in saved.items()},
     }
@@ -780,6 +796,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  {k:<16} {t * 1e3:>8.0f} ms  {res['time_ratio_to_conv'][k]:>5.2f}x conv  "
                 f"saved for backward {res['saved_bytes_over_input'][k]:>5.1f}x the input"
             )
+        print(
+            "  block_fused / conv3x3x3, median of the per-repetition ratios: "
+            f"{res['fused_paired_ratio_median']:.2f}x"
+        )
     if "models" not in results:
         if args.output is not None:
             args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -105,12 +105,17 @@ def test_saved_tensor_count_dedupes_storages_and_skips_parameters():
 
 def test_block_vs_conv_alone_writes_times_and_saved_bytes(tmp_path, capsys):
     out = tmp_path / "bvc.json"
-    args = ["--no-networks", "--block-vs-conv", "1x4x8x9x10", "--reps", "1", "--threads", "1"]
+    args = ["--no-networks", "--block-vs-conv", "1x4x8x9x10", "--reps", "3", "--threads", "1"]
     assert _load_script().main([*args, "--output", str(out)]) == 0
     (res,) = json.loads(out.read_text())["block_vs_conv"]
     assert res["shape"] == [1, 4, 8, 9, 10]
     assert set(res["median_time_s"]) == {"conv3x3x3", "block_fused", "block_reference"}
+    assert all(len(t) == 3 for t in res["times_s"].values())
     assert res["time_ratio_to_conv"]["conv3x3x3"] == 1.0
+    # the median of the per-repetition ratios, from the times it reports
+    t = res["times_s"]
+    ratios = sorted(b / a for a, b in zip(t["conv3x3x3"], t["block_fused"], strict=True))
+    assert res["fused_paired_ratio_median"] == pytest.approx(ratios[1])
     saved = res["saved_bytes_over_input"]
     # default K = 2: x_hat, u_1, u_2 (+ per-channel vectors); the reference keeps far more
     assert 2.9 < saved["block_fused"] < 3.2 and saved["block_reference"] > 10

@@ -160,6 +160,17 @@ def test_scratch_buffers_are_reused_only_when_asked() -> None:
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in args if t is not None)
 
 
+def _use_backend(backend: str, monkeypatch) -> None:
+    """Run the fused functions on the compiled kernels ("native", loaded here: a test run
+    alone has nothing else that loads them) or on their torch implementation ("torch")."""
+    if backend == "torch":
+        monkeypatch.setattr(native, "AVAILABLE", False)
+    elif not HAS_COMPILER:
+        pytest.skip("no C compiler on this machine")
+    else:
+        assert native.library() is not None, native.unavailable_reason()
+
+
 def _step_inputs(shape, theta: float, edge_stopping: bool, response: bool):
     torch.manual_seed(2)
     m, c = len(shape) - 2, shape[1]
@@ -186,12 +197,7 @@ def _step_inputs(shape, theta: float, edge_stopping: bool, response: bool):
 @pytest.mark.parametrize("shape", [(2, 2, 4, 5, 3), (1, 2, 5, 18)])
 def test_fused_step_gradcheck(backend, theta, edge_stopping, response, shape, monkeypatch):
     """The hand-written backward of the whole step (diffusion kernels + reaction)."""
-    if backend == "native":
-        if not HAS_COMPILER:
-            pytest.skip("no C compiler on this machine")
-        assert native.library() is not None
-    else:
-        monkeypatch.setattr(native, "AVAILABLE", False)
+    _use_backend(backend, monkeypatch)
     inputs = _step_inputs(shape, theta, edge_stopping, response)
     assert torch.autograd.gradcheck(fused.AOSStep.apply, inputs, eps=1e-6, atol=1e-6)
 
@@ -202,12 +208,7 @@ def test_fused_block_function_gradcheck(backend, steps, energy, theta, monkeypat
     """The whole-block function (standardisation, K steps, gate and regulariser, with its
     gradient buffers alternating between two scratch slots) against numerical derivatives
     in float64, for every input at once."""
-    if backend == "native":
-        if not HAS_COMPILER:
-            pytest.skip("no C compiler on this machine")
-        assert native.library() is not None
-    else:
-        monkeypatch.setattr(native, "AVAILABLE", False)
+    _use_backend(backend, monkeypatch)
     u, *params = _step_inputs((2, 2, 4, 5, 3), theta, True, True)
     x = (1.5 * u.detach() + 0.7).requires_grad_()
     gamma = torch.tensor([0.6, -0.4], dtype=torch.float64, requires_grad=True)
@@ -251,12 +252,7 @@ def _edge_energy_by_autograd(z: torch.Tensor, spacing, eps: float = 1e-5) -> tor
 
 @pytest.mark.parametrize("backend", ["native", "torch"])
 def test_edge_energy_equals_its_formula(backend, monkeypatch) -> None:
-    if backend == "torch":
-        monkeypatch.setattr(native, "AVAILABLE", False)
-    elif not HAS_COMPILER:
-        pytest.skip("no C compiler on this machine")
-    else:
-        assert native.library() is not None  # loaded here: run alone, nothing else loads it
+    _use_backend(backend, monkeypatch)
     torch.manual_seed(4)
     z = (2.0 * torch.randn(2, 3, 7, 20, 9, dtype=torch.float64)).requires_grad_()
     spacing = (3.0, 1.0, 1.4)
@@ -294,8 +290,7 @@ def _run_block(block: PDEBlock, x: torch.Tensor):
 def test_fused_block_equals_reference_implementation(backend, cfg, monkeypatch) -> None:
     """Same values, regulariser and gradients (input and every parameter) as autograd
     through the reference implementation, on an anisotropic grid."""
-    if backend == "torch":
-        monkeypatch.setattr(native, "AVAILABLE", False)
+    _use_backend(backend, monkeypatch)
     torch.manual_seed(5)
     block = PDEBlock(3, (2.0, 1.0, 1.3), PDEConfig(**cfg)).double().train()
     block.record_consistency = True
@@ -449,12 +444,7 @@ def test_statistics_kernels_equal_the_torch_implementation(shape, dtype, monkeyp
 def test_gate_gradcheck_and_formula(backend, energy, monkeypatch) -> None:
     """The gated residual (and the regulariser of u_hat fused into it) passes gradcheck,
     equals ``x + gamma std (u_hat - x_hat)`` and, separately, :class:`EdgeEnergy`."""
-    if backend == "torch":
-        monkeypatch.setattr(native, "AVAILABLE", False)
-    elif not HAS_COMPILER:
-        pytest.skip("no C compiler on this machine")
-    else:
-        assert native.library() is not None  # loaded here: run alone, nothing else loads it
+    _use_backend(backend, monkeypatch)
     torch.manual_seed(8)
     shape = (2, 3, 4, 5, 17)
     spacing = (1.0, 1.5, 2.5)
