@@ -369,13 +369,22 @@ def block_vs_conv(
             step()
         saved[name] = counted["bytes"]
     times: dict[str, list[float]] = {k: [] for k in variants}
+    # per repetition: bytes of memory the process faulted in, and its system CPU time (on
+    # the CPU mostly the kernel filling those pages), from getrusage
+    faulted: dict[str, list[float]] = {k: [] for k in variants}
+    system: dict[str, list[float]] = {k: [] for k in variants}
+    page = os.sysconf("SC_PAGE_SIZE")
 
     def timed(name: str) -> None:
         _sync(device)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         variants[name]()
         _sync(device)
         times[name].append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        faulted[name].append(float((r1.ru_minflt - r0.ru_minflt) * page))
+        system[name].append(r1.ru_stime - r0.ru_stime)
 
     compared = ["conv3x3x3", "block_fused"]
     for name in compared:  # warm-up (kernel build, allocator)
@@ -396,6 +405,8 @@ def block_vs_conv(
         "times_s": times,
         "time_ratio_to_conv": {k: _median(v) / conv_time for k, v in times.items()},
         "fused_paired_ratio_median": _median(paired),
+        "faulted_bytes_median": {k: _median(v) for k, v in faulted.items()},
+        "system_time_s_median": {k: _median(v) for k, v in system.items()},
         "saved_bytes": saved,
         "saved_bytes_over_input": {k: v / input_bytes for k, v in saved.items()},
     }
@@ -794,7 +805,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, t in res["median_time_s"].items():
             print(
                 f"  {k:<16} {t * 1e3:>8.0f} ms  {res['time_ratio_to_conv'][k]:>5.2f}x conv  "
-                f"saved for backward {res['saved_bytes_over_input'][k]:>5.1f}x the input"
+                f"saved for backward {res['saved_bytes_over_input'][k]:>5.1f}x the input  "
+                f"faulted in {res['faulted_bytes_median'][k] / 2**20:>6.0f} MiB, system "
+                f"{res['system_time_s_median'][k] * 1e3:.0f} ms (medians per repetition)"
             )
         print(
             "  block_fused / conv3x3x3, median of the per-repetition ratios: "

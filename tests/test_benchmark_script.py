@@ -116,6 +116,8 @@ def test_block_vs_conv_alone_writes_times_and_saved_bytes(tmp_path, capsys):
     t = res["times_s"]
     ratios = sorted(b / a for a, b in zip(t["conv3x3x3"], t["block_fused"], strict=True))
     assert res["fused_paired_ratio_median"] == pytest.approx(ratios[1])
+    assert all(v >= 0 for v in res["faulted_bytes_median"].values())
+    assert set(res["system_time_s_median"]) == set(res["median_time_s"])
     saved = res["saved_bytes_over_input"]
     # default K = 2: x_hat, u_1, u_2 (+ per-channel vectors); the reference keeps far more
     assert 2.9 < saved["block_fused"] < 3.2 and saved["block_reference"] > 10
