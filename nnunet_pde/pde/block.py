@@ -359,6 +359,7 @@ class PDEBlock(nn.Module):
             self.spacing,
             NORM_EPS,
             record,
+            torch.is_grad_enabled(),
         )
         if record:
             self.last_residuals = {"energy": energy}

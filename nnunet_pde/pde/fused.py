@@ -872,17 +872,21 @@ class FusedBlock(torch.autograd.Function):
 
     Inputs: ``x`` ``(B, C, *S)``; ``gamma`` ``(C,)``; ``tau, cA, ce, k, w1, b1, w2, b2`` as
     for :class:`AOSStep` (shared by all steps); ``steps`` ``K >= 1``; ``spacing`` the
-    normalised spacing; ``eps`` the variance floor; ``energy`` whether ``E`` is computed.
+    normalised spacing; ``eps`` the variance floor; ``energy`` whether ``E`` is computed;
+    ``keep`` whether a backward may follow (False under ``torch.no_grad``: only the current
+    state is kept).
     """
 
     @staticmethod
-    def forward(ctx, x, gamma, tau, cA, ce, k, w1, b1, w2, b2, steps: int, spacing, eps, energy):  # noqa: D102
+    def forward(  # noqa: D102
+        ctx, x, gamma, tau, cA, ce, k, w1, b1, w2, b2, steps: int, spacing, eps, energy, keep=True
+    ):
         if uses_native(x):
             x_hat, mean, std = _standardise_kernel(x, eps)
         else:
             x_hat, mean, std = _standardise(x, eps)
-        # without a backward to come (inference) each state is dropped once the next exists
-        keep = any(ctx.needs_input_grad)
+        # without a backward to come (``keep`` False: inference) each state is dropped once
+        # the next exists (``ctx.needs_input_grad`` cannot tell: it ignores the grad mode)
         u, us = x_hat, [x_hat]
         for _ in range(steps):
             u = _step_forward(u, tau, cA, ce, k, w1, b1, w2, b2)
@@ -937,7 +941,7 @@ class FusedBlock(torch.autograd.Function):
         else:
             dx = standardise_backward(x_hat, std, g_u, gmean, gstd) + _bc(a, gy.ndim) * gy
         gtau, gcA, gce, gk, gw1, gb1, gw2, gb2 = grads
-        return dx, ggamma, gtau, gcA, gce, gk, gw1, gb1, gw2, gb2, None, None, None, None
+        return dx, ggamma, gtau, gcA, gce, gk, gw1, gb1, gw2, gb2, None, None, None, None, None
 
 
 def _gate_coefficients(gamma, mean, std) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

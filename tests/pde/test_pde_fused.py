@@ -474,3 +474,32 @@ def test_gate_gradcheck_and_formula(backend, energy, monkeypatch) -> None:
         x, 1e6 * u, xh, torch.zeros_like(gamma), mean, std, spacing, 1e-5, energy
     )
     assert torch.equal(y0, x)
+
+
+def test_fused_block_keeps_only_the_current_state_without_grad(monkeypatch) -> None:
+    """Under ``torch.no_grad`` (inference) a state is freed once the next one exists; with
+    grad enabled every state is kept for backward. Both give the same output."""
+    import weakref
+
+    block = PDEBlock(2, (1.0, 1.0, 1.0), PDEConfig(steps=3)).eval()
+    x = torch.randn(1, 2, 5, 6, 7)
+    outputs: list[weakref.ref] = []
+    alive_at_call: list[list[bool]] = []
+    step = fused._step_forward
+
+    def spy(u, *args):
+        alive_at_call.append([r() is not None for r in outputs])
+        out = step(u, *args)
+        outputs.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(fused, "_step_forward", spy)
+    with torch.no_grad():
+        y_inference = block(x)
+    # third step: u_1 (first output) already freed, u_2 (its input) alive
+    assert alive_at_call[2] == [False, True]
+    outputs.clear()
+    alive_at_call.clear()
+    y_train = block(x.requires_grad_())
+    assert alive_at_call[2] == [True, True]
+    torch.testing.assert_close(y_inference, y_train.detach(), rtol=0, atol=0)
