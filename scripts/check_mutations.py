@@ -142,8 +142,8 @@ MUTATIONS = (
     Mutation(
         "fused block: the gate's direct (1 - gamma) dL/dy dropped from dL/dx",
         "nnunet_pde/pde/fused.py",
-        "            dx = _standardise_backward_kernel(x_hat, std, g_u, gmean, gstd, gy, a)",
-        "            dx = _standardise_backward_kernel(x_hat, std, g_u, gmean, gstd, None, None)",
+        "        dx = _standardise_grad(x_hat, std, g_u, gmean, gstd, gy.contiguous(), a)",
+        "        dx = _standardise_grad(x_hat, std, g_u, gmean, gstd, None, None)",
         ("tests/pde/test_pde_fused.py::test_fused_block_function_gradcheck",),
     ),
     Mutation(

@@ -12,11 +12,11 @@ from torch.utils.checkpoint import checkpoint
 from . import native
 from .config import EXACT_SOLVERS, PDEConfig
 from .fused import (
+    AOSStep,
     EdgeEnergy,
     FusedBlock,
     GatedResidual,
     Standardise,
-    aos_step_fused,
     step_coefficients,
 )
 from .operators import Conductance, MomentOperator, Response, apply_weights, diagonal, pad_faces
@@ -215,20 +215,24 @@ class PDEBlock(nn.Module):
         return v
 
     def _fused_step(self, u: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        return AOSStep.apply(u, *self._fused_parameters(u, tau.reshape(-1)))
+
+    def _fused_parameters(self, u: torch.Tensor, tau: torch.Tensor) -> tuple:
+        """``(tau, cA, ce, k, w1, b1, w2, b2)`` of :class:`~nnunet_pde.pde.fused.AOSStep`
+        (and :class:`~nnunet_pde.pde.fused.FusedBlock`) in ``u``'s dtype, from the per-channel
+        time step ``tau`` ``(C,)``: one AOS theta-step with reaction, equal to the reference
+        ``aos_step(u, u + tau N(u), interior_weights(u), tau, theta)``."""
         cond = self.conductance
-        response = None
+        theta = 1.0 if self.config.solver == "semi_implicit" else 0.5
+        kappa = cond.kappa().to(u.dtype) if cond.edge_stopping else None
+        cA, ce, k = step_coefficients(u, tau, cond.alpha().to(u.dtype), kappa, self.spacing, theta)
+        w1 = b1 = w2 = b2 = None
         if self.response is not None:
             r = self.response
-            response = (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias)
-        return aos_step_fused(
-            u,
-            tau.reshape(-1),
-            cond.alpha().to(u.dtype),
-            cond.kappa().to(u.dtype) if cond.edge_stopping else None,
-            self.spacing,
-            1.0 if self.config.solver == "semi_implicit" else 0.5,
-            response,
-        )
+            w1, b1, w2, b2 = (
+                t.to(u.dtype) for t in (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias)
+            )
+        return tau, cA, ce, k, w1, b1, w2, b2
 
     def _reference_step(
         self, u: torch.Tensor, tau: torch.Tensor, red: torch.Tensor | None
@@ -332,29 +336,11 @@ class PDEBlock(nn.Module):
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` as one :class:`~nnunet_pde.pde.fused.FusedBlock` (every step fused,
         no moment sub-step), ``x`` already in the compute dtype."""
-        cond = self.conductance
-        tau = self.time_step().to(x.dtype)
-        theta = 1.0 if self.config.solver == "semi_implicit" else 0.5
-        kappa = cond.kappa().to(x.dtype) if cond.edge_stopping else None
-        cA, ce, k = step_coefficients(x, tau, cond.alpha().to(x.dtype), kappa, self.spacing, theta)
-        w1 = b1 = w2 = b2 = None
-        if self.response is not None:
-            r = self.response
-            w1, b1, w2, b2 = (
-                t.to(x.dtype) for t in (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias)
-            )
         record = self._records()
         y, energy = FusedBlock.apply(
             x,
             self.gamma.to(x.dtype),
-            tau,
-            cA,
-            ce,
-            k,
-            w1,
-            b1,
-            w2,
-            b2,
+            *self._fused_parameters(x, self.time_step().to(x.dtype)),
             self.config.steps,
             self.spacing,
             NORM_EPS,

@@ -298,19 +298,18 @@ def _response_backward_impl(
     gu_in: torch.Tensor,
     h: torch.Tensor,
     w1: torch.Tensor,
-    b1: torch.Tensor,
     w2: torch.Tensor,
     b2: torch.Tensor,
     tau: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return native.response_backward(u, gb, gu_in, h, w1, b1, w2, b2, tau)
+    return native.response_backward(u, gb, gu_in, h, w1, w2, b2, tau)
 
 
-def _response_backward_fake(u, gb, gu_in, h, w1, b1, w2, b2, tau):
+def _response_backward_fake(u, gb, gu_in, h, w1, w2, b2, tau):
     return (
         torch.empty_like(gb),
         w1.new_empty(w1.shape),
-        b1.new_empty(b1.shape),
+        w1.new_empty(w1.shape[:1]),
         w2.new_empty(w2.shape),
         b2.new_empty(b2.shape),
         tau.new_empty(tau.shape),
@@ -386,9 +385,7 @@ def _step_backward(u, g, tau, cA, ce, k, w1, b1, w2, b2, out_slot: str | None = 
     gtau = gw1 = gb1 = gw2 = gb2 = None
     if w1 is not None:
         if native_path:
-            gu, gw1, gb1, gw2, gb2, gtau = _response_backward_kernel(
-                u, gb, gu, h, w1, b1, w2, b2, tau
-            )
+            gu, gw1, gb1, gw2, gb2, gtau = _response_backward_kernel(u, gb, gu, h, w1, w2, b2, tau)
         else:
             gu, gtau, gw1, gb1, gw2, gb2 = response_backward_torch(u, h, n, gb, gu, tau, w1, w2)
     return (
@@ -445,28 +442,6 @@ def step_coefficients(
         inv_h = torch.tensor([1.0 / h for h in spacing], dtype=u.dtype, device=u.device)
         k = inv_h.unsqueeze(1) / kappa.unsqueeze(0)
     return cA, ce, k
-
-
-def aos_step_fused(
-    u: torch.Tensor,
-    tau: torch.Tensor,
-    alpha: torch.Tensor,
-    kappa: torch.Tensor | None,
-    spacing: Sequence[float],
-    theta: float,
-    response: Sequence[torch.Tensor] | None,
-) -> torch.Tensor:
-    """One AOS theta-step with reaction from per-channel parameters (autograd-connected).
-
-    ``tau``, ``alpha``, ``kappa``: ``(C,)``; ``spacing``: normalised, axis order of ``S``;
-    ``response``: ``(w1, b1, w2, b2)`` or ``None``. Equals the reference
-    ``aos_step(u, u + tau N(u), interior_weights(u), tau, theta)``.
-    """
-    cA, ce, k = step_coefficients(u, tau, alpha, kappa, spacing, theta)
-    w1 = b1 = w2 = b2 = None
-    if response is not None:
-        w1, b1, w2, b2 = (t.to(u.dtype) for t in response)
-    return AOSStep.apply(u, tau, cA, ce, k, w1, b1, w2, b2)
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -537,6 +512,24 @@ def _energy_sums_fake(z, spacing, eps):
 _energy_sums_kernel = _Kernel("edge_energy_sums", _energy_sums_impl, _energy_sums_fake)
 
 
+def _standardise_values(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """``(x_hat, mean, std)`` of :class:`Standardise`, compiled kernel where possible."""
+    if uses_native(x):
+        return _standardise_kernel(x, eps)
+    return _standardise(x, eps)
+
+
+def _standardise_grad(x_hat, std, g_hat, g_mean, g_std, gy=None, a=None) -> torch.Tensor:
+    """``dL/dx`` of :class:`Standardise` (``g_hat`` may be ``None``), plus ``a gy`` where
+    ``gy`` is given (``a`` ``(B, C)``), compiled kernel where possible."""
+    if uses_native(x_hat):
+        if g_hat is None:
+            g_hat = torch.zeros_like(x_hat)
+        return _standardise_backward_kernel(x_hat, std, g_hat, g_mean, g_std, gy, a)
+    dx = standardise_backward(x_hat, std, g_hat, g_mean, g_std)
+    return dx if gy is None else dx + _bc(a, gy.ndim) * gy
+
+
 class Standardise(torch.autograd.Function):
     """``x -> (x_hat, mean, std)``, ``std = sqrt(var + eps)``, per sample and channel.
 
@@ -546,21 +539,14 @@ class Standardise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, eps: float):  # noqa: D102
-        if uses_native(x):
-            x_hat, mean, std = _standardise_kernel(x, eps)
-        else:
-            x_hat, mean, std = _standardise(x, eps)
+        x_hat, mean, std = _standardise_values(x, eps)
         ctx.save_for_backward(x_hat, std)
         return x_hat, mean, std
 
     @staticmethod
     def backward(ctx, g_hat, g_mean, g_std):  # noqa: D102
         x_hat, std = ctx.saved_tensors
-        if uses_native(x_hat):
-            if g_hat is None:
-                g_hat = torch.zeros_like(x_hat)
-            return _standardise_backward_kernel(x_hat, std, g_hat, g_mean, g_std, None, None), None
-        return standardise_backward(x_hat, std, g_hat, g_mean, g_std), None
+        return _standardise_grad(x_hat, std, g_hat, g_mean, g_std), None
 
 
 def standardise_backward(x_hat, std, g_hat, g_mean=None, g_std=None) -> torch.Tensor:
@@ -773,28 +759,28 @@ def _tail_backward(
     dx = None
     if uses_native(gy):
         eager_slot = None if torch.compiler.is_compiling() else slot
+        # the gate's sums, dL/dx and (without the regulariser) dL/du_hat; with it, the
+        # energy kernel adds the gate's part of dL/du_hat and sum gy u_hat instead
+        if eager_slot is not None:
+            dx, gu, S = native.gate_backward(
+                gy, x_hat, None if energy else u_hat, a, g, gu_slot=eager_slot, with_dx=with_dx
+            )
+        elif energy:
+            dx, S = _gate_backward_dx_kernel(gy, x_hat, a, g)
+        else:
+            dx, gu, S = _gate_backward_kernel(gy, x_hat, u_hat, a, g)
+        S = S.to(gy.dtype)
+        sg, su, sx = S[..., 0], S[..., 1], S[..., 2]
         if energy:
             if eager_slot is not None:
-                dx, _, S = native.gate_backward(gy, x_hat, None, a, g, with_dx=with_dx)
                 gu, su = native.energy_backward(
                     u_hat, g_energy, tuple(spacing), e_mean, e_inv_std, gy, g, out_slot=eager_slot
                 )
             else:
-                dx, S = _gate_backward_dx_kernel(gy, x_hat, a, g)
                 gu, su = _gate_energy_backward_kernel(
                     u_hat, g_energy, list(spacing), e_mean, e_inv_std, gy, g
                 )
-            S = S.to(gy.dtype)
-            sg, su, sx = S[..., 0], su.to(gy.dtype), S[..., 2]
-        else:
-            if eager_slot is not None:
-                dx, gu, S = native.gate_backward(
-                    gy, x_hat, u_hat, a, g, gu_slot=eager_slot, with_dx=with_dx
-                )
-            else:
-                dx, gu, S = _gate_backward_kernel(gy, x_hat, u_hat, a, g)
-            S = S.to(gy.dtype)
-            sg, su, sx = S[..., 0], S[..., 1], S[..., 2]
+            su = su.to(gy.dtype)
         if not with_dx:
             dx = None
     else:
@@ -840,19 +826,8 @@ class GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, g_energy):  # noqa: D102
-        u_hat, x_hat, gamma, mean, std, e_mean, e_inv_std = ctx.saved_tensors
         dx, gu, ggamma, gmean, gstd = _tail_backward(
-            gy,
-            u_hat,
-            x_hat,
-            gamma,
-            mean,
-            std,
-            e_mean,
-            e_inv_std,
-            g_energy,
-            ctx.spacing,
-            ctx.energy,
+            gy, *ctx.saved_tensors, g_energy, ctx.spacing, ctx.energy
         )
         return dx, gu, None, ggamma, gmean, gstd, None, None, None
 
@@ -881,10 +856,7 @@ class FusedBlock(torch.autograd.Function):
     def forward(  # noqa: D102
         ctx, x, gamma, tau, cA, ce, k, w1, b1, w2, b2, steps: int, spacing, eps, energy, keep=True
     ):
-        if uses_native(x):
-            x_hat, mean, std = _standardise_kernel(x, eps)
-        else:
-            x_hat, mean, std = _standardise(x, eps)
+        x_hat, mean, std = _standardise_values(x, eps)
         # without a backward to come (``keep`` False: inference) each state is dropped once
         # the next exists (``ctx.needs_input_grad`` cannot tell: it ignores the grad mode)
         u, us = x_hat, [x_hat]
@@ -895,7 +867,7 @@ class FusedBlock(torch.autograd.Function):
         y, total, e_mean, e_inv_std = _tail_forward(x, u, gamma, mean, std, spacing, eps, energy)
         if keep:
             ctx.save_for_backward(
-                *us, gamma, mean, std, tau, cA, ce, k, w1, b1, w2, b2, e_mean, e_inv_std
+                *us, gamma, mean, std, e_mean, e_inv_std, tau, cA, ce, k, w1, b1, w2, b2
             )
         ctx.steps, ctx.spacing, ctx.energy = steps, spacing, energy
         return y, total
@@ -904,42 +876,24 @@ class FusedBlock(torch.autograd.Function):
     def backward(ctx, gy, g_energy):  # noqa: D102
         K = ctx.steps
         saved = ctx.saved_tensors
-        us = saved[: K + 1]
-        gamma, mean, std, tau, cA, ce, k, w1, b1, w2, b2, e_mean, e_inv_std = saved[K + 1 :]
+        us, tail, params = saved[: K + 1], saved[K + 1 : K + 6], saved[K + 6 :]
         x_hat = us[0]
         slots = ("fused_block_g0", "fused_block_g1")
         _, g_u, ggamma, gmean, gstd = _tail_backward(
-            gy,
-            us[-1],
-            x_hat,
-            gamma,
-            mean,
-            std,
-            e_mean,
-            e_inv_std,
-            g_energy,
-            ctx.spacing,
-            ctx.energy,
-            with_dx=False,
-            slot=slots[0],
+            gy, us[-1], x_hat, *tail, g_energy, ctx.spacing, ctx.energy, False, slots[0]
         )
         grads: list[torch.Tensor | None] | None = None
         for i in range(K - 1, -1, -1):
-            out = _step_backward(
-                us[i], g_u, tau, cA, ce, k, w1, b1, w2, b2, out_slot=slots[(K - i) % 2]
-            )
+            out = _step_backward(us[i], g_u, *params, out_slot=slots[(K - i) % 2])
             g_u = out[0]
             if grads is None:
                 grads = list(out[1:])
             else:
                 grads = [None if p is None else p + q for p, q in zip(grads, out[1:], strict=True)]
         assert grads is not None
+        gamma, mean, std = tail[:3]
         a = _gate_coefficients(gamma, mean, std)[0]
-        gy = gy.contiguous()
-        if uses_native(x_hat):
-            dx = _standardise_backward_kernel(x_hat, std, g_u, gmean, gstd, gy, a)
-        else:
-            dx = standardise_backward(x_hat, std, g_u, gmean, gstd) + _bc(a, gy.ndim) * gy
+        dx = _standardise_grad(x_hat, std, g_u, gmean, gstd, gy.contiguous(), a)
         gtau, gcA, gce, gk, gw1, gb1, gw2, gb2 = grads
         return dx, ggamma, gtau, gcA, gce, gk, gw1, gb1, gw2, gb2, None, None, None, None, None
 

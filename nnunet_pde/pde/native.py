@@ -119,7 +119,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         mf.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, lg, lg]
         mf.restype = i
         mb = getattr(lib, "mlp_backward" + suffix)
-        mb.argtypes = [p, p, p, p, p, p, p, p, p, p, lg, lg, lg, p, lg, lg]
+        mb.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, p, lg, lg]
         mb.restype = i
         mc = getattr(lib, "mlp_chunk_len" + suffix)
         mc.argtypes = [lg, lg]
@@ -353,15 +353,15 @@ def energy_backward(
     mean = mean.reshape(-1).to(z.dtype).contiguous()
     inv_std = inv_std.reshape(-1).to(z.dtype).contiguous()
     gz = _scratch(out_slot, z) if out_slot else torch.empty_like(z)
-    S = None
+    su = None
     if gy is not None:
         assert gg is not None
         gy, gg = gy.contiguous(), gg.reshape(-1).to(z.dtype).contiguous()
-        S = torch.zeros((B * C, 3), dtype=torch.float64)
+        su = torch.empty((B, C), dtype=torch.float64)
     fn = _kernel("energy_backward", z.dtype)
     args = (_ptr(z), _ptr(gz), _dims(z.shape), m, _ptr(coef), _ptr(hs), _ptr(mean))
-    _run_split(fn, (*args, _ptr(inv_std), _ptr(gy), _ptr(gg), _ptr(S)), B * C)
-    return gz, None if S is None else S[:, 1].reshape(B, C).contiguous()
+    _run_split(fn, (*args, _ptr(inv_std), _ptr(gy), _ptr(gg), _ptr(su)), B * C)
+    return gz, su
 
 
 def _chunks(shape: torch.Size, channels: int, hidden: int, dtype: torch.dtype) -> int:
@@ -419,17 +419,16 @@ def response_backward(
     u: torch.Tensor,
     gb: torch.Tensor,
     gu_in: torch.Tensor,
-    h: torch.Tensor | None,
+    h: torch.Tensor,
     w1: torch.Tensor,
-    b1: torch.Tensor,
     w2: torch.Tensor,
     b2: torch.Tensor,
     tau: torch.Tensor,
     inplace: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Backward of ``b = u + tau N(u)``, ``N(u) = W2 tanh(W1 u + b1) + b2``, for ``dL/db =
-    gb``, from ``u`` and the forward's ``h = tanh(W1 u + b1)`` ``(B, H, *S)`` (recomputed
-    from ``u`` where ``None``); ``N`` is not needed. C kernel.
+    gb``, from ``u`` and the forward's ``h = tanh(W1 u + b1)`` ``(B, H, *S)``; ``N`` is not
+    needed, nor is ``b1`` (``h`` carries it). C kernel.
 
     Returns ``(gu, gw1, gb1, gw2, gb2, gtau)``: ``gu = gu_in + W1^T gpre`` ``(B, C, *S)``
     with ``gpre = (W2^T (tau gb)) (1 - h^2)``, and the gradients of ``w1`` ``(H, C, 1,
@@ -437,16 +436,15 @@ def response_backward(
     over samples and voxels (in float64, returned in ``gb``'s dtype). With ``inplace``,
     ``gu`` is written over ``gu_in`` (when it is contiguous).
     """
-    u, gb, gu_in = u.contiguous(), gb.contiguous(), gu_in.contiguous()
-    h = None if h is None else h.contiguous()
+    u, gb, gu_in, h = u.contiguous(), gb.contiguous(), gu_in.contiguous(), h.contiguous()
     C, H = gb.shape[1], w1.shape[0]
     P = gb[0, 0].numel()
     w1m, w2m = _weights(w1, w2, dtype=gb.dtype)
-    b1c, b2c, tauc = (t.to(gb.dtype).contiguous() for t in (b1, b2, tau))
+    b2c, tauc = (t.to(gb.dtype).contiguous() for t in (b2, tau))
     # Each chunk of gu_in is read into scratch before the same chunk of gu is written.
     gu = gu_in if inplace else torch.empty_like(gb)
     fn = _kernel("mlp_backward", gb.dtype)
-    args = (_ptr(u), _ptr(gb), _ptr(gu_in), _ptr(h), _ptr(w1m), _ptr(b1c), _ptr(w2m))
+    args = (_ptr(u), _ptr(gb), _ptr(gu_in), _ptr(h), _ptr(w1m), _ptr(w2m))
     acc = _run_parts(
         fn,
         (*args, _ptr(b2c), _ptr(tauc), _ptr(gu), C, H, P),

@@ -372,10 +372,10 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
  * dE/dz times g. coef[d] = g / (m * faces_d * h_d) with faces_d the number of faces of axis
  * d over the whole tensor; inv_std[v] = 1 / std of volume v; mean[v] its mean. Where gy is
  * given (the gate's dL/dy, z being the gate's u), gz also gets the gate's gg[v] gy and
- * S[3 v + 1] = sum gy z (double), the part of gate_backward that reads z. */
+ * su[v] = sum gy z (double), the part of gate_backward that reads z. */
 int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const T *coef,
                               const T *hs, const T *mean, const T *inv_std, const T *gy,
-                              const T *gg, double *S, long v0, long v1) {
+                              const T *gg, double *su, long v0, long v1) {
     long vox, nmax;
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
     T *q = (T *)malloc(sizeof(T) * (size_t)(vox > 0 ? vox : 1));
@@ -447,7 +447,7 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
                 gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is + c * yv[i];
             }
             for (int l = 0; l < LANES; ++l) r += a[l];
-            S[3 * v + 1] = r;
+            su[v] = r;
         } else {
             for (long i = 0; i < vox; ++i) gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is;
         }

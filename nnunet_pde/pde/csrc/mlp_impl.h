@@ -192,7 +192,7 @@ int CAT(mlp_forward, SUF)(const T *u, const T *w1, const T *b1, const T *w2, con
 }
 
 /* The whole backward of b = u + tau N(u) for dL/db = gb, from u and the forward's hidden
- * activation h = tanh(W1 u + b1) (h_in, (B, H, P); recomputed from u where NULL):
+ * activation h = tanh(W1 u + b1) (h_in, (B, H, P)):
  * gpre = (W2^T (tau gb)) (1 - h^2), gu = gu_in + W1^T gpre (written to out_gu), and the
  * parameter gradients added to acc (float64, laid out as
  * [gw1 (H, C) | gb1 (H) | gw2 (C, H) | gb2 (C) | gtau (C)]):
@@ -201,8 +201,8 @@ int CAT(mlp_forward, SUF)(const T *u, const T *w1, const T *b1, const T *w2, con
  * S[c, k] + b2[c] s[c] (a product, not a difference, so no precision is lost for small
  * tau). */
 int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *h_in,
-                           const T *w1, const T *b1, const T *w2, const T *b2, const T *tau,
-                           T *out_gu, long C, long H, long P, double *acc, long t0, long t1) {
+                           const T *w1, const T *w2, const T *b2, const T *tau, T *out_gu,
+                           long C, long H, long P, double *acc, long t0, long t1) {
     const long L = CAT(mlp_chunk_len, SUF)(C, H), LP = L + LANES, vs = LP / LANES;
     const long chunks = (P + L - 1) / L;
     /* scratch rows: u, gb, gu (C each), h, gpre (H each) */
@@ -231,17 +231,13 @@ int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *h_i
         CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
         CAT(rows_in, SUF)(gb + bi * C * P, G, C, P, p0, len, LP);
         CAT(rows_in, SUF)(gu_in + bi * C * P, GU, C, P, p0, len, LP);
-        if (h_in) CAT(rows_in, SUF)(h_in + bi * H * P, Hh, H, P, p0, len, LP);
+        CAT(rows_in, SUF)(h_in + bi * H * P, Hh, H, P, p0, len, LP);
         for (long s = 0; s < sub; ++s) {
             if (t + 1 < t1) {
                 CAT(prefetch_next, SUF)(u, C, P, L, chunks, t, s);
                 CAT(prefetch_next, SUF)(gb, C, P, L, chunks, t, s);
                 CAT(prefetch_next, SUF)(gu_in, C, P, L, chunks, t, s);
-                if (h_in) CAT(prefetch_next, SUF)(h_in, H, P, L, chunks, t, s);
-            }
-            if (!h_in) {
-                CAT(matvec, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
-                for (long k = 0; k < H; ++k) Hv[k * vs + s] = TANH(Hv[k * vs + s]);
+                CAT(prefetch_next, SUF)(h_in, H, P, L, chunks, t, s);
             }
             /* W2 is (C, H): (W2^T)[o = k][i = c] = W2[c * H + k]; tau folded in */
             CAT(matvec, SUF)(w2t, 1, H, 0, Gv + s, vs, C, GPv + s, vs, H);

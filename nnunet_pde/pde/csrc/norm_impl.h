@@ -2,19 +2,23 @@
  * Included with T, V, SUF and LOG1P (a vector log(1 + x) for x >= 0) defined. A volume is one
  * (sample, channel) of a contiguous (B, C, *S) tensor: vox contiguous values. */
 
-/* Sum of the vox values of p (and of p * q when q is given) in double, vectorised. */
-static void CAT(sums, SUF)(const T *p, const T *q, long vox, double *s1, double *s2) {
+/* Sum of the vox values of p (and of p * q when q is given) in double, vectorised; where
+ * out is given, out = c p in the same pass. */
+static void CAT(sums, SUF)(const T *p, const T *q, long vox, double *s1, double *s2,
+                           T *restrict out, T c) {
     double a1[LANES] = {0}, a2[LANES] = {0};
     long i = 0;
     for (; i + LANES <= vox; i += LANES)
         for (int l = 0; l < LANES; ++l) {
             a1[l] += p[i + l];
             if (q) a2[l] += p[i + l] * q[i + l];
+            if (out) out[i + l] = c * p[i + l];
         }
     double r1 = 0, r2 = 0;
     for (; i < vox; ++i) {
         r1 += p[i];
         if (q) r2 += p[i] * q[i];
+        if (out) out[i] = c * p[i];
     }
     for (int l = 0; l < LANES; ++l) r1 += a1[l], r2 += a2[l];
     *s1 = r1;
@@ -24,7 +28,7 @@ static void CAT(sums, SUF)(const T *p, const T *q, long vox, double *s1, double 
 /* mean and 1 / sqrt(var + eps) of one volume (two passes: no cancellation). */
 static void CAT(moments, SUF)(const T *x, long vox, double eps, double *mean, double *inv_std) {
     double s, unused;
-    CAT(sums, SUF)(x, 0, vox, &s, &unused);
+    CAT(sums, SUF)(x, 0, vox, &s, &unused, 0, (T)0);
     const double mu = s / (double)vox;
     double a[LANES] = {0}, r = 0;
     long i = 0;
@@ -67,7 +71,7 @@ int CAT(standardise_backward, SUF)(const T *x_hat, const T *std, const T *g, con
         const T *restrict xv = x_hat + v * vox, *restrict gv = g + v * vox;
         T *restrict ov = dx + v * vox;
         double s1, s2;
-        CAT(sums, SUF)(gv, xv, vox, &s1, &s2);
+        CAT(sums, SUF)(gv, xv, vox, &s1, &s2, 0, (T)0);
         const T is = (T)1 / std[v];
         const T m1 = (T)(s1 / (double)vox), m2 = (T)(s2 / (double)vox);
         const T c0 = (g_mean ? g_mean[v] : (T)0) / (T)vox;
@@ -154,44 +158,12 @@ int CAT(gate_backward, SUF)(const T *gy, const T *xh, const T *u, const T *a, co
                             T *dx, T *gu, double *S, long vox, long v0, long v1) {
     FTZ_BEGIN
     for (long v = v0; v < v1; ++v) {
-        const T *restrict gyv = gy + v * vox, *restrict hv = xh + v * vox;
-        double s0[LANES] = {0}, s2[LANES] = {0}, r0 = 0, r2 = 0;
-        long i = 0;
-        for (; i + LANES <= vox; i += LANES)
-            for (int l = 0; l < LANES; ++l) {
-                T q = gyv[i + l];
-                s0[l] += q;
-                s2[l] += q * hv[i + l];
-            }
-        for (; i < vox; ++i) {
-            r0 += gyv[i];
-            r2 += gyv[i] * hv[i];
-        }
-        if (dx) {
-            T *restrict dxv = dx + v * vox;
-            const T av = a[v];
-            for (i = 0; i < vox; ++i) dxv[i] = av * gyv[i];
-        }
-        for (int l = 0; l < LANES; ++l) r0 += s0[l], r2 += s2[l];
-        S[3 * v] = r0;
-        S[3 * v + 2] = r2;
+        const T *restrict gyv = gy + v * vox;
+        CAT(sums, SUF)(gyv, xh + v * vox, vox, &S[3 * v], &S[3 * v + 2], dx ? dx + v * vox : 0,
+                       a[v]);
         if (u) {
-            const T *restrict uv = u + v * vox;
-            T *restrict guv = gu + v * vox;
-            const T gv = g[v];
-            double s1[LANES] = {0}, r1 = 0;
-            for (i = 0; i + LANES <= vox; i += LANES)
-                for (int l = 0; l < LANES; ++l) {
-                    T q = gyv[i + l];
-                    s1[l] += q * uv[i + l];
-                    guv[i + l] = gv * q;
-                }
-            for (; i < vox; ++i) {
-                r1 += gyv[i] * uv[i];
-                guv[i] = gv * gyv[i];
-            }
-            for (int l = 0; l < LANES; ++l) r1 += s1[l];
-            S[3 * v + 1] = r1;
+            double unused;
+            CAT(sums, SUF)(gyv, u + v * vox, vox, &unused, &S[3 * v + 1], gu + v * vox, g[v]);
         }
     }
     FTZ_END
