@@ -194,6 +194,7 @@ def copy_bandwidth(device: torch.device, numel: int) -> float:
 def fused_bandwidth(device: torch.device, shape: tuple[int, ...]) -> dict[str, Any]:
     """Achieved bandwidth of the fused diffusion kernels (forward + backward) at ``shape``."""
     from nnunet_pde.pde import fused
+    from nnunet_pde.pde.kernels import backend
 
     m, c = len(shape) - 2, shape[1]
     u = torch.randn(*shape, device=device)
@@ -215,7 +216,7 @@ def fused_bandwidth(device: torch.device, shape: tuple[int, ...]) -> dict[str, A
     peak = copy_bandwidth(device, u.numel())
     return {
         "shape": list(shape),
-        "implementation": "compiled C kernels" if fused.uses_native(u) else "torch",
+        "implementation": backend.choose(u).reason,
         "seconds": best,
         "achieved_bytes_per_s": essential / best,
         "copy_bytes_per_s": peak,

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from .kernels import backend, ops
+from .kernels.ops import Kernel
 from .stencils import pad_faces
 from .tridiagonal import thomas
 
@@ -126,103 +128,28 @@ def diffusion_backward_torch(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
 # --------------------------------------------------------------------------- custom ops
 
 
-class _Kernel:
-    """A compiled CPU kernel: called directly in eager mode, through the custom operator
-    ``torch.ops.nnunet_pde.<name>`` (opaque to dynamo, shapes from ``fake``) while
-    ``torch.compile`` traces. (An eager call through the operator would import
-    ``torch._dynamo`` on first use: over a second in every ``nnUNetv2_predict`` process.)
-
-    ``eager``, if given, replaces ``impl`` in eager mode: the same results, but free to
-    write into an input the caller no longer needs (a custom operator's outputs may not
-    alias its inputs)."""
-
-    def __init__(self, name: str, impl, fake, eager=None) -> None:
-        self.impl = impl if eager is None else eager
-        self.op = torch.library.custom_op(
-            f"nnunet_pde::{name}", mutates_args=(), device_types="cpu"
-        )(impl)
-        self.op.register_fake(fake)
-
-    def __call__(self, *args):
-        if torch.compiler.is_compiling():
-            return self.op(*args)
-        return self.impl(*args)
-
-
-def _aos_diffusion_impl(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-) -> torch.Tensor:
-    return native.diffusion_forward(u, b, cA, ce, k)
-
-
-def _aos_diffusion_fake(u, b, cA, ce, k):
-    return torch.empty_like(u)
-
-
-_aos_diffusion_kernel = _Kernel("aos_diffusion", _aos_diffusion_impl, _aos_diffusion_fake)
-
-
-def _aos_diffusion_backward_impl(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    g: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return native.diffusion_backward(u, b, g, cA, ce, k)
-
-
-def _aos_diffusion_backward_fake(u, b, g, cA, ce, k):
-    return (
-        torch.empty_like(u),
-        torch.empty_like(u),
-        cA.new_empty(cA.shape),
-        cA.new_empty(cA.shape),
-        cA.new_empty(cA.shape),
-    )
-
-
-_aos_diffusion_backward_kernel = _Kernel(
-    "aos_diffusion_backward",
-    _aos_diffusion_backward_impl,
-    _aos_diffusion_backward_fake,
-    # eager: dL/db in a scratch buffer (AOSStep.backward consumes it at once)
-    eager=lambda *args: native.diffusion_backward(*args, scratch=True),
-)
-
-
-def uses_native(u: torch.Tensor) -> bool:
-    """Whether the step on ``u`` runs the compiled kernels: CPU, float32/64, a compiler
-    found, and fewer than 2^31 voxels per channel (the kernels index volumes with 32 bits)."""
-    return (
-        native.AVAILABLE
-        and u.device.type == "cpu"
-        and u.dtype in (torch.float32, torch.float64)
-        and u.ndim >= 3
-        and u[0, 0].numel() < 2**31
-    )
+def _on_c(u: torch.Tensor) -> bool:
+    """Whether the step on ``u`` runs the compiled C kernels (see
+    :func:`~nnunet_pde.pde.kernels.backend.choose`)."""
+    return backend.name(u) == "c"
 
 
 def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
-    """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)``, compiled kernels where possible."""
-    if uses_native(u):
-        return _aos_diffusion_kernel(u, b, cA, ce, k)
-    return diffusion_forward_torch(u, b, cA, ce, k)
+    """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)`` on the backend chosen for ``u``: the custom
+    op ``nnunet_pde::aos_diffusion`` (C or Triton), else the torch implementation."""
+    if backend.name(u) == "torch":
+        return diffusion_forward_torch(u, b, cA, ce, k)
+    return ops.aos_diffusion(u, b, cA, ce, k)
 
 
 def diffusion_backward(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`diffusion_forward`: ``(gb, gu, gcA, gce, gk)``; ``gu`` is the
     gradient through the face weights and the explicit half plus ``gb`` (all of ``dL/du``
-    where ``b = u``). With the compiled kernels in eager mode ``gb`` is a per-thread scratch
+    where ``b = u``). With the C kernels in eager mode ``gb`` is a per-thread scratch
     buffer, overwritten by the next call: use it before calling again."""
-    if uses_native(u):
-        return _aos_diffusion_backward_kernel(u, b, g, cA, ce, k)
-    return diffusion_backward_torch(u, b, g, cA, ce, k)
+    if backend.name(u) == "torch":
+        return diffusion_backward_torch(u, b, g, cA, ce, k)
+    return ops.aos_diffusion_backward(u, b, g, cA, ce, k)
 
 
 # --------------------------------------------------------------------------- the step
@@ -254,7 +181,7 @@ def _response_b_fake(u, w1, b1, w2, b2, tau):
     return torch.empty_like(u)
 
 
-_response_b_kernel = _Kernel(
+_response_b_kernel = Kernel(
     "response_b",
     _response_b_impl,
     _response_b_fake,
@@ -281,7 +208,7 @@ def _response_bh_fake(u, w1, b1, w2, b2, tau):
     return torch.empty_like(u), u.new_empty((u.shape[0], w1.shape[0], *u.shape[2:]))
 
 
-_response_bh_kernel = _Kernel(
+_response_bh_kernel = Kernel(
     "response_bh",
     _response_bh_impl,
     _response_bh_fake,
@@ -316,7 +243,7 @@ def _response_backward_fake(u, gb, gu_in, h, w1, w2, b2, tau):
     )
 
 
-_response_backward_kernel = _Kernel(
+_response_backward_kernel = Kernel(
     "response_backward",
     _response_backward_impl,
     _response_backward_fake,
@@ -328,7 +255,7 @@ _response_backward_kernel = _Kernel(
 def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
     """``b = u + tau N(u)`` (compiled kernel where possible; in eager mode it returns a
     per-thread scratch buffer, overwritten by the next call)."""
-    if uses_native(u):
+    if _on_c(u):
         return _response_b_kernel(u, w1, b1, w2, b2, tau)
     _, n = _response_torch(u, w1, b1, w2, b2)
     return u + _view(tau, u.ndim - 2) * n
@@ -336,7 +263,8 @@ def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
 
 def response_backward_torch(u, h, n, gb, gu_in, tau, w1, w2) -> tuple[torch.Tensor, ...]:
     """Backward of ``b = u + tau N(u)`` for ``dL/db = gb`` from the forward's ``h =
-    tanh(W1 u + b1)`` and ``N``: ``(gu, gtau, gw1, gb1, gw2, gb2)`` with ``gu = gu_in + W1^T
+    tanh(W1 u + b1)`` and ``N``: ``(gu, gw1, gb1, gw2, gb2, gtau)`` (the order of
+    :func:`~nnunet_pde.pde.native.response_backward`) with ``gu = gu_in + W1^T
     gpre``, ``gpre = (W2^T (tau gb)) (1 - h^2)`` (torch; what the kernel computes)."""
     ndim = gb.ndim - 2
     conv = _conv(ndim)
@@ -352,7 +280,7 @@ def response_backward_torch(u, h, n, gb, gu_in, tau, w1, w2) -> tuple[torch.Tens
     gnf, hf, gpf = gn.flatten(2), h.flatten(2), gpre.flatten(2)
     gw2 = torch.bmm(gnf, hf.transpose(1, 2)).sum(dim=0).reshape(w2.shape)
     gw1 = torch.bmm(gpf, u.flatten(2).transpose(1, 2)).sum(dim=0).reshape(w1.shape)
-    return gu, gtau, gw1, gpf.sum(dim=(0, 2)), gw2, gnf.sum(dim=(0, 2))
+    return gu, gw1, gpf.sum(dim=(0, 2)), gw2, gnf.sum(dim=(0, 2)), gtau
 
 
 def _step_forward(u, tau, cA, ce, k, w1, b1, w2, b2) -> torch.Tensor:
@@ -365,7 +293,7 @@ def _step_backward(u, g, tau, cA, ce, k, w1, b1, w2, b2, out_slot: str | None = 
     """``(gu, gtau, gcA, gce, gk, gw1, gb1, gw2, gb2)`` of one step for upstream ``g`` (the
     reaction's gradients ``None`` without one). With the compiled kernels in eager mode and
     ``out_slot``, ``gu`` is the scratch buffer of that name (not ``g``'s)."""
-    native_path = uses_native(u)
+    native_path = _on_c(u)
     b = u
     h = n = None
     if w1 is not None:
@@ -387,7 +315,7 @@ def _step_backward(u, g, tau, cA, ce, k, w1, b1, w2, b2, out_slot: str | None = 
         if native_path:
             gu, gw1, gb1, gw2, gb2, gtau = _response_backward_kernel(u, gb, gu, h, w1, w2, b2, tau)
         else:
-            gu, gtau, gw1, gb1, gw2, gb2 = response_backward_torch(u, h, n, gb, gu, tau, w1, w2)
+            gu, gw1, gb1, gw2, gb2, gtau = response_backward_torch(u, h, n, gb, gu, tau, w1, w2)
     return (
         gu,
         gtau,
@@ -433,14 +361,14 @@ def step_coefficients(
     ``alpha``, ``kappa`` ``(C,)`` (``kappa`` ``None``: linear Laplacian), the normalised
     ``spacing`` and ``theta`` (in ``u``'s dtype and device)."""
     m = len(spacing)
-    inv_h2 = torch.tensor([1.0 / (h * h) for h in spacing], dtype=u.dtype, device=u.device)
-    base = (tau * alpha).unsqueeze(0) * inv_h2.unsqueeze(1)  # (m, C): tau alpha / h^2
+    # Python numbers times tensors: no tensor built from host data (no host-device copy)
+    base = torch.stack([(tau * alpha) * (1.0 / (h * h)) for h in spacing])  # (m, C)
     cA = (m * theta) * base
     ce = (m * (1.0 - theta)) * base if theta < 1.0 else None
     k = None
     if kappa is not None:
-        inv_h = torch.tensor([1.0 / h for h in spacing], dtype=u.dtype, device=u.device)
-        k = inv_h.unsqueeze(1) / kappa.unsqueeze(0)
+        inv_kappa = 1.0 / kappa
+        k = torch.stack([inv_kappa * (1.0 / h) for h in spacing])
     return cA, ce, k
 
 
@@ -474,7 +402,7 @@ def _standardise_fake(x, eps):
     return torch.empty_like(x), x.new_empty(stat), x.new_empty(stat)
 
 
-_standardise_kernel = _Kernel("standardise", _standardise_impl, _standardise_fake)
+_standardise_kernel = Kernel("standardise", _standardise_impl, _standardise_fake)
 
 
 def _standardise_backward_impl(
@@ -493,7 +421,7 @@ def _standardise_backward_fake(x_hat, std, g_hat, g_mean, g_std, gy, a):
     return torch.empty_like(x_hat)
 
 
-_standardise_backward_kernel = _Kernel(
+_standardise_backward_kernel = Kernel(
     "standardise_backward", _standardise_backward_impl, _standardise_backward_fake
 )
 
@@ -509,12 +437,12 @@ def _energy_sums_fake(z, spacing, eps):
     return z.new_empty((z.ndim - 2,), dtype=torch.float64), z.new_empty(stat), z.new_empty(stat)
 
 
-_energy_sums_kernel = _Kernel("edge_energy_sums", _energy_sums_impl, _energy_sums_fake)
+_energy_sums_kernel = Kernel("edge_energy_sums", _energy_sums_impl, _energy_sums_fake)
 
 
 def _standardise_values(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
     """``(x_hat, mean, std)`` of :class:`Standardise`, compiled kernel where possible."""
-    if uses_native(x):
+    if _on_c(x):
         return _standardise_kernel(x, eps)
     return _standardise(x, eps)
 
@@ -522,7 +450,7 @@ def _standardise_values(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]
 def _standardise_grad(x_hat, std, g_hat, g_mean, g_std, gy=None, a=None) -> torch.Tensor:
     """``dL/dx`` of :class:`Standardise` (``g_hat`` may be ``None``), plus ``a gy`` where
     ``gy`` is given (``a`` ``(B, C)``), compiled kernel where possible."""
-    if uses_native(x_hat):
+    if _on_c(x_hat):
         if g_hat is None:
             g_hat = torch.zeros_like(x_hat)
         return _standardise_backward_kernel(x_hat, std, g_hat, g_mean, g_std, gy, a)
@@ -599,7 +527,7 @@ def _energy_backward_fake(z, g, spacing, mean, inv_std):
     return torch.empty_like(z)
 
 
-_energy_backward_kernel = _Kernel(
+_energy_backward_kernel = Kernel(
     "edge_energy_backward", _energy_backward_impl, _energy_backward_fake
 )
 
@@ -607,7 +535,7 @@ _energy_backward_kernel = _Kernel(
 def _energy_value(z: torch.Tensor, spacing: Sequence[float], eps: float):
     """``(E, mean, inv_std)``: the edge energy of ``z`` (a scalar in ``z``'s dtype) and the
     per-volume statistics its backward reuses (see :class:`EdgeEnergy`)."""
-    if uses_native(z):
+    if _on_c(z):
         sums, mean, inv_std = _energy_sums_kernel(z, list(spacing), eps)
         faces = [z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(len(spacing))]
         # an axis of one cell has no faces and contributes 0
@@ -643,7 +571,7 @@ class EdgeEnergy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         z, mean, inv_std = ctx.saved_tensors
-        if uses_native(z):
+        if _on_c(z):
             gz = _energy_backward_kernel(z, g, list(ctx.spacing), mean, inv_std)
         else:
             gz = _energy_backward_torch(z, g, ctx.spacing, mean, 1.0 / inv_std)
@@ -663,7 +591,7 @@ def _gate_fake(x, u, a, g, c):
     return torch.empty_like(x)
 
 
-_gate_kernel = _Kernel("gate", _gate_impl, _gate_fake)
+_gate_kernel = Kernel("gate", _gate_impl, _gate_fake)
 
 
 def _gate_backward_impl(
@@ -679,7 +607,7 @@ def _gate_backward_fake(gy, x_hat, u, a, g):
     return torch.empty_like(gy), torch.empty_like(gy), stat
 
 
-_gate_backward_kernel = _Kernel("gate_backward", _gate_backward_impl, _gate_backward_fake)
+_gate_backward_kernel = Kernel("gate_backward", _gate_backward_impl, _gate_backward_fake)
 
 
 def _gate_backward_dx_impl(
@@ -693,7 +621,7 @@ def _gate_backward_dx_fake(gy, x_hat, a, g):
     return torch.empty_like(gy), gy.new_empty((*gy.shape[:2], 3), dtype=torch.float64)
 
 
-_gate_backward_dx_kernel = _Kernel(
+_gate_backward_dx_kernel = Kernel(
     "gate_backward_dx", _gate_backward_dx_impl, _gate_backward_dx_fake
 )
 
@@ -716,7 +644,7 @@ def _gate_energy_backward_fake(z, g, spacing, mean, inv_std, gy, gg):
     return torch.empty_like(z), z.new_empty(z.shape[:2], dtype=torch.float64)
 
 
-_gate_energy_backward_kernel = _Kernel(
+_gate_energy_backward_kernel = Kernel(
     "gate_energy_backward", _gate_energy_backward_impl, _gate_energy_backward_fake
 )
 
@@ -725,7 +653,7 @@ def _tail_forward(x, u_hat, gamma, mean, std, spacing, eps: float, energy: bool)
     """``(y, E, e_mean, e_inv_std)`` of :class:`GatedResidual` (``E`` 0 and the statistics
     ``None`` without ``energy``)."""
     a, g, c = _gate_coefficients(gamma, mean, std)
-    if uses_native(x):
+    if _on_c(x):
         y = _gate_kernel(x, u_hat, a, g, c)
     else:
         nd = x.ndim
@@ -757,7 +685,7 @@ def _tail_backward(
     gy = gy.contiguous()
     nd = gy.ndim
     dx = None
-    if uses_native(gy):
+    if _on_c(gy):
         eager_slot = None if torch.compiler.is_compiling() else slot
         # the gate's sums, dL/dx and (without the regulariser) dL/du_hat; with it, the
         # energy kernel adds the gate's part of dL/du_hat and sum gy u_hat instead

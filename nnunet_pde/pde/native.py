@@ -42,8 +42,6 @@ _FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-Wno-p
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
-#: Whether the kernels are loaded (read by the fused step; set by :func:`library`).
-AVAILABLE = False
 _tried = False
 _reason: str | None = None
 _pool: ThreadPoolExecutor | None = None
@@ -152,7 +150,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, building them on first use; ``None`` where that is impossible."""
-    global _lib, _tried, _reason, AVAILABLE
+    global _lib, _tried, _reason
     if _tried:
         return _lib
     with _lock:
@@ -164,7 +162,6 @@ def library() -> ctypes.CDLL | None:
                     _lib = _build()
                 except (OSError, RuntimeError) as exc:
                     _reason = str(exc)
-            AVAILABLE = _lib is not None
             _tried = True
     return _lib
 

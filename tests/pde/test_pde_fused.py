@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from nnunet_pde.pde import PDEBlock, PDEConfig, fused, native
+from nnunet_pde.pde.kernels import backend as kernel_backend
 
 HAS_COMPILER = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 
@@ -25,7 +26,7 @@ HAS_COMPILER = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 @pytest.fixture
 def torch_backend(monkeypatch):
     """Run the fused step on its torch implementation (as on CUDA or without a compiler)."""
-    monkeypatch.setattr(native, "AVAILABLE", False)
+    monkeypatch.setenv("NNUNET_PDE_BACKEND", "torch")
 
 
 def _coefficients(m: int, c: int, dtype=torch.float64, seed: int = 0):
@@ -39,7 +40,7 @@ def _coefficients(m: int, c: int, dtype=torch.float64, seed: int = 0):
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
 def test_kernels_build_where_a_compiler_exists() -> None:
     assert native.library() is not None, native.unavailable_reason()
-    assert native.AVAILABLE
+    assert kernel_backend.describe("cpu").name == "c"
 
 
 # Shapes: inner sizes below, at and above the 16 lanes (full and partial panels), a
@@ -111,8 +112,8 @@ def test_reaction_kernels_equal_the_torch_implementation(shape, hidden, dtype) -
     gu_before = gu_in.clone()
     got = native.response_backward(u, gb, gu_in, got_h, w1, w2, b2, tau)
     assert torch.equal(gu_in, gu_before)  # not in place unless asked
-    # (gu, gtau, gw1, gb1, gw2, gb2) from torch in float64 (sums over thousands of voxels:
-    # float32 references round too); the kernel returns gtau last
+    # (gu, gw1, gb1, gw2, gb2, gtau) from torch in float64 (sums over thousands of voxels:
+    # float32 references round too), in the kernel's order
     d = [t.double() for t in (u, gb, gu_in, w1, b1, w2, b2, tau)]
     hd, nd = fused._response_torch(d[0], d[3], d[4], d[5], d[6])
     want = fused.response_backward_torch(d[0], hd, nd, d[1], d[2], d[7], d[3], d[5])
@@ -120,7 +121,7 @@ def test_reaction_kernels_equal_the_torch_implementation(shape, hidden, dtype) -
     # h given wrongly (zero) must change the result: the kernel really reads it
     wrong = native.response_backward(u, gb, gu_in, torch.zeros_like(got_h), w1, w2, b2, tau)
     assert not torch.allclose(wrong[0], got[0])
-    for name, x, y in zip(names, got, [want[0], *want[2:], want[1]], strict=True):
+    for name, x, y in zip(names, got, want, strict=True):
         assert x.dtype == dtype
         err = (x.double() - y).abs().max().item()
         scale = y.abs().max().item()
@@ -160,7 +161,7 @@ def _use_backend(backend: str, monkeypatch) -> None:
     """Run the fused functions on the compiled kernels ("native", loaded here: a test run
     alone has nothing else that loads them) or on their torch implementation ("torch")."""
     if backend == "torch":
-        monkeypatch.setattr(native, "AVAILABLE", False)
+        monkeypatch.setenv("NNUNET_PDE_BACKEND", "torch")
     elif not HAS_COMPILER:
         pytest.skip("no C compiler on this machine")
     else:
@@ -351,13 +352,15 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 _FALLBACK_CHECK = """
     import torch
-    from nnunet_pde.pde import PDEBlock, PDEConfig, fused, native
+    from nnunet_pde.pde import PDEBlock, PDEConfig
+    from nnunet_pde.pde.kernels import backend
     block = PDEBlock(2, (1.0, 2.0, 1.0), PDEConfig()).train()
     x = torch.randn(1, 2, 4, 5, 6, requires_grad=True)
     block(x).sum().backward()
-    assert not fused.uses_native(x)
+    choice = backend.choose(x)
+    assert choice.name == "torch", choice
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    print("reason:", native.unavailable_reason())
+    print("reason:", choice.reason)
 """
 
 
@@ -370,7 +373,7 @@ def test_disabled_kernels_fall_back_to_torch() -> None:
 def test_failing_compiler_falls_back_with_its_reason(tmp_path) -> None:
     proc = _python(_FALLBACK_CHECK, CC="false", NNUNET_PDE_CACHE=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert "reason: false" in proc.stdout and "failed" in proc.stdout
+    assert "no compiled C kernels (false " in proc.stdout and "failed" in proc.stdout
     assert not any(tmp_path.iterdir())  # no partial library left behind
 
 
@@ -428,7 +431,7 @@ def test_statistics_kernels_equal_the_torch_implementation(shape, dtype, monkeyp
         return x_hat.detach(), mean.detach(), std.detach(), e.detach(), g
 
     got = run()
-    monkeypatch.setattr(native, "AVAILABLE", False)
+    monkeypatch.setenv("NNUNET_PDE_BACKEND", "torch")
     want = run()
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **tol)
@@ -458,7 +461,7 @@ def test_gate_gradcheck_and_formula(backend, energy, monkeypatch) -> None:
 
     assert torch.autograd.gradcheck(f, (x, u, gamma, mean, std))
     y, e = f(x, u, gamma, mean, std)
-    assert fused.uses_native(y) == (backend == "native")
+    assert kernel_backend.name(y) == ("c" if backend == "native" else "torch")
     want = x + gamma.view(1, -1, 1, 1, 1) * std * (u - xh)
     torch.testing.assert_close(y, want)
     if energy:

@@ -1,0 +1,14 @@
+"""The PDE block's fast kernels behind one interface (see ``docs/pde_layer.md``).
+
+* :mod:`.backend` picks the backend for a tensor (``c``, ``triton`` or ``torch``) and says
+  why; ``NNUNET_PDE_BACKEND`` forces one.
+* :mod:`.ops` registers each kernel once as a ``torch.library`` custom op (CPU and CUDA,
+  fake implementation, autograd), dispatching to the chosen backend.
+* :mod:`.triton_aos` holds the Triton kernels (CUDA), the C kernels live in
+  :mod:`nnunet_pde.pde.native` and ``csrc/``; the torch implementation is in
+  :mod:`nnunet_pde.pde.fused`.
+"""
+
+from .backend import BackendError, Choice, choose, describe
+
+__all__ = ["BackendError", "Choice", "choose", "describe"]

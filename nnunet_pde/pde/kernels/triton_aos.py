@@ -1,0 +1,345 @@
+"""Triton kernels of the AOS diffusion step (the ``triton`` backend: CUDA tensors, or CPU
+tensors under ``TRITON_INTERPRET=1``).
+
+One launch per spatial axis and direction of the step:
+
+* forward, axis ``d``: every program takes ``BLOCK`` grid lines of one ``(b, c)`` volume
+  along ``d`` and runs the Thomas algorithm down them, one cell per loop iteration, the
+  recurrence state of each line in registers. The face weights ``a = cA_d phi(delta)``
+  and the right-hand side ``b + ce_d (F_f - F_{f-1})`` (``F = phi delta``, the explicit
+  half of Crank-Nicolson) are formed in the same pass from ``u`` and ``b``; the
+  elimination's multipliers and partial solutions go to two scratch maps, and the back
+  substitution adds ``v / m`` into the output (the AOS average over the ``m`` axes, the
+  first axis writes instead of adding).
+* backward, axis ``d``: the same elimination for two right-hand sides at once, ``rhs``
+  (recomputing ``v``) and ``g / m`` (the adjoint ``lambda``: ``T_d`` is symmetric), then
+  one back substitution that forms, face by face, ``mu = lambda_f - lambda_{f+1}``, ``nu
+  = v_f - v_{f+1}``, the gradients of the face weights and of ``delta``, and adds
+  ``dL/db = lambda`` and ``dL/du`` into the outputs. The per-channel parameter gradients
+  are summed per program into a small partial-sum array (deterministic; no atomics).
+
+A line's cells are ``base + j * inner`` (``inner`` the stride of the axis): along the first
+axes of an NCDHW tensor neighbouring lines are neighbouring addresses (coalesced); along the
+last axis they are ``n`` apart and each line's cache line is reused over 16-32 steps (not
+measured on a GPU here; see ``docs/performance.md``).
+
+Every loop runs on device; nothing synchronises with the host. Computation is in float32
+(float64 for float64 inputs, for gradcheck); fp16/bf16 inputs are converted on load.
+
+The module imports Triton lazily (:func:`kernels`): whether a kernel is compiled or
+interpreted is fixed when it is first defined, from ``TRITON_INTERPRET`` at that time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+
+#: Grid lines per program.
+BLOCK = 64
+
+
+@functools.cache
+def kernels():
+    """``(forward, backward)`` Triton kernels, defined at first use."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def aos_axis_forward(
+        u_ptr, b_ptr, out_ptr, cs_ptr, ys_ptr, cA_ptr, ce_ptr, k_ptr,
+        C, n, inner, lines, vol, inv_m,
+        HAS_CE: tl.constexpr, HAS_K: tl.constexpr, ACCUM: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        cdt = cs_ptr.dtype.element_ty
+        bc = tl.program_id(1)
+        c = bc % C
+        line = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = line < lines
+        outer = line // inner
+        base = bc.to(tl.int64) * vol + (outer * n * inner + (line - outer * inner)).to(tl.int64)
+        cA = tl.load(cA_ptr + c).to(cdt)
+        u_cur = tl.load(u_ptr + base, mask=mask, other=0.0).to(cdt)
+        a_prev = tl.zeros((BLOCK,), cdt)
+        f_prev = tl.zeros((BLOCK,), cdt)
+        c_prev = tl.zeros((BLOCK,), cdt)
+        y_prev = tl.zeros((BLOCK,), cdt)
+        # elimination: row j is 1 + a_{j-1} + a_j on the diagonal, -a_{j-1}, -a_j beside
+        for j in range(0, n):
+            off = base + j * inner
+            has_face = j + 1 < n
+            u_next = tl.load(u_ptr + off + inner, mask=mask & has_face, other=0.0).to(cdt)
+            delta = tl.where(has_face, u_next - u_cur, 0.0)
+            if HAS_K:
+                s = delta * tl.load(k_ptr + c).to(cdt)
+                phi = 1.0 / (1.0 + s * s)
+            else:
+                phi = tl.full((BLOCK,), 1.0, cdt)
+            a = tl.where(has_face, cA * phi, 0.0)
+            rhs = tl.load(b_ptr + off, mask=mask, other=0.0).to(cdt)
+            if HAS_CE:
+                flux = phi * delta
+                rhs += tl.load(ce_ptr + c).to(cdt) * (flux - f_prev)
+                f_prev = flux
+            piv = 1.0 + a_prev * (1.0 - c_prev) + a
+            y_prev = (rhs + a_prev * y_prev) / piv
+            c_prev = a / piv
+            tl.store(cs_ptr + off, c_prev, mask=mask)
+            tl.store(ys_ptr + off, y_prev, mask=mask)
+            a_prev = a
+            u_cur = u_next
+        # back substitution: v_j = y_j + c_j v_{j+1}, from v_{n-1} = y_{n-1}
+        v = y_prev
+        off = base + (n - 1) * inner
+        res = v * inv_m
+        if ACCUM:
+            res += tl.load(out_ptr + off, mask=mask, other=0.0).to(cdt)
+        tl.store(out_ptr + off, res.to(out_ptr.dtype.element_ty), mask=mask)
+        for jj in range(1, n):
+            off = base + (n - 1 - jj) * inner
+            v = tl.load(ys_ptr + off, mask=mask, other=0.0) + tl.load(
+                cs_ptr + off, mask=mask, other=0.0
+            ) * v
+            res = v * inv_m
+            if ACCUM:
+                res += tl.load(out_ptr + off, mask=mask, other=0.0).to(cdt)
+            tl.store(out_ptr + off, res.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def aos_axis_backward(
+        u_ptr, b_ptr, g_ptr, gb_ptr, gu_ptr, cs_ptr, yv_ptr, yl_ptr, part_ptr,
+        cA_ptr, ce_ptr, k_ptr,
+        C, n, inner, lines, vol, inv_m,
+        HAS_CE: tl.constexpr, HAS_K: tl.constexpr, ACCUM: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        cdt = cs_ptr.dtype.element_ty
+        bc = tl.program_id(1)
+        c = bc % C
+        line = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = line < lines
+        outer = line // inner
+        base = bc.to(tl.int64) * vol + (outer * n * inner + (line - outer * inner)).to(tl.int64)
+        cA = tl.load(cA_ptr + c).to(cdt)
+        u_cur = tl.load(u_ptr + base, mask=mask, other=0.0).to(cdt)
+        a_prev = tl.zeros((BLOCK,), cdt)
+        f_prev = tl.zeros((BLOCK,), cdt)
+        c_prev = tl.zeros((BLOCK,), cdt)
+        yv = tl.zeros((BLOCK,), cdt)
+        yl = tl.zeros((BLOCK,), cdt)
+        # elimination of T v = rhs and T lambda = g / m together (same pivots)
+        for j in range(0, n):
+            off = base + j * inner
+            has_face = j + 1 < n
+            u_next = tl.load(u_ptr + off + inner, mask=mask & has_face, other=0.0).to(cdt)
+            delta = tl.where(has_face, u_next - u_cur, 0.0)
+            if HAS_K:
+                s = delta * tl.load(k_ptr + c).to(cdt)
+                phi = 1.0 / (1.0 + s * s)
+            else:
+                phi = tl.full((BLOCK,), 1.0, cdt)
+            a = tl.where(has_face, cA * phi, 0.0)
+            rhs = tl.load(b_ptr + off, mask=mask, other=0.0).to(cdt)
+            if HAS_CE:
+                flux = phi * delta
+                rhs += tl.load(ce_ptr + c).to(cdt) * (flux - f_prev)
+                f_prev = flux
+            gm = tl.load(g_ptr + off, mask=mask, other=0.0).to(cdt) * inv_m
+            piv = 1.0 + a_prev * (1.0 - c_prev) + a
+            yv = (rhs + a_prev * yv) / piv
+            yl = (gm + a_prev * yl) / piv
+            c_prev = a / piv
+            tl.store(cs_ptr + off, c_prev, mask=mask)
+            tl.store(yv_ptr + off, yv, mask=mask)
+            tl.store(yl_ptr + off, yl, mask=mask)
+            a_prev = a
+            u_cur = u_next
+        # back substitution with the face gradients; u_cur is u_{n-1} (or 0) here, reloaded
+        u_next = tl.load(u_ptr + base + (n - 1) * inner, mask=mask, other=0.0).to(cdt)
+        v_next = yv
+        l_next = yl
+        carry = tl.zeros((BLOCK,), cdt)  # -dL/ddelta of the face right of the cell
+        s_cA = tl.zeros((BLOCK,), cdt)
+        s_ce = tl.zeros((BLOCK,), cdt)
+        s_k = tl.zeros((BLOCK,), cdt)
+        for jj in range(1, n):
+            j = n - 1 - jj
+            off = base + j * inner
+            cj = tl.load(cs_ptr + off, mask=mask, other=0.0)
+            v = tl.load(yv_ptr + off, mask=mask, other=0.0) + cj * v_next
+            lam = tl.load(yl_ptr + off, mask=mask, other=0.0) + cj * l_next
+            u_j = tl.load(u_ptr + off, mask=mask, other=0.0).to(cdt)
+            delta = u_next - u_j
+            mu = lam - l_next
+            nu = v - v_next
+            gdelta = tl.zeros((BLOCK,), cdt)
+            if HAS_K:
+                s = delta * tl.load(k_ptr + c).to(cdt)
+                phi = 1.0 / (1.0 + s * s)
+            else:
+                phi = tl.full((BLOCK,), 1.0, cdt)
+            gphi = -cA * mu * nu
+            s_cA += -phi * mu * nu
+            if HAS_CE:
+                ce = tl.load(ce_ptr + c).to(cdt)
+                gphi += ce * mu * delta
+                s_ce += phi * delta * mu
+                gdelta += ce * mu * phi
+            if HAS_K:
+                gs = gphi * (-2.0 * s * phi * phi)
+                s_k += delta * gs
+                gdelta += tl.load(k_ptr + c).to(cdt) * gs
+            # cell j + 1 is complete: its left face is this one, its right one is in carry
+            off1 = off + inner
+            gu1 = l_next + gdelta + carry
+            gb1 = l_next
+            if ACCUM:
+                gu1 += tl.load(gu_ptr + off1, mask=mask, other=0.0).to(cdt)
+                gb1 += tl.load(gb_ptr + off1, mask=mask, other=0.0).to(cdt)
+            tl.store(gu_ptr + off1, gu1.to(gu_ptr.dtype.element_ty), mask=mask)
+            tl.store(gb_ptr + off1, gb1.to(gb_ptr.dtype.element_ty), mask=mask)
+            carry = -gdelta
+            v_next = v
+            l_next = lam
+            u_next = u_j
+        gu0 = l_next + carry
+        gb0 = l_next
+        if ACCUM:
+            gu0 += tl.load(gu_ptr + base, mask=mask, other=0.0).to(cdt)
+            gb0 += tl.load(gb_ptr + base, mask=mask, other=0.0).to(cdt)
+        tl.store(gu_ptr + base, gu0.to(gu_ptr.dtype.element_ty), mask=mask)
+        tl.store(gb_ptr + base, gb0.to(gb_ptr.dtype.element_ty), mask=mask)
+        slot = part_ptr + (bc.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * 3
+        tl.store(slot, tl.sum(s_cA, axis=0))
+        tl.store(slot + 1, tl.sum(s_ce, axis=0))
+        tl.store(slot + 2, tl.sum(s_k, axis=0))
+
+    return aos_axis_forward, aos_axis_backward
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _geometry(shape: torch.Size, d: int) -> tuple[int, int, int, int]:
+    """``(n, inner, lines, vol)`` of spatial axis ``d`` of a ``(B, C, *S)`` tensor."""
+    spatial = tuple(shape[2:])
+    vol = math.prod(spatial)
+    n = spatial[d]
+    inner = math.prod(spatial[d + 1 :])
+    return n, inner, vol // n, vol
+
+
+def _grid(lines: int, volumes: int) -> tuple[int, int]:
+    if volumes > 65535:
+        raise ValueError(
+            f"triton AOS kernels: {volumes} (sample, channel) volumes exceed the grid limit "
+            "65535; split the batch"
+        )
+    return (-(-lines // BLOCK), volumes)
+
+
+def _flags(ce, k) -> dict:
+    return {"HAS_CE": ce is not None, "HAS_K": k is not None, "BLOCK": BLOCK}
+
+
+def _coef(t: torch.Tensor | None, like: torch.Tensor, d: int) -> torch.Tensor:
+    # a dummy pointer where the coefficient is absent (the constexpr flag skips its loads)
+    return like if t is None else t[d].contiguous()
+
+
+def diffusion_forward(
+    u: torch.Tensor,
+    b: torch.Tensor,
+    cA: torch.Tensor,
+    ce: torch.Tensor | None,
+    k: torch.Tensor | None,
+) -> torch.Tensor:
+    """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)``: ``m`` launches; see the module docstring.
+
+    ``u``, ``b``: ``(B, C, *S)``; ``cA``, ``ce``, ``k``: ``(m, C)``. Output in ``u``'s dtype.
+    """
+    fwd, _ = kernels()
+    u, b = u.contiguous(), b.contiguous()
+    m = u.ndim - 2
+    cdt = _compute_dtype(u.dtype)
+    out = torch.empty_like(u)
+    cs = torch.empty(u.shape, dtype=cdt, device=u.device)
+    ys = torch.empty_like(cs)
+    volumes = u.shape[0] * u.shape[1]
+    if u.numel() == 0:
+        return out
+    for d in range(m):
+        n, inner, lines, vol = _geometry(u.shape, d)
+        fwd[_grid(lines, volumes)](
+            u, b, out, cs, ys, cA[d].contiguous(), _coef(ce, cA, d), _coef(k, cA, d),
+            u.shape[1], n, inner, lines, vol, 1.0 / m,
+            ACCUM=d > 0, **_flags(ce, k),
+        )  # fmt: skip
+    return out
+
+
+def diffusion_backward(
+    u: torch.Tensor,
+    b: torch.Tensor,
+    g: torch.Tensor,
+    cA: torch.Tensor,
+    ce: torch.Tensor | None,
+    k: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """Backward of :func:`diffusion_forward` for upstream ``g``: ``(gb, gu, gcA, gce, gk)``
+    as the other backends return it (``gu`` includes ``gb``; ``gce``/``gk`` zeros where
+    ``ce``/``k`` is ``None``); ``m`` launches plus one sum of the partial sums."""
+    _, bwd = kernels()
+    u, b, g = u.contiguous(), b.contiguous(), g.contiguous()
+    m = u.ndim - 2
+    B, C = u.shape[:2]
+    cdt = _compute_dtype(u.dtype)
+    gb = torch.empty_like(u)
+    gu = torch.empty_like(u)
+    cs = torch.empty(u.shape, dtype=cdt, device=u.device)
+    yv = torch.empty_like(cs)
+    yl = torch.empty_like(cs)
+    parts = []
+    for d in range(m):
+        n, inner, lines, vol = _geometry(u.shape, d)
+        grid = _grid(lines, B * C)
+        part = torch.empty((B, C, grid[0], 3), dtype=cdt, device=u.device)
+        if u.numel():
+            bwd[grid](
+                u, b, g, gb, gu, cs, yv, yl, part,
+                cA[d].contiguous(), _coef(ce, cA, d), _coef(k, cA, d),
+                C, n, inner, lines, vol, 1.0 / m,
+                ACCUM=d > 0, **_flags(ce, k),
+            )  # fmt: skip
+        else:
+            part.zero_()
+        parts.append(part.sum(dim=2))
+    sums = torch.stack(parts, dim=2).sum(dim=0).to(u.dtype)  # (C, m, 3)
+    gcA = sums[..., 0].t().contiguous()
+    gce = sums[..., 1].t().contiguous()
+    gk = sums[..., 2].t().contiguous()
+    return gb, gu, gcA, gce, gk
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on ``device`` (``None`` when they can)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - triton ships with CUDA torch
+        return f"triton is not importable ({exc})"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        return "triton runs on CPU tensors only under TRITON_INTERPRET=1"
+    return f"no triton kernels for device {device.type!r}"
+
+
+def version() -> str:
+    import triton
+
+    return triton.__version__
