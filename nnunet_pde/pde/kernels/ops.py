@@ -72,9 +72,9 @@ def _aos_diffusion_impl(
         return native.diffusion_forward(u, b, cA, ce, k)
     if which == "triton":
         return triton_aos.diffusion_forward(u, b, cA, ce, k)
-    from ..fused import diffusion_forward_torch
+    from .torch_aos import diffusion_forward_torch
 
-    return diffusion_forward_torch(u, b, cA, ce, k)
+    return diffusion_forward_torch(u, b, cA, ce, k).contiguous()
 
 
 def _aos_diffusion_fake(u, b, cA, ce, k):
@@ -97,11 +97,11 @@ def _aos_diffusion_backward_impl(
         return native.diffusion_backward(u, b, g, cA, ce, k)
     if which == "triton":
         return triton_aos.diffusion_backward(u, b, g, cA, ce, k)
-    from ..fused import diffusion_backward_torch
+    from .torch_aos import diffusion_backward_torch
 
     gb, gu, gcA, gce, gk = diffusion_backward_torch(u, b, g, cA, ce, k)
     # separate tensors: outputs of a custom operator must not alias each other
-    return gb, gu, gcA.clone(), gce.clone(), gk.clone()
+    return gb.contiguous(), gu.contiguous(), gcA.clone(), gce.clone(), gk.clone()
 
 
 def _aos_diffusion_backward_fake(u, b, g, cA, ce, k):

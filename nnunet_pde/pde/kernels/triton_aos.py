@@ -38,6 +38,8 @@ import os
 
 import torch
 
+from . import launches
+
 #: Grid lines per program.
 BLOCK = 64
 
@@ -273,11 +275,12 @@ def diffusion_forward(
         return out
     for d in range(m):
         n, inner, lines, vol = _geometry(u.shape, d)
-        fwd[_grid(lines, volumes)](
-            u, b, out, cs, ys, cA[d].contiguous(), _coef(ce, cA, d), _coef(k, cA, d),
-            u.shape[1], n, inner, lines, vol, 1.0 / m,
-            ACCUM=d > 0, **_flags(ce, k),
-        )  # fmt: skip
+        coefs = (cA[d].contiguous(), _coef(ce, cA, d), _coef(k, cA, d))
+        with launches.triton_launch("aos_axis_forward"):
+            fwd[_grid(lines, volumes)](
+                u, b, out, cs, ys, *coefs, u.shape[1], n, inner, lines, vol, 1.0 / m,
+                ACCUM=d > 0, **_flags(ce, k),
+            )  # fmt: skip
     return out
 
 
@@ -307,13 +310,14 @@ def diffusion_backward(
         n, inner, lines, vol = _geometry(u.shape, d)
         grid = _grid(lines, B * C)
         part = torch.empty((B, C, grid[0], 3), dtype=cdt, device=u.device)
+        coefs = (cA[d].contiguous(), _coef(ce, cA, d), _coef(k, cA, d))
         if u.numel():
-            bwd[grid](
-                u, b, g, gb, gu, cs, yv, yl, part,
-                cA[d].contiguous(), _coef(ce, cA, d), _coef(k, cA, d),
-                C, n, inner, lines, vol, 1.0 / m,
-                ACCUM=d > 0, **_flags(ce, k),
-            )  # fmt: skip
+            with launches.triton_launch("aos_axis_backward"):
+                bwd[grid](
+                    u, b, g, gb, gu, cs, yv, yl, part, *coefs,
+                    C, n, inner, lines, vol, 1.0 / m,
+                    ACCUM=d > 0, **_flags(ce, k),
+                )  # fmt: skip
         else:
             part.zero_()
         parts.append(part.sum(dim=2))
