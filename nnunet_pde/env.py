@@ -166,6 +166,7 @@ def diagnose(environ: Mapping[str, str] | None = None) -> list[Check]:
     nn_version, check = _check_nnunetv2()
     checks.append(check)
     checks.append(_check_torch())
+    checks.extend(_check_pde_backends())
     try:
         tdir = trainer_dir()
         checks.append(Check("ok", f"trainers folder {tdir}"))
@@ -209,6 +210,31 @@ def _check_torch() -> Check:
         return Check("ok", f"torch {torch.__version__}, {dev}")
     except Exception as exc:  # noqa: BLE001 - report any import failure
         return Check("fail", f"torch cannot be imported: {exc}", "reinstall torch")
+
+
+def _check_pde_backends() -> list[Check]:
+    """Which kernel backend the PDE block uses on the CPU and, if present, on CUDA, and why
+    (``NNUNET_PDE_BACKEND`` forcing one that cannot run is a failure)."""
+    try:
+        import torch
+
+        from nnunet_pde.pde.kernels import backend
+    except Exception as exc:  # noqa: BLE001 - report any import failure
+        return [Check("fail", f"PDE kernels cannot be imported: {exc}", "reinstall nnunet-pde")]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    checks = []
+    for device in devices:
+        choice = backend.describe(device)
+        if choice.name == "error":
+            checks.append(
+                Check("fail", f"PDE kernels: {choice.reason}", f"unset {backend.ENV}")
+            )
+        elif choice.name == "torch" and device == "cuda":
+            fix = "pip install triton (ships with the CUDA builds of torch)"
+            checks.append(Check("warn", f"PDE kernels: {choice.reason}", fix))
+        else:
+            checks.append(Check("ok", f"PDE kernels: {choice.reason}"))
+    return checks
 
 
 def _check_ext_trainer(env: Mapping[str, str], tdir: Path) -> list[Check]:

@@ -153,6 +153,51 @@ MUTATIONS = (
         "#define LO2 ((vi32){0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 29, 28})",
         ("tests/pde/test_pde_fused.py::test_compiled_kernels_equal_the_torch_implementation",),
     ),
+    Mutation(
+        "Triton forward: the elimination forgets the previous row",
+        "nnunet_pde/pde/kernels/triton_aos.py",
+        "            y_prev = (rhs + a_prev * y_prev) / piv",
+        "            y_prev = rhs / piv",
+        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+    ),
+    Mutation(
+        "Triton forward: the explicit half's flux difference loses its left face",
+        "nnunet_pde/pde/kernels/triton_aos.py",
+        "                f_prev = flux\n            piv = 1.0",
+        "                f_prev = 0.0 * flux\n            piv = 1.0",
+        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+    ),
+    Mutation(
+        "Triton backward: the adjoint elimination forgets the previous row",
+        "nnunet_pde/pde/kernels/triton_aos.py",
+        "            yl = (gm + a_prev * yl) / piv",
+        "            yl = gm / piv",
+        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+    ),
+    Mutation(
+        "Triton backward: the right face's dL/ddelta carried with the wrong sign",
+        "nnunet_pde/pde/kernels/triton_aos.py",
+        "            carry = -gdelta",
+        "            carry = gdelta",
+        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+    ),
+    Mutation(
+        "Triton backward: dL/dk summed without delta",
+        "nnunet_pde/pde/kernels/triton_aos.py",
+        "                s_k += delta * gs",
+        "                s_k += gs",
+        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+    ),
+    Mutation(
+        "Triton backward: dL/db of the later axes overwrites the earlier ones",
+        "nnunet_pde/pde/kernels/triton_aos.py",
+        "                gb1 += tl.load(gb_ptr + off1, mask=mask, other=0.0).to(cdt)",
+        "                gb1 += 0.0",
+        (
+            "tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",
+            "tests/pde/test_kernels_triton.py::test_block_on_triton_equals_block_on_torch",
+        ),
+    ),
 )
 
 

@@ -92,3 +92,16 @@ def test_console_script_is_installed():
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
     for sub in ("env", "doctor", "list-trainers", "make-dataset", "warmstart"):
         assert sub in out
+
+
+def test_doctor_names_the_pde_kernel_backend_and_why(monkeypatch):
+    monkeypatch.delenv("NNUNET_PDE_BACKEND", raising=False)
+    lines = [c for c in diagnose({}) if c.what.startswith("PDE kernels")]
+    assert lines and lines[0].status == "ok"
+    assert "cpu: compiled C kernels" in lines[0].what or "cpu: torch (" in lines[0].what
+    # a forced backend that cannot run is a failure with its reason and the fix
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("NNUNET_PDE_BACKEND", "triton")
+    bad = [c for c in diagnose({}) if c.what.startswith("PDE kernels")][0]
+    assert bad.status == "fail" and "TRITON_INTERPRET=1" in bad.what
+    assert "NNUNET_PDE_BACKEND" in bad.fix
