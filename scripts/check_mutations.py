@@ -198,6 +198,13 @@ MUTATIONS = (
             "tests/pde/test_kernels_triton.py::test_block_on_triton_equals_block_on_torch",
         ),
     ),
+    Mutation(
+        "torch cyclic reduction: row i + s left out of the reduced right-hand side",
+        "nnunet_pde/pde/tridiagonal.py",
+        "        r = r + alpha * before(r, pad0) + beta * after(r, pad0)",
+        "        r = r + alpha * before(r, pad0)",
+        ("tests/pde/test_kernels_torch.py::test_cyclic_reduction_equals_a_sparse_direct_solve",),
+    ),
 )
 
 

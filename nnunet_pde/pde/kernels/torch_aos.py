@@ -3,10 +3,14 @@
 :func:`diffusion_forward_torch` is plain differentiable torch (autograd can differentiate
 it: the tests use it as the oracle of the other backends' hand-written backwards);
 :func:`diffusion_backward_torch` is the hand-written backward the block uses on this
-backend (adjoint solve, nothing of the elimination stored). The tridiagonal solves are
-Thomas loops over the grid (:func:`~nnunet_pde.pde.tridiagonal.thomas`): fine on the CPU
-and as a reference, but one launch per cell on a GPU and unrolled by ``torch.compile``;
-CUDA uses the Triton kernels (:mod:`.triton_aos`) instead.
+backend (adjoint solve, nothing of the elimination stored).
+
+The tridiagonal solves (:data:`SOLVERS`, per device type): on the CPU the Thomas loop over
+the grid (:func:`~nnunet_pde.pde.tridiagonal.thomas`: least work, and the results the CPU
+always had); on every other device parallel cyclic reduction
+(:func:`~nnunet_pde.pde.tridiagonal.cyclic_reduction`: ``log2 n`` vectorised levels, no
+per-cell loop, so it stays usable on a GPU without Triton and under ``torch.compile``).
+CUDA normally runs the Triton kernels (:mod:`.triton_aos`) instead.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import torch
 
 from ..stencils import pad_faces
-from ..tridiagonal import thomas
+from ..tridiagonal import cyclic_reduction, thomas
+
+#: Tridiagonal solver of the torch backend per device type (others: cyclic reduction).
+SOLVERS = {"cpu": thomas}
 
 
 def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -23,7 +30,8 @@ def channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def _solve(a: torch.Tensor, rhs: torch.Tensor, axis: int) -> torch.Tensor:
-    return thomas(a.movedim(axis, 0).contiguous(), rhs.movedim(axis, 0).contiguous()).movedim(
+    solve = SOLVERS.get(rhs.device.type, cyclic_reduction)
+    return solve(a.movedim(axis, 0).contiguous(), rhs.movedim(axis, 0).contiguous()).movedim(
         0, axis
     )
 
