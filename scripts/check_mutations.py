@@ -142,8 +142,8 @@ MUTATIONS = (
     Mutation(
         "fused block: the gate's direct (1 - gamma) dL/dy dropped from dL/dx",
         "nnunet_pde/pde/fused.py",
-        "        dx = _standardise_grad(x_hat, std, g_u, gmean, gstd, gy.contiguous(), a)",
-        "        dx = _standardise_grad(x_hat, std, g_u, gmean, gstd, None, None)",
+        "        dx = standardise_grad(x_hat, std, g_u, gmean, gstd, gy.contiguous(), a)",
+        "        dx = standardise_grad(x_hat, std, g_u, gmean, gstd, None, None)",
         ("tests/pde/test_pde_fused.py::test_fused_block_function_gradcheck",),
     ),
     Mutation(
@@ -201,8 +201,8 @@ MUTATIONS = (
     Mutation(
         "torch cyclic reduction: row i + s left out of the reduced right-hand side",
         "nnunet_pde/pde/tridiagonal.py",
-        "        r = r + alpha * before(r, pad0) + beta * after(r, pad0)",
-        "        r = r + alpha * before(r, pad0)",
+        "        r = r + alpha * _before(r, s, pad0) + beta * _after(r, s, pad0)",
+        "        r = r + alpha * _before(r, s, pad0)",
         ("tests/pde/test_kernels_torch.py::test_cyclic_reduction_equals_a_sparse_direct_solve",),
     ),
 )

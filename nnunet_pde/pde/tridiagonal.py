@@ -70,6 +70,16 @@ def thomas(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=0)
 
 
+def _before(t: torch.Tensor, s: int, pad: torch.Tensor) -> torch.Tensor:
+    """``t_{i - s}`` along dimension 0, ``pad`` (``s`` rows) before the start."""
+    return torch.cat([pad, t[:-s]])
+
+
+def _after(t: torch.Tensor, s: int, pad: torch.Tensor) -> torch.Tensor:
+    """``t_{i + s}`` along dimension 0, ``pad`` (``s`` rows) past the end."""
+    return torch.cat([t[s:], pad])
+
+
 def cyclic_reduction(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Solve ``T v = b`` along dimension 0 by parallel cyclic reduction (same arguments and
     result as :func:`thomas`).
@@ -94,19 +104,12 @@ def cyclic_reduction(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     while s < n:
         pad0 = torch.zeros_like(d[:s])
         pad1 = pad0 + 1.0
-
-        def before(t, pad):  # t_{i - s}, padded outside the axis
-            return torch.cat([pad, t[:-s]])
-
-        def after(t, pad):  # t_{i + s}
-            return torch.cat([t[s:], pad])
-
-        alpha = -lo / before(d, pad1)
-        beta = -up / after(d, pad1)
-        d = d + alpha * before(up, pad0) + beta * after(lo, pad0)
-        r = r + alpha * before(r, pad0) + beta * after(r, pad0)
-        lo = alpha * before(lo, pad0)
-        up = beta * after(up, pad0)
+        alpha = -lo / _before(d, s, pad1)
+        beta = -up / _after(d, s, pad1)
+        d = d + alpha * _before(up, s, pad0) + beta * _after(lo, s, pad0)
+        r = r + alpha * _before(r, s, pad0) + beta * _after(r, s, pad0)
+        lo = alpha * _before(lo, s, pad0)
+        up = beta * _after(up, s, pad0)
         s *= 2
     return r / d
 

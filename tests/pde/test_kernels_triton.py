@@ -53,7 +53,9 @@ def test_triton_step_equals_autograd_of_the_torch_reference(on_triton, shape, ce
     inputs = [t for t in (u, b, *coefs) if t is not None]
     want_grads = [
         torch.zeros_like(t) if w is None else w  # u is unused by the linear implicit step
-        for t, w in zip(inputs, torch.autograd.grad(want, inputs, g, allow_unused=True), strict=True)
+        for t, w in zip(
+            inputs, torch.autograd.grad(want, inputs, g, allow_unused=True), strict=True
+        )
     ]
     plain = [None if t is None else t.detach() for t in coefs]
     got = triton_aos.diffusion_forward(u.detach(), b.detach(), *plain)
