@@ -3,10 +3,12 @@
 
     python scripts/gpu_check.py                 # on the GPU machine: <= 8 minutes, one GPU
 
-Needs torch (+ triton on CUDA), numpy, dynamic-network-architectures and this repository;
-it imports only ``nnunet_pde.network``, ``nnunet_pde.pde`` and dynamic-network-architectures
-(never nnunetv2 or SimpleITK), so ``pip install --no-deps -e .`` plus ``pip install --no-deps
-dynamic-network-architectures`` on a machine that has torch is enough (docs/performance.md).
+Needs torch (+ triton on CUDA), numpy, dynamic-network-architectures and this checkout: it
+imports only ``nnunet_pde.network``, ``nnunet_pde.pde`` and dynamic-network-architectures
+(never nnunetv2 or SimpleITK), so on a machine that has torch ``pip install --no-deps
+dynamic-network-architectures`` is enough (the checkout is put on ``sys.path`` when
+``nnunet_pde`` is not installed; ``pip install --no-deps -e .`` works too; see
+docs/performance.md).
 The network is built from the plans JSON as nnU-Net's ``get_network_from_plans`` builds it,
 the PDE blocks inserted by :func:`nnunet_pde.network.insert_pde_blocks`.
 
@@ -40,8 +42,9 @@ whole file rewritten atomically) as soon as it is measured, so a killed run keep
    placement against stock, time ratio.
 4. ``estimates``: kernel launches per block step (``launches.count()``, an estimate; the
    difference between a 3-step and a 2-step block's forward+backward) for every backend
-   that can run here (on the CPU: ``c``, ``torch`` and ``triton`` through Triton's
-   interpreter, whose launch count is the GPU's), and the bytes-moved estimate.
+   that can run here (on the CPU: ``c``, ``torch``, and ``triton`` through Triton's
+   interpreter at 1x2x4^3, which estimates what the GPU launches: the count does not depend
+   on the size; on CUDA the backend the block gets), and the bytes-moved estimate.
 
 ``--time-budget`` (seconds, default 420, counted from the start of the process) is checked
 before every row against that row's predicted time: eager rows from the rows measured
@@ -78,10 +81,13 @@ the least time the diffusion can take if it runs at copy speed.
 On the CPU (``tests/test_gpu_check.py``; the 4-stage tiny plans, because 32^3 on the BraTS
 plans leaves a 1-voxel bottleneck on which instance norm refuses to train)::
 
-    python scripts/gpu_check.py --device cpu --block-shape 1 32 16 16 16 \
+    python scripts/gpu_check.py --device cpu --block-shape 1 32 8 8 8 \
         --plans tests/fixtures/plans/plans_tiny_plain.json \
         --dataset-json tests/fixtures/plans/dataset_tiny_labels.json \
-        --patch 16 16 16 --batch 1 --steps 2 --compile-backend aot_eager
+        --patch 16 16 16 --batch 1 --steps 2 --reps 2 --infer-reps 2 --compile-backend aot_eager
+
+(one torch thread by default on the CPU, ``--threads``; the CPU figures at such sizes check
+the plumbing and give the launch and bytes estimates, they are not performance figures).
 """
 
 from __future__ import annotations
@@ -155,6 +161,10 @@ STATUSES = ("passed", "failed", "skipped")
 ASSUMED_BLOCK_PER_CONV = 10.0  # block fwd+bwd / conv fwd+bwd at the same shape
 NET_OVERHEAD = 2.0  # a network step / its convolutions' share of it
 TRITON_JIT_S = 20.0  # building the Triton kernels on first use (CUDA)
+
+
+class _NoTime(Exception):
+    """The budget is spent before a row could even be predicted."""
 
 
 class Budget:
@@ -235,6 +245,10 @@ def fmt_gb(b: float | None) -> str:
     return "-" if b is None else f"{b / 2**30:.2f} GB"
 
 
+def fmt_bytes(b: float) -> str:
+    return f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.2f} MB"
+
+
 # ----------------------------------------------------------------------------- networks
 
 
@@ -283,9 +297,7 @@ def build_network(
             kwargs[key] = pydoc.locate(kwargs[key])
     cls = pydoc.locate(arch["network_class_name"])
     torch.manual_seed(seed)
-    net = cls(
-        input_channels=n_in, num_classes=n_out, deep_supervision=deep_supervision, **kwargs
-    )
+    net = cls(input_channels=n_in, num_classes=n_out, deep_supervision=deep_supervision, **kwargs)
     if hasattr(net, "initialize"):
         net.apply(net.initialize)
     if config is not None:
@@ -375,7 +387,6 @@ class Check:
         self.probes: dict[str, dict[str, Any]] = {}
         self.conv_probe_s: float | None = None
         self.compile_probe: dict[str, float] | None = None
-        self.header: dict[str, Any] = {}
 
     # -------------------------------------------------------------- measured facts
     def measured(self, key: str, field: str) -> Any:
@@ -385,30 +396,32 @@ class Check:
         return row.get(field)
 
     def block_seconds(self) -> tuple[float, str]:
-        """Block fwd+bwd seconds at the block shape: measured, or conv x an assumed ratio."""
+        """Block fwd+bwd seconds at the block shape: measured (in either precision: the block
+        computes in float32 inside), or the conv's times an assumed ratio."""
         for p in ("fp16", "bf16"):
             t = self.measured(f"block_vs_conv/{p}", "block_s")
             if t:
                 return t, f"block_vs_conv/{p}"
         return self.conv_seconds() * ASSUMED_BLOCK_PER_CONV, (
-            f"conv probe x {ASSUMED_BLOCK_PER_CONV:g} (assumed block/conv)"
+            f"conv x {ASSUMED_BLOCK_PER_CONV:g} (assumed block/conv)"
         )
 
     def conv_seconds(self) -> float:
-        for p in ("fp16", "bf16"):
-            t = self.measured(f"block_vs_conv/{p}", "conv_s")
-            if t:
-                return t
+        """Conv fwd+bwd seconds at the block shape in the training precision: row 1's (fp16,
+        on CUDA), else a quick measurement."""
+        prec = train_precision(self.device)
+        t = self.measured(f"block_vs_conv/{prec}", "conv_s") if prec else None
+        if t:
+            return t
         if self.conv_probe_s is None:
-            self.conv_probe_s = self._probe_conv()
+            self.conv_probe_s = self._probe_conv(prec)
         return self.conv_probe_s
 
-    def _probe_conv(self) -> float:
+    def _probe_conv(self, prec: str | None) -> float:
         """Quick measurement: best of 3 conv fwd+bwd at the block shape (after one)."""
         dev = self.device
         c = self.block_shape[1]
         conv = nn.Conv3d(c, c, 3, padding=1).to(dev)
-        prec = "fp16" if dev.type == "cuda" else None
         x = torch.randn(self.block_shape, device=dev, requires_grad=True)
         best = math.inf
         for _ in range(4):
@@ -428,9 +441,13 @@ class Check:
         key = (variant, deep_supervision)
         if key not in self.nets:
             self.nets[key] = build_network(
-                self.conf, self.n_in, self.n_out, VARIANTS[variant], deep_supervision,
+                self.conf,
+                self.n_in,
+                self.n_out,
+                VARIANTS[variant],
+                deep_supervision,
                 self.args.seed,
-            )  # fmt: skip
+            )
         return self.nets[key]
 
     def probe(self, variant: str) -> dict[str, Any]:
@@ -495,8 +512,11 @@ class Check:
         for depth in (1, 2, 6):
             layers: list[nn.Module] = []
             for _ in range(depth):
-                layers += [nn.Conv3d(8, 8, 3, padding=1), nn.InstanceNorm3d(8, affine=True),
-                           nn.LeakyReLU(inplace=True)]  # fmt: skip
+                layers += [
+                    nn.Conv3d(8, 8, 3, padding=1),
+                    nn.InstanceNorm3d(8, affine=True),
+                    nn.LeakyReLU(inplace=True),
+                ]
             mod = nn.Sequential(*layers).to(dev)
             x = torch.randn(1, 8, 8, 8, 8, device=dev)
             with launches.count() as c:
@@ -512,7 +532,8 @@ class Check:
             points.append((c.total, time.perf_counter() - t0))
         torch._dynamo.reset()
         (o1, t1), (o2, t2) = points[1], points[2]
-        slope = max((t2 - t1) / max(o2 - o1, 1), 0.0)
+        # pessimistic: at least half the larger stack's mean seconds per operator
+        slope = max((t2 - t1) / max(o2 - o1, 1), 0.5 * t2 / o2)
         fixed = max(t1 - slope * o1, 0.0)
         return {"startup_s": points[0][1], "fixed_s": fixed, "s_per_op": slope}
 
@@ -569,6 +590,11 @@ class Check:
         for key in self.row_keys():
             row: dict[str, Any] = {"key": key, "started_at_s": round(self.budget.elapsed(), 2)}
             try:
+                if self.budget.left() <= 0:
+                    raise _NoTime(
+                        f"no time left: {self.budget.elapsed():.1f} s elapsed of the "
+                        f"--time-budget {self.args.time_budget:g} s"
+                    )
                 pred, basis = self.predict(key)
                 row["predicted_s"] = round(pred, 2)
                 row["prediction_basis"] = basis
@@ -584,6 +610,9 @@ class Check:
                     row.update(self.measure(key))
                     row["wall_s"] = round(time.perf_counter() - t0, 3)
                     row.setdefault("status", "passed")
+            except _NoTime as exc:
+                row["status"] = "skipped"
+                row["reason"] = str(exc)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a row
                 traceback.print_exc()
                 row["status"] = "failed"
@@ -652,13 +681,20 @@ class Check:
             scaler.scale(loss).backward()
             return y
 
-        out: dict[str, Any] = {"shape": list(self.block_shape), "precision": precision,
-                               "backend": backend.choose(x).reason,
-                               "grad_scaler": precision == "fp16"}  # fmt: skip
-        for name, mod in (("conv", conv), ("block", block)):  # warm-up (JIT, cudnn benchmark)
+        # the backend of the float32 map the block evolves (it computes in float32 inside)
+        out: dict[str, Any] = {
+            "shape": list(self.block_shape),
+            "precision": precision,
+            "backend": backend.choose(x.detach().float()).reason,
+            "backend_of_input": backend.choose(x).reason,
+            "grad_scaler": precision == "fp16",
+        }
+        for mod in (conv, block):  # warm-up (Triton JIT, cudnn benchmark)
             step(mod)
         finite = True
         for name, mod in (("conv", conv), ("block", block)):
+            x.grad = None
+            mod.zero_grad(set_to_none=True)
             base = reset_peak(dev)
             y = step(mod)
             p = peak(dev)
@@ -672,9 +708,11 @@ class Check:
                 step(mod)
             out[f"{name}_launches_estimate"] = cnt.total
             out[f"{name}_launches_estimate_detail"] = {
-                "aten": cnt.aten, "triton": cnt.triton, "syncs": cnt.syncs,
+                "aten": cnt.aten,
+                "triton": cnt.triton,
+                "syncs": cnt.syncs,
                 "top": cnt.by_op.most_common(8),
-            }  # fmt: skip
+            }
             out[f"{name}_cuda_kernels"] = self.profile_kernels(lambda m=mod: step(m))
         times: dict[str, list[float]] = {"conv": [], "block": []}
         deadline = self.budget.seconds
@@ -760,8 +798,9 @@ class Check:
                 outs = runnable(x)
                 outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
                 if not targets:  # random regions at every deep-supervision resolution
-                    targets = [torch.randint(0, 2, o.shape, generator=g).float().to(dev)
-                               for o in outs]  # fmt: skip
+                    targets = [
+                        torch.randint(0, 2, o.shape, generator=g).float().to(dev) for o in outs
+                    ]
                     w = [1 / 2**j for j in range(len(outs))]
                     if len(w) > 1:
                         w[-1] = 0.0  # nnU-Net drops the lowest resolution
@@ -804,7 +843,8 @@ class Check:
             out["truncated"] = f"time budget: {len(measured)} of {a.steps} timed steps"
         if mode == "compile":
             out["compile_backend"] = a.compile_backend
-            out["compile_s"] = times[0] - out["step_s"]
+            # the first step compiles forward and backward (at least 0: noise on a busy host)
+            out["compile_s"] = max(times[0] - out["step_s"], 0.0)
         finite = all(math.isfinite(v) for v in losses) and all(
             bool(torch.isfinite(p).all()) for p in model.parameters()
         )
@@ -866,15 +906,19 @@ class Check:
         """Launches per block step by backend (``launches.count``; an estimate)."""
         dev = self.device
         c = self.block_shape[1]
-        names = ["c", "torch", "triton"] if dev.type == "cpu" else ["triton", "torch"]
+        if dev.type == "cpu":
+            names = ["c", "torch", "triton"]
+        else:  # the backend the block gets here (row 1 has the rest)
+            names = [backend.choose(torch.empty(0, c, 1, 1, 1, device=dev)).name]
         per_backend: dict[str, Any] = {}
         old = os.environ.get(backend.ENV)
         try:
             for name in names:
                 os.environ[backend.ENV] = name
-                shape = self.block_shape
+                shape, ch = self.block_shape, c
                 if dev.type == "cpu" and name == "triton":
-                    shape = (1, c, *[min(s, 8) for s in shape[2:]])  # interpreted: small
+                    # interpreted (slow): 1x2x4^3; the launches do not depend on the size
+                    shape, ch = (1, 2, *[min(s, 4) for s in shape[2:]]), 2
                 x = torch.randn(shape, device=dev)
                 try:
                     reason = backend.choose(x).reason
@@ -883,7 +927,8 @@ class Check:
                     continue
                 counts = {}
                 for k in (2, 3):
-                    blk = PDEBlock(c, self.block_spacing, dataclasses.replace(PDEConfig(), steps=k))
+                    cfg = dataclasses.replace(PDEConfig(), steps=k)
+                    blk = PDEBlock(ch, self.block_spacing, cfg)
                     blk = blk.to(dev).train()
                     blk.record_consistency = True
                     xg = x.clone().requires_grad_(True)
@@ -901,6 +946,11 @@ class Check:
                     "step_triton_launches": counts[3].triton - counts[2].triton,
                     "top_block_ops": counts[2].by_op.most_common(6),
                 }
+                if name == "c":
+                    per_backend[name]["note"] = (
+                        "the C kernels are calls through ctypes, not launches, and are not "
+                        "counted: only the ATen operators around them"
+                    )
         finally:
             if old is None:
                 os.environ.pop(backend.ENV, None)
@@ -927,7 +977,8 @@ class Check:
         if k == "train":
             extra = ""
             if row["mode"] == "compile":
-                extra = f"; compile {row['compile_s']:.1f} s ({fmt_x(row.get('compile_ratio_to_stock'))})"
+                r = fmt_x(row.get("compile_ratio_to_stock"))
+                extra = f"; compile {row['compile_s']:.1f} s ({r})"
             return (
                 f"{head} step {fmt_ms(row['step_s'])} ({fmt_x(row.get('step_ratio_to_stock'))}"
                 f" stock); peak {fmt_gb(row['peak_bytes'])} "
@@ -988,22 +1039,44 @@ def copy_bandwidth(device: torch.device, numel: int) -> float:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gpu_check.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--block-shape", type=int, nargs=5, default=[2, 32, 128, 128, 128],
-                   metavar=("B", "C", "D", "H", "W"), help="row 1 (default 2 32 128 128 128)")  # fmt: skip
-    p.add_argument("--patch", type=int, nargs=3, metavar=("D", "H", "W"),
-                   help="training/inference patch (default: the plans')")  # fmt: skip
+    p.add_argument(
+        "--block-shape",
+        type=int,
+        nargs=5,
+        default=[2, 32, 128, 128, 128],
+        metavar=("B", "C", "D", "H", "W"),
+        help="row 1 (default 2 32 128 128 128)",
+    )
+    p.add_argument(
+        "--patch",
+        type=int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        help="training/inference patch (default: the plans')",
+    )
     p.add_argument("--batch", type=int, help="training batch (default: the plans')")
     p.add_argument("--steps", type=int, default=10, help="timed training steps (default 10)")
     p.add_argument("--reps", type=int, default=10, help="row 1 repetitions (default 10)")
     p.add_argument("--infer-reps", type=int, default=3, help="mirrored passes (default 3)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
-    p.add_argument("--time-budget", type=float, default=420.0,
-                   help="seconds from the start of the process (default 420)")  # fmt: skip
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=420.0,
+        help="seconds from the start of the process (default 420)",
+    )
     p.add_argument("--plans", type=Path, default=PLANS)
     p.add_argument("--configuration", default="3d_fullres")
     p.add_argument("--dataset-json", type=Path, default=DATASET)
-    p.add_argument("--rows", nargs="+", metavar="PATTERN",
-                   help="only the rows matching these glob patterns (e.g. 'train/*/eager')")  # fmt: skip
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        metavar="PATTERN",
+        help="only the rows matching these glob patterns, e.g. 'train/*/eager'",
+    )
+    p.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: 1 on the CPU, torch's own on CUDA)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=Path("gpu_check.json"))
     return p.parse_args(argv)
@@ -1044,13 +1117,25 @@ def summary_table(check: Check) -> str:
             kind = r["key"].split("/")[0]
             if kind == "block_vs_conv":
                 t, rt, rm = fmt_ms(r["block_s"]), fmt_x(r["time_ratio"]), fmt_x(r["memory_ratio"])
-                note = f"conv {fmt_ms(r['conv_s'])}; {r['backend']}"
+                note = (
+                    f"conv {fmt_ms(r['conv_s'])}; launches (estimate) "
+                    f"{r['block_launches_estimate']}/{r['conv_launches_estimate']}"
+                )
+                kb, kc = r["block_cuda_kernels"], r["conv_cuda_kernels"]
+                if isinstance(kb, dict) and "kernels" in kb and isinstance(kc, dict):
+                    note += f"; CUDA kernels {kb['kernels']}/{kc.get('kernels')}"
+                note += (
+                    f"; diffusion >= {fmt_ms(r['diffusion_seconds_at_copy_bandwidth'])} at copy "
+                    f"bandwidth; {r['backend']}"
+                )
             elif kind == "train":
                 t, rt = fmt_ms(r["step_s"]), fmt_x(r.get("step_ratio_to_stock"))
                 rm = fmt_x(r.get("memory_ratio_to_stock"))
                 if r["mode"] == "compile":
-                    note = (f"compile {r['compile_s']:.1f} s "
-                            f"({fmt_x(r.get('compile_ratio_to_stock'))} stock's)")  # fmt: skip
+                    note = (
+                        f"compile {r['compile_s']:.1f} s "
+                        f"({fmt_x(r.get('compile_ratio_to_stock'))} stock's)"
+                    )
             elif kind == "infer":
                 t, rt = fmt_ms(r["pass_s"]), fmt_x(r.get("time_ratio_to_stock"))
                 rm = fmt_x(r.get("memory_ratio_to_stock"))
@@ -1068,6 +1153,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     check = Check(args, device)
     est = bytes_estimate(check.block_shape, PDEConfig().steps)
     result: dict[str, Any] = {
@@ -1078,6 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda"
         else (platform.processor() or platform.machine()),
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "backend": backend.describe(device).reason,
         "time_budget_s": args.time_budget,
         "plans": str(args.plans),
@@ -1101,10 +1190,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"bytes-moved estimate (on paper, not measured) of the AOS diffusion at "
-        f"{'x'.join(map(str, check.block_shape))}: forward {est['forward_bytes_per_step'] / 1e9:.2f}"
-        f" GB + backward {est['backward_bytes_per_step'] / 1e9:.2f} GB per step "
-        f"(at least {est['essential_bytes_per_step'] / 1e9:.2f} GB), "
-        f"{est['block_bytes'] / 1e9:.2f} GB per block of {est['steps']} steps",
+        f"{'x'.join(map(str, check.block_shape))}: forward "
+        f"{fmt_bytes(est['forward_bytes_per_step'])} + backward "
+        f"{fmt_bytes(est['backward_bytes_per_step'])} per step (it must move at least "
+        f"{fmt_bytes(est['essential_bytes_per_step'])}), {fmt_bytes(est['block_bytes'])} per "
+        f"block of {est['steps']} steps",
         flush=True,
     )
     write()
