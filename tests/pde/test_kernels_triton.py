@@ -250,3 +250,42 @@ def test_auto_backend_and_its_reason(monkeypatch) -> None:
         assert choice.name == "torch" and "no compiled C kernels" in choice.reason
     choice = backend.choose(torch.zeros(1, 1, 2, 2, 2, dtype=torch.float16))
     assert choice.name == "torch" and "float32/float64" in choice.reason
+
+
+def test_opcheck_every_kernel_op(monkeypatch) -> None:
+    """Every registered custom op passes opcheck with the arguments a block really passes
+    (recorded from training steps on the C backend, eager and as while torch.compile
+    traces, for both exact solvers), so each is one correct opaque node when compiled."""
+    if backend.describe("cpu").name != "c":
+        pytest.skip(backend.describe("cpu").reason)
+    calls: dict[str, tuple] = {}
+    original = ops.Kernel.__call__
+    names = {k: name for name, k in ops.Kernel.registry.items()}
+
+    def record(self, *args):
+        copy = tuple(a.detach().clone() if torch.is_tensor(a) else a for a in args)
+        calls.setdefault(names[self], copy)
+        return original(self, *args)
+
+    monkeypatch.setattr(ops.Kernel, "__call__", record)
+    for compiling in (False, True):
+        # as while tracing: every kernel through its op (no eager scratch-buffer paths)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+        for config in (PDEConfig(), PDEConfig(solver="crank_nicolson")):
+            torch.manual_seed(7)
+            block = PDEBlock(3, (1.0, 2.0, 1.0), config).train()
+            block.record_consistency = True
+            with torch.no_grad():
+                block.gamma.fill_(0.5)
+            x = torch.randn(2, 3, 5, 6, 7, requires_grad=True)
+            y = block(x)
+            (y.square().sum() + block.last_residuals["energy"]).backward()
+            block.record_consistency = False  # the gate without the regulariser
+            block(x).square().sum().backward()
+            block.record_consistency = True  # evolve: the regulariser on its own
+            block.evolve(x).sum().add(block.last_residuals["energy"]).backward()
+    monkeypatch.undo()
+    missing = set(ops.Kernel.registry) - set(calls)
+    assert not missing, f"ops a block never called here: {sorted(missing)}"
+    for name, args in calls.items():
+        torch.library.opcheck(getattr(torch.ops.nnunet_pde, name).default, args)

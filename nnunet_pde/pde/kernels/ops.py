@@ -33,6 +33,9 @@ class Kernel:
     outputs may not be).
     """
 
+    #: Every kernel registered, by op name (tests opcheck each).
+    registry: dict[str, Kernel] = {}
+
     def __init__(
         self,
         name: str,
@@ -46,6 +49,7 @@ class Kernel:
             f"nnunet_pde::{name}", mutates_args=(), device_types=devices
         )(impl)
         self.op.register_fake(fake)
+        Kernel.registry[name] = self
 
     def __call__(self, *args):
         if torch.compiler.is_compiling():
