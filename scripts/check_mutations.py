@@ -205,6 +205,13 @@ MUTATIONS = (
         "        r = r + alpha * _before(r, s, pad0)",
         ("tests/pde/test_kernels_torch.py::test_cyclic_reduction_equals_a_sparse_direct_solve",),
     ),
+    Mutation(
+        "C kernel cache: a cached library loaded without its checksum check",
+        "nnunet_pde/pde/kernels/cpu_build.py",
+        "            if not intact(target):",
+        "            if not target.exists():",
+        ("tests/pde/test_pde_fused.py::test_a_damaged_cached_library_is_rebuilt_not_loaded",),
+    ),
 )
 
 

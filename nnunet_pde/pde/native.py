@@ -1,9 +1,8 @@
 """The compiled CPU kernels of the fused AOS step (``csrc/aos.c``), built at first use.
 
 The C source has no dependency but the C standard library: it is compiled once per
-machine with the system C compiler (``$CC``, else ``cc``/``gcc``) into a cache folder
-(``$NNUNET_PDE_CACHE``, else ``$XDG_CACHE_HOME/nnunet_pde`` or ``~/.cache/nnunet_pde``),
-keyed by the source, the flags and the CPU, and loaded with :mod:`ctypes`. ctypes releases
+machine with the system C compiler into a cache folder and loaded with :mod:`ctypes`
+(:mod:`~nnunet_pde.pde.kernels.cpu_build`: cache key, integrity check, timeout). ctypes releases
 the GIL during a call, so an axis is split over ``torch.get_num_threads()`` Python threads.
 
 Where no compiler works, or with ``NNUNET_PDE_NATIVE=0``, :func:`library` returns ``None``
@@ -23,22 +22,13 @@ returned the freed block to the system, which costs 5-15 % of a block's step.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
-_SOURCE_DIR = Path(__file__).with_name("csrc")
-_SOURCES = ("common.h", "aos.c", "aos_impl.h", "mlp.c", "mlp_impl.h", "norm.c", "norm_impl.h")
-_UNITS = ("aos.c", "mlp.c", "norm.c")
-_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-Wno-psabi")
+from .kernels import cpu_build
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -46,62 +36,6 @@ _tried = False
 _reason: str | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("NNUNET_PDE_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "nnunet_pde"
-
-
-def _cpu_key() -> str:
-    """The CPU model and flags (``-march=native`` code is only valid on the same kind)."""
-    parts = [platform.machine()]
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "flags", "Features")):
-                    parts.append(line.strip())
-                if len(parts) >= 3:
-                    break
-    except OSError:
-        parts.append(platform.processor())
-    return "\n".join(parts)
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _build() -> ctypes.CDLL:
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set $CC, or install gcc)")
-    digest = hashlib.sha256()
-    for name in _SOURCES:
-        digest.update((_SOURCE_DIR / name).read_bytes())
-    digest.update(" ".join((cc, *_FLAGS)).encode())
-    digest.update(_cpu_key().encode())
-    target = _cache_dir() / f"aos-{digest.hexdigest()[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [cc, *_FLAGS, "-o", tmp, *(str(_SOURCE_DIR / u) for u in _UNITS), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            os.unlink(tmp)
-            msg = (proc.stderr or proc.stdout).strip().splitlines()
-            raise RuntimeError(f"{' '.join(cmd)} failed: {msg[-1] if msg else proc.returncode}")
-        os.replace(tmp, target)  # atomic: concurrent builders never see a partial file
-    lib = ctypes.CDLL(str(target))
-    _declare(lib)
-    return lib
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -159,8 +93,8 @@ def library() -> ctypes.CDLL | None:
                 _reason = "disabled by NNUNET_PDE_NATIVE=0"
             else:
                 try:
-                    _lib = _build()
-                except (OSError, RuntimeError) as exc:
+                    _lib = cpu_build.load(_declare)
+                except cpu_build.BuildError as exc:
                     _reason = str(exc)
             _tried = True
     return _lib

@@ -378,6 +378,65 @@ def test_failing_compiler_falls_back_with_its_reason(tmp_path) -> None:
     assert not any(tmp_path.iterdir())  # no partial library left behind
 
 
+_C_CHECK = """
+    import torch
+    from nnunet_pde.pde import PDEBlock, PDEConfig
+    from nnunet_pde.pde.kernels import backend
+    block = PDEBlock(2, (1.0, 2.0, 1.0), PDEConfig()).train()
+    x = torch.randn(1, 2, 4, 5, 6, requires_grad=True)
+    block(x).sum().backward()
+    print("backend:", backend.choose(x).reason)
+"""
+
+
+def _cached_library(cache) -> tuple:
+    libs = sorted(cache.glob("aos-*.so"))
+    assert len(libs) == 1, libs
+    return libs[0], libs[0].with_name(libs[0].name + ".sha256")
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path) -> None:
+    """A library cut short (a crash after the rename, a half-copied shared cache) would
+    kill every process with SIGBUS; another library under the expected name would not have
+    the kernels. Both fail their checksum and are rebuilt."""
+    env = {"NNUNET_PDE_CACHE": str(tmp_path)}
+    first = _python(_C_CHECK, **env)
+    assert first.returncode == 0 and "compiled C kernels" in first.stdout, first.stderr
+    lib, checksum = _cached_library(tmp_path)
+    good = lib.read_bytes()
+    lib.write_bytes(good[: len(good) * 6 // 10])
+    again = _python(_C_CHECK, **env)
+    assert again.returncode == 0, (again.returncode, again.stderr)
+    assert "compiled C kernels" in again.stdout
+    assert lib.read_bytes() != good[: len(good) * 6 // 10]  # rebuilt
+    # another (valid) shared library under the expected name: an extension module
+    import math
+
+    if not getattr(math, "__file__", "").endswith(".so"):
+        pytest.skip("math is built into this Python: no shared library to plant")
+    planted = open(math.__file__, "rb").read()
+    lib.write_bytes(planted)
+    third = _python(_C_CHECK, **env)
+    assert third.returncode == 0, third.stderr
+    assert "compiled C kernels" in third.stdout
+    assert checksum.read_text().strip() != ""  # a valid pair again
+
+
+def test_a_hanging_compiler_times_out_and_falls_back(tmp_path) -> None:
+    hang = tmp_path / "cc-hangs"
+    hang.write_text("#!/bin/sh\nsleep 120\n")
+    hang.chmod(0o755)
+    proc = _python(
+        _FALLBACK_CHECK,
+        CC=str(hang),
+        NNUNET_PDE_CC_TIMEOUT="2",
+        NNUNET_PDE_CACHE=str(tmp_path / "cache"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "did not finish within 2 s" in proc.stdout
+
+
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
 def test_kernels_restore_the_callers_denormal_handling() -> None:
     """The kernels flush denormals inside (speed) but must not leave the mode set."""
