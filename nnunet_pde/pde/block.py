@@ -308,6 +308,8 @@ class PDEBlock(nn.Module):
             ``(B, C, D, H, W)`` (or ``(B, C, H, W)`` for a 2-D block).
         """
         self._check_input(u)
+        if u.numel() == 0:
+            return u.clone()  # an empty batch (or grid): nothing to evolve
         with torch.autocast(device_type=u.device.type, enabled=False):
             uc = u.to(self._compute_dtype(u.dtype))
             u_hat, mean, std = normalise(uc)
@@ -317,6 +319,8 @@ class PDEBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Gated residual ``x + gamma * (evolve(x) - x)``; exactly ``x`` while ``gamma = 0``."""
         self._check_input(x)
+        if x.numel() == 0:
+            return x.clone()  # an empty batch (or grid): the gate's identity
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(self._compute_dtype(x.dtype))
             if self.fused and self.moment is None:
@@ -356,6 +360,11 @@ class PDEBlock(nn.Module):
             raise ValueError(
                 f"PDEBlock(channels={self.channels}, {self.ndim}-D) expects input of shape "
                 f"(B, {self.channels}, {', '.join('S' * self.ndim)}), got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"PDEBlock expects a real floating-point feature map (float16, bfloat16, "
+                f"float32 or float64), got {x.dtype}; convert it first, e.g. x.float()"
             )
 
     # ------------------------------------------------------------------ loss interface

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from . import native
 from .kernels import backend, ops
@@ -270,6 +271,7 @@ class AOSStep(torch.autograd.Function):
         return _step_forward(u, tau, cA, ce, k, w1, b1, w2, b2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):  # noqa: D102
         return _step_backward(ctx.saved_tensors[0], g, *ctx.saved_tensors[1:])
 
@@ -338,6 +340,7 @@ class FusedBlock(torch.autograd.Function):
         return y, total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy, g_energy):  # noqa: D102
         K = ctx.steps
         saved = ctx.saved_tensors

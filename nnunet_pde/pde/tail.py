@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import native
 from .kernels import backend
@@ -35,18 +36,21 @@ def _on_c(u: torch.Tensor) -> bool:
 # --------------------------------------------------------------------------- normalisation
 
 
-def _centred(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mean, x - mean, var)`` per sample and channel, two passes (``var_mean`` is several
-    times slower on the CPU)."""
-    dims = tuple(range(2, x.ndim))
-    mean = x.mean(dim=dims, keepdim=True)
-    centred = x - mean
-    return mean, centred, centred.square().mean(dim=dims, keepdim=True)
+def _spread(centred: torch.Tensor, eps: float) -> torch.Tensor:
+    """``sqrt(mean(centred^2) + eps)`` per sample and channel without overflow: the squares
+    are taken of ``centred / s`` with ``s = max(1, max |centred|)`` (float32 squares overflow
+    above about 1.8e19, where the C kernels, which accumulate in float64, stay exact)."""
+    dims = tuple(range(2, centred.ndim))
+    s = centred.abs().amax(dim=dims, keepdim=True).clamp_min(1.0)
+    q = (centred / s).square().mean(dim=dims, keepdim=True)
+    return s * torch.sqrt(q + eps / (s * s))
 
 
 def _standardise(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
-    mean, centred, var = _centred(x)
-    std = torch.sqrt(var + eps)
+    dims = tuple(range(2, x.ndim))
+    mean = x.mean(dim=dims, keepdim=True)
+    centred = x - mean
+    std = _spread(centred, eps)
     return centred / std, mean, std
 
 
@@ -132,6 +136,7 @@ class Standardise(torch.autograd.Function):
         return x_hat, mean, std
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_hat, g_mean, g_std):  # noqa: D102
         x_hat, std = ctx.saved_tensors
         return standardise_grad(x_hat, std, g_hat, g_mean, g_std), None
@@ -158,8 +163,9 @@ def standardise_backward(x_hat, std, g_hat, g_mean=None, g_std=None) -> torch.Te
 
 def _moments(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample and channel ``(mean, 1 / sqrt(var + eps))``."""
-    mean, _, var = _centred(z)
-    return mean, torch.rsqrt(var + eps)
+    dims = tuple(range(2, z.ndim))
+    mean = z.mean(dim=dims, keepdim=True)
+    return mean, 1.0 / _spread(z - mean, eps)
 
 
 def _energy_backward_torch(z, g, spacing, mean, std) -> torch.Tensor:
@@ -229,6 +235,7 @@ class EdgeEnergy(torch.autograd.Function):
         return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):  # noqa: D102
         z, mean, inv_std = ctx.saved_tensors
         if _on_c(z):
@@ -413,6 +420,7 @@ class GatedResidual(torch.autograd.Function):
         return y, total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy, g_energy):  # noqa: D102
         dx, gu, ggamma, gmean, gstd = tail_backward(
             gy, *ctx.saved_tensors, g_energy, ctx.spacing, ctx.energy
