@@ -134,6 +134,58 @@ def find_trainer(name: str) -> type:
     return trainers[name]
 
 
+def project_trainer_base(cls: type) -> type | None:
+    """The nearest of our trainers that ``cls`` derives from (``cls`` itself if it is one),
+    ``None`` if it derives from none.
+
+    A class counts as ours by identity, or by name and module file name: a trainer module
+    that nnU-Net's finder imported by its bare name (``nnUNetTrainerPDE3D``) from our folder
+    defines classes equal to, but not identical with, ``nnunet_pde.trainers.*``'s.
+    """
+    ours = list_trainers()
+    for base in inspect.getmro(cls):
+        mine = ours.get(base.__name__)
+        if mine is not None and (
+            base is mine
+            or base.__module__.rsplit(".", 1)[-1] == mine.__module__.rsplit(".", 1)[-1]
+        ):
+            return mine
+    return None
+
+
+def resolve_trainer(name: str) -> type:
+    """The trainer class called ``name`` as a checkpoint names it: one of ours, or a class
+    that nnU-Net's own finder resolves (``nnunetv2.training.nnUNetTrainer``, then the
+    ``nnUNet_extTrainer`` folders, as ``nnUNetv2_train -tr`` does) and that subclasses one
+    of ours (a user's variant in another folder).
+
+    Raises
+    ------
+    ValueError
+        If nnU-Net cannot resolve ``name``, or it resolves to a class that is not ours nor
+        derived from ours; the message says which.
+    """
+    trainers = list_trainers()
+    if name in trainers:
+        return trainers[name]
+    found, problems = find_trainer_with_nnunet([name])
+    cls = found.get(name)
+    if cls is None:
+        ext = os.environ.get(EXT_TRAINER_VAR) or "(not set)"
+        raise ValueError(
+            f"unknown trainer '{name}': not an nnunet-pde trainer, and nnU-Net's finder cannot "
+            f"resolve it ({problems.get(name, 'not found')}); {EXT_TRAINER_VAR}={ext}. Add the "
+            f"folder that defines it to {EXT_TRAINER_VAR}, as for nnUNetv2_train "
+            "(nnunet-pde trainers: nnunet-pde list-trainers)"
+        )
+    if project_trainer_base(cls) is None:
+        raise ValueError(
+            f"trainer '{name}' ({cls.__module__}) is neither an nnunet-pde trainer nor a "
+            "subclass of one (see nnunet-pde list-trainers)"
+        )
+    return cls
+
+
 # --------------------------------------------------------------------------------------
 # doctor
 # --------------------------------------------------------------------------------------

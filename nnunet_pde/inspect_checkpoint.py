@@ -1,12 +1,14 @@
 """What the PDE blocks of a trained PDE3D-UNet learned (``nnunet-pde inspect CHECKPOINT``).
 
-:func:`inspect_checkpoint` is a pure function of a checkpoint file: it rebuilds the network
-of the trainer that wrote the checkpoint (``trainer_name``, one of our trainers) from the
-plans, configuration and dataset.json stored in the checkpoint's ``init_args``, loads the
-weights and returns :func:`nnunet_pde.pde.describe_block` of every PDE block, keyed by the
-block's module name (``encoder.stages.4.pde``). :func:`format_summary` turns that report
-into text and :func:`plot_report` into PNG figures; :func:`register_cli` adds the
-subcommand to ``nnunet-pde``.
+:func:`inspect_checkpoint` rebuilds the network of the trainer that wrote a checkpoint
+(``trainer_name``: one of our trainers, or a user's subclass of one defined in a folder
+listed in ``nnUNet_extTrainer``, resolved by nnU-Net's own finder) from the plans,
+configuration and dataset.json stored in the checkpoint's ``init_args``, loads the weights
+and returns :func:`nnunet_pde.pde.describe_block` of every PDE block, keyed by the block's
+module name (``encoder.stages.4.pde``), with the per-epoch block diagnostics that training
+logged (:func:`block_diagnostics`). :func:`format_summary` turns that report into text and
+:func:`plot_report` into PNG figures; :func:`register_cli` adds the subcommand to
+``nnunet-pde``.
 
 Units follow :func:`describe_block`: time steps in (finest-axis voxel)^2, spacing in mm,
 axis order ``(D, H, W)`` (named z, y, x in derivative names).
@@ -83,25 +85,30 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     Parameters
     ----------
     path:
-        A checkpoint written by ``nnUNetv2_train ... -tr <nnunet-pde trainer>``.
+        A checkpoint written by ``nnUNetv2_train ... -tr <nnunet-pde trainer>`` (or a
+        subclass of one).
 
     Returns
     -------
     dict
         JSON-serialisable: ``checkpoint`` (path), ``trainer_name``, ``configuration``,
-        ``plans_name``, ``epoch`` (``current_epoch`` or ``None``) and ``blocks``: module name
-        -> :func:`~nnunet_pde.pde.describe_block` of that block (empty for trainers without
-        blocks, e.g. ``nnUNetTrainerPDE3D_Backbone``).
+        ``trainer_base`` (the nnunet-pde trainer it is or derives from), ``plans_name``,
+        ``epoch`` (``current_epoch`` or ``None``), ``blocks``: module name ->
+        :func:`~nnunet_pde.pde.describe_block` of that block (empty for trainers without
+        blocks, e.g. ``nnUNetTrainerPDE3D_Backbone``), and ``diagnostics``: what training
+        logged per epoch for each block (:func:`block_diagnostics`; empty for checkpoints
+        written before the diagnostics existed).
 
     Raises
     ------
     FileNotFoundError, CheckpointError
-        See :func:`load_checkpoint`; also if the weights do not fit the rebuilt network.
-    ValueError
-        If ``trainer_name`` is not an nnunet-pde trainer (the message lists the known ones).
+        See :func:`load_checkpoint`; also if the weights do not fit the rebuilt network,
+        or if ``trainer_name`` is neither an nnunet-pde trainer nor a subclass of one that
+        nnU-Net's finder resolves through ``nnUNet_extTrainer``
+        (:func:`nnunet_pde.env.resolve_trainer`).
     """
     from nnunet_pde.checkpoints import PDE_KEY_MARKER, build_network_for_checkpoint
-    from nnunet_pde.env import find_trainer
+    from nnunet_pde.env import project_trainer_base, resolve_trainer
     from nnunet_pde.network import pde_blocks
     from nnunet_pde.pde import describe_block
 
@@ -109,8 +116,8 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     trainer_name = str(checkpoint["trainer_name"])
     weights = _strip_wrappers(checkpoint["network_weights"])
     try:
-        trainer = find_trainer(trainer_name)
-    except ValueError:
+        trainer = resolve_trainer(trainer_name)
+    except ValueError as exc:
         if not any(PDE_KEY_MARKER in key for key in weights):
             raise CheckpointError(
                 f"this checkpoint has no PDE blocks: {path} was written by {trainer_name}, "
@@ -119,8 +126,7 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
                 "CHECKPOINT",
             ) from None
         raise CheckpointError(
-            f"{path} was written by trainer '{trainer_name}', which is not an nnunet-pde "
-            "trainer (see nnunet-pde list-trainers)",
+            f"{path} was written by trainer '{trainer_name}', which cannot be used: {exc}",
             "CHECKPOINT",
         ) from None
     network = build_network_for_checkpoint(trainer, checkpoint)
@@ -133,13 +139,37 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
             "CHECKPOINT",
         ) from None
     init_args = checkpoint["init_args"]
+    blocks = pde_blocks(network)
+    base = project_trainer_base(trainer)
     return {
         "checkpoint": str(Path(path)),
         "trainer_name": trainer_name,
+        "trainer_base": base.__name__ if base is not None else None,
         "configuration": init_args.get("configuration"),
         "plans_name": init_args["plans"].get("plans_name"),
         "epoch": checkpoint.get("current_epoch"),
-        "blocks": {name: describe_block(block) for name, block in pde_blocks(network).items()},
+        "blocks": {name: describe_block(block) for name, block in blocks.items()},
+        "diagnostics": block_diagnostics(checkpoint.get("logging"), list(blocks)),
+    }
+
+
+def block_diagnostics(logging: Any, block_names: list[str]) -> dict[str, dict[str, list]]:
+    """The per-epoch block diagnostics that training logged (a checkpoint's ``logging``
+    entry, see :mod:`nnunet_pde.training.diagnostics`): block module name -> quantity
+    (``gamma_abs_mean``, ``gamma_abs_max``, ``tau``, ``contribution``) -> one value per
+    epoch, ``None`` for an epoch without a value (a resumed training that predates them).
+    Blocks are matched to the logger keys by their label (``stage<s>``); a label no block
+    of the network has keeps its label as key. Empty when nothing was logged."""
+    from nnunet_pde.training.diagnostics import block_labels, diagnostics_from_logging
+
+    series = diagnostics_from_logging(logging if isinstance(logging, dict) else None)
+    by_label = {label: name for name, label in block_labels(block_names).items()}
+    return {
+        by_label.get(label, label): {
+            quantity: [v if np.isfinite(v) else None for v in values]
+            for quantity, values in quantities.items()
+        }
+        for label, quantities in series.items()
     }
 
 
@@ -189,9 +219,11 @@ def _moment_summary(moment: dict[str, Any], top: int) -> list[str]:
 def format_summary(report: dict[str, Any], top: int = 5) -> str:
     """Readable text of an :func:`inspect_checkpoint` report (``top`` channels shown per
     moment block)."""
+    base = report.get("trainer_base")
     head = (
-        f"{report['checkpoint']}: {report['trainer_name']}, {report.get('plans_name')} / "
-        f"{report.get('configuration')}"
+        f"{report['checkpoint']}: {report['trainer_name']}"
+        + (f" (subclass of {base})" if base and base != report["trainer_name"] else "")
+        + f", {report.get('plans_name')} / {report.get('configuration')}"
         + (f", epoch {report['epoch']}" if report.get("epoch") is not None else "")
     )
     lines = [head]
@@ -219,7 +251,37 @@ def format_summary(report: dict[str, Any], top: int = 5) -> str:
         )
         if b["moment"] is not None:
             lines.extend(_moment_summary(b["moment"], top))
+        lines.extend(_diagnostics_summary((report.get("diagnostics") or {}).get(name)))
     return "\n".join(lines)
+
+
+#: Quantity -> label in the text summary of the training diagnostics.
+_DIAGNOSTIC_LABELS = {
+    "gamma_abs_mean": "|gamma| mean",
+    "gamma_abs_max": "|gamma| max",
+    "tau": "tau",
+    "contribution": "contribution ||y-x||/||x||",
+}
+
+
+def _diagnostics_summary(series: dict[str, list] | None) -> list[str]:
+    """Lines of one block's training diagnostics: first, last and largest value per
+    quantity, with their epochs."""
+    if not series:
+        return ["  training diagnostics: none logged in this checkpoint"]
+    n_epochs = max((len(v) for v in series.values()), default=0)
+    lines = [f"  training diagnostics ({n_epochs} epochs logged; value at epoch):"]
+    for quantity, label in _DIAGNOSTIC_LABELS.items():
+        points = [(e, v) for e, v in enumerate(series.get(quantity) or []) if v is not None]
+        if not points:
+            lines.append(f"    {label:<28} n/a")
+            continue
+        (e0, v0), (e1, v1) = points[0], points[-1]
+        em, vm = max(points, key=lambda p: p[1])
+        lines.append(
+            f"    {label:<28} first {v0:.4g} @{e0}  last {v1:.4g} @{e1}  max {vm:.4g} @{em}"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------- plots

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
+import sys
 
 import pytest
 import torch
 from plan_fixtures import load_plans, managers
 
 from nnunet_pde.cli.inspect import register_cli
+from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 from nnunet_pde.inspect_checkpoint import (
     format_summary,
     inspect_checkpoint,
@@ -24,8 +28,9 @@ from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
 )
 
 
-def _save_checkpoint(path, trainer, perturb=None, seed=0, trainer_name=None):
-    """A checkpoint shaped like nnUNetTrainer.save_checkpoint's, of ``trainer``'s network."""
+def _save_checkpoint(path, trainer, perturb=None, seed=0, trainer_name=None, logging=None):
+    """A checkpoint shaped like nnUNetTrainer.save_checkpoint's, of ``trainer``'s network
+    (``logging``: the logger's entry, absent if None)."""
     plans, ds = load_plans("tiny_plain")
     pm, cm, n_in, n_out = managers(plans, ds)
     torch.manual_seed(seed)
@@ -46,6 +51,7 @@ def _save_checkpoint(path, trainer, perturb=None, seed=0, trainer_name=None):
             },
             "trainer_name": trainer_name or trainer.__name__,
             "current_epoch": 7,
+            **({"logging": logging} if logging is not None else {}),
         },
         path,
     )
@@ -174,3 +180,121 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, case):
     assert _run(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err
+
+
+# ----------------------------------------------------- training diagnostics, user trainers
+
+
+def _diagnostics_logging(labels, epochs=3, resumed_from=0):
+    """A logger entry as the trainers write it: nnU-Net's keys and ours per block label,
+    NaN for the epochs before ``resumed_from`` (a resumed training that predates them)."""
+    nan = float("nan")
+    logging = {"train_losses": [0.9, 0.8, 0.7][:epochs], "lrs": [1e-3] * epochs}
+    for i, label in enumerate(labels):
+        for q, base in (("gamma_abs_mean", 0.01), ("gamma_abs_max", 0.05), ("tau", 0.3)):
+            logging[f"pde_{label}_{q}"] = [base * (e + 1) + i for e in range(epochs)]
+        logging[f"pde_{label}_contribution"] = [0.0] + [0.02 * e + i for e in range(1, epochs)]
+        for key in [k for k in logging if k.startswith(f"pde_{label}_")]:
+            logging[key][:resumed_from] = [nan] * resumed_from
+    return logging
+
+
+def test_report_and_summary_show_the_logged_block_diagnostics(tmp_path, capsys):
+    path = tmp_path / "checkpoint_final.pth"
+    logging = _diagnostics_logging(["stage2"], epochs=3, resumed_from=1)
+    _save_checkpoint(path, nnUNetTrainerPDE3D, _perturb, logging=logging)
+    report = inspect_checkpoint(path)
+    assert report["trainer_base"] == "nnUNetTrainerPDE3D"
+    diag = report["diagnostics"]
+    assert list(diag) == ["encoder.stages.2.pde"]  # keyed like "blocks"
+    series = diag["encoder.stages.2.pde"]
+    assert list(series) == ["gamma_abs_mean", "gamma_abs_max", "tau", "contribution"]
+    assert series["tau"] == [None, pytest.approx(0.6), pytest.approx(0.9)]
+    assert series["contribution"] == [None, pytest.approx(0.02), pytest.approx(0.04)]
+    json.dumps(report, allow_nan=False)  # strict JSON: NaN became null
+    text = format_summary(report)
+    assert "training diagnostics (3 epochs logged" in text
+    assert "first 0.02 @1  last 0.04 @2  max 0.04 @2" in text
+    out_json = tmp_path / "pde.json"
+    assert _run(["inspect", str(path), "--json", str(out_json)]) == 0
+    assert "contribution ||y-x||/||x||" in capsys.readouterr().out
+    assert json.loads(out_json.read_text())["diagnostics"] == json.loads(json.dumps(diag))
+
+
+def test_checkpoint_without_diagnostics_says_so(tmp_path):
+    path = tmp_path / "checkpoint_final.pth"
+    _save_checkpoint(path, nnUNetTrainerPDE3D, _perturb)  # no logging entry at all
+    report = inspect_checkpoint(path)
+    assert report["diagnostics"] == {}
+    assert "training diagnostics: none logged" in format_summary(report)
+
+
+USER_TRAINERS = """
+import dataclasses
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D, nnUNetTrainerPDE3D_Stages01
+
+
+class nnUNetTrainerUserPDE_K3(nnUNetTrainerPDE3D_Stages01):
+    pde_config = dataclasses.replace(nnUNetTrainerPDE3D_Stages01.pde_config, steps=3)
+
+
+class nnUNetTrainerUserNotOurs(nnUNetTrainer):
+    build_network_architecture = nnUNetTrainerPDE3D.build_network_architecture
+    pde_config = nnUNetTrainerPDE3D.pde_config
+    pde_all_stages = False
+"""
+
+
+def _user_folder(tmp_path):
+    """A folder of the user's own trainers, as nnUNet_extTrainer would list it."""
+    folder = tmp_path / "my_trainers"
+    folder.mkdir()
+    (folder / "user_pde_trainers_for_inspect.py").write_text(USER_TRAINERS)
+    spec = importlib.util.spec_from_file_location(
+        "_user_trainers_built_here", folder / "user_pde_trainers_for_inspect.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return folder, module
+
+
+def test_inspect_resolves_a_user_subclass_from_ext_trainer(tmp_path, monkeypatch, capsys):
+    folder, module = _user_folder(tmp_path)
+    user = module.nnUNetTrainerUserPDE_K3
+    path = tmp_path / "checkpoint_final.pth"
+    logging = _diagnostics_logging(["stage0", "stage1"], epochs=2)
+    net = _save_checkpoint(path, user, _perturb, logging=logging)
+    assert len(pde_blocks(net)) == 2
+
+    # without the user's folder in nnUNet_extTrainer nnU-Net cannot find it either
+    monkeypatch.setenv(EXT_TRAINER_VAR, str(trainer_dir()))
+    assert _run(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "nnUNetTrainerUserPDE_K3" in err and EXT_TRAINER_VAR in err
+
+    monkeypatch.setenv(EXT_TRAINER_VAR, f"{folder}{os.pathsep}{trainer_dir()}")
+    report = inspect_checkpoint(path)
+    assert report["trainer_name"] == "nnUNetTrainerUserPDE_K3"
+    assert report["trainer_base"] == "nnUNetTrainerPDE3D_Stages01"
+    assert list(report["blocks"]) == ["encoder.stages.0.pde", "encoder.stages.1.pde"]
+    # the user's class built the network: its own configuration, not its base's
+    assert {b["config"]["steps"] for b in report["blocks"].values()} == {3}
+    assert list(report["diagnostics"]) == list(report["blocks"])
+    assert report["diagnostics"]["encoder.stages.1.pde"]["tau"] == pytest.approx([1.3, 1.6])
+    assert _run(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "nnUNetTrainerUserPDE_K3 (subclass of nnUNetTrainerPDE3D_Stages01)" in out
+    assert "user_pde_trainers_for_inspect" not in sys.modules  # nnU-Net's finder cleaned up
+
+
+def test_inspect_refuses_a_user_trainer_not_derived_from_ours(tmp_path, monkeypatch, capsys):
+    folder, module = _user_folder(tmp_path)
+    path = tmp_path / "checkpoint_final.pth"
+    _save_checkpoint(path, module.nnUNetTrainerUserNotOurs)
+    monkeypatch.setenv(EXT_TRAINER_VAR, str(folder))
+    assert _run(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "nnUNetTrainerUserNotOurs" in err and "neither an nnunet-pde trainer" in err

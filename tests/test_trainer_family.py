@@ -219,6 +219,15 @@ def test_one_training_step_is_finite_and_logs_every_loss_term(name, nnunet_env):
     assert expected <= set(logged)
     for key in expected:
         assert len(logged[key]) == 1 and np.isfinite(logged[key][0]), (name, key)
+    # every block's gate, time step and contribution (PDEDiagnosticsMixin); none without blocks
+    blocks = pde_blocks(trainer.network)
+    diagnostics = {k for k in logged if k.startswith("pde_")}
+    assert len(diagnostics) == 4 * len(blocks), (name, diagnostics)
+    for key in diagnostics:
+        assert len(logged[key]) == 1 and np.isfinite(logged[key][0]), (name, key)
+        if key.endswith("_contribution"):
+            assert logged[key][0] == 0.0, (name, key)  # measured before the step moved gamma
+    assert all(b.record_diagnostics for b in blocks.values()), name
     # the schedule: AdamW warms up from a fraction of its peak; SGD starts at nnU-Net's 1e-2
     lr = trainer.optimizer.param_groups[0]["lr"]
     if trainer.use_sgd:

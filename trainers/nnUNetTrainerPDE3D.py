@@ -8,7 +8,9 @@ attributes only:
   ``pde_all_stages``: a block after every encoder stage;
 * ``reg_config``: the regulariser terms (:class:`nnunet_pde.losses.RegularizerConfig`);
 * ``use_sgd``: nnU-Net's SGD + poly schedule instead of AdamW + warm-up/cosine;
-* ``epochs`` / ``iterations_per_epoch`` / ``val_iterations_per_epoch``: training length.
+* ``epochs`` / ``iterations_per_epoch`` / ``val_iterations_per_epoch``: training length;
+* ``pde_diagnostics``: log the blocks' gate, time step and contribution per epoch (default
+  on; nothing is logged for a network without blocks).
 
 ``build_network_architecture`` reads only class attributes, because ``nnUNetv2_predict``
 calls it on the class.
@@ -33,6 +35,7 @@ from nnunet_pde.losses import RegularizerConfig
 from nnunet_pde.network import build_pde3d_network
 from nnunet_pde.pde import PDEConfig
 from nnunet_pde.training import AdamWCosineMixin, RegularizedLossMixin, TrainingLengthMixin
+from nnunet_pde.training.diagnostics import PDEDiagnosticsMixin
 
 #: The full model's regulariser. The weights make each term about 2 % of the Dice+CE loss at
 #: the start of training (measured on the synthetic BraTS-like data: L_pde ~0.16, L_tv ~0.2
@@ -42,11 +45,12 @@ FULL_REGULARIZER = RegularizerConfig(lambda_pde=0.1, lambda_tv=0.05, warmup_frac
 
 
 class nnUNetTrainerPDE3D(
-    RegularizedLossMixin, AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer
+    PDEDiagnosticsMixin, RegularizedLossMixin, AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer
 ):
     """Full PDE3D-UNet: a PDE block (semi-implicit anisotropic diffusion, K=2, learned
     response) after the stage feeding the bottleneck; Dice+CE + PDE consistency + TV;
-    AdamW with warm-up and cosine annealing."""
+    AdamW with warm-up and cosine annealing. Every epoch logs each block's gate, time step
+    and contribution (:class:`~nnunet_pde.training.diagnostics.PDEDiagnosticsMixin`)."""
 
     pde_config: ClassVar[PDEConfig | None] = PDEConfig()
     pde_all_stages: ClassVar[bool] = False

@@ -71,19 +71,22 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
 
     The parser sets ``func``, which returns the exit code (0, or 2 with a one-line
     ``error: ...`` on stderr for a missing file, a file that is not an nnU-Net checkpoint
-    or a trainer that is not ours).
+    or a trainer that is neither ours nor a subclass of ours).
     """
     p = add_command(
         subparsers,
         "inspect",
         _cmd_inspect,
         help="what the PDE blocks of a trained checkpoint learned (time step, diffusivity, "
-        "edge thresholds, moment kernels)",
-        description="Rebuild the network of the nnunet-pde trainer that wrote CHECKPOINT, load "
-        "its weights and report for every PDE block the learned time step (and the effective "
-        "per-channel step after the stability clamp), gate, diffusivity alpha and edge "
-        "threshold kappa per channel and, for moment operators, the moment arrays and which "
-        "derivatives the kernels effectively approximate.",
+        "edge thresholds, moment kernels, per-epoch gate and contribution)",
+        description="Rebuild the network of the nnunet-pde trainer that wrote CHECKPOINT (or "
+        "of a user's subclass of one, found through nnUNet_extTrainer by nnU-Net's own "
+        "finder), load its weights and report for every PDE block the learned time step (and "
+        "the effective per-channel step after the stability clamp), gate, diffusivity alpha "
+        "and edge threshold kappa per channel and, for moment operators, the moment arrays "
+        "and which derivatives the kernels effectively approximate; then the per-epoch "
+        "diagnostics the training logged (|gamma| mean/max, tau, contribution "
+        "||y-x||/||x||).",
         epilog=_EXAMPLE,
     )
     p.add_argument(

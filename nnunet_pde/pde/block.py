@@ -52,6 +52,18 @@ def edge_energy(z: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
     return EdgeEnergy.apply(z, tuple(float(h) for h in spacing), NORM_EPS)
 
 
+def relative_change(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``||y - x|| / ||x||`` over the whole batch (Frobenius norms), detached, as a 0-d
+    tensor on ``x``'s device: how much a block changed its input. 0 when ``x`` is 0."""
+    with torch.no_grad():
+        x = x.detach()
+        # square().sum() (cascade summation on the CPU) rather than vector_norm, whose
+        # float32 CPU reduction is off by ~1e-5 relative on a feature map of 1e5 voxels
+        num = (y.detach() - x).square().sum()
+        den = x.square().sum()
+        return torch.sqrt(num / torch.clamp(den, min=torch.finfo(den.dtype).tiny))
+
+
 class PDEBlock(nn.Module):
     """Learnable PDE evolution of a feature map, identity at initialisation.
 
@@ -85,6 +97,12 @@ class PDEBlock(nn.Module):
     In training mode, and only while :attr:`record_consistency` is True (the loss wrapper
     sets it when ``lambda_pde > 0``), ``forward``/``evolve`` record
     ``last_residuals = {"energy": ...}``: :func:`edge_energy` of the final state.
+
+    In training mode, and only while :attr:`record_diagnostics` is True (the trainers'
+    :class:`~nnunet_pde.training.diagnostics.PDEDiagnosticsMixin` sets it), ``forward``
+    records ``last_contribution``: the detached scalar ``||y - x|| / ||x||`` of the batch
+    (``y`` the output, ``x`` the input, both in the compute dtype), on the input's device.
+    It is computed without gradient and changes neither the output nor any gradient.
     """
 
     def __init__(self, channels: int, spacing: Sequence[float], config: PDEConfig) -> None:
@@ -133,6 +151,10 @@ class PDEBlock(nn.Module):
         #: loss wrapper switches it on only when its weight ``lambda_pde`` is positive.
         self.record_consistency = False
         self.last_residuals: dict[str, torch.Tensor] | None = None
+        #: Whether training forwards record ``last_contribution`` (``||y - x|| / ||x||``,
+        #: detached); the trainers' diagnostics mixin switches it on.
+        self.record_diagnostics = False
+        self.last_contribution: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ parameters
     def tau(self) -> torch.Tensor:
@@ -324,17 +346,28 @@ class PDEBlock(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(self._compute_dtype(x.dtype))
             if self.fused and self.moment is None:
-                return self._fused_forward(xc).to(x.dtype)
-            x_hat, mean, std = normalise(xc)
-            u_hat = self.integrate(x_hat, record=False)
-            # The gate and the regulariser of u_hat in one function: u_hat's two gradients
-            # come from one kernel, and it keeps only u_hat and x_hat (kept anyway).
-            record = self._records()
-            y, energy = GatedResidual.apply(
-                xc, u_hat, x_hat, self.gamma.to(xc.dtype), mean, std, self.spacing, NORM_EPS, record
-            )
-            if record:
-                self.last_residuals = {"energy": energy}
+                y = self._fused_forward(xc)
+            else:
+                x_hat, mean, std = normalise(xc)
+                u_hat = self.integrate(x_hat, record=False)
+                # The gate and the regulariser of u_hat in one function: u_hat's two
+                # gradients come from one kernel, and it keeps only u_hat and x_hat.
+                record = self._records()
+                y, energy = GatedResidual.apply(
+                    xc,
+                    u_hat,
+                    x_hat,
+                    self.gamma.to(xc.dtype),
+                    mean,
+                    std,
+                    self.spacing,
+                    NORM_EPS,
+                    record,
+                )
+                if record:
+                    self.last_residuals = {"energy": energy}
+            if self.training and self.record_diagnostics:
+                self.last_contribution = relative_change(xc, y)
         return y.to(x.dtype)
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -373,9 +406,10 @@ class PDEBlock(nn.Module):
         self.last_residuals = None
 
     def train(self, mode: bool = True) -> PDEBlock:
-        # Switching to eval drops stale training residuals: eval never exposes any.
+        # Switching to eval drops stale training records: eval never exposes any.
         if not mode:
             self.last_residuals = None
+            self.last_contribution = None
         return super().train(mode)
 
     def extra_repr(self) -> str:

@@ -4,6 +4,7 @@ Each mixin overrides one narrow nnU-Net hook and is configured by class attribut
 trainer variant is a few class attributes, not a copied method. Put the mixins *before*
 ``nnUNetTrainer`` in the bases. Nothing here imports nnunetv2: the mixins use the
 trainer's attributes by name (``self.network``, ``self.loss``, ``self.logger``, ...).
+The per-epoch PDE block diagnostics are :class:`.diagnostics.PDEDiagnosticsMixin`.
 """
 
 from __future__ import annotations

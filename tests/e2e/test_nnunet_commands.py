@@ -152,6 +152,14 @@ def test_training_writes_a_pde3d_checkpoint_and_fold_validation(workspace):
     # the gate left its zero initialisation: the block takes part in training
     gates = [v for k, v in ckpt["network_weights"].items() if k.endswith(".pde.gamma")]
     assert gates and all(torch.count_nonzero(g) > 0 for g in gates)
+    # the blocks' state per epoch (PDEDiagnosticsMixin): logged, printed and plotted
+    diagnostics = {k: v for k, v in ckpt["logging"].items() if k.startswith("pde_stage")}
+    assert len(diagnostics) == 4 * len(gates)
+    assert all(len(v) == 2 and np.all(np.isfinite(v)) for v in diagnostics.values())
+    contribution = [v for k, v in diagnostics.items() if k.endswith("_contribution")]
+    assert all(c[1] > 0 for c in contribution)  # the gate opened during epoch 0
+    assert (fold / "progress_pde_blocks.png").is_file()
+    assert "contribution ||y-x||/||x||" in workspace.train_log
     val = json.loads((fold / "validation" / "summary.json").read_text())
     assert val["foreground_mean"]["Dice"] >= 0
 
@@ -258,6 +266,8 @@ def test_resume_find_best_configuration_export_and_import(workspace, tmp_path):
     logged = final["logging"]
     for key in ("train_loss_seg", "train_loss_pde", "train_loss_tv"):
         assert len(logged[key]) == 2 and all(np.isfinite(logged[key])), key
+    diagnostics = [k for k in logged if k.startswith("pde_stage")]
+    assert diagnostics and all(len(logged[k]) == 2 for k in diagnostics)
 
     _run(
         [

@@ -303,3 +303,106 @@ def test_two_dimensional_block(operator: str, solver: str) -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
     with pytest.raises(ValueError, match="expects input of shape"):
         block(torch.randn(2, 2, 4, 4, 4))
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+#: The fused whole-block path (default), the reference path with its gate function (moment
+#: operator, and an iterative solver).
+DIAGNOSTIC_CONFIGS = [
+    {},
+    {"operator": "moment", "kernel_size": 3},
+    {"solver": "gauss_seidel"},
+]
+
+
+def _relative_change(x: torch.Tensor, y: torch.Tensor) -> float:
+    x64, y64 = x.detach().double(), y.detach().double()
+    return float((y64 - x64).norm() / x64.norm())
+
+
+@pytest.mark.parametrize("cfg", DIAGNOSTIC_CONFIGS)
+def test_recorded_contribution_is_the_relative_change(cfg: dict) -> None:
+    block = randomize(make_block(**cfg), seed=5)
+    block.record_diagnostics = True
+    block.train()
+    x = torch.randn(2, 2, 6, 5, 7)
+    y = block(x)
+    c = block.last_contribution
+    assert c is not None and c.ndim == 0 and not c.requires_grad
+    assert float(c) == pytest.approx(_relative_change(x, y), rel=1e-5)
+    assert float(c) > 0
+
+
+def test_contribution_of_a_closed_gate_is_zero_and_grows_with_the_gate() -> None:
+    block = make_block()
+    block.record_diagnostics = True
+    block.train()
+    x = torch.randn(1, 2, 6, 6, 6)
+    block(x)
+    assert float(block.last_contribution) == 0.0  # fresh block: gamma = 0, y == x
+    seen = []
+    for gamma in (0.1, 0.5):
+        with torch.no_grad():
+            block.gamma.fill_(gamma)
+        y = block(x)
+        seen.append(float(block.last_contribution))
+        assert seen[-1] == pytest.approx(_relative_change(x, y), rel=1e-5)
+    # one shared gamma scales y - x linearly
+    assert 0 < seen[0] and seen[1] == pytest.approx(5 * seen[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("cfg", DIAGNOSTIC_CONFIGS)
+def test_diagnostics_flag_changes_no_output_gradient_or_saved_tensor(cfg, monkeypatch) -> None:
+    """Off (the default) nothing is recorded; on, the output and every gradient are bit for
+    bit those of the flag off, autograd keeps nothing more, and the fused block function is
+    still the one that runs where it did."""
+    fused_calls = []
+    original = PDEBlock._fused_forward
+
+    def spy(self, x):
+        fused_calls.append(1)
+        return original(self, x)
+
+    monkeypatch.setattr(PDEBlock, "_fused_forward", spy)
+    block = randomize(make_block(**cfg), seed=7)
+    block.train()
+    x = torch.randn(2, 2, 5, 6, 5)
+
+    def step():
+        block.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        y = block(xg)
+        (y.square().mean()).backward()
+        return y.detach(), xg.grad, [p.grad.clone() for p in block.parameters()]
+
+    assert block.record_diagnostics is False
+    off = step()
+    assert block.last_contribution is None
+    calls_off = len(fused_calls)
+    block.record_diagnostics = True
+    on = step()
+    assert block.last_contribution is not None
+    assert len(fused_calls) == 2 * calls_off  # same path with the flag on
+    assert (calls_off == 1) == (block.fused and block.moment is None)
+    assert torch.equal(off[0], on[0]) and torch.equal(off[1], on[1])
+    for g_off, g_on in zip(off[2], on[2], strict=True):
+        assert torch.equal(g_off, g_on)
+    block.record_diagnostics = False
+    saved_off = _saved_bytes(lambda: block(x.clone().requires_grad_(True)))
+    block.record_diagnostics = True
+    assert _saved_bytes(lambda: block(x.clone().requires_grad_(True))) == saved_off
+
+
+def test_contribution_recorded_only_in_training() -> None:
+    block = randomize(make_block(), seed=2)
+    block.record_diagnostics = True
+    x = torch.randn(1, 2, 5, 5, 5)
+    block.eval()
+    block(x)
+    assert block.last_contribution is None
+    block.train()
+    block(x)
+    assert block.last_contribution is not None
+    block.eval()  # switching to eval drops it
+    assert block.last_contribution is None
