@@ -58,9 +58,11 @@ def relative_change(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         x = x.detach()
         # square().sum() (cascade summation on the CPU) rather than vector_norm, whose
-        # float32 CPU reduction is off by ~1e-5 relative on a feature map of 1e5 voxels
-        num = (y.detach() - x).square().sum()
-        den = x.square().sum()
+        # float32 CPU reduction is off by ~1e-5 relative on a feature map of 1e5 voxels;
+        # both divided by max |x| first, so features above ~1e19 do not overflow
+        s = x.abs().amax().clamp_min(torch.finfo(x.dtype).tiny)
+        num = ((y.detach() - x) / s).square().sum()
+        den = (x / s).square().sum()
         return torch.sqrt(num / torch.clamp(den, min=torch.finfo(den.dtype).tiny))
 
 
