@@ -161,10 +161,10 @@ MUTATIONS = (
         ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
     ),
     Mutation(
-        "Triton forward: the explicit half's flux difference loses its left face",
+        "Triton: the explicit half's flux difference loses its left face",
         "nnunet_pde/pde/kernels/triton_aos.py",
-        "                f_prev = flux\n            piv = 1.0",
-        "                f_prev = 0.0 * flux\n            piv = 1.0",
+        "            rhs += tl.load(ce_ptr + c).to(u_cur.dtype) * (flux - f_prev)",
+        "            rhs += tl.load(ce_ptr + c).to(u_cur.dtype) * flux",
         ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
     ),
     Mutation(

@@ -120,3 +120,25 @@ def sequential_red_black(
                 off = cols != k
                 v[k] = (b[k] - vals[off] @ v[cols[off]]) / vals[~off][0]
     return v
+
+
+def compiled_graph_nodes(n: int) -> int:
+    """FX nodes (nested autograd subgraphs included) that ``torch.compile(fullgraph=True)``
+    traces for a training step of a default 2-channel block on an ``n^3`` grid."""
+    from nnunet_pde.pde import PDEBlock, PDEConfig
+
+    torch._dynamo.reset()
+    counts: list[int] = []
+
+    def count_backend(gm, example_inputs):
+        counts.append(
+            sum(len(m.graph.nodes) for m in gm.modules() if isinstance(m, torch.fx.GraphModule))
+        )
+        return gm.forward
+
+    block = PDEBlock(2, (1.0, 1.0, 2.0), PDEConfig()).train()
+    block.record_consistency = True
+    compiled = torch.compile(block, backend=count_backend, fullgraph=True)
+    compiled(torch.randn(1, 2, n, n, n, requires_grad=True)).sum().backward()
+    torch._dynamo.reset()
+    return sum(counts)

@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
+from pde_reference import compiled_graph_nodes
 
 from nnunet_pde.pde import PDEBlock, PDEConfig
 from nnunet_pde.pde.kernels import backend, torch_aos
@@ -76,26 +77,9 @@ def test_block_on_torch_with_cyclic_reduction_equals_the_block_on_c(monkeypatch)
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
 
 
-def _graph_nodes(n: int) -> int:
-    torch._dynamo.reset()
-    counts: list[int] = []
-
-    def count_backend(gm, example_inputs):
-        counts.append(
-            sum(len(m.graph.nodes) for m in gm.modules() if isinstance(m, torch.fx.GraphModule))
-        )
-        return gm.forward
-
-    block = PDEBlock(2, (1.0, 1.0, 2.0), PDEConfig()).train()
-    compiled = torch.compile(block, backend=count_backend, fullgraph=True)
-    compiled(torch.randn(1, 2, n, n, n, requires_grad=True)).sum().backward()
-    torch._dynamo.reset()
-    return sum(counts)
-
-
 def test_compiled_torch_backend_with_cyclic_reduction_grows_with_log_n(monkeypatch) -> None:
     """No per-cell loop is unrolled: grids with the same number of reduction levels
     (n = 5 and 8: three) trace graphs of the same size."""
     monkeypatch.setenv(backend.ENV, "torch")
     monkeypatch.setattr(torch_aos, "SOLVERS", {})
-    assert _graph_nodes(5) == _graph_nodes(8)
+    assert compiled_graph_nodes(5) == compiled_graph_nodes(8)

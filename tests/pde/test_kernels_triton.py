@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pde_reference import compiled_graph_nodes
 
 from nnunet_pde.pde import PDEBlock, PDEConfig, fused
 from nnunet_pde.pde.kernels import backend, launches, ops, triton_aos
@@ -167,26 +168,6 @@ def test_opcheck_aos_ops(monkeypatch, which) -> None:
         torch.testing.assert_close(x, y)
 
 
-def _graph_nodes(n: int) -> int:
-    torch._dynamo.reset()
-    counts: list[int] = []
-
-    def count_backend(gm, example_inputs):
-        # nested graphs too (an autograd.Function's forward/backward are subgraphs)
-        counts.append(
-            sum(len(m.graph.nodes) for m in gm.modules() if isinstance(m, torch.fx.GraphModule))
-        )
-        return gm.forward
-
-    block = PDEBlock(2, (1.0, 1.0, 2.0), PDEConfig()).train()
-    block.record_consistency = True
-    compiled = torch.compile(block, backend=count_backend, fullgraph=True)
-    x = torch.randn(1, 2, n, n, n, requires_grad=True)
-    compiled(x).sum().backward()
-    torch._dynamo.reset()
-    return sum(counts)
-
-
 @pytest.mark.parametrize("which", ["triton", "c"])
 def test_compile_graph_does_not_grow_with_the_grid(monkeypatch, which) -> None:
     """Every kernel is one opaque node: the traced graph of a block has the same size at
@@ -196,14 +177,14 @@ def test_compile_graph_does_not_grow_with_the_grid(monkeypatch, which) -> None:
     monkeypatch.setenv(backend.ENV, which)
     if backend.describe("cpu").name != which:
         pytest.skip(backend.describe("cpu").reason)
-    small, large = _graph_nodes(8), _graph_nodes(32)
+    small, large = compiled_graph_nodes(8), compiled_graph_nodes(32)
     assert small == large, (small, large)
 
 
 def test_compile_graph_of_the_torch_backend_grows(monkeypatch) -> None:
     """The check above can fail: the torch backend's loop is unrolled by dynamo."""
     monkeypatch.setenv(backend.ENV, "torch")
-    assert _graph_nodes(3) < _graph_nodes(5)
+    assert compiled_graph_nodes(3) < compiled_graph_nodes(5)
 
 
 def test_launches_of_a_triton_block_do_not_depend_on_the_grid(on_triton) -> None:

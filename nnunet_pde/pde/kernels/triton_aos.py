@@ -51,6 +51,47 @@ def kernels():
     import triton.language as tl
 
     @triton.jit
+    def line_base(bc, n, inner, lines, vol, BLOCK: tl.constexpr):
+        """First cell of each of this program's ``BLOCK`` lines of volume ``bc``, and which
+        of them exist."""
+        line = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        outer = line // inner
+        base = bc.to(tl.int64) * vol + (outer * n * inner + (line - outer * inner)).to(tl.int64)
+        return base, line < lines
+
+    @triton.jit
+    def edge_phi(delta, k_ptr, c, HAS_K: tl.constexpr):
+        """``phi = 1 / (1 + (k delta)^2)`` of the faces (1 without edge stopping)."""
+        if HAS_K:
+            s = delta * tl.load(k_ptr + c).to(delta.dtype)
+            phi = 1.0 / (1.0 + s * s)
+        else:
+            phi = delta * 0.0 + 1.0
+        return phi
+
+    @triton.jit
+    def row(
+        u_ptr, b_ptr, off, inner, mask, has_face, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
+        HAS_CE: tl.constexpr, HAS_K: tl.constexpr,
+    ):  # fmt: skip
+        """Row ``j`` of the elimination from ``u_j`` and the flux ``F_{j-1}``: ``(u_{j+1},
+        a_j, rhs_j, F_j)`` with ``a_j = cA phi_j`` (0 past the last cell) and ``rhs_j = b_j
+        + ce (F_j - F_{j-1})``."""
+        u_next = tl.load(u_ptr + off + inner, mask=mask & has_face, other=0.0).to(u_cur.dtype)
+        delta = tl.where(has_face, u_next - u_cur, 0.0)
+        phi = edge_phi(delta, k_ptr, c, HAS_K)
+        a = tl.where(has_face, cA * phi, 0.0)
+        rhs = tl.load(b_ptr + off, mask=mask, other=0.0).to(u_cur.dtype)
+        flux = f_prev
+        if HAS_CE:
+            flux = phi * delta
+            rhs += tl.load(ce_ptr + c).to(u_cur.dtype) * (flux - f_prev)
+        return u_next, a, rhs, flux
+
+    # Triton resolves the functions a kernel calls among its module's globals, not closures
+    globals().update(line_base=line_base, edge_phi=edge_phi, row=row)
+
+    @triton.jit
     def aos_axis_forward(
         u_ptr, b_ptr, out_ptr, cs_ptr, ys_ptr, cA_ptr, ce_ptr, k_ptr,
         C, n, inner, lines, vol, inv_m,
@@ -59,10 +100,7 @@ def kernels():
         cdt = cs_ptr.dtype.element_ty
         bc = tl.program_id(1)
         c = bc % C
-        line = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = line < lines
-        outer = line // inner
-        base = bc.to(tl.int64) * vol + (outer * n * inner + (line - outer * inner)).to(tl.int64)
+        base, mask = line_base(bc, n, inner, lines, vol, BLOCK)
         cA = tl.load(cA_ptr + c).to(cdt)
         u_cur = tl.load(u_ptr + base, mask=mask, other=0.0).to(cdt)
         a_prev = tl.zeros((BLOCK,), cdt)
@@ -72,20 +110,10 @@ def kernels():
         # elimination: row j is 1 + a_{j-1} + a_j on the diagonal, -a_{j-1}, -a_j beside
         for j in range(0, n):
             off = base + j * inner
-            has_face = j + 1 < n
-            u_next = tl.load(u_ptr + off + inner, mask=mask & has_face, other=0.0).to(cdt)
-            delta = tl.where(has_face, u_next - u_cur, 0.0)
-            if HAS_K:
-                s = delta * tl.load(k_ptr + c).to(cdt)
-                phi = 1.0 / (1.0 + s * s)
-            else:
-                phi = tl.full((BLOCK,), 1.0, cdt)
-            a = tl.where(has_face, cA * phi, 0.0)
-            rhs = tl.load(b_ptr + off, mask=mask, other=0.0).to(cdt)
-            if HAS_CE:
-                flux = phi * delta
-                rhs += tl.load(ce_ptr + c).to(cdt) * (flux - f_prev)
-                f_prev = flux
+            u_next, a, rhs, f_prev = row(
+                u_ptr, b_ptr, off, inner, mask, j + 1 < n, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
+                HAS_CE, HAS_K,
+            )  # fmt: skip
             piv = 1.0 + a_prev * (1.0 - c_prev) + a
             y_prev = (rhs + a_prev * y_prev) / piv
             c_prev = a / piv
@@ -120,10 +148,7 @@ def kernels():
         cdt = cs_ptr.dtype.element_ty
         bc = tl.program_id(1)
         c = bc % C
-        line = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = line < lines
-        outer = line // inner
-        base = bc.to(tl.int64) * vol + (outer * n * inner + (line - outer * inner)).to(tl.int64)
+        base, mask = line_base(bc, n, inner, lines, vol, BLOCK)
         cA = tl.load(cA_ptr + c).to(cdt)
         u_cur = tl.load(u_ptr + base, mask=mask, other=0.0).to(cdt)
         a_prev = tl.zeros((BLOCK,), cdt)
@@ -134,20 +159,10 @@ def kernels():
         # elimination of T v = rhs and T lambda = g / m together (same pivots)
         for j in range(0, n):
             off = base + j * inner
-            has_face = j + 1 < n
-            u_next = tl.load(u_ptr + off + inner, mask=mask & has_face, other=0.0).to(cdt)
-            delta = tl.where(has_face, u_next - u_cur, 0.0)
-            if HAS_K:
-                s = delta * tl.load(k_ptr + c).to(cdt)
-                phi = 1.0 / (1.0 + s * s)
-            else:
-                phi = tl.full((BLOCK,), 1.0, cdt)
-            a = tl.where(has_face, cA * phi, 0.0)
-            rhs = tl.load(b_ptr + off, mask=mask, other=0.0).to(cdt)
-            if HAS_CE:
-                flux = phi * delta
-                rhs += tl.load(ce_ptr + c).to(cdt) * (flux - f_prev)
-                f_prev = flux
+            u_next, a, rhs, f_prev = row(
+                u_ptr, b_ptr, off, inner, mask, j + 1 < n, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
+                HAS_CE, HAS_K,
+            )  # fmt: skip
             gm = tl.load(g_ptr + off, mask=mask, other=0.0).to(cdt) * inv_m
             piv = 1.0 + a_prev * (1.0 - c_prev) + a
             yv = (rhs + a_prev * yv) / piv
@@ -177,11 +192,7 @@ def kernels():
             mu = lam - l_next
             nu = v - v_next
             gdelta = tl.zeros((BLOCK,), cdt)
-            if HAS_K:
-                s = delta * tl.load(k_ptr + c).to(cdt)
-                phi = 1.0 / (1.0 + s * s)
-            else:
-                phi = tl.full((BLOCK,), 1.0, cdt)
+            phi = edge_phi(delta, k_ptr, c, HAS_K)
             gphi = -cA * mu * nu
             s_cA += -phi * mu * nu
             if HAS_CE:
@@ -190,6 +201,7 @@ def kernels():
                 s_ce += phi * delta * mu
                 gdelta += ce * mu * phi
             if HAS_K:
+                s = delta * tl.load(k_ptr + c).to(cdt)
                 gs = gphi * (-2.0 * s * phi * phi)
                 s_k += delta * gs
                 gdelta += tl.load(k_ptr + c).to(cdt) * gs
