@@ -54,12 +54,6 @@ from .tail import (
 )
 
 
-def _on_c(u: torch.Tensor) -> bool:
-    """Whether the step on ``u`` runs the compiled C kernels (see
-    :func:`~nnunet_pde.pde.kernels.backend.choose`)."""
-    return backend.name(u) == "c"
-
-
 def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
     """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)`` on the backend chosen for ``u``: the custom
     op ``nnunet_pde::aos_diffusion`` (C or Triton), else the torch implementation."""
@@ -181,7 +175,7 @@ _response_backward_kernel = Kernel(
 def response_b(u, tau, w1, b1, w2, b2) -> torch.Tensor:
     """``b = u + tau N(u)`` (compiled kernel where possible; in eager mode it returns a
     per-thread scratch buffer, overwritten by the next call)."""
-    if _on_c(u):
+    if backend.uses_c(u):
         return _response_b_kernel(u, w1, b1, w2, b2, tau)
     _, n = _response_torch(u, w1, b1, w2, b2)
     return u + _view(tau, u.ndim - 2) * n
@@ -219,7 +213,7 @@ def _step_backward(u, g, tau, cA, ce, k, w1, b1, w2, b2, out_slot: str | None = 
     """``(gu, gtau, gcA, gce, gk, gw1, gb1, gw2, gb2)`` of one step for upstream ``g`` (the
     reaction's gradients ``None`` without one). With the compiled kernels in eager mode and
     ``out_slot``, ``gu`` is the scratch buffer of that name (not ``g``'s)."""
-    native_path = _on_c(u)
+    native_path = backend.uses_c(u)
     b = u
     h = n = None
     if w1 is not None:

@@ -28,11 +28,6 @@ from .kernels import backend
 from .kernels.ops import Kernel
 from .stencils import pad_faces
 
-
-def _on_c(u: torch.Tensor) -> bool:
-    return backend.name(u) == "c"
-
-
 # --------------------------------------------------------------------------- normalisation
 
 
@@ -106,7 +101,7 @@ _energy_sums_kernel = Kernel("edge_energy_sums", _energy_sums_impl, _energy_sums
 
 def standardise_values(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
     """``(x_hat, mean, std)`` of :class:`Standardise`, compiled kernel where possible."""
-    if _on_c(x):
+    if backend.uses_c(x):
         return _standardise_kernel(x, eps)
     return _standardise(x, eps)
 
@@ -114,7 +109,7 @@ def standardise_values(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
 def standardise_grad(x_hat, std, g_hat, g_mean, g_std, gy=None, a=None) -> torch.Tensor:
     """``dL/dx`` of :class:`Standardise` (``g_hat`` may be ``None``), plus ``a gy`` where
     ``gy`` is given (``a`` ``(B, C)``), compiled kernel where possible."""
-    if _on_c(x_hat):
+    if backend.uses_c(x_hat):
         if g_hat is None:
             g_hat = torch.zeros_like(x_hat)
         return _standardise_backward_kernel(x_hat, std, g_hat, g_mean, g_std, gy, a)
@@ -201,7 +196,7 @@ _energy_backward_kernel = Kernel(
 def _energy_value(z: torch.Tensor, spacing: Sequence[float], eps: float):
     """``(E, mean, inv_std)``: the edge energy of ``z`` (a scalar in ``z``'s dtype) and the
     per-volume statistics its backward reuses (see :class:`EdgeEnergy`)."""
-    if _on_c(z):
+    if backend.uses_c(z):
         sums, mean, inv_std = _energy_sums_kernel(z, list(spacing), eps)
         faces = [z.numel() // z.shape[2 + d] * (z.shape[2 + d] - 1) for d in range(len(spacing))]
         # an axis of one cell has no faces and contributes 0
@@ -238,7 +233,7 @@ class EdgeEnergy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):  # noqa: D102
         z, mean, inv_std = ctx.saved_tensors
-        if _on_c(z):
+        if backend.uses_c(z):
             gz = _energy_backward_kernel(z, g, list(ctx.spacing), mean, inv_std)
         else:
             gz = _energy_backward_torch(z, g, ctx.spacing, mean, 1.0 / inv_std)
@@ -320,7 +315,7 @@ def tail_forward(x, u_hat, gamma, mean, std, spacing, eps: float, energy: bool):
     """``(y, E, e_mean, e_inv_std)`` of :class:`GatedResidual` (``E`` 0 and the statistics
     ``None`` without ``energy``)."""
     a, g, c = gate_coefficients(gamma, mean, std)
-    if _on_c(x):
+    if backend.uses_c(x):
         y = _gate_kernel(x, u_hat, a, g, c)
     else:
         nd = x.ndim
@@ -352,7 +347,7 @@ def tail_backward(
     gy = gy.contiguous()
     nd = gy.ndim
     dx = None
-    if _on_c(gy):
+    if backend.uses_c(gy):
         eager_slot = None if torch.compiler.is_compiling() else slot
         # the gate's sums, dL/dx and (without the regulariser) dL/du_hat; with it, the
         # energy kernel adds the gate's part of dL/du_hat and sum gy u_hat instead

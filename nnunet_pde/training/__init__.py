@@ -207,6 +207,15 @@ LOSS_TERM_KEYS: dict[str, str] = {
 }
 
 
+def pad_logged_series(logger, keys, epochs: int) -> None:
+    """Give each of ``keys`` in nnU-Net's logger (``logger.local_logger``) ``epochs`` values:
+    a resumed run whose checkpoint predates a key gets NaN for the epochs it missed."""
+    logged = logger.local_logger.my_fantastic_logging
+    for key in keys:
+        values = logged.setdefault(key, [])
+        values.extend([float("nan")] * (epochs - len(values)))
+
+
 class RegularizedLossMixin:
     """Adds the PDE / TV terms of :attr:`reg_config` to the loss nnU-Net builds, and logs
     every term once per epoch through nnU-Net's logger (``train_loss_seg``,
@@ -236,10 +245,7 @@ class RegularizedLossMixin:
 
     def on_train_start(self):
         super().on_train_start()
-        logged = self.logger.local_logger.my_fantastic_logging
-        for key in self._loss_log_keys():
-            # a resumed run whose checkpoint predates a key gets NaN for the missing epochs
-            logged.setdefault(key, [float("nan")] * self.current_epoch)
+        pad_logged_series(self.logger, self._loss_log_keys(), self.current_epoch)
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()

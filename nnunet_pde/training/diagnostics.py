@@ -31,6 +31,7 @@ import torch
 
 from nnunet_pde.network import pde_blocks
 from nnunet_pde.pde import PDEBlock
+from nnunet_pde.training import pad_logged_series
 
 #: Per-block quantities, in the order of the logger keys ``pde_<block>_<quantity>``.
 QUANTITIES: tuple[str, ...] = ("gamma_abs_mean", "gamma_abs_max", "tau", "contribution")
@@ -130,11 +131,7 @@ class PDEDiagnosticsMixin:
         blocks = self._pde_diagnostic_blocks()
         for block in blocks.values():
             block.record_diagnostics = True
-        logged = self.logger.local_logger.my_fantastic_logging
-        for key in self._pde_diagnostic_keys():
-            # a resumed run whose checkpoint predates a key gets NaN for the missing epochs
-            values = logged.setdefault(key, [])
-            values.extend([float("nan")] * (self.current_epoch - len(values)))
+        pad_logged_series(self.logger, self._pde_diagnostic_keys(), self.current_epoch)
         self._reset_pde_contributions()
 
     def on_train_epoch_start(self):

@@ -139,6 +139,11 @@ def name(t: torch.Tensor) -> str:
     return choose(t).name
 
 
+def uses_c(t: torch.Tensor) -> bool:
+    """Whether the kernels on ``t`` run the compiled C kernels (backend ``c``)."""
+    return name(t) == "c"
+
+
 def describe(device: str | torch.device = "cpu") -> Choice:
     """The backend a float32 feature map on ``device`` would get (for ``nnunet-pde doctor``).
 

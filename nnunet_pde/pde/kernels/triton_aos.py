@@ -278,13 +278,13 @@ def diffusion_forward(
     fwd, _ = kernels()
     u, b = u.contiguous(), b.contiguous()
     m = u.ndim - 2
-    cdt = _compute_dtype(u.dtype)
     out = torch.empty_like(u)
+    if u.numel() == 0:
+        return out
+    cdt = _compute_dtype(u.dtype)
     cs = torch.empty(u.shape, dtype=cdt, device=u.device)
     ys = torch.empty_like(cs)
     volumes = u.shape[0] * u.shape[1]
-    if u.numel() == 0:
-        return out
     for d in range(m):
         n, inner, lines, vol = _geometry(u.shape, d)
         coefs = (cA[d].contiguous(), _coef(ce, cA, d), _coef(k, cA, d))
