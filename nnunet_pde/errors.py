@@ -10,7 +10,7 @@ with exit code 2; nothing else reaches the user as a traceback.
 
 The helpers below are used by every command that writes files:
 
-* :func:`interrupt_signals` turns SIGTERM (and an ignored SIGINT) into ``KeyboardInterrupt``,
+* :func:`interrupt_signals` turns SIGTERM, SIGHUP and SIGINT into ``KeyboardInterrupt``,
   so the ``finally`` blocks that remove temporary files also run when a job is cancelled;
 * :func:`atomic_write_bytes` / :func:`atomic_write_text` write through a temporary file in
   the destination's folder;
@@ -93,7 +93,7 @@ class BenchmarkError(NnunetPdeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived (see :func:`interrupt_signals`); ``signum`` says which."""
+    """SIGINT, SIGTERM or SIGHUP arrived (see :func:`interrupt_signals`); ``signum`` says which."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -153,7 +153,7 @@ def cli_command(func: Callable[..., int]) -> Callable[..., int]:
 
 @contextlib.contextmanager
 def interrupt_signals() -> Iterator[None]:
-    """Raise ``KeyboardInterrupt`` on SIGTERM and SIGINT while the block runs.
+    """Raise ``KeyboardInterrupt`` on SIGTERM, SIGINT and SIGHUP while the block runs.
 
     A cancelled batch job or ``kill`` sends SIGTERM, which would otherwise end the process
     without running ``finally`` blocks (temporary folders would stay); a process started in
@@ -167,13 +167,15 @@ def interrupt_signals() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    previous_int = signal.signal(signal.SIGINT, handler)
+    # SIGHUP: the terminal closed (an SSH session ended). Without a handler the process would
+    # die without its finally blocks, and children in their own sessions would run on.
+    caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
