@@ -6,7 +6,8 @@ Layers, highest first; a module may import its own layer and the layers below, n
     2  benchmark, derive, inspect_checkpoint              (the commands' work)
     1  metrics, training, network, losses, checkpoints,   (models, metrics, set-up)
        env, baselines, data
-    0  pde, files, folders, commands, errors, nnunet_pde  (foundations)
+    0  pde, files, folders, commands, errors, locks,     (foundations)
+       nnunet_pde
 
 Besides: ``nnunet_pde/pde/`` imports no nnunetv2 and nothing of nnunet_pde outside ``pde``;
 no module under ``nnunet_pde/`` imports ``nnunet_pde.trainers`` (the trainers import the
@@ -43,6 +44,7 @@ LAYERS: dict[str, int] = {
     "folders": 0,
     "commands": 0,
     "errors": 0,
+    "locks": 0,
     "": 0,  # nnunet_pde/__init__.py (``from nnunet_pde import __version__``)
 }
 

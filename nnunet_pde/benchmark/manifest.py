@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import importlib.metadata
+import json
 import os
 import platform
 import socket
@@ -25,6 +26,7 @@ from nnunet_pde.files import write_json
 
 __all__ = [
     "MANIFEST_DIRNAME",
+    "close_abandoned_manifests",
     "create_manifest_file",
     "git_revision",
     "software_versions",
@@ -108,6 +110,7 @@ def host_info() -> dict[str, Any]:
         user = None
     return {
         "hostname": socket.gethostname(),
+        "pid": os.getpid(),
         "user": user,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -140,3 +143,58 @@ def create_manifest_file(folder: str | os.PathLike[str], started: datetime | Non
 def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
     """Atomically (re)write this run's own manifest file (temporary file + rename)."""
     write_json(path, manifest, indent=2, default=str)
+
+
+def _runner_alive(host: Mapping[str, Any] | None) -> bool:
+    """Whether the runner that wrote a manifest still runs.
+
+    Only this host's processes can be checked: a runner on another host counts as alive. A
+    manifest without a pid (written before runners recorded theirs) counts as gone, and so
+    does a pid that now belongs to a process that is not a benchmark runner.
+    """
+    host = host or {}
+    if host.get("hostname") not in (None, socket.gethostname()):
+        return True
+    pid = host.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return True
+    return b"benchmark" in cmdline
+
+
+def close_abandoned_manifests(folder: str | os.PathLike[str]) -> list[Path]:
+    """Mark the ``running`` manifests in ``folder`` whose runner is gone as ``abandoned``.
+
+    A runner killed with SIGKILL (the OOM killer) or by a lost node never writes its end, so
+    its manifest would say ``running`` forever. Each such manifest gets status ``abandoned``,
+    ``ended`` null, ``abandoned_noticed`` (now), and its ``pending``/``running`` jobs the
+    outcome ``abandoned`` (a training that still runs keeps its fold lock, and the new run
+    reports that fold as busy). Returns the manifests changed.
+    """
+    changed = []
+    for path in sorted(Path(folder).glob("manifest_*.json")):
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict) or manifest.get("status") != "running":
+            continue
+        if _runner_alive(manifest.get("host")):
+            continue
+        manifest["status"] = "abandoned"
+        manifest["abandoned_noticed"] = utc_now()
+        for job in manifest.get("jobs") or []:
+            if isinstance(job, dict) and job.get("outcome") in ("pending", "running"):
+                job["outcome"] = "abandoned"
+        write_manifest(path, manifest)
+        changed.append(path)
+    return changed

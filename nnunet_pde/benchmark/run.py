@@ -33,6 +33,7 @@ from typing import Any
 
 from nnunet_pde.benchmark.manifest import (
     MANIFEST_DIRNAME,
+    close_abandoned_manifests,
     create_manifest_file,
     git_revision,
     host_info,
@@ -64,8 +65,10 @@ from nnunet_pde.folders import (
     split_paths,
     trainer_dir_name,
 )
+from nnunet_pde.locks import BUSY_EXIT_CODE, lock_holder, locked_command
 
 __all__ = [
+    "ACTION_BUSY",
     "ACTION_CONTINUE",
     "ACTION_SKIP",
     "ACTION_TRAIN",
@@ -79,6 +82,9 @@ __all__ = [
 ACTION_SKIP = "skip"
 ACTION_CONTINUE = "continue"
 ACTION_TRAIN = "train"
+#: The fold's training lock is held by another process (an earlier runner's orphan, another
+#: runner): not started, so that two trainings never write one fold folder.
+ACTION_BUSY = "busy"
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,8 @@ class FoldTask:
     state
         :func:`~nnunet_pde.folders.fold_state` of its folder before the run.
     action
-        ``skip`` (finished), ``continue`` (``--c``) or ``train`` (from scratch).
+        ``skip`` (finished), ``continue`` (``--c``), ``train`` (from scratch) or ``busy``
+        (another process trains the fold now: :mod:`nnunet_pde.locks`; not started).
     folder
         ``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<k>``.
     command
@@ -108,6 +115,7 @@ class FoldTask:
     folder: Path
     command: tuple[str, ...]
     log: Path
+    holder: str | None = None
 
     @property
     def key(self) -> str:
@@ -150,8 +158,11 @@ def plan_grid(
             problem = None if resume is None else checkpoint_problem(resume)
             if problem is not None:
                 broken.append(f"{resume} does not load: {problem}")
+            holder = lock_holder(folder)
             if state == FOLD_FINISHED:
                 action, command = ACTION_SKIP, ()
+            elif holder is not None:
+                action, command = ACTION_BUSY, ()
             else:
                 action = ACTION_CONTINUE if state == FOLD_INTERRUPTED else ACTION_TRAIN
                 command = build_train_command(
@@ -166,7 +177,12 @@ def plan_grid(
                     train_command=train_command,
                 )
             log = logs / f"{trainer_dir_name(trainer, plans, configuration)}_fold_{fold}.log"
-            tasks.append(FoldTask(trainer, fold, state, action, folder, command, log))
+            tasks.append(
+                FoldTask(
+                    trainer, fold, state, action, folder, command, log,
+                    holder=None if holder is None else holder.describe(),
+                )
+            )  # fmt: skip
     if broken:
         raise BenchmarkError(
             f"{len(broken)} fold(s) cannot be skipped or continued: {'; '.join(broken[:3])}"
@@ -443,17 +459,26 @@ class RunOutcome:
         return self._keys(lambda t, r: r is not None and _outcome(t, r) == "submitted")
 
     @property
+    def busy(self) -> list[str]:
+        """Folds another process was training: not started (or refused by the lock)."""
+        return self._keys(
+            lambda t, r: t.action == ACTION_BUSY or (r is not None and _outcome(t, r) == "busy")
+        )
+
+    @property
     def not_run(self) -> list[str]:
-        return self._keys(lambda t, r: t.action != ACTION_SKIP and r is None)
+        return self._keys(lambda t, r: t.action not in (ACTION_SKIP, ACTION_BUSY) and r is None)
 
     @property
     def ok(self) -> bool:
         if self.dry_run:
             return True
-        return not (self.failed or self.not_run or self.interrupted)
+        return not (self.failed or self.not_run or self.busy or self.interrupted)
 
 
 def _outcome(task: FoldTask, result: JobResult) -> str:
+    if result.returncode == BUSY_EXIT_CODE and result.error is None:
+        return "busy"
     if result.returncode is None and result.error is None and result.job_id is not None:
         return "submitted"
     if result.returncode == 0 and result.error is None and fold_state(task.folder) == FOLD_FINISHED:
@@ -550,11 +575,19 @@ def run_benchmark(
         for t in tasks:
             if t.action == ACTION_SKIP:
                 print_fn(f"# skip {t.key}: finished ({t.folder})")
+            elif t.action == ACTION_BUSY:
+                print_fn(f"# busy {t.key}: trained by {t.holder} ({t.folder})")
             else:
                 print_fn(t.command_line())
         return outcome
 
     bench_dir = benchmark_folder(results, name)
+    for stale in close_abandoned_manifests(bench_dir):
+        print_fn(
+            f"note: {stale.name} said 'running' but its runner is gone (killed?): marked "
+            "'abandoned'; its unfinished folds are continued here unless their training still "
+            "runs (busy)"
+        )
     started_dt = datetime.now(timezone.utc)
     outcome.manifest = create_manifest_file(bench_dir, started_dt)
     manifest = _new_manifest(
@@ -571,15 +604,24 @@ def _plan_line(
     name: str, configuration: str, plans: str, trainers: Sequence[str], tasks: list[FoldTask]
 ) -> str:
     """The first line of a run: the grid and what will happen to its folds."""
-    to_run = [t for t in tasks if t.action != ACTION_SKIP]
-    n_skip = len(tasks) - len(to_run)
-    return (
+    n_skip = sum(t.action == ACTION_SKIP for t in tasks)
+    n_busy = sum(t.action == ACTION_BUSY for t in tasks)
+    line = (
         f"benchmark {name} {configuration} -p {plans}: {len(trainers)} trainer(s) x "
         f"{len(tasks) // max(1, len(trainers))} fold(s) = {len(tasks)} runs; "
         f"{n_skip} finished (skipped), "
-        f"{sum(t.action == ACTION_CONTINUE for t in to_run)} to continue (--c), "
-        f"{sum(t.action == ACTION_TRAIN for t in to_run)} to train"
+        f"{sum(t.action == ACTION_CONTINUE for t in tasks)} to continue (--c), "
+        f"{sum(t.action == ACTION_TRAIN for t in tasks)} to train"
     )
+    if n_busy:
+        line += f", {n_busy} trained by another process now (not started)"
+    for t in tasks:
+        if t.action == ACTION_BUSY:
+            line += (
+                f"\n  busy: {t.key} is being trained by {t.holder} ({t.folder}); not starting a "
+                "second training on it"
+            )
+    return line
 
 
 #: Environment variables the manifest records.
@@ -649,7 +691,8 @@ def _job_entry(t: FoldTask) -> dict[str, Any]:
         "returncode": None,
         "job_id": None,
         "error": None,
-        "outcome": "skipped" if t.action == ACTION_SKIP else "pending",
+        "holder": t.holder,
+        "outcome": {ACTION_SKIP: "skipped", ACTION_BUSY: "busy"}.get(t.action, "pending"),
     }
 
 
@@ -672,7 +715,7 @@ class _GridRun:
         self.lock = threading.Lock()
         self.entries = {t.key: _job_entry(t) for t in outcome.tasks}
         manifest["jobs"] = list(self.entries.values())
-        self.to_run = [t for t in outcome.tasks if t.action != ACTION_SKIP]
+        self.to_run = [t for t in outcome.tasks if t.action not in (ACTION_SKIP, ACTION_BUSY)]
         self.task_by_key = {t.key: t for t in outcome.tasks}
         self.index = {t.key: i + 1 for i, t in enumerate(self.to_run)}
         self.t0: dict[str, float] = {}
@@ -732,6 +775,11 @@ class _GridRun:
         took = f" in {_fmt_duration(time.monotonic() - t0)}" if t0 is not None else ""
         if state == "finished":
             self.print_fn(f"{self._prefix(job.key)} done {t.trainer} fold {t.fold}{took}")
+        elif state == "busy":
+            self.print_fn(
+                f"{self._prefix(job.key)} not started {t.trainer} fold {t.fold}: another process "
+                f"trains it now (its lock is held); see {t.log}"
+            )
         else:
             why = result.error or f"exit code {result.returncode}"
             self.print_fn(
@@ -756,7 +804,11 @@ class _GridRun:
 
     def run(self, executor: Executor) -> None:
         """Run every task still to do; Ctrl-C or SIGTERM marks the rest interrupted."""
-        jobs = [Job(t.key, t.command, t.log, self.env) for t in self.to_run]
+        # Each training holds its fold's lock itself (nnunet_pde.locks), so a killed runner's
+        # orphaned training still keeps a later run off its fold.
+        jobs = [
+            Job(t.key, locked_command(t.folder, t.command), t.log, self.env) for t in self.to_run
+        ]
         restore = contextlib.ExitStack()
         # SIGTERM (kill, a cancelled batch job) stops the grid like Ctrl-C: the local executor
         # starts trainings in their own sessions, which would otherwise run on unsupervised.
@@ -796,6 +848,7 @@ def _summary_text(outcome: RunOutcome, bench_dir: Path) -> str:
         ("skipped (already finished)", outcome.skipped),
         ("submitted (not waited for)", outcome.submitted),
         ("FAILED", outcome.failed),
+        ("trained by another process now (not started)", outcome.busy),
         ("interrupted or not started", outcome.not_run),
     ):
         if keys:
@@ -805,5 +858,11 @@ def _summary_text(outcome: RunOutcome, bench_dir: Path) -> str:
     if outcome.failed:
         lines.append(
             "  rerun the same command to retry the failed folds (finished ones are skipped)"
+        )
+    if outcome.busy:
+        lines.append(
+            "  a busy fold's training belongs to another process (e.g. a killed runner's "
+            "training, which keeps running): rerun when it has ended, or stop it and rerun "
+            "to continue the fold with --c"
         )
     return "\n".join(lines)
