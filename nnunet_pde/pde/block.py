@@ -19,6 +19,7 @@ from .fused import (
     Standardise,
     step_coefficients,
 )
+from .kernels import backend, triton_ops
 from .operators import Conductance, MomentOperator, Response, apply_weights, diagonal, pad_faces
 from .solvers import aos_step, explicit_step, sweep_step
 from .stencils import checkerboard
@@ -258,6 +259,32 @@ class PDEBlock(nn.Module):
             )
         return tau, cA, ce, k, w1, b1, w2, b2
 
+    def _triton_parameters(self, u: torch.Tensor) -> tuple:
+        """:meth:`_fused_parameters` with the parameter transforms (``time_step``,
+        ``step_coefficients``) in one Triton kernel forward and one backward
+        (:func:`~nnunet_pde.pde.kernels.triton_ops.coefficients`); the same values."""
+        cond = self.conductance
+        theta = 1.0 if self.config.solver == "semi_implicit" else 0.5
+        # the rate R of ``stability_rate`` per unit alpha (0: no bound for semi-implicit)
+        rate = self.ndim * max(1.0 / h**2 for h in self.spacing) if theta < 1.0 else 0.0
+        coefs = triton_ops.coefficients(
+            self.tau_logit,
+            cond.alpha_raw,
+            cond.kappa_raw if cond.edge_stopping else None,
+            self.spacing,
+            self.config.tau_max,
+            rate,
+            theta,
+        )
+        tau, cA, ce, k = (None if t is None else t.to(u.dtype) for t in coefs)
+        w1 = b1 = w2 = b2 = None
+        if self.response is not None:
+            r = self.response
+            w1, b1, w2, b2 = (
+                t.to(u.dtype) for t in (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias)
+            )
+        return tau, cA, ce, k, w1, b1, w2, b2
+
     def _reference_step(
         self, u: torch.Tensor, tau: torch.Tensor, red: torch.Tensor | None
     ) -> torch.Tensor:
@@ -376,10 +403,14 @@ class PDEBlock(nn.Module):
         """:meth:`forward` as one :class:`~nnunet_pde.pde.fused.FusedBlock` (every step fused,
         no moment sub-step), ``x`` already in the compute dtype."""
         record = self._records()
+        if backend.name(x) == "triton":
+            params = self._triton_parameters(x)
+        else:
+            params = self._fused_parameters(x, self.time_step().to(x.dtype))
         y, energy = FusedBlock.apply(
             x,
             self.gamma.to(x.dtype),
-            *self._fused_parameters(x, self.time_step().to(x.dtype)),
+            *params,
             self.config.steps,
             self.spacing,
             NORM_EPS,

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .kernels import backend, ops
+from .kernels import backend, ops, triton_ops
 from .kernels.ops import Kernel
 from .kernels.torch_aos import channel_view as _view
 from .kernels.torch_aos import diffusion_backward_torch, diffusion_forward_torch
@@ -317,6 +317,15 @@ class FusedBlock(torch.autograd.Function):
     def forward(  # noqa: D102
         ctx, x, gamma, tau, cA, ce, k, w1, b1, w2, b2, steps: int, spacing, eps, energy, keep=True
     ):
+        ctx.steps, ctx.spacing, ctx.energy = steps, spacing, energy
+        ctx.triton = backend.name(x) == "triton"
+        if ctx.triton:  # every pass a Triton kernel (kernels/triton_ops.py)
+            y, total, saved = triton_ops.block_forward(
+                x, gamma, tau, cA, ce, k, w1, b1, w2, b2, steps, spacing, eps, energy, keep
+            )
+            if saved is not None:
+                ctx.save_for_backward(*saved, tau, cA, ce, k, w1, b1, w2, b2)
+            return y, total
         x_hat, mean, std = standardise_values(x, eps)
         # without a backward to come (``keep`` False: inference) each state is dropped once
         # the next exists (``ctx.needs_input_grad`` cannot tell: it ignores the grad mode)
@@ -330,7 +339,6 @@ class FusedBlock(torch.autograd.Function):
             ctx.save_for_backward(
                 *us, gamma, mean, std, e_mean, e_inv_std, tau, cA, ce, k, w1, b1, w2, b2
             )
-        ctx.steps, ctx.spacing, ctx.energy = steps, spacing, energy
         return y, total
 
     @staticmethod
@@ -338,6 +346,11 @@ class FusedBlock(torch.autograd.Function):
     def backward(ctx, gy, g_energy):  # noqa: D102
         K = ctx.steps
         saved = ctx.saved_tensors
+        if ctx.triton:
+            grads = triton_ops.block_backward(
+                saved[: K + 6], saved[K + 6 :], K, ctx.spacing, ctx.energy, gy, g_energy
+            )
+            return (*grads, None, None, None, None, None)
         us, tail, params = saved[: K + 1], saved[K + 1 : K + 6], saved[K + 6 :]
         x_hat = us[0]
         slots = ("fused_block_g0", "fused_block_g1")

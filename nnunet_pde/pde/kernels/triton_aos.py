@@ -296,17 +296,18 @@ def diffusion_forward(
     return out
 
 
-def diffusion_backward(
+def diffusion_backward_partials(
     u: torch.Tensor,
     b: torch.Tensor,
     g: torch.Tensor,
     cA: torch.Tensor,
     ce: torch.Tensor | None,
     k: torch.Tensor | None,
-) -> tuple[torch.Tensor, ...]:
-    """Backward of :func:`diffusion_forward` for upstream ``g``: ``(gb, gu, gcA, gce, gk)``
-    as the other backends return it (``gu`` includes ``gb``; ``gce``/``gk`` zeros where
-    ``ce``/``k`` is ``None``); ``m`` launches plus one sum of the partial sums."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """``(gb, gu, parts, programs)``: the maps of :func:`diffusion_backward` and the
+    per-program partial sums of the coefficient gradients, one flat buffer in the compute
+    dtype where axis ``d`` holds ``(B, C, programs[d], 3)`` (``dL/dcA, dL/dce, dL/dk``) after
+    the axes before it; ``m`` launches."""
     _, bwd = kernels()
     u, b, g = u.contiguous(), b.contiguous(), g.contiguous()
     m = u.ndim - 2
@@ -317,26 +318,49 @@ def diffusion_backward(
     cs = torch.empty(u.shape, dtype=cdt, device=u.device)
     yv = torch.empty_like(cs)
     yl = torch.empty_like(cs)
-    parts = []
+    programs = [_grid(_geometry(u.shape, d)[2], B * C)[0] for d in range(m)]
+    parts = torch.empty(B * C * 3 * sum(programs), dtype=cdt, device=u.device)
+    start = 0
     for d in range(m):
         n, inner, lines, vol = _geometry(u.shape, d)
-        grid = _grid(lines, B * C)
-        part = torch.empty((B, C, grid[0], 3), dtype=cdt, device=u.device)
+        size = B * C * programs[d] * 3
         coefs = (cA[d].contiguous(), _coef(ce, cA, d), _coef(k, cA, d))
-        if u.numel():
-            with launches.triton_launch("aos_axis_backward"):
-                bwd[grid](
-                    u, b, g, gb, gu, cs, yv, yl, part, *coefs,
-                    C, n, inner, lines, vol, 1.0 / m,
-                    ACCUM=d > 0, **_flags(ce, k),
-                )  # fmt: skip
-        else:
-            part.zero_()
-        parts.append(part.sum(dim=2))
-    sums = torch.stack(parts, dim=2).sum(dim=0).to(u.dtype)  # (C, m, 3)
-    gcA = sums[..., 0].t().contiguous()
-    gce = sums[..., 1].t().contiguous()
-    gk = sums[..., 2].t().contiguous()
+        with launches.triton_launch("aos_axis_backward"):
+            bwd[(programs[d], B * C)](
+                u, b, g, gb, gu, cs, yv, yl, parts[start : start + size], *coefs,
+                C, n, inner, lines, vol, 1.0 / m,
+                ACCUM=d > 0, **_flags(ce, k),
+            )  # fmt: skip
+        start += size
+    return gb, gu, parts, programs
+
+
+def diffusion_backward(
+    u: torch.Tensor,
+    b: torch.Tensor,
+    g: torch.Tensor,
+    cA: torch.Tensor,
+    ce: torch.Tensor | None,
+    k: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """Backward of :func:`diffusion_forward` for upstream ``g``: ``(gb, gu, gcA, gce, gk)``
+    as the other backends return it (``gu`` includes ``gb``; ``gce``/``gk`` zeros where
+    ``ce``/``k`` is ``None``); ``m`` launches plus the sums of the partial sums."""
+    B, C = u.shape[:2]
+    if u.numel() == 0:
+        zeros = [torch.zeros_like(cA) for _ in range(3)]
+        return torch.empty_like(u), torch.empty_like(u), *zeros
+    gb, gu, parts, programs = diffusion_backward_partials(u, b, g, cA, ce, k)
+    sums = []
+    start = 0
+    for p in programs:
+        size = B * C * p * 3
+        sums.append(parts[start : start + size].view(B, C, p, 3).sum(dim=2))
+        start += size
+    total = torch.stack(sums, dim=2).sum(dim=0).to(u.dtype)  # (C, m, 3)
+    gcA = total[..., 0].t().contiguous()
+    gce = total[..., 1].t().contiguous()
+    gk = total[..., 2].t().contiguous()
     return gb, gu, gcA, gce, gk
 
 
