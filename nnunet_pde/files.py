@@ -9,8 +9,11 @@ imported inside the functions, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 from nnunet_pde.errors import NnunetPdeError, atomic_write_text
 
 __all__ = [
+    "image_integrity_problem",
     "list_cases",
     "read_image",
     "read_image_header",
@@ -44,10 +48,97 @@ def sitk_message(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[-1]
 
 
+#: Bytes read at a time when a gzip stream is checked.
+_CHUNK = 1 << 20
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Offset of the end of the voxel data that a NIfTI-1/2 header announces, or None.
+
+    None when ``header`` is not a NIfTI header this function knows (then only the gzip
+    checks apply). NIfTI-1: ``sizeof_hdr`` 348, ``dim`` int16[8] at byte 40, ``bitpix`` int16
+    at 72, ``vox_offset`` float32 at 108. NIfTI-2: ``sizeof_hdr`` 540, ``bitpix`` int16 at 14,
+    ``dim`` int64[8] at 16, ``vox_offset`` int64 at 168. Either byte order.
+    """
+    for order in "<>":
+        sizeof = struct.unpack(order + "i", header[:4])[0] if len(header) >= 4 else 0
+        if len(header) >= 348 and sizeof == 348:
+            dim = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            break
+        if len(header) >= 540 and sizeof == 540:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dim = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    ndim = dim[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0 or bitpix % 8 or any(d < 0 for d in dim[1 : ndim + 1]):
+        return None
+    n = 1
+    for d in dim[1 : ndim + 1]:
+        n *= max(int(d), 1)
+    # The voxels cannot start inside the header (a .hdr/.img pair may say vox_offset 0).
+    return max(offset, sizeof) + n * bitpix // 8
+
+
+def image_integrity_problem(path: str | os.PathLike[str]) -> str | None:
+    """What is wrong with the bytes of an image file, or None if nothing is found.
+
+    For ``.gz`` files (``.nii.gz``, ``.nrrd.gz``...): the whole gzip stream is decompressed
+    and its CRC-32 and length trailer checked (a cut file, a flipped bit). For NIfTI
+    (``.nii``, ``.nii.gz``): the data must be as long as the header's dimensions and data
+    type say. SimpleITK checks neither: it fills a cut file's missing voxels with zeros and
+    decodes a corrupt deflate stream without complaint. Other formats are left to SimpleITK.
+    Reads the file once, in chunks of 1 MiB (no second copy in memory).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    is_nifti = name.endswith((".nii", ".nii.gz"))
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                header = fh.read(540)
+                size = len(header)
+                while chunk := fh.read(_CHUNK):
+                    size += len(chunk)
+        elif is_nifti:
+            with open(path, "rb") as fh:
+                header = fh.read(540)
+            size = path.stat().st_size
+        else:
+            return None
+    except gzip.BadGzipFile as exc:
+        return f"damaged gzip data ({exc}): the file was changed or corrupted after writing"
+    except EOFError:
+        return "the gzip stream ends early: the file is cut off (an interrupted write or copy?)"
+    except zlib.error as exc:
+        return f"corrupt compressed data ({exc})"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if is_nifti:
+        end = _nifti_data_end(header)
+        if end is not None and size < end:
+            return (
+                f"the NIfTI header announces {end} bytes of header and voxels but the file "
+                f"holds {size}: it is cut off (an interrupted write or copy?)"
+            )
+    return None
+
+
 def read_image(path: str | os.PathLike[str], error: ErrorClass = NnunetPdeError) -> Any:
-    """The SimpleITK image in ``path``; ``error("cannot read PATH: why")`` if it is unreadable."""
+    """The SimpleITK image in ``path``; ``error("cannot read PATH: why")`` if it is unreadable.
+
+    The file's bytes are checked first (:func:`image_integrity_problem`), so a cut or
+    corrupted ``.nii.gz`` is an error, never an image with zeros where its data was lost.
+    """
     import SimpleITK as sitk
 
+    problem = image_integrity_problem(path)
+    if problem is not None:
+        raise error(f"cannot read {path}: {problem}; restore or re-create the file")
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -55,7 +146,10 @@ def read_image(path: str | os.PathLike[str], error: ErrorClass = NnunetPdeError)
 
 
 def read_image_header(path: str | os.PathLike[str], error: ErrorClass = NnunetPdeError) -> Any:
-    """A SimpleITK ``ImageFileReader`` of ``path`` after ``ReadImageInformation`` (no voxels)."""
+    """A SimpleITK ``ImageFileReader`` of ``path`` after ``ReadImageInformation`` (no voxels).
+
+    Only the header is read, so the voxels' integrity is checked by :func:`read_image`.
+    """
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -63,7 +157,10 @@ def read_image_header(path: str | os.PathLike[str], error: ErrorClass = NnunetPd
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise error(f"cannot read {path}: {sitk_message(exc)}") from None
+        # Say why when the bytes are damaged (SimpleITK's own message would be "Unable to
+        # determine ImageIO reader" for a corrupt header).
+        why = image_integrity_problem(path) or sitk_message(exc)
+        raise error(f"cannot read {path}: {why}") from None
     return reader
 
 

@@ -80,6 +80,12 @@ CSV_COLUMNS: tuple[str, ...] = (
 #: Relative tolerance when comparing prediction and reference spacing: nnU-Net copies the
 #: reference geometry into its exports, so anything beyond rounding is a real mismatch.
 SPACING_RTOL = 1e-4
+#: Tolerances for origin (mm) and direction cosines: ``np.allclose(a, b, rtol, atol)``. nnU-Net's
+#: ``verify_dataset_integrity`` compares them with allclose's defaults (rtol 1e-5, atol 1e-8)
+#: and only warns; here a mismatch is refused, and atol 1e-5 absorbs the float32 storage of
+#: values near zero in NIfTI headers.
+GEOMETRY_RTOL = 1e-5
+GEOMETRY_ATOL = 1e-5
 
 
 class EvaluationError(NnunetPdeError):
@@ -214,9 +220,25 @@ def match_cases(
     return [(case, preds[case], refs[case]) for case in sorted(preds)]
 
 
-def _read_header(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+@dataclass(frozen=True)
+class _Geometry:
+    """An image's grid: shape and spacing in numpy order (z, y, x); origin (mm) and the
+    direction matrix (row-major 3x3 for 3-D) in SimpleITK's physical order (x, y, z, LPS)."""
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+def _read_header(path: Path) -> _Geometry:
     reader = read_image_header(path, EvaluationError)
-    return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
+    return _Geometry(
+        tuple(reversed(reader.GetSize())),
+        tuple(reversed(reader.GetSpacing())),
+        tuple(reader.GetOrigin()),
+        tuple(reader.GetDirection()),
+    )
 
 
 def read_segmentation(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -268,19 +290,31 @@ def _checked_labels(seg: np.ndarray, path: Path, what: str, allowed: set[int]) -
     return seg
 
 
-def _geometry_problem(
-    case: str,
-    shape_p: Sequence[int],
-    sp_p: Sequence[float],
-    shape_r: Sequence[int],
-    sp_r: Sequence[float],
-) -> str | None:
-    if tuple(shape_p) != tuple(shape_r):
-        return f"{case}: shape {tuple(shape_p)} (prediction) vs {tuple(shape_r)} (reference)"
-    if not np.allclose(sp_p, sp_r, rtol=SPACING_RTOL, atol=0.0):
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+
+def _geometry_problem(case: str, p: _Geometry, r: _Geometry) -> str | None:
+    if p.shape != r.shape:
+        return f"{case}: shape {p.shape} (prediction) vs {r.shape} (reference)"
+    if not np.allclose(p.spacing, r.spacing, rtol=SPACING_RTOL, atol=0.0):
         return (
-            f"{case}: spacing {tuple(float(s) for s in sp_p)} mm (prediction) vs "
-            f"{tuple(float(s) for s in sp_r)} mm (reference)"
+            f"{case}: spacing {_fmt(p.spacing)} mm (prediction) vs {_fmt(r.spacing)} mm (reference)"
+        )
+    if len(p.origin) != len(r.origin) or not np.allclose(
+        p.origin, r.origin, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL
+    ):
+        return (
+            f"{case}: origin {_fmt(p.origin)} mm (prediction) vs {_fmt(r.origin)} mm "
+            "(reference; physical x, y, z): the prediction is shifted"
+        )
+    if len(p.direction) != len(r.direction) or not np.allclose(
+        p.direction, r.direction, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL
+    ):
+        return (
+            f"{case}: direction {_fmt(p.direction)} (prediction) vs {_fmt(r.direction)} "
+            "(reference): the axes are flipped or rotated (a re-export in another "
+            "orientation, e.g. RAS vs LPS?)"
         )
     return None
 
@@ -289,15 +323,17 @@ def _check_geometry(pairs: Sequence[tuple[str, Path, Path]]) -> None:
     """Compare all headers before any metric is computed, so every mismatch is listed at once."""
     problems = []
     for case, p, r in pairs:
-        problem = _geometry_problem(case, *_read_header(p), *_read_header(r))
+        problem = _geometry_problem(case, _read_header(p), _read_header(r))
         if problem:
             problems.append(problem)
     if problems:
         raise EvaluationError(
             f"{len(problems)} case(s) differ in geometry between prediction and reference "
-            "(axes in numpy order z, y, x): "
+            "(shape and spacing in numpy order z, y, x): "
             + "; ".join(problems[:10])
             + (f"; ... ({len(problems) - 10} more)" if len(problems) > 10 else "")
+            + ". Scoring would compare voxels that are not at the same place; resample or "
+            "re-export the predictions on the reference's grid (nnUNetv2_predict does)"
         )
 
 
@@ -352,7 +388,8 @@ def evaluate_case(
     ref_seg, sp_r = read_segmentation(ref_path)
     pred_seg = _checked_labels(pred_seg, pred_path, "prediction", allowed)
     ref_seg = _checked_labels(ref_seg, ref_path, "reference", allowed)
-    problem = _geometry_problem(case, pred_seg.shape, sp_p, ref_seg.shape, sp_r)
+    # the headers again (cheap): evaluate_case is public and may be called on its own
+    problem = _geometry_problem(case, _read_header(pred_path), _read_header(ref_path))
     if problem:
         raise EvaluationError(f"geometry differs between prediction and reference: {problem}")
     diagonal = image_diagonal_mm(ref_seg.shape, sp_r)
@@ -500,8 +537,18 @@ def _load_dataset_json(
         raise EvaluationError(f"{ds_path} is not valid JSON: {exc}") from None
 
 
-def _check_outputs(out_dir: Path, csv_path: Path, json_path: Path, overwrite: bool) -> None:
-    """Refuse an output folder that is a file, and existing outputs without ``overwrite``."""
+def _check_outputs(
+    out_dir: Path, csv_path: Path, json_path: Path, overwrite: bool, ref_dir: Path
+) -> None:
+    """Refuse an output folder inside the reference (label) folder or that is a file, and
+    existing outputs without ``overwrite``. (The prediction folder is the default output
+    folder, as for nnU-Net's own ``summary.json``.)"""
+    resolved, labels = out_dir.resolve(), ref_dir.resolve()
+    if resolved == labels or labels in resolved.parents:
+        raise EvaluationError(
+            f"--output {out_dir} is inside the reference folder {ref_dir}: the outputs would "
+            "be written among the labels; give another folder"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise EvaluationError(
             f"--output: {out_dir} exists and is not a folder; give a folder for "
@@ -617,7 +664,7 @@ def evaluate_folders(
     out_dir = Path(output_dir) if output_dir is not None else pred_dir
     csv_path, json_path = out_dir / PER_CASE_CSV, out_dir / SUMMARY_JSON
     if write:
-        _check_outputs(out_dir, csv_path, json_path, overwrite)
+        _check_outputs(out_dir, csv_path, json_path, overwrite, ref_dir)
     pairs = match_cases(pred_dir, ref_dir, file_ending, allow_missing_predictions)
     _check_geometry(pairs)
     n_workers = default_num_workers() if num_workers is None else num_workers
