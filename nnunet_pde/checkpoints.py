@@ -11,6 +11,7 @@ network computes. :func:`warmstart_checkpoint` writes such a checkpoint, which
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,40 +55,193 @@ def load_checkpoint(
             "it may be truncated (copy it again) or not a checkpoint",
             flag,
         ) from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+    check_checkpoint(checkpoint, path, flag, need_trainer_name=need_trainer_name)
+    return checkpoint
+
+
+def _kind(value: Any) -> str:
+    """``a dict``, ``None``, ``a torch.nn.Module (PlainConvUNet)``: what a value is, in words."""
+    if value is None:
+        return "None"
+    if isinstance(value, torch.nn.Module):
+        return f"a whole torch.nn.Module ({type(value).__name__})"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def check_checkpoint(
+    checkpoint: Any, path: str | Path, flag: str = "CHECKPOINT", need_trainer_name: bool = True
+) -> None:
+    """Check that an unpickled file has the structure of an nnU-Net checkpoint.
+
+    That is a dict with ``network_weights`` (a state dict: parameter name -> tensor),
+    ``trainer_name`` (with ``need_trainer_name``) and ``init_args`` holding the plans (a
+    dict), a configuration that the plans define and the dataset.json (a dict with
+    ``labels``): everything :func:`build_network_for_checkpoint` reads.
+
+    Raises
+    ------
+    CheckpointError
+        Naming what is wrong (a whole ``torch.nn.Module`` saved instead of a checkpoint or
+        as its weights, ``network_weights`` None, a configuration missing from the plans,
+        ...) and what to pass instead; the message starts with ``flag``.
+    """
+    fold_files = "checkpoint_final.pth or checkpoint_best.pth of a fold"
+    if isinstance(checkpoint, torch.nn.Module):
+        raise CheckpointError(
+            f"{path} holds {_kind(checkpoint)} saved with torch.save(model), not an nnU-Net "
+            f"checkpoint (no plans to rebuild it from); pass the {fold_files} that "
+            "nnUNetv2_train wrote",
+            flag,
+        )
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{path} holds {_kind(checkpoint)}, not an nnU-Net checkpoint (a dict with "
+            f"network_weights, init_args and trainer_name); pass the {fold_files}",
+            flag,
+        )
+    if "network_weights" not in checkpoint:
+        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            raise CheckpointError(
+                f"{path} holds a bare state dict (torch.save(model.state_dict())), not an "
+                "nnU-Net checkpoint: the plans and configuration to build the network from are "
+                f"missing; pass the {fold_files} that nnUNetv2_train wrote",
+                flag,
+            )
         raise CheckpointError(
             f"{path} has no 'network_weights': not an nnU-Net checkpoint (expected "
             "checkpoint_final.pth, checkpoint_best.pth or checkpoint_latest.pth of a fold)",
             flag,
         )
-    if need_trainer_name and not checkpoint.get("trainer_name"):
+    weights = checkpoint["network_weights"]
+    if isinstance(weights, torch.nn.Module):
         raise CheckpointError(
-            f"{path} has no 'trainer_name': cannot tell which network to build", flag
+            f"{path}: 'network_weights' is {_kind(weights)}, not its state dict (the model "
+            "object was saved instead of model.state_dict()); save it again with "
+            "network_weights=model.state_dict(), or pass the checkpoint nnUNetv2_train wrote",
+            flag,
         )
-    return checkpoint
+    if not isinstance(weights, Mapping) or not weights:
+        what = "empty" if isinstance(weights, Mapping) else _kind(weights)
+        raise CheckpointError(
+            f"{path}: 'network_weights' is {what}, not a state dict of the network's "
+            f"tensors: the checkpoint holds no weights; pass the {fold_files} of a training "
+            "that ran",
+            flag,
+        )
+    bad = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{path}: 'network_weights' entry '{bad[0]}'{more} is {_kind(weights[bad[0]])}, "
+            f"not a tensor: the state dict is damaged; pass the {fold_files} as "
+            "nnUNetv2_train wrote it",
+            flag,
+        )
+    if need_trainer_name:
+        name = checkpoint.get("trainer_name")
+        if not name or not isinstance(name, str):
+            got = "no 'trainer_name'" if not name else f"a 'trainer_name' that is {_kind(name)}"
+            raise CheckpointError(
+                f"{path} has {got}: cannot tell which network to build; pass the "
+                f"{fold_files} as nnUNetv2_train wrote it",
+                flag,
+            )
+    check_init_args(checkpoint.get("init_args"), path, flag)
 
 
-def build_network_for_checkpoint(trainer_class: type, checkpoint: dict) -> torch.nn.Module:
+def check_init_args(init_args: Any, path: str | Path, flag: str = "CHECKPOINT") -> None:
+    """Check a checkpoint's ``init_args``: the plans (a dict whose ``configurations`` hold
+    ``init_args['configuration']``) and the dataset.json (a dict with ``labels``).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the entry that is missing or malformed; the message starts with ``flag``.
+    """
+    advice = (
+        "the checkpoint was not written by nnU-Net's trainer or was edited; pass the "
+        "checkpoint_final.pth or checkpoint_best.pth of a fold as nnUNetv2_train wrote it"
+    )
+    if not isinstance(init_args, dict):
+        raise CheckpointError(
+            f"{path} has no init_args (plans, configuration, dataset.json) to build the "
+            f"network from: {advice}",
+            flag,
+        )
+    missing = [k for k in ("plans", "configuration", "dataset_json") if k not in init_args]
+    if missing:
+        raise CheckpointError(f"{path} has no init_args[{', '.join(missing)}]: {advice}", flag)
+    plans, configuration = init_args["plans"], init_args["configuration"]
+    dataset_json = init_args["dataset_json"]
+    if not isinstance(plans, dict):
+        raise CheckpointError(
+            f"{path}: init_args['plans'] is {_kind(plans)}, not the plans dictionary: {advice}",
+            flag,
+        )
+    configurations = plans.get("configurations")
+    if not isinstance(configurations, dict) or not configurations:
+        raise CheckpointError(
+            f"{path}: the plans in init_args define no configurations: {advice}", flag
+        )
+    if not isinstance(configuration, str) or configuration not in configurations:
+        raise CheckpointError(
+            f"{path}: its configuration {configuration!r} is not in its plans "
+            f"({plans.get('plans_name', 'unnamed')}, which define "
+            f"{', '.join(map(str, configurations))}); init_args['configuration'] and "
+            "init_args['plans'] come from different trainings or were edited: pass the "
+            "checkpoint as nnUNetv2_train wrote it, or set init_args['configuration'] to the "
+            "configuration it was trained with",
+            flag,
+        )
+    if not isinstance(dataset_json, dict) or not isinstance(dataset_json.get("labels"), dict):
+        what = "has no 'labels'" if isinstance(dataset_json, dict) else f"is {_kind(dataset_json)}"
+        raise CheckpointError(
+            f"{path}: init_args['dataset_json'] {what}, so the output channels are unknown: "
+            f"{advice}",
+            flag,
+        )
+
+
+def build_network_for_checkpoint(
+    trainer_class: type,
+    checkpoint: dict,
+    path: str | Path = "the checkpoint",
+    flag: str | None = None,
+) -> torch.nn.Module:
     """Build ``trainer_class``'s network for the plans/configuration/dataset stored in an
-    nnU-Net checkpoint's ``init_args`` (on CPU, deep supervision on)."""
+    nnU-Net checkpoint's ``init_args`` (on CPU, deep supervision on).
+
+    Raises
+    ------
+    CheckpointError
+        If ``init_args`` lacks what nnU-Net needs (:func:`check_init_args`) or nnU-Net's
+        plans handling cannot read it; the message names ``path`` and starts with ``flag``.
+    """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    init_args = checkpoint.get("init_args") or {}
-    missing = [k for k in ("plans", "configuration", "dataset_json") if k not in init_args]
-    if missing:
-        raise CheckpointError(
-            f"the checkpoint has no init_args[{', '.join(missing)}]: it was not written by "
-            "nnU-Net's trainer (expected checkpoint_final.pth or checkpoint_best.pth of a fold)"
+    init_args = checkpoint.get("init_args")
+    check_init_args(init_args, path, flag)
+    try:
+        plans_manager = PlansManager(init_args["plans"])
+        configuration_manager = plans_manager.get_configuration(init_args["configuration"])
+        dataset_json = init_args["dataset_json"]
+        num_inputs = determine_num_input_channels(
+            plans_manager, configuration_manager, dataset_json
         )
-    plans_manager = PlansManager(init_args["plans"])
-    configuration_manager = plans_manager.get_configuration(init_args["configuration"])
-    dataset_json = init_args["dataset_json"]
-    num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-    num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-    return trainer_class.build_network_architecture(
-        plans_manager, configuration_manager, num_inputs, num_outputs, True
-    )
+        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        return trainer_class.build_network_architecture(
+            plans_manager, configuration_manager, num_inputs, num_outputs, True
+        )
+    except (KeyError, TypeError, AttributeError, AssertionError, RuntimeError) as exc:
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CheckpointError(
+            f"the plans or dataset.json stored in {path} are incomplete or malformed, so "
+            f"nnU-Net cannot build its network ({type(exc).__name__}: {why}); pass the "
+            "checkpoint as nnUNetv2_train wrote it",
+            flag,
+        ) from None
 
 
 def merge_stock_weights(
@@ -154,7 +308,7 @@ def warmstart_checkpoint(
             "reset to the identity)",
             "STOCK_CHECKPOINT",
         )
-    network = build_network_for_checkpoint(trainer_class, checkpoint)
+    network = build_network_for_checkpoint(trainer_class, checkpoint, src, "STOCK_CHECKPOINT")
     merged = merge_stock_weights(network.state_dict(), checkpoint["network_weights"])
     out = {
         "network_weights": merged,

@@ -129,7 +129,7 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} was written by trainer '{trainer_name}', which cannot be used: {exc}",
             "CHECKPOINT",
         ) from None
-    network = build_network_for_checkpoint(trainer, checkpoint)
+    network = build_network_for_checkpoint(trainer, checkpoint, path, "CHECKPOINT")
     try:
         network.load_state_dict(weights)
     except RuntimeError as exc:
