@@ -269,7 +269,9 @@ def test_opcheck_every_kernel_op(monkeypatch) -> None:
             block.record_consistency = True  # evolve: the regulariser on its own
             block.evolve(x).sum().add(block.last_residuals["energy"]).backward()
     monkeypatch.undo()
-    missing = set(ops.Kernel.registry) - set(calls)
+    # the Triton backend's own ops: test_kernels_triton_tail.py::test_opcheck_every_triton_op
+    expected = {n for n in ops.Kernel.registry if not n.startswith("triton_")}
+    missing = expected - set(calls)
     assert not missing, f"ops a block never called here: {sorted(missing)}"
     for name, args in calls.items():
         torch.library.opcheck(getattr(torch.ops.nnunet_pde, name).default, args)
