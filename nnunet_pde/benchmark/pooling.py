@@ -12,9 +12,12 @@ import numpy as np
 
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.folders import (
+    FOLD_FINISHED,
     fold_dir,
+    fold_state,
     trainer_dir_name,
 )
+from nnunet_pde.locks import lock_holder
 from nnunet_pde.metrics import ImputationPolicy
 
 # ------------------------------------------------------------------------------- pooling
@@ -35,7 +38,7 @@ class PooledPredictions:
     folds_found
         Folds with at least one prediction.
     missing_folds
-        Fold -> why it contributes nothing (no folder, no predictions).
+        Fold -> why it contributes nothing (no folder, no predictions, not finished).
     missing_cases
         Fold -> validation cases of ``splits_final.json`` without a prediction.
     unexpected_cases
@@ -74,6 +77,11 @@ def pool_predictions(
 ) -> PooledPredictions:
     """Collect ``fold_k/validation/*<file_ending>`` of the given folds, every case once.
 
+    Only finished folds are pooled (``checkpoint_final.pth`` and ``validation/summary.json``,
+    which nnU-Net writes after the last validation export). A fold whose training or final
+    validation was interrupted, or is running now, may hold half-written predictions: it is
+    listed in ``missing_folds`` with the reason and its files are left out.
+
     Raises
     ------
     BenchmarkError
@@ -85,7 +93,8 @@ def pool_predictions(
     pooled = PooledPredictions(trainer, model)
     duplicates: list[str] = []
     for k in folds:
-        val = fold_dir(results, dataset, trainer, plans, configuration, k) / "validation"
+        folder = fold_dir(results, dataset, trainer, plans, configuration, k)
+        val = folder / "validation"
         if not val.is_dir():
             pooled.missing_folds[k] = f"no folder {val}"
             continue
@@ -96,6 +105,19 @@ def pool_predictions(
         )
         if not cases:
             pooled.missing_folds[k] = f"no *{file_ending} predictions in {val}"
+            continue
+        if fold_state(folder) != FOLD_FINISHED:
+            holder = lock_holder(folder)
+            now = (
+                f"it is being trained now by {holder.describe()}"
+                if holder
+                else ("its training or final validation did not finish")
+            )
+            pooled.missing_folds[k] = (
+                f"not finished ({now}: no checkpoint_final.pth or no validation/summary.json in "
+                f"{folder}); its {len(cases)} prediction(s) are left out, as they may be "
+                "half-written. Finish it with nnunet-pde benchmark run (it continues with --c)"
+            )
             continue
         pooled.folds_found.append(k)
         for c in cases:

@@ -123,6 +123,31 @@ def test_pooling_reports_missing_folds(tree: dict[str, str], report) -> None:
     assert f"**Missing folds** for {ERODE}: fold 4" in md
 
 
+def test_an_unfinished_fold_is_never_pooled(tmp_path: Path) -> None:
+    """A fold whose training stopped during its final validation (predictions there, one of
+    them half-written, no summary.json) is excluded and named; its files score nothing."""
+    env = make_nnunet_env(tmp_path)
+    res = Path(env["nnUNet_results"])
+    model = write_fold_predictions(res, PERFECT, predict_perfect)
+    fold2 = model / "fold_2"
+    (fold2 / "validation" / "summary.json").unlink()
+    half = next((fold2 / "validation").glob("*.nii.gz"))
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])
+    lines: list[str] = []
+    rep = make_report(
+        "987", [PERFECT], folds=[0, 1, 2, 3, 4], output=tmp_path / "out", num_workers=1,
+        progress=False, environ=env, print_fn=lines.append,
+    )  # fmt: skip
+    info = rep.meta["pooling"][PERFECT]
+    assert info["n_cases"] == 8 and list(info["missing_folds"]) == ["2"]
+    why = info["missing_folds"]["2"]
+    assert "not finished" in why and "2 prediction(s) are left out" in why
+    assert any("MISSING folds 2" in line for line in lines)
+    dice = _row(rep, PERFECT, "organ", "dice")
+    assert dice["n"] == 8 and dice["mean"] == 1.0  # the half-written file is not in the mean
+    assert "**Missing folds**" in (rep.output / "tables.md").read_text()
+
+
 def test_summary_rows_and_values(report) -> None:
     regions = ["organ", "lesion"]
     metrics = ["dice", "hd95_mm", "nsd", "assd_mm"]

@@ -149,6 +149,7 @@ def write_oof(
         for c in SPLITS[k]["val"]:
             write_seg(val / f"{c}.nii.gz", predict(reference_map(CASES.index(c))))
         (model / f"fold_{k}" / "checkpoint_final.pth").write_bytes(b"fake")
+        (val / "summary.json").write_text("{}")  # a finished fold, as nnU-Net leaves it
         if subset_fraction is not None:
             (model / f"fold_{k}" / "few_label_subset.json").write_text(
                 json.dumps({"fraction": subset_fraction, "seed": 0, "n_total": 4, "n_selected": 1})
