@@ -25,18 +25,20 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "OUTPUT_MARKER",
+    "STAGED_PATTERN",
     "BenchmarkError",
     "CheckpointError",
     "Interrupted",
@@ -48,8 +50,10 @@ __all__ = [
     "check_replaceable",
     "error_line",
     "interrupt_signals",
+    "recover_interrupted",
     "report_failure",
     "staged_folder",
+    "staged_sibling",
     "write_marker",
 ]
 
@@ -271,37 +275,212 @@ def check_replaceable(folder: Path, overwrite: bool, command: str, flag: str = "
     return True
 
 
+#: Hidden siblings of a staged write (:func:`staged_folder`), one token per run:
+#: ``.<name>.tmp-<token>`` is being built, ``.<name>.old-<token>`` was moved aside.
+STAGED_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<token>[0-9a-f]{8})$")
+
+
+def staged_sibling(target: Path, kind: str, token: str) -> Path:
+    """``target.parent / ".<target.name>.<kind>-<token>"`` (``kind``: ``tmp`` or ``old``)."""
+    return target.parent / f".{target.name}.{kind}-{token}"
+
+
+def _try_lock(folder: Path) -> tuple[str, int | None]:
+    """Take an exclusive, non-blocking ``flock`` on ``folder``.
+
+    Returns ``("locked", fd)`` (close ``fd`` to release), ``("busy", None)`` when another
+    process holds it (a run in progress) or ``("unknown", None)`` where ``flock`` does not
+    work (no ``fcntl``, a file system without locks).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return "unknown", None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return "unknown", None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return "busy", None
+    except OSError:
+        os.close(fd)
+        return "unknown", None
+    return "locked", fd
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def recover_interrupted(
+    parent: str | os.PathLike[str], report: Callable[[str], None] | None = None
+) -> list[str]:
+    """Finish or undo what killed runs of :func:`staged_folder` left in ``parent``.
+
+    A process killed outright (SIGKILL, out of memory, power loss) runs no clean-up, so its
+    hidden siblings stay: a half-built ``.<name>.tmp-<token>``, and, when it was replacing
+    a folder (``--overwrite``), the old one moved aside as ``.<name>.old-<token>``. Every
+    writer calls this before it looks at its destination, and for each run whose writer is
+    no longer alive (its ``tmp`` folder is not locked, see :func:`staged_folder`):
+
+    * the run had not swapped its new folder in (its ``tmp`` folder still exists): each
+      folder it had moved aside is renamed back to its name; if that name is taken again,
+      it is left where it is and reported (keep one of the two yourself). The ``tmp``
+      folder is deleted;
+    * the run had swapped its new folder in (no ``tmp`` folder): the folders it replaced
+      were still to be deleted, and are.
+
+    A run still in progress is left alone. Where locks do not work, nothing is touched
+    and every such folder is reported instead.
+
+    Parameters
+    ----------
+    parent
+        The folder the writer writes into (``nnUNet_raw``, the parent of ``--output``).
+    report
+        Called with one line per action (default: ``warning: ...`` on stderr).
+
+    Returns
+    -------
+    list of str
+        The reported lines.
+    """
+    parent = Path(parent)
+    say = report or _warn
+    lines: list[str] = []
+
+    def tell(message: str) -> None:
+        lines.append(message)
+        say(message)
+
+    if not parent.is_dir():
+        return lines
+    runs: dict[str, dict[str, list[tuple[str, Path]]]] = {}
+    for entry in sorted(parent.iterdir()):
+        match = STAGED_PATTERN.match(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        run = runs.setdefault(match["token"], {"tmp": [], "old": []})
+        run[match["kind"]].append((match["name"], entry))
+    for run in runs.values():
+        fds: list[int] = []
+        try:
+            states = []
+            for _, tmp in run["tmp"]:
+                state, fd = _try_lock(tmp)
+                states.append(state)
+                if fd is not None:
+                    fds.append(fd)
+            if "busy" in states:
+                continue  # a run in progress
+            if "unknown" in states:
+                for _, tmp in run["tmp"]:
+                    tell(
+                        f"{tmp} was left by an interrupted nnunet-pde run (no file locks here "
+                        "to tell whether it still runs); if none runs, remove it"
+                    )
+                for name, old in run["old"]:
+                    tell(
+                        f"{old} holds the earlier {name}, moved aside by an interrupted "
+                        f"--overwrite run (no file locks here to tell whether it still runs); "
+                        f"if none runs and {parent / name} is missing, rename it back"
+                    )
+                continue
+            _recover_run(parent, run, tell)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return lines
+
+
+def _recover_run(
+    parent: Path, run: dict[str, list[tuple[str, Path]]], tell: Callable[[str], None]
+) -> None:
+    """Undo (``tmp`` folder present) or finish (absent) one killed run; see
+    :func:`recover_interrupted`."""
+    if run["tmp"]:
+        for name, old in run["old"]:
+            original = parent / name
+            if original.exists() or original.is_symlink():
+                tell(
+                    f"{old} holds the earlier {name} that an interrupted --overwrite run had "
+                    f"moved aside, and {original} exists again; nothing was changed: keep one "
+                    f"(e.g. rename {old} back to {original} after moving the other away)"
+                )
+                continue
+            old.rename(original)
+            tell(
+                f"restored {original} from {old}, where an interrupted --overwrite run had "
+                "moved it before it was killed"
+            )
+        for _, tmp in run["tmp"]:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tell(f"removed {tmp}: the unfinished output of an interrupted run")
+    else:
+        for name, old in run["old"]:
+            shutil.rmtree(old, ignore_errors=True)
+            tell(
+                f"removed {old}: the earlier {name}, which an interrupted --overwrite run had "
+                "already replaced but not yet deleted"
+            )
+
+
 @contextlib.contextmanager
-def staged_folder(target: Path, command: str | None = None) -> Iterator[Path]:
+def staged_folder(
+    target: Path, command: str | None = None, also_replace: Sequence[Path] = ()
+) -> Iterator[Path]:
     """Build a folder under a hidden temporary name next to ``target``, then swap it in.
 
-    Yields the temporary folder (created). When the block succeeds, the marker file is
-    written (if ``command`` is given), an existing ``target`` is moved aside, the new folder
-    renamed to ``target`` and the old one deleted. On any exception, Ctrl-C or SIGTERM
-    (see :func:`interrupt_signals`) the temporary folder is removed and ``target`` is left
-    as it was. Hidden names never start with ``Dataset``, so nnU-Net never sees them.
+    Yields the temporary folder (created, and locked with ``flock`` while the block runs, so
+    that :func:`recover_interrupted` can tell a run in progress from a killed one). When the
+    block succeeds, the marker file is written (if ``command`` is given), an existing
+    ``target`` and the existing folders of ``also_replace`` (siblings of ``target``, e.g.
+    another dataset with the same id) are moved aside, the new folder renamed to ``target``
+    and the old ones deleted. On any exception, Ctrl-C or SIGTERM (see
+    :func:`interrupt_signals`) the temporary folder is removed and the old ones are put
+    back. A killed process leaves the hidden siblings, which the writer's next run finds
+    with :func:`recover_interrupted`: the moved-aside folders are renamed back until the
+    new folder is in place, so the only copy of a folder never stays under a hidden name.
+    Hidden names never start with ``Dataset``, so nnU-Net never sees them.
     """
     target = Path(target)
     token = uuid.uuid4().hex[:8]
-    tmp = target.parent / f".{target.name}.tmp-{token}"
-    old = target.parent / f".{target.name}.old-{token}"
+    tmp = staged_sibling(target, "tmp", token)
+    replace = [target] + [Path(p) for p in also_replace if Path(p) != target]
+    for p in replace:
+        if p.parent != target.parent:
+            raise ValueError(f"{p} is not a sibling of {target}")
+    moved: list[tuple[Path, Path]] = []
     done = False
+    lock: int | None = None
     with interrupt_signals():
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
+            lock = _try_lock(tmp)[1]
             yield tmp
             if command is not None:
                 write_marker(tmp, command)
-            if target.exists():
-                target.rename(old)
+            for p in replace:
+                if p.exists() or p.is_symlink():
+                    old = staged_sibling(p, "old", token)
+                    p.rename(old)
+                    moved.append((p, old))
             tmp.rename(target)
             done = True
         except BaseException:
-            if old.exists() and not target.exists():
-                old.rename(target)
+            if not done:
+                for p, old in reversed(moved):
+                    if old.exists() and not p.exists():
+                        old.rename(p)
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             if done:
-                shutil.rmtree(old, ignore_errors=True)
+                for _, old in moved:
+                    shutil.rmtree(old, ignore_errors=True)
+            if lock is not None:
+                os.close(lock)

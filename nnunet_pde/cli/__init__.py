@@ -118,8 +118,8 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
             progress=lambda msg: print(msg, flush=True),
             **kwargs,
         )
-    except NnunetPdeError:
-        raise
+    except (NnunetPdeError, FileExistsError):
+        raise  # FileExistsError: the dataset or its id exists (the message says what to do)
     except OSError as exc:
         raise NnunetPdeError(
             f"cannot write the dataset into {raw_root}: {exc.strerror or exc}; choose a "

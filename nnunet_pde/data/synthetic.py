@@ -29,7 +29,12 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.data import brats_like, lits_like
-from nnunet_pde.errors import NnunetPdeError, check_replaceable, staged_folder
+from nnunet_pde.errors import (
+    NnunetPdeError,
+    check_replaceable,
+    recover_interrupted,
+    staged_folder,
+)
 from nnunet_pde.files import write_image
 
 DATASET_KINDS: tuple[str, ...] = ("brats-like", "lits-like")
@@ -400,6 +405,7 @@ def make_synthetic_dataset(
     check_size_fits_memory(kind, size)
     raw_root = Path(raw_root)
     folder_name = dataset_folder_name(dataset_id, name)
+    recover_interrupted(raw_root)  # what a killed earlier run left (see docs/datasets.md)
     _check_destination(raw_root, dataset_id, folder_name, overwrite)
     target = raw_root / folder_name
     spec = KINDS[kind]

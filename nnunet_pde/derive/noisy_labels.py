@@ -67,7 +67,6 @@ import os
 import re
 import shlex
 import shutil
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -96,7 +95,7 @@ from nnunet_pde.derive.label_noise import (
     morph_mask,
     structures_from_dataset_json,
 )
-from nnunet_pde.errors import NnunetPdeError
+from nnunet_pde.errors import NnunetPdeError, recover_interrupted, staged_folder
 from nnunet_pde.files import read_image, read_json, write_image, write_json
 from nnunet_pde.folders import DATASET_FOLDER, find_raw_dataset
 
@@ -399,6 +398,7 @@ def derive_noisy_labels(
     if not _NAME_PATTERN.match(name):
         raise NnunetPdeError(f"cannot make a valid dataset name from {name!r}; pass name=")
     folder_name = f"Dataset{dataset_id:03d}_{name}"
+    recover_interrupted(raw_root)  # what a killed earlier run left (see docs/robustness.md)
     to_replace = _targets_to_replace(raw_root, dataset_id, folder_name, src, overwrite)
     case_ids = sorted(clean_files)
     corrupted = set(_corrupted_cases(case_ids, fraction, seed))
@@ -435,44 +435,9 @@ def derive_noisy_labels(
         )
         write_json(tmp / DERIVED_JSON, record, indent=1)
 
-    return _write_in_place(raw_root, folder_name, to_replace, fill)
-
-
-def _write_in_place(
-    raw_root: Path, folder_name: str, to_replace: Sequence[Path], fill: Callable[[Path], None]
-) -> Path:
-    """``fill`` a hidden temporary folder, then swap it in as ``raw_root / folder_name``.
-
-    The folders in ``to_replace`` are moved aside first and deleted once the new one is in
-    place; on any failure (or Ctrl-C) they are put back and the temporary folder removed.
-    """
     target = raw_root / folder_name
-    raw_root.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    # Hidden names that do not start with "Dataset", so nnU-Net never mistakes them for one.
-    tmp = raw_root / f".{folder_name}.tmp-{token}"
-    olds = [raw_root / f".{p.name}.old-{token}" for p in to_replace]
-    moved: list[tuple[Path, Path]] = []
-    done = False
-    try:
-        tmp.mkdir()
+    with staged_folder(target, also_replace=to_replace) as tmp:
         fill(tmp)
-        for p, old in zip(to_replace, olds, strict=True):
-            p.rename(old)
-            moved.append((p, old))
-        tmp.rename(target)
-        done = True
-    except BaseException:
-        if not done:  # put back what was moved aside
-            for p, old in reversed(moved):
-                if old.exists() and not p.exists():
-                    old.rename(p)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if done:
-            for old in olds:
-                shutil.rmtree(old, ignore_errors=True)
     return target
 
 

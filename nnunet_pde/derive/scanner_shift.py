@@ -78,7 +78,7 @@ from nnunet_pde.derive.perturbations import (
     _perturb,
     apply_recorded,
 )
-from nnunet_pde.errors import check_replaceable, staged_folder
+from nnunet_pde.errors import check_replaceable, recover_interrupted, staged_folder
 from nnunet_pde.files import read_json, write_image, write_json
 from nnunet_pde.folders import find_raw_dataset
 
@@ -293,6 +293,7 @@ def derive_shifted_images(
     file_ending, channel_keys, cases = _test_images(dataset)
     images = dataset / "imagesTs"
     output = Path(output)
+    recover_interrupted(output.parent)  # what a killed earlier run left
     _check_output(output, dataset, overwrite)
 
     n_total = sum(len(c) for c in cases.values()) * len(names) * len(level_list)
