@@ -77,6 +77,62 @@ def table_rows(summary: Sequence[Mapping[str, Any]], metric: str) -> list[list[s
     return out
 
 
+RUN_TABLE_HEADER = (
+    "region",
+    "trainer",
+    "runs",
+    "run means",
+    "mean ± between-run SD",
+    "Δ vs ref ± SE (runs)",
+    "p (Welch, runs)",
+    "p (Holm)",
+    "beyond the spread",
+)
+
+
+def run_spread_rows_text(runs: Sequence[Mapping[str, Any]], metric: str) -> list[list[str]]:
+    """The cells of one metric's between-run table (:data:`RUN_TABLE_HEADER` order)."""
+    digits = METRIC_INFO.get(metric, (metric, 3, ""))[1]
+    out = []
+    for r in runs:
+        if r["metric"] != metric:
+            continue
+        is_ref = r["trainer"] == r["reference"]
+        sd = f" ± {fmt_num(r['run_sd'], digits)}" if math.isfinite(r["run_sd"]) else ""
+        diff = ""
+        if not is_ref and math.isfinite(r["run_difference"]):
+            diff = f"{r['run_difference']:+.{digits}f}"
+            if math.isfinite(r["run_difference_se"]):
+                diff += f" ± {fmt_num(r['run_difference_se'], digits)}"
+        verdict = {True: "yes", False: "no", None: ""}[r["exceeds_spread"]]
+        out.append(
+            [
+                str(r["region"]),
+                short_trainer(str(r["trainer"])) + (" (ref)" if is_ref else ""),
+                str(r["n_runs"]),
+                ", ".join(fmt_num(v, digits) for v in r["run_means"]),
+                fmt_num(r["run_mean"], digits) + sd,
+                diff,
+                "" if is_ref else format_p(r["p_runs"]),
+                "" if is_ref else format_p(r["p_runs_holm"]),
+                "" if is_ref else verdict,
+            ]
+        )
+    return out
+
+
+def run_spread_lines(runs: Sequence[Mapping[str, Any]] | None, metric: str) -> list[str]:
+    """Plain-text lines of one metric's between-run table (nothing for a single run)."""
+    if not runs or max(int(r["n_runs"]) for r in runs) < 2:
+        return []
+    rows = [list(RUN_TABLE_HEADER), *run_spread_rows_text(runs, metric)]
+    width = [max(len(r[i]) for r in rows) for i in range(len(RUN_TABLE_HEADER))]
+    name = METRIC_INFO.get(metric, (metric, 3, ""))[0]
+    return [f"\n{name} over repeated runs (case means per run; spread between runs):"] + [
+        "  " + "  ".join(r[i].ljust(width[i]) for i in range(len(r))) for r in rows
+    ]
+
+
 def _per_fold_table(
     per_fold: Sequence[Mapping[str, Any]], metrics: Sequence[str]
 ) -> tuple[list[str], list[list[str]]]:
@@ -126,10 +182,21 @@ def render_markdown(
     per_fold: Sequence[Mapping[str, Any]],
     metrics: Sequence[str],
     meta: Mapping[str, Any],
+    runs: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """``tables.md``: one table per metric, then the per-fold means."""
+    """``tables.md``: one table per metric, the between-run tables (``runs``, when there are
+    repeated runs), then the per-fold means."""
     parts = [f"# Cross-validation benchmark: {meta['dataset']}", ""]
     parts += [line + "\n" for line in _context_lines(meta)]
+    if runs and max(int(r["n_runs"]) for r in runs) >= 2:
+        parts += [
+            f"**Repeated runs**: {len(meta.get('runs', []))} run(s) per trainer. The tables "
+            "below are over cases, each case's value averaged over the runs. The "
+            "*between runs* tables give each run's case mean, their mean ± SD, and the "
+            "difference from the reference ± its SE from the two spreads, with Welch's t test "
+            "on the run means (Holm over trainers); *beyond the spread* = p (Holm) < 0.05.",
+            "",
+        ]
     for m in metrics:
         name, _, direction = METRIC_INFO.get(m, (m, 3, ""))
         parts += [
@@ -138,6 +205,13 @@ def render_markdown(
             md_table(TABLE_HEADER, table_rows(summary, m)),
             "",
         ]
+        if runs and max(int(r["n_runs"]) for r in runs) >= 2:
+            parts += [
+                f"### {name}: between runs",
+                "",
+                md_table(RUN_TABLE_HEADER, run_spread_rows_text(runs, m)),
+                "",
+            ]
     header, rows = _per_fold_table(per_fold, metrics)
     parts += [
         "## Per-fold means (descriptive)",

@@ -36,6 +36,7 @@ import numpy as np
 from nnunet_pde.benchmark.manifest import software_versions
 from nnunet_pde.benchmark.pooling import PooledPredictions, impute_aligned, pool_predictions
 from nnunet_pde.benchmark.render import boxplot_png, render_html, render_latex, render_markdown
+from nnunet_pde.benchmark.runs import RUN_COLUMNS, average_runs, run_results, run_spread_rows
 from nnunet_pde.benchmark.settings import EvaluationSettings, OutputFiles, evaluate_fold_folder
 from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
 from nnunet_pde.benchmark.writers import STAT_COLUMNS, stat_fields, write_csv
@@ -77,8 +78,9 @@ TABLES_MD = "tables.md"
 TABLES_TEX = "tables.tex"
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
+RUNS_CSV = "runs.csv"
 
-#: Every file the report writes.
+#: Every file the report writes (and, with repeated runs, :data:`RUNS_CSV`).
 REPORT_FILES = (
     PER_CASE_CSV,
     SUMMARY_CSV,
@@ -263,6 +265,7 @@ class ReportOutcome:
     per_fold: list[dict[str, Any]]
     per_case: list[dict[str, Any]]
     meta: dict[str, Any]
+    runs: list[dict[str, Any]] | None = None
 
 
 SUMMARY_COLUMNS = (
@@ -294,7 +297,7 @@ def _reference_folders(pre: Path, name: str) -> tuple[Path, Path]:
 
 def _refuse_existing_report(out: Path, overwrite: bool) -> None:
     if not overwrite:
-        existing = [str(out / f) for f in REPORT_FILES if (out / f).exists()]
+        existing = [str(out / f) for f in (*REPORT_FILES, RUNS_CSV) if (out / f).exists()]
         if existing:
             raise FileExistsError(
                 f"report files exist in {out}: {', '.join(Path(e).name for e in existing)}; "
@@ -361,19 +364,29 @@ def _write_report(
     metrics: Sequence[str],
     meta: dict[str, Any],
     policy: ImputationPolicy,
+    runs: list[dict[str, Any]] | None = None,
 ) -> list[Path]:
     """Write :data:`REPORT_FILES` (and the box plots) into ``out``; the files, in order."""
     from nnunet_pde.metrics.evaluate import CSV_COLUMNS
 
     out.mkdir(parents=True, exist_ok=True)
     files = OutputFiles(out)
-    files.put(PER_CASE_CSV, lambda p: write_csv(p, per_case, ("trainer", "fold", *CSV_COLUMNS)))
+    case_cols = ("trainer", "fold", *(("run",) if runs else ()), *CSV_COLUMNS)
+    files.put(PER_CASE_CSV, lambda p: write_csv(p, per_case, case_cols))
     files.put(SUMMARY_CSV, lambda p: write_csv(p, summary, SUMMARY_COLUMNS))
     fold_cols = ["region", "trainer", "fold", "n_cases"]
     for m in metrics:
         fold_cols += [f"{m}_n", f"{m}_mean"]
     files.put(PER_FOLD_CSV, lambda p: write_csv(p, per_fold, fold_cols))
-    files.put_text(TABLES_MD, render_markdown(summary, per_fold, metrics, meta))
+    files.put_text(TABLES_MD, render_markdown(summary, per_fold, metrics, meta, runs))
+    if runs:
+        files.put(
+            RUNS_CSV,
+            lambda p: write_csv(
+                p, [{**r, "run_means": " ".join(map(str, r["run_means"]))} for r in runs],
+                RUN_COLUMNS,
+            ),
+        )  # fmt: skip
     files.put_text(TABLES_TEX, render_latex(summary, per_fold, metrics, meta))
     trainers = meta["trainers"]
     images = {m: boxplot_png(per_case, trainers, m, policy) for m in BOXPLOT_METRICS}
@@ -383,7 +396,9 @@ def _write_report(
     files.put(
         REPORT_JSON,
         lambda p: write_json(
-            p, json_safe({**meta, "summary": summary, "per_fold": per_fold}), allow_nan=False
+            p,
+            json_safe({**meta, "summary": summary, "per_fold": per_fold, "runs": runs}),
+            allow_nan=False,
         ),
     )
     return files.written
@@ -420,6 +435,7 @@ def make_report(
     seed: int = 0,
     confidence: float = 0.95,
     settings: EvaluationSettings | None = None,
+    runs: Sequence[int] = (1,),
     **options: Any,
 ) -> ReportOutcome:
     """Pool, evaluate, and write the report of a cross-validation grid.
@@ -441,6 +457,11 @@ def make_report(
         ``$nnUNet_results/<dataset>/nnunet_pde_report``, the default metrics
         :data:`DEFAULT_METRICS`; with ``overwrite`` False, existing report files are a
         ``FileExistsError`` before any work.
+    runs
+        Run indices of repeated trainings (:mod:`nnunet_pde.benchmark.runs`). With more than
+        one, every run's tree is pooled and evaluated; the per-case statistics use each
+        case's mean over the runs, and ``runs.csv`` / :attr:`ReportOutcome.runs` give the
+        between-run spread.
     """
     settings = EvaluationSettings.of(settings, **options)
     env, policy, metrics = settings.env, settings.imputation, settings.metric_list(DEFAULT_METRICS)
@@ -465,23 +486,39 @@ def make_report(
     out = settings.output_folder(results / name / REPORT_DIRNAME)
     _refuse_existing_report(out, settings.overwrite)
 
-    pooled = _pool_trainers(
-        results, name, trainers, fold_list, file_ending, read_splits(pre), settings
-    )
-    per_case = _evaluate_pooled(results, name, pooled, gt, ds_json, settings)
+    runs = list(runs)
+    pooled: dict[str, PooledPredictions] = {}
+    per_case = []
+    for run in runs:
+        root = run_results(results, run)
+        if len(runs) > 1:
+            settings.print_fn(f"run {run}: {root}")
+        pooled_run = _pool_trainers(
+            root, name, trainers, fold_list, file_ending, read_splits(pre), settings
+        )
+        rows = _evaluate_pooled(root, name, pooled_run, gt, ds_json, settings)
+        per_case += [{**r, "run": run} for r in rows] if len(runs) > 1 else rows
+        for t, p in pooled_run.items():
+            pooled[t if len(runs) == 1 else f"{t} (run {run})"] = p
+    run_rows = None
+    stats_rows = per_case
+    if len(runs) > 1:
+        run_rows = run_spread_rows(per_case, trainers, reference, metrics, policy)
+        stats_rows = average_runs(per_case, metrics, policy)
     summary, per_fold = compute_statistics(
-        per_case, trainers, reference, metrics, policy, n_bootstrap, seed, confidence
+        stats_rows, trainers, reference, metrics, policy, n_bootstrap, seed, confidence
     )
     meta = {
         **_report_meta(name, trainers, reference, fold_list, metrics, settings),
         "n_bootstrap": n_bootstrap,
         "seed": seed,
         "confidence": confidence,
+        "runs": runs,
         "reference_folder": str(gt),
         "dataset_json": str(ds_json),
         "pooling": {t: p.as_dict() for t, p in pooled.items()},
         "software": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    written = _write_report(out, per_case, summary, per_fold, metrics, meta, policy)
-    return ReportOutcome(out, written, summary, per_fold, per_case, meta)
+    written = _write_report(out, per_case, summary, per_fold, metrics, meta, policy, run_rows)
+    return ReportOutcome(out, written, summary, per_fold, per_case, meta, run_rows)

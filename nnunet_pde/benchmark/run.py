@@ -41,6 +41,7 @@ from nnunet_pde.benchmark.manifest import (
     utc_now,
     write_manifest,
 )
+from nnunet_pde.benchmark.runs import run_results
 from nnunet_pde.commands import (
     DEFAULT_TRAIN_COMMAND,
     Executor,
@@ -106,6 +107,12 @@ class FoldTask:
         The ``nnUNetv2_train`` argument vector (empty for ``skip``).
     log
         Where the executor writes the command's output.
+    holder
+        Who holds the fold's lock (``busy`` only).
+    run
+        The run index (:mod:`nnunet_pde.benchmark.runs`); run 1 is ``$nnUNet_results``.
+    results
+        The results root of that run (the training's ``nnUNet_results``).
     """
 
     trainer: str
@@ -116,10 +123,13 @@ class FoldTask:
     command: tuple[str, ...]
     log: Path
     holder: str | None = None
+    run: int = 1
+    results: Path | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.trainer}/fold_{self.fold}"
+        base = f"{self.trainer}/fold_{self.fold}"
+        return base if self.run == 1 else f"run_{self.run}/{base}"
 
     def command_line(self) -> str:
         """The command as a shell would take it."""
@@ -141,48 +151,56 @@ def plan_grid(
     device: str | None = None,
     extra_args: Sequence[str] = (),
     train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
+    runs: Sequence[int] = (1,),
 ) -> list[FoldTask]:
-    """Decide skip / continue / train for every (trainer, fold), trainers outermost.
+    """Decide skip / continue / train for every (run, trainer, fold); runs outermost, then
+    trainers, so that run 1 of every trainer is done before any run 2.
 
+    ``results`` is ``$nnUNet_results``; run r trains in :func:`run_results` (results, r).
     Reads only the fold folders; runs nothing.
     """
-    results = Path(results)
-    logs = benchmark_folder(results, dataset) / "logs"
     tasks = []
     broken = []
-    for trainer in check_trainer_names(trainers):
-        for fold in parse_folds(folds):
-            folder = fold_dir(results, dataset, trainer, plans, configuration, fold)
-            state = fold_state(folder)
-            resume = resume_checkpoint(folder)
-            problem = None if resume is None else checkpoint_problem(resume)
-            if problem is not None:
-                broken.append(f"{resume} does not load: {problem}")
-            holder = lock_holder(folder)
-            if state == FOLD_FINISHED:
-                action, command = ACTION_SKIP, ()
-            elif holder is not None:
-                action, command = ACTION_BUSY, ()
-            else:
-                action = ACTION_CONTINUE if state == FOLD_INTERRUPTED else ACTION_TRAIN
-                command = build_train_command(
-                    dataset,
-                    configuration,
-                    fold,
-                    trainer,
-                    plans,
-                    device=device,
-                    continue_training=action == ACTION_CONTINUE,
-                    extra_args=extra_args,
-                    train_command=train_command,
-                )
-            log = logs / f"{trainer_dir_name(trainer, plans, configuration)}_fold_{fold}.log"
-            tasks.append(
-                FoldTask(
-                    trainer, fold, state, action, folder, command, log,
-                    holder=None if holder is None else holder.describe(),
-                )
-            )  # fmt: skip
+    grid = [
+        (run, trainer, fold)
+        for run in runs
+        for trainer in check_trainer_names(trainers)
+        for fold in parse_folds(folds)
+    ]
+    for run, trainer, fold in grid:
+        root = run_results(results, run)
+        logs = benchmark_folder(root, dataset) / "logs"
+        folder = fold_dir(root, dataset, trainer, plans, configuration, fold)
+        state = fold_state(folder)
+        resume = resume_checkpoint(folder)
+        problem = None if resume is None else checkpoint_problem(resume)
+        if problem is not None:
+            broken.append(f"{resume} does not load: {problem}")
+        holder = lock_holder(folder)
+        if state == FOLD_FINISHED:
+            action, command = ACTION_SKIP, ()
+        elif holder is not None:
+            action, command = ACTION_BUSY, ()
+        else:
+            action = ACTION_CONTINUE if state == FOLD_INTERRUPTED else ACTION_TRAIN
+            command = build_train_command(
+                dataset,
+                configuration,
+                fold,
+                trainer,
+                plans,
+                device=device,
+                continue_training=action == ACTION_CONTINUE,
+                extra_args=extra_args,
+                train_command=train_command,
+            )
+        log = logs / f"{trainer_dir_name(trainer, plans, configuration)}_fold_{fold}.log"
+        tasks.append(
+            FoldTask(
+                trainer, fold, state, action, folder, command, log,
+                holder=None if holder is None else holder.describe(), run=run, results=root,
+            )
+        )  # fmt: skip
     if broken:
         raise BenchmarkError(
             f"{len(broken)} fold(s) cannot be skipped or continued: {'; '.join(broken[:3])}"
@@ -508,6 +526,7 @@ def run_benchmark(
     environ: Mapping[str, str] | None = None,
     print_fn: Callable[[str], None] = print,
     require_ext_trainer: bool = True,
+    runs: Sequence[int] = (1,),
 ) -> RunOutcome:
     """Run (or, with ``dry_run``, print) the grid; see the module docstring.
 
@@ -531,6 +550,9 @@ def run_benchmark(
     require_ext_trainer
         Require ``nnUNet_extTrainer`` to list the nnunet-pde trainers (off only for grids
         of nnU-Net's own trainers).
+    runs
+        Run indices (:func:`nnunet_pde.benchmark.runs.parse_runs`): each run trains the
+        whole grid in its own results tree (:func:`~nnunet_pde.benchmark.runs.run_results`).
 
     Returns
     -------
@@ -568,9 +590,10 @@ def run_benchmark(
         device=device,
         extra_args=extra_args,
         train_command=train_command,
+        runs=runs,
     )
     outcome = RunOutcome(tasks, dry_run=dry_run)
-    print_fn(_plan_line(name, configuration, plans, trainers, tasks))
+    print_fn(_plan_line(name, configuration, plans, trainers, tasks, runs))
     if dry_run:
         for t in tasks:
             if t.action == ACTION_SKIP:
@@ -592,7 +615,7 @@ def run_benchmark(
     outcome.manifest = create_manifest_file(bench_dir, started_dt)
     manifest = _new_manifest(
         started_dt, name, configuration, plans, trainers, folds, device, extra_args,
-        train_command, executor, env,
+        train_command, executor, env, runs,
     )  # fmt: skip
     grid = _GridRun(outcome, manifest, trainer_classes, env, print_fn)
     grid.run(executor)
@@ -601,14 +624,21 @@ def run_benchmark(
 
 
 def _plan_line(
-    name: str, configuration: str, plans: str, trainers: Sequence[str], tasks: list[FoldTask]
+    name: str,
+    configuration: str,
+    plans: str,
+    trainers: Sequence[str],
+    tasks: list[FoldTask],
+    runs: Sequence[int] = (1,),
 ) -> str:
     """The first line of a run: the grid and what will happen to its folds."""
     n_skip = sum(t.action == ACTION_SKIP for t in tasks)
     n_busy = sum(t.action == ACTION_BUSY for t in tasks)
     line = (
-        f"benchmark {name} {configuration} -p {plans}: {len(trainers)} trainer(s) x "
-        f"{len(tasks) // max(1, len(trainers))} fold(s) = {len(tasks)} runs; "
+        f"benchmark {name} {configuration} -p {plans}: "
+        + (f"{len(runs)} run(s) ({', '.join(map(str, runs))}) x " if list(runs) != [1] else "")
+        + f"{len(trainers)} trainer(s) x "
+        f"{len(tasks) // max(1, len(trainers) * len(runs))} fold(s) = {len(tasks)} trainings; "
         f"{n_skip} finished (skipped), "
         f"{sum(t.action == ACTION_CONTINUE for t in tasks)} to continue (--c), "
         f"{sum(t.action == ACTION_TRAIN for t in tasks)} to train"
@@ -649,6 +679,7 @@ def _new_manifest(
     train_command: Sequence[str],
     executor: Executor,
     env: Mapping[str, str],
+    runs: Sequence[int] = (1,),
 ) -> dict[str, Any]:
     """The manifest of a run that starts now (its ``jobs`` are filled in by :class:`_GridRun`)."""
     return {
@@ -662,6 +693,7 @@ def _new_manifest(
         "plans": plans,
         "trainers": list(trainers),
         "folds": [int(f) for f in folds],
+        "runs": [int(r) for r in runs],
         "device": device,
         "extra_args": list(extra_args),
         "train_command": list(train_command),
@@ -680,6 +712,8 @@ def _job_entry(t: FoldTask) -> dict[str, Any]:
     return {
         "trainer": t.trainer,
         "fold": t.fold,
+        "run": t.run,
+        "results": str(t.results) if t.results is not None else None,
         "folder": str(t.folder),
         "state_before": t.state,
         "action": t.action,
@@ -740,7 +774,8 @@ class _GridRun:
             )
         where = f"SLURM job {result.job_id}" if result.job_id else f"log {t.log}"
         what = "continue (--c)" if t.action == ACTION_CONTINUE else "train"
-        self.print_fn(f"{self._prefix(job.key)} {what} {t.trainer} fold {t.fold} ({where})")
+        run = "" if t.run == 1 else f" run {t.run}"
+        self.print_fn(f"{self._prefix(job.key)} {what} {t.trainer} fold {t.fold}{run} ({where})")
         self.monitor.start(
             job.key,
             self._prefix(job.key),
@@ -806,8 +841,15 @@ class _GridRun:
         """Run every task still to do; Ctrl-C or SIGTERM marks the rest interrupted."""
         # Each training holds its fold's lock itself (nnunet_pde.locks), so a killed runner's
         # orphaned training still keeps a later run off its fold.
+        # Run r >= 2 trains in its own results tree: nnUNet_results points there.
         jobs = [
-            Job(t.key, locked_command(t.folder, t.command), t.log, self.env) for t in self.to_run
+            Job(
+                t.key,
+                locked_command(t.folder, t.command),
+                t.log,
+                self.env if t.results is None else {**self.env, "nnUNet_results": str(t.results)},
+            )
+            for t in self.to_run
         ]
         restore = contextlib.ExitStack()
         # SIGTERM (kill, a cancelled batch job) stops the grid like Ctrl-C: the local executor

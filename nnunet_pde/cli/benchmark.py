@@ -30,6 +30,13 @@ examples:
   # see what would run (finished folds are skipped, interrupted ones get --c)
   nnunet-pde benchmark run 501 --trainers nnUNetTrainerPDE3D --dry-run
 
+  # three repeated trainings of each (trainer, fold), each run in its own results tree
+  nnunet-pde benchmark run 501 --trainers nnUNetTrainerPDE3D nnUNetTrainerPDE3D_Backbone \
+      --folds 0 --runs 3
+
+  # only run 2 (e.g. on a second machine)
+  nnunet-pde benchmark run 501 --trainers nnUNetTrainerPDE3D --folds 0 --run 2
+
   # on a SLURM cluster: one job per (trainer, fold), 1 GPU and 24 h each
   nnunet-pde benchmark run 501 --trainers nnUNetTrainerPDE3D nnUNetTrainerPDE3D_Backbone \\
       --executor slurm --partition gpu --gpus 1 --time 24:00:00 --mem 64
@@ -44,8 +51,13 @@ example:
       --trainers nnUNetTrainerPDE3D_Backbone nnUNetTrainerPDE3D nnUNetTrainerPDE3D_LossOnly \\
       --reference nnUNetTrainerPDE3D_Backbone --impute worst --worst-value 373.13
 
+  # three repeated trainings per trainer (benchmark run --runs 3): the between-run spread
+  nnunet-pde benchmark report 501 --trainers nnUNetTrainerPDE3D_Backbone nnUNetTrainerPDE3D \
+      --folds 0 --runs 3
+
 writes per_case_metrics.csv, summary.csv, per_fold.csv, tables.md, tables.tex,
-boxplot_dice.png, boxplot_hd95_mm.png, report.html and report.json into
+boxplot_dice.png, boxplot_hd95_mm.png, report.html and report.json (with --runs N > 1
+also runs.csv) into
 $nnUNet_results/<dataset>/nnunet_pde_report (or --output). See docs/benchmarking.md.
 """
 
@@ -107,6 +119,7 @@ def _executor(args: argparse.Namespace) -> Any:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark.run import run_benchmark
+    from nnunet_pde.benchmark.runs import parse_runs
 
     _check_executor_options(args)
     outcome = run_benchmark(
@@ -121,6 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         train_command=shlex.split(args.train_command),
         dry_run=args.dry_run,
         print_fn=lambda s: print(s, flush=True),
+        runs=parse_runs(args.runs, args.run),
     )
     if outcome.interrupted:
         return 130
@@ -154,8 +168,9 @@ def _evaluation_settings(args: argparse.Namespace) -> Any:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from nnunet_pde.benchmark.render import table_rows
+    from nnunet_pde.benchmark.render import run_spread_lines, table_rows
     from nnunet_pde.benchmark.report import TABLES_MD, make_report
+    from nnunet_pde.benchmark.runs import parse_runs
 
     outcome = make_report(
         args.dataset,
@@ -164,6 +179,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         settings=_evaluation_settings(args),
+        runs=parse_runs(args.runs),
     )
     dice_rows = table_rows(outcome.summary, "dice")
     if dice_rows:
@@ -175,6 +191,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 + "  ".join(r[i].ljust(width[i]) for i in range(5))
                 + (f"  p_Holm={r[7]}" if r[7] else "  (reference)")
             )
+    for line in run_spread_lines(outcome.runs, "dice"):
+        print(line)
     _print_written(outcome)
     print(f"open {outcome.output / 'report.html'}; tables for the paper: {TABLES_MD}, tables.tex")
     return 0
@@ -403,6 +421,22 @@ def _register_run(sub: Any) -> None:
         action="store_true",
         help="print the decisions and the commands; run and write nothing",
     )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--runs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="repeated trainings: train runs 1..N of every (trainer, fold), run 1 in "
+        "$nnUNet_results, run r in $nnUNet_results/nnunet_pde_runs/run_r (default 1)",
+    )
+    g.add_argument(
+        "--run",
+        type=positive_int,
+        default=None,
+        metavar="R",
+        help="train only run R (its results tree as for --runs)",
+    )
 
 
 def _register_report(sub: Any) -> None:
@@ -438,6 +472,15 @@ def _register_report(sub: Any) -> None:
         help="bootstrap resamples (default 10000)",
     )
     seed_option(p, "bootstrap seed (default 0)")
+    p.add_argument(
+        "--runs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="pool runs 1..N of `benchmark run --runs N`: per-case statistics on each case's "
+        "mean over the runs, plus the between-run spread of every metric and Welch tests of "
+        "the run means (runs.csv; default 1)",
+    )
 
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
