@@ -87,20 +87,25 @@ class Coefficients(torch.autograd.Function):
     def forward(ctx, logit, alpha_raw, kappa_raw, spacing, tau_max, rate, theta):  # noqa: D102
         ctx.save_for_backward(logit, alpha_raw, kappa_raw)
         ctx.args = (list(spacing), float(tau_max), float(rate), float(theta))
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for empty outputs
         return coefficients_kernel(logit, alpha_raw, kappa_raw, *ctx.args)
 
     @staticmethod
     def backward(ctx, gts, gcA, gce, gk):  # noqa: D102
         logit, alpha_raw, kappa_raw = ctx.saved_tensors
         spacing, tau_max, rate, theta = ctx.args
+        if gts is None:  # tau unused (no reaction)
+            gts = torch.zeros_like(alpha_raw)
+        if gcA is None:
+            gcA = alpha_raw.new_zeros((len(spacing), alpha_raw.shape[0]))
         glogit, gar, gkr = coefficients_backward_kernel(
             logit,
             alpha_raw,
             kappa_raw,
             gts.contiguous(),
             gcA.contiguous(),
-            gce.contiguous() if theta < 1.0 else None,
-            gk.contiguous() if kappa_raw is not None else None,
+            gce.contiguous() if theta < 1.0 and gce is not None else None,
+            gk.contiguous() if kappa_raw is not None and gk is not None else None,
             spacing,
             tau_max,
             rate,
