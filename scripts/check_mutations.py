@@ -231,14 +231,14 @@ MUTATIONS = (
         "nnunet_pde/pde/kernels/triton_reaction.py",
         "        gpre = gh * (1.0 - h * h)",
         "        gpre = gh",
-        ("tests/pde/test_kernels_triton_tail.py::test_response_forward_and_backward[3-shape0]",),
+        ("tests/pde/test_kernels_triton_tail.py::test_response_forward_and_backward[tile-3-shape0]",),
     ),
     Mutation(
         "Triton partial sums: only the first program's reaction gradients summed",
         "nnunet_pde/pde/kernels/triton_reaction.py",
         "        for row in range(R):",
         "        for row in range(1):",
-        ("tests/pde/test_kernels_triton_tail.py::test_response_forward_and_backward[3-shape0]",),
+        ("tests/pde/test_kernels_triton_tail.py::test_response_forward_and_backward[tile-3-shape0]",),
     ),
     Mutation(
         "Triton partial sums: the AOS gradients of the first sample only",

@@ -190,10 +190,13 @@ def test_tail_forward_and_backward(on_triton, shape, energy) -> None:
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4, 7), (1, 5, 9, 13), (2, 1, 3, 1, 70)])
 @pytest.mark.parametrize("hidden", [3, 6])
-def test_response_forward_and_backward(on_triton, shape, hidden) -> None:
+@pytest.mark.parametrize("max_programs", [1024, 2], ids=["tile", "tiles"])
+def test_response_forward_and_backward(on_triton, monkeypatch, shape, hidden, max_programs):
     """b = u + tau N(u) and, through the partial sums and their reduction, dL/du of tau N(u)
     (added to the given gu) and every weight gradient equal autograd of the 1x1 convolutions, in
-    float64; pre-activations from 1e-6 to 40 (tanh near 0 and saturated)."""
+    float64; pre-activations from 1e-6 to 40 (tanh near 0 and saturated); one tile of
+    voxels per program of the backward, or several (its partial sums kept across tiles)."""
+    monkeypatch.setattr(triton_reaction, "MAX_PROGRAMS", max_programs)
     torch.manual_seed(4)
     B, C = shape[:2]
     u = torch.randn(shape, dtype=torch.float64)

@@ -33,6 +33,9 @@ from . import launches
 
 #: Voxels per program of the reaction kernels.
 BLOCK = 64
+#: Programs per sample of the reaction's backward at most (each then takes several tiles
+#: of ``BLOCK`` voxels): bounds the rows :func:`reduce_partials` sums.
+MAX_PROGRAMS = 1024
 #: Output entries per program of :func:`reduce_partials`.
 REDUCE_BLOCK = 128
 
@@ -107,42 +110,58 @@ def kernels() -> dict:
     @triton.jit
     def response_bwd(
         u_ptr, gb_ptr, gu_ptr, part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, tau_ptr, C, V, HID,
-        HP: tl.constexpr, BLOCK: tl.constexpr,
+        TILES, HP: tl.constexpr, CP: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
+        # each program takes TILES tiles of BLOCK voxels, its partial sums in registers
         cdt = tau_ptr.dtype.element_ty
-        v = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mv = v < V
         base = tl.program_id(1).to(tl.int64) * C * V
         hid = tl.arange(0, HP)
         mh = hid < HID
-        h = hidden(u_ptr, base, v, mv, w1_ptr, b1_ptr, C, V, HID, hid, mh, cdt, BLOCK, HP)
+        ch = tl.arange(0, CP)
+        s_w1 = tl.zeros((HP, CP), cdt)  # [j, c]
+        s_w2 = tl.zeros((CP, HP), cdt)  # [c, j]
+        s_b1 = tl.zeros((HP,), cdt)
+        s_b2 = tl.zeros((CP,), cdt)
+        s_tau = tl.zeros((CP,), cdt)
+        for t in range(TILES):
+            v = (tl.program_id(0) * TILES + t) * BLOCK + tl.arange(0, BLOCK)
+            mv = v < V
+            h = hidden(u_ptr, base, v, mv, w1_ptr, b1_ptr, C, V, HID, hid, mh, cdt, BLOCK, HP)
+            gh = tl.zeros((HP, BLOCK), cdt)
+            for c in range(C):
+                gbc = tl.load(gb_ptr + base + c * V + v, mask=mv, other=0.0).to(cdt)
+                w2c = tl.load(w2_ptr + c * HID + hid, mask=mh, other=0.0).to(cdt)
+                n = tl.sum(w2c[:, None] * h, axis=0) + tl.load(b2_ptr + c).to(cdt)
+                gn = tl.load(tau_ptr + c) * gbc  # 0 past the last voxel: masks every sum
+                s_tau += tl.where(ch == c, tl.sum(gbc * n, axis=0), 0.0)
+                s_b2 += tl.where(ch == c, tl.sum(gn, axis=0), 0.0)
+                s_w2 += tl.where(ch[:, None] == c, tl.sum(h * gn[None, :], axis=1)[None, :], 0.0)
+                gh += w2c[:, None] * gn[None, :]
+            gpre = gh * (1.0 - h * h)
+            s_b1 += tl.sum(gpre, axis=1)
+            for c in range(C):
+                w1c = tl.load(w1_ptr + hid * C + c, mask=mh, other=0.0).to(cdt)
+                uc = tl.load(u_ptr + base + c * V + v, mask=mv, other=0.0).to(cdt)
+                gu = tl.load(gu_ptr + base + c * V + v, mask=mv, other=0.0).to(cdt)
+                gu += tl.sum(w1c[:, None] * gpre, axis=0)
+                tl.store(gu_ptr + base + c * V + v, gu.to(gu_ptr.dtype.element_ty), mask=mv)
+                s_w1 += tl.where(ch[None, :] == c, tl.sum(gpre * uc[None, :], axis=1)[:, None], 0.0)
         nr = 2 * HID * C + HID + 2 * C
         row = (
-            part_ptr + (tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * nr
+            part_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * nr
         )
         o_b1 = HID * C
         o_w2 = o_b1 + HID
         o_b2 = o_w2 + C * HID
         o_tau = o_b2 + C
-        gh = tl.zeros((HP, BLOCK), cdt)
-        for c in range(C):
-            gbc = tl.load(gb_ptr + base + c * V + v, mask=mv, other=0.0).to(cdt)
-            w2c = tl.load(w2_ptr + c * HID + hid, mask=mh, other=0.0).to(cdt)
-            n = tl.sum(w2c[:, None] * h, axis=0) + tl.load(b2_ptr + c).to(cdt)
-            gn = tl.load(tau_ptr + c) * gbc  # 0 past the last voxel: masks every sum below
-            tl.store(row + o_tau + c, tl.sum(gbc * n, axis=0))
-            tl.store(row + o_b2 + c, tl.sum(gn, axis=0))
-            tl.store(row + o_w2 + c * HID + hid, tl.sum(h * gn[None, :], axis=1), mask=mh)
-            gh += w2c[:, None] * gn[None, :]
-        gpre = gh * (1.0 - h * h)
-        tl.store(row + o_b1 + hid, tl.sum(gpre, axis=1), mask=mh)
-        for c in range(C):
-            w1c = tl.load(w1_ptr + hid * C + c, mask=mh, other=0.0).to(cdt)
-            uc = tl.load(u_ptr + base + c * V + v, mask=mv, other=0.0).to(cdt)
-            gu = tl.load(gu_ptr + base + c * V + v, mask=mv, other=0.0).to(cdt)
-            gu += tl.sum(w1c[:, None] * gpre, axis=0)
-            tl.store(gu_ptr + base + c * V + v, gu.to(gu_ptr.dtype.element_ty), mask=mv)
-            tl.store(row + hid * C + c, tl.sum(gpre * uc[None, :], axis=1), mask=mh)
+        mc = ch < C
+        tl.store(row + hid[:, None] * C + ch[None, :], s_w1, mask=mh[:, None] & mc[None, :])
+        tl.store(row + o_b1 + hid, s_b1, mask=mh)
+        tl.store(
+            row + o_w2 + ch[:, None] * HID + hid[None, :], s_w2, mask=mc[:, None] & mh[None, :]
+        )
+        tl.store(row + o_b2 + ch, s_b2, mask=mc)
+        tl.store(row + o_tau + ch, s_tau, mask=mc)
 
     @triton.jit
     def reduce(
@@ -300,15 +319,18 @@ def response_backward(u, gb, gu, w1, b1, w2, b2, tau) -> torch.Tensor:
     assert gu.is_contiguous()
     B, C, V = _flat(u)
     hid = w1.shape[0]
-    programs = -(-V // BLOCK)
+    blocks = -(-V // BLOCK)  # tiles of BLOCK voxels per sample
+    tiles = -(-blocks // MAX_PROGRAMS)  # per program
+    programs = -(-blocks // tiles) if blocks else 0
     part = torch.empty(
         (B * programs, response_partials_width(C, hid)), dtype=tau.dtype, device=u.device
     )
     if u.numel():
         with launches.triton_launch("response_bwd"):
             kernels()["response_bwd"][(programs, B)](
-                u, gb, gu, part, w1, b1, w2, b2, tau, C, V, hid, HP=_pow2(hid), BLOCK=BLOCK
-            )
+                u, gb, gu, part, w1, b1, w2, b2, tau, C, V, hid, tiles,
+                HP=_pow2(hid), CP=_pow2(C), BLOCK=BLOCK,
+            )  # fmt: skip
     else:
         part = part.new_zeros((1, part.shape[1]))
     return part
