@@ -213,6 +213,29 @@ class nnUNetTrainerPDE3D_SGD(nnUNetTrainerPDE3D):
     use_sgd = True
 
 
+# ------------------------------------- giving the gate a chance (issue 22's candidates)
+# The default's gate ends near 0 (mean |gamma| 0.03 after 160 steps): with Adam a parameter
+# moves about one learning rate per step, so a gate that must travel O(0.1-1) from 0 needs
+# hundreds of steps of consistent gradient sign. Both candidates keep the block the
+# identity at initialisation (gamma = 0), so a stock checkpoint warm-starts them exactly.
+
+
+class nnUNetTrainerPDE3D_PDELR10(nnUNetTrainerPDE3D):
+    """Full model with the PDE blocks' parameters (gate, time step, diffusivity, edge
+    threshold, response) in their own AdamW group: 10x the learning rate at every epoch of
+    the schedule, no weight decay."""
+
+    pde_lr_scale = 10.0
+    pde_weight_decay = 0.0
+
+
+class nnUNetTrainerPDE3D_GateScale10(nnUNetTrainerPDE3D):
+    """Full model with the gate reparametrised as ``10 * gamma``: the gate alone moves 10x
+    as far per Adam step; every other parameter as in the default."""
+
+    pde_config = _pde(gate_scale=10.0)
+
+
 # --------------------------------------------------------------- training length
 
 

@@ -160,6 +160,11 @@ class PDEBlock(nn.Module):
         self.last_contribution: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ parameters
+    def gate(self) -> torch.Tensor:
+        """The per-channel gate ``gate_scale * gamma`` ``(C,)`` (``PDEConfig.gate_scale``)."""
+        scale = self.config.gate_scale
+        return self.gamma if scale == 1.0 else self.gamma * scale
+
     def tau(self) -> torch.Tensor:
         """Learned time step ``tau_max * sigmoid(tau_logit)`` (scalar), before any bound."""
         return self.config.tau_max * torch.sigmoid(self.tau_logit)
@@ -386,7 +391,7 @@ class PDEBlock(nn.Module):
                     xc,
                     u_hat,
                     x_hat,
-                    self.gamma.to(xc.dtype),
+                    self.gate().to(xc.dtype),
                     mean,
                     std,
                     self.spacing,
@@ -409,7 +414,7 @@ class PDEBlock(nn.Module):
             params = self._fused_parameters(x, self.time_step().to(x.dtype))
         y, energy = FusedBlock.apply(
             x,
-            self.gamma.to(x.dtype),
+            self.gate().to(x.dtype),
             *params,
             self.config.steps,
             self.spacing,

@@ -57,6 +57,12 @@ class PDEConfig:
         Edge length (3 or 5 voxels) of the moment kernels; only used by ``"moment"``.
     accuracy:
         Order of accuracy the moment constraint guarantees for every derivative kernel.
+    gate_scale:
+        The block's gate is ``gate_scale * gamma`` (``gamma`` the parameter, 0 at
+        initialisation, so the block stays the identity there). A reparametrisation: with
+        Adam, whose steps are about one learning rate whatever the gradient's size, the gate
+        then moves ``gate_scale`` times as far per step as ``gamma``; the other parameters
+        are unchanged. 1 is the plain gate.
     tau_init, tau_max:
         Initial value and upper bound of the learnable time step ``tau = tau_max *
         sigmoid(theta)``, in units of (finest-axis voxel)^2 (spacing is normalised so its
@@ -106,6 +112,7 @@ class PDEConfig:
     alpha_init: float = 1.0
     kappa_init: float = 1.0
     coef_max: float = 1.0
+    gate_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.operator not in OPERATORS:
@@ -139,7 +146,7 @@ class PDEConfig:
             raise ValueError(
                 f"PDEConfig.kernel_size={self.kernel_size!r}: expected one of {KERNEL_SIZES}"
             )
-        for name in ("tau_init", "tau_max", "alpha_init", "kappa_init", "coef_max"):
+        for name in ("tau_init", "tau_max", "alpha_init", "kappa_init", "coef_max", "gate_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"PDEConfig.{name}={value!r}: expected a number")

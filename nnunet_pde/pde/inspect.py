@@ -79,7 +79,7 @@ def describe_block(block: PDEBlock) -> dict[str, Any]:
         "spacing_normalised": list(block.spacing),
         "tau": float(block.tau()),
         "tau_effective": _floats(block.time_step()),
-        "gamma": _floats(block.gamma),
+        "gamma": _floats(block.gate()),  # the effective gate gate_scale * gamma
         "alpha": _floats(cond.alpha()),
         "kappa": _floats(cond.kappa()) if cond.edge_stopping else None,
         "moment": None,

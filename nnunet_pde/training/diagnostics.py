@@ -61,7 +61,7 @@ def block_log_keys(label: str) -> dict[str, str]:
 def block_state(block: PDEBlock) -> dict[str, float]:
     """``gamma_abs_mean``, ``gamma_abs_max`` and ``tau`` of a block, as floats."""
     with torch.no_grad():
-        gamma = block.gamma.detach().abs().double()
+        gamma = block.gate().detach().abs().double()
         return {
             "gamma_abs_mean": float(gamma.mean()),
             "gamma_abs_max": float(gamma.max()),
