@@ -48,6 +48,11 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint not found: {path}", flag)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except OSError as exc:  # permissions, an I/O error: the file may be fine
+        raise CheckpointError(
+            f"cannot read {path}: {exc.strerror or exc}; check that the file is readable",
+            flag,
+        ) from None
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors come in many types
         why = " ".join(str(exc).split()) or "empty file"
         raise CheckpointError(

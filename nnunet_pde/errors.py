@@ -16,7 +16,10 @@ The helpers below are used by every command that writes files:
   the destination's folder;
 * :func:`check_replaceable`, :func:`staged_folder` and :data:`OUTPUT_MARKER`: an output
   folder is written under a temporary name, carries a marker file listing the files the
-  command wrote, and is replaced by ``--overwrite`` only when it holds nothing else.
+  command wrote, and is replaced by ``--overwrite`` only when it holds nothing else;
+* :func:`recover_interrupted`: what a killed writer left next to its output (an unfinished
+  temporary folder, a folder that ``--overwrite`` had moved aside) is put back or removed
+  by the next run, with one ``warning:`` line per path.
 """
 
 from __future__ import annotations

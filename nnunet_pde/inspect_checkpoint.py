@@ -72,6 +72,14 @@ def _strip_wrappers(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _epoch(value: Any) -> int | None:
+    """A checkpoint's ``current_epoch`` as an int (a tensor or float too), else None."""
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """:func:`nnunet_pde.checkpoints.load_checkpoint` (imported lazily: it needs torch)."""
     from nnunet_pde.checkpoints import load_checkpoint as load
@@ -147,7 +155,7 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
         "trainer_base": base.__name__ if base is not None else None,
         "configuration": init_args.get("configuration"),
         "plans_name": init_args["plans"].get("plans_name"),
-        "epoch": checkpoint.get("current_epoch"),
+        "epoch": _epoch(checkpoint.get("current_epoch")),
         "blocks": {name: describe_block(block) for name, block in blocks.items()},
         "diagnostics": block_diagnostics(checkpoint.get("logging"), list(blocks)),
     }

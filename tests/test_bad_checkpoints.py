@@ -202,3 +202,30 @@ def test_a_whole_module_as_weights_prints_no_traceback(valid, tmp_path: Path) ->
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "torch.nn.Module" in lines[0], proc.stderr
+
+
+def test_an_unreadable_file_is_not_called_truncated(
+    valid, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A permission or I/O error says so (running as root, chmod 000 would not stop us)."""
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(valid["pde"][0], path)
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    line = _run_cli(["inspect", str(path)], tmp_path, capsys)
+    assert line == f"error: CHECKPOINT: cannot read {path}: Permission denied; check that the " + (
+        "file is readable"
+    )
+
+
+def test_an_epoch_saved_as_a_tensor_still_gives_a_json_report(
+    valid, tmp_path: Path, capsys
+) -> None:
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(_with(valid["pde"][0], current_epoch=torch.tensor(7)), path)
+    assert main(["inspect", str(path), "--json", str(tmp_path / "r.json")]) == 0
+    assert '"epoch": 7' in (tmp_path / "r.json").read_text()
+    capsys.readouterr()
