@@ -74,8 +74,16 @@ def _weights(C: int, hidden: int, ndim: int, dtype, scale: float = 1.0):
 # --------------------------------------------------------------------------- standardisation
 
 
+@pytest.fixture(params=[16384, 32], ids=["chunk", "chunks"])
+def chunk(request, monkeypatch) -> int:
+    """Values per program of the per-volume passes: the default (one chunk per volume here)
+    and 32 (several chunks, the last one partial)."""
+    monkeypatch.setattr(triton_tail, "CHUNK", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-def test_standardise_forward_and_backward(on_triton, shape) -> None:
+def test_standardise_forward_and_backward(on_triton, chunk, shape) -> None:
     """x_hat, mean, std, and dL/dx (through x_hat, the gate's mean/std terms and (1 - gamma)
     gy) equal autograd of the plain reference, in float64."""
     torch.manual_seed(0)
@@ -88,8 +96,10 @@ def test_standardise_forward_and_backward(on_triton, shape) -> None:
     torch.testing.assert_close(mean, r_mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(std, r_std, rtol=1e-12, atol=1e-12)
     g_hat, gy = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
-    S = torch.randn(B, C, 3, dtype=torch.float64)
-    dx, ggp = triton_tail.standardise_backward(x_hat, std, g_hat, S, gamma, gy)
+    nchunk = triton_tail.chunks(x[0, 0].numel())
+    parts = torch.randn(B, C, nchunk, 5, dtype=torch.float64)  # per-chunk sums of the gate
+    S = parts.sum(dim=2)
+    dx, ggp = triton_tail.standardise_backward(x_hat, std, g_hat, parts, gamma, gy)
     gam = gamma.reshape(1, -1)
     # the gate's statistics gradients gamma sum gy -> mean, gamma sum gy u -> std
     loss = (
@@ -104,7 +114,7 @@ def test_standardise_forward_and_backward(on_triton, shape) -> None:
 
 
 @pytest.mark.parametrize("scale", [1e30, 1e-30])
-def test_standardise_huge_and_tiny_magnitudes_equal_the_c_kernels(on_triton, scale) -> None:
+def test_standardise_huge_and_tiny_magnitudes_equal_the_c_kernels(on_triton, chunk, scale):
     """Features of 1e30 (float32 squares overflow) and 1e-30: the same statistics as the C
     kernels, which sum in float64."""
     if native.library() is None:
@@ -146,7 +156,7 @@ def test_standardise_and_tail_take_low_precision_inputs(on_triton, dtype) -> Non
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("energy", [True, False], ids=["energy", "gate"])
-def test_tail_forward_and_backward(on_triton, shape, energy) -> None:
+def test_tail_forward_and_backward(on_triton, chunk, shape, energy) -> None:
     """The gate y, the energy (sum of the per-volume terms), u's statistics, dL/du and the
     gate's sums equal autograd of the plain reference, in float64."""
     torch.manual_seed(3)
@@ -182,7 +192,8 @@ def test_tail_forward_and_backward(on_triton, shape, energy) -> None:
     torch.testing.assert_close(gu, want_gu, rtol=1e-10, atol=1e-10)
     dims = tuple(range(2, len(shape)))
     want_S = torch.stack([gy.sum(dims), (gy * u).sum(dims), (gy * x_hat).sum(dims)], dim=-1)
-    torch.testing.assert_close(S, want_S.detach(), rtol=1e-12, atol=1e-12)
+    assert S.shape == (B, C, triton_tail.chunks(x[0, 0].numel()), 5)
+    torch.testing.assert_close(S.sum(dim=2)[..., :3], want_S.detach(), rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- reaction

@@ -6,17 +6,19 @@ backward on them (:func:`block_forward`, :func:`block_backward`, called by
 Launches per training step of a block with ``K`` steps, reaction and regulariser (each
 Triton launch is one kernel; :func:`.launches.count` estimates them):
 
-* forward: parameters 1, standardisation 1, per step reaction 1 + AOS ``m``, gate and
-  energy 1, and the sum of the ``B x C`` energy terms 1: ``4 + K (m + 1)``;
-* backward: gate and energy 1, per step reaction 1 + AOS ``m`` + reaction backward 1 + sum
+* forward: parameters 1, standardisation 2, per step reaction 1 + AOS ``m``, gate and
+  energy 2, and the sum of the per-chunk energy terms 1: ``6 + K (m + 1)``;
+* backward: gate and energy 2, per step reaction 1 + AOS ``m`` + reaction backward 1 + sum
   of the partial sums 1 (the steps' parameter gradients accumulate in it),
-  standardisation 1, the sum over samples of ``dL/dgamma`` 1, parameters 1: ``4 + K (m +
+  standardisation 2, the sum over samples of ``dL/dgamma`` 1, parameters 1: ``6 + K (m +
   3)``.
 
 The ``c`` and ``torch`` backends never call these ops.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -177,7 +179,8 @@ def _tail_forward_impl(
 def _tail_forward_fake(x, u, gamma, mean, std, spacing, eps, energy):
     cdt = triton_tail.compute_dtype(x.dtype)
     stat = mean.shape if energy else (0,)
-    esum = x.new_empty(x.shape[:2] if energy else (0,), dtype=cdt)
+    nchunk = triton_tail.chunks(math.prod(x.shape[2:]))
+    esum = x.new_empty((*x.shape[:2], nchunk) if energy else (0,), dtype=cdt)
     return torch.empty_like(x), esum, x.new_empty(stat, dtype=cdt), x.new_empty(stat, dtype=cdt)
 
 
@@ -204,7 +207,8 @@ def _tail_backward_impl(
 
 
 def _tail_backward_fake(gy, u, x_hat, gamma, std, e_mean, e_inv, g_energy, spacing, energy):
-    return torch.empty_like(gy), gy.new_empty((*gy.shape[:2], 3), dtype=torch.float64)
+    nchunk = triton_tail.chunks(math.prod(gy.shape[2:]))
+    return torch.empty_like(gy), gy.new_empty((*gy.shape[:2], nchunk, 5), dtype=torch.float64)
 
 
 tail_backward_kernel = Kernel(

@@ -3,19 +3,22 @@ standardisation, the gate with the regulariser's energy, and their backwards.
 
 A volume is one ``(sample, channel)`` of a contiguous ``(B, C, *S)`` map: ``V`` contiguous
 values, axis order ``(D, H, W)`` (a 2-D map ``(H, W)`` is taken as ``(1, H, W)``). Every
-kernel runs one program per volume, which loops over it in chunks of ``BLOCK`` values: the
-per-volume statistics need no second launch and no atomics, and the sums are formed in a
-fixed order (deterministic).
+pass takes two launches over a grid of ``(chunks, volumes)`` programs, one per
+:data:`CHUNK` values of a volume (looping over them in steps of ``BLOCK``): the first writes
+each chunk's partial statistics, the second combines a volume's partials (every program of
+the volume does, in the same order: deterministic, no atomics) and writes the chunk's
+output. The float64 partial statistics are ``(mean, sum of centred squares)`` per chunk,
+combined by Chan's formula, or plain sums.
 
 * :func:`standardise_forward`: ``x_hat = (x - mean) / std``, ``std = sqrt(var + eps)``; the
-  mean and the centred squares are summed in float64 (two passes, no cancellation), as
-  the C kernels do, so features of 1e30 give the C kernels' statistics (float32 squares
+  mean and the centred squares are summed in float64 (no cancellation), as the C kernels
+  do, so features of 1e30 give the C kernels' statistics (float32 squares
   would overflow above about 1.8e19).
 * :func:`tail_forward`: ``y = (1 - gamma) x + gamma (mean + std u_hat)`` and, with the
-  regulariser, the per-volume statistics of ``u_hat`` and its weighted edge-energy sum
-  ``sum_d w_d sum_faces log(1 + s^2)``, ``s = diff_d(u_hat) / (std_u h_d)``; summing the
-  ``B x C`` numbers gives the energy (``w_d = 1 / (m F_d)``, ``F_d`` the faces of the batch).
-* :func:`tail_backward`: ``dL/du_hat`` of the gate and the energy, and the gate's per-volume
+  regulariser, the per-volume statistics of ``u_hat`` and its weighted edge-energy sums
+  ``sum_d w_d sum_faces log(1 + s^2)``, ``s = diff_d(u_hat) / (std_u h_d)``, per chunk;
+  summing them gives the energy (``w_d = 1 / (m F_d)``, ``F_d`` the faces of the batch).
+* :func:`tail_backward`: ``dL/du_hat`` of the gate and the energy, and the gate's per-chunk
   sums ``(sum gy, sum gy u_hat, sum gy x_hat)`` (float64).
 * :func:`standardise_backward`: ``dL/dx`` through the standardisation plus the gate's
   ``(1 - gamma) gy``, from those sums; and ``std (sum gy u_hat - sum gy x_hat)`` per volume,
@@ -34,8 +37,12 @@ import torch
 
 from . import launches
 
-#: Values per loop iteration of a program (the block of a program's volume).
+#: Values per loop iteration of a program.
 BLOCK = 1024
+#: Values of a volume per program (a multiple of :data:`BLOCK`): the per-volume passes run
+#: ``ceil(V / CHUNK)`` programs per volume, each writing its chunk's partial statistics,
+#: and a second launch combines them.
+CHUNK = 16384
 
 
 @functools.cache
@@ -45,20 +52,53 @@ def kernels() -> dict:
     import triton.language as tl
 
     @triton.jit
-    def volume_moments(p_ptr, base, V, eps, BLOCK: tl.constexpr):
-        """``(mean, 1 / sqrt(var + eps))`` in float64 of the ``V`` values at ``base``."""
+    def chunk_moments(p_ptr, base, lo, hi, BLOCK: tl.constexpr):
+        """``(mean, sum (p - mean)^2)`` in float64 of the values ``[lo, hi)`` at ``base``."""
         idx = tl.arange(0, BLOCK)
         s = tl.zeros((BLOCK,), tl.float64)
-        for start in range(0, V, BLOCK):
+        for start in range(lo, hi, BLOCK):
             i = start + idx
-            s += tl.load(p_ptr + base + i, mask=i < V, other=0.0).to(tl.float64)
+            s += tl.load(p_ptr + base + i, mask=i < hi, other=0.0).to(tl.float64)
+        mu = tl.sum(s, axis=0) / (hi - lo)
+        q = tl.zeros((BLOCK,), tl.float64)
+        for start in range(lo, hi, BLOCK):
+            i = start + idx
+            d = tl.load(p_ptr + base + i, mask=i < hi, other=0.0).to(tl.float64) - mu
+            q += tl.where(i < hi, d * d, 0.0)
+        return mu, tl.sum(q, axis=0)
+
+    @triton.jit
+    def combine(part_ptr, v, nchunk, CHUNK, V, eps, BLOCK: tl.constexpr):
+        """``(mean, 1 / sqrt(var + eps))`` in float64 of volume ``v`` from its chunks'
+        ``(mean, sum of centred squares)`` (Chan's combination: no cancellation)."""
+        k = tl.arange(0, BLOCK)
+        s = tl.zeros((BLOCK,), tl.float64)
+        for k0 in range(0, nchunk, BLOCK):
+            kk = k0 + k
+            n = tl.minimum(CHUNK, V - kk * CHUNK).to(tl.float64)
+            mk = tl.load(part_ptr + (v * nchunk + kk) * 2, mask=kk < nchunk, other=0.0)
+            s += tl.where(kk < nchunk, n * mk, 0.0)
         mu = tl.sum(s, axis=0) / V
         q = tl.zeros((BLOCK,), tl.float64)
-        for start in range(0, V, BLOCK):
-            i = start + idx
-            d = tl.load(p_ptr + base + i, mask=i < V, other=0.0).to(tl.float64) - mu
-            q += tl.where(i < V, d * d, 0.0)
+        for k0 in range(0, nchunk, BLOCK):
+            kk = k0 + k
+            n = tl.minimum(CHUNK, V - kk * CHUNK).to(tl.float64)
+            slot = part_ptr + (v * nchunk + kk) * 2
+            d = tl.load(slot, mask=kk < nchunk, other=0.0) - mu
+            m2 = tl.load(slot + 1, mask=kk < nchunk, other=0.0)
+            q += tl.where(kk < nchunk, m2 + n * d * d, 0.0)
         return mu, 1.0 / tl.sqrt(tl.sum(q, axis=0) / V + eps)
+
+    @triton.jit
+    def chunk_total(part_ptr, v, nchunk, width, col, BLOCK: tl.constexpr):
+        """``sum_k part[v, k, col]`` (float64) of a ``(volumes, nchunk, width)`` array."""
+        k = tl.arange(0, BLOCK)
+        s = tl.zeros((BLOCK,), tl.float64)
+        for k0 in range(0, nchunk, BLOCK):
+            kk = k0 + k
+            slot = part_ptr + (v * nchunk + kk) * width + col
+            s += tl.load(slot, mask=kk < nchunk, other=0.0).to(tl.float64)
+        return tl.sum(s, axis=0)
 
     @triton.jit
     def face_grad(z_ptr, base, i, mask, z, inv, stride, coord, n, sc, qc):
@@ -93,82 +133,116 @@ def kernels() -> dict:
 
     # Triton resolves the functions a kernel calls among its module's globals, not closures
     globals().update(
-        volume_moments=volume_moments,
+        chunk_moments=chunk_moments,
+        combine=combine,
+        chunk_total=chunk_total,
         face_grad=face_grad,
         energy_grad=energy_grad,
         face_energy=face_energy,
     )
 
     @triton.jit
-    def standardise_fwd(x_ptr, out_ptr, mean_ptr, std_ptr, V, eps, BLOCK: tl.constexpr):
-        cdt = mean_ptr.dtype.element_ty
-        v = tl.program_id(0)
-        base = v.to(tl.int64) * V
-        mu, inv = volume_moments(x_ptr, base, V, eps, BLOCK)
-        mu_c = mu.to(cdt)
-        inv_c = inv.to(cdt)
-        idx = tl.arange(0, BLOCK)
-        for start in range(0, V, BLOCK):
-            i = start + idx
-            x = tl.load(x_ptr + base + i, mask=i < V, other=0.0).to(cdt)
-            tl.store(out_ptr + base + i, ((x - mu_c) * inv_c).to(out_ptr.dtype.element_ty), i < V)
-        tl.store(mean_ptr + v, mu_c)
-        tl.store(std_ptr + v, (1.0 / inv).to(cdt))
+    def chunk_stats(x_ptr, part_ptr, V, CHUNK, BLOCK: tl.constexpr):
+        v = tl.program_id(1)
+        lo = tl.program_id(0) * CHUNK
+        mu, m2 = chunk_moments(x_ptr, v.to(tl.int64) * V, lo, tl.minimum(lo + CHUNK, V), BLOCK)
+        slot = part_ptr + (v * tl.num_programs(0) + tl.program_id(0)) * 2
+        tl.store(slot, mu)
+        tl.store(slot + 1, m2)
 
     @triton.jit
-    def tail_fwd(
-        x_ptr, u_ptr, y_ptr, gamma_ptr, mean_ptr, std_ptr, esum_ptr, emean_ptr, einv_ptr,
-        C, V, N1, N2, s0, s1, s2, w0, w1, w2, eps,
+    def standardise_apply(
+        x_ptr, out_ptr, part_ptr, mean_ptr, std_ptr, V, CHUNK, eps, BLOCK: tl.constexpr
+    ):
+        cdt = mean_ptr.dtype.element_ty
+        v = tl.program_id(1)
+        base = v.to(tl.int64) * V
+        mu, inv = combine(part_ptr, v, tl.num_programs(0), CHUNK, V, eps, BLOCK)
+        mu_c = mu.to(cdt)
+        inv_c = inv.to(cdt)
+        lo = tl.program_id(0) * CHUNK
+        hi = tl.minimum(lo + CHUNK, V)
+        idx = tl.arange(0, BLOCK)
+        for start in range(lo, hi, BLOCK):
+            i = start + idx
+            x = tl.load(x_ptr + base + i, mask=i < hi, other=0.0).to(cdt)
+            tl.store(out_ptr + base + i, ((x - mu_c) * inv_c).to(out_ptr.dtype.element_ty), i < hi)
+        if tl.program_id(0) == 0:
+            tl.store(mean_ptr + v, mu_c)
+            tl.store(std_ptr + v, (1.0 / inv).to(cdt))
+
+    @triton.jit
+    def gate_fwd(
+        x_ptr, u_ptr, y_ptr, part_ptr, gamma_ptr, mean_ptr, std_ptr, C, V, CHUNK,
         ENERGY: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = mean_ptr.dtype.element_ty
-        v = tl.program_id(0)
+        v = tl.program_id(1)
         base = v.to(tl.int64) * V
         gam = tl.load(gamma_ptr + v % C).to(cdt)
         a = 1.0 - gam
         g = gam * tl.load(std_ptr + v)
         c = gam * tl.load(mean_ptr + v)
+        lo = tl.program_id(0) * CHUNK
+        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
-        for start in range(0, V, BLOCK):
+        for start in range(lo, hi, BLOCK):
             i = start + idx
-            x = tl.load(x_ptr + base + i, mask=i < V, other=0.0).to(cdt)
-            u = tl.load(u_ptr + base + i, mask=i < V, other=0.0).to(cdt)
-            tl.store(y_ptr + base + i, (a * x + (c + g * u)).to(y_ptr.dtype.element_ty), i < V)
+            x = tl.load(x_ptr + base + i, mask=i < hi, other=0.0).to(cdt)
+            u = tl.load(u_ptr + base + i, mask=i < hi, other=0.0).to(cdt)
+            tl.store(y_ptr + base + i, (a * x + (c + g * u)).to(y_ptr.dtype.element_ty), i < hi)
         if ENERGY:
-            mu, inv = volume_moments(u_ptr, base, V, eps, BLOCK)
-            inv_c = inv.to(cdt)
-            plane = N1 * N2
-            e0 = tl.zeros((BLOCK,), cdt)
-            e1 = tl.zeros((BLOCK,), cdt)
-            e2 = tl.zeros((BLOCK,), cdt)
-            for start in range(0, V, BLOCK):
-                i = start + idx
-                mask = i < V
-                z = tl.load(u_ptr + base + i, mask=mask, other=0.0).to(cdt)
-                e0 += face_energy(
-                    u_ptr, base, i, mask, z, plane, i // plane, V // plane, inv_c * s0
-                )
-                e1 += face_energy(u_ptr, base, i, mask, z, N2, (i // N2) % N1, N1, inv_c * s1)
-                e2 += face_energy(u_ptr, base, i, mask, z, 1, i % N2, N2, inv_c * s2)
-            total = (
-                tl.sum(e0.to(tl.float64), axis=0) * w0
-                + tl.sum(e1.to(tl.float64), axis=0) * w1
-                + tl.sum(e2.to(tl.float64), axis=0) * w2
-            )
-            tl.store(esum_ptr + v, total.to(cdt))
+            mu, m2 = chunk_moments(u_ptr, base, lo, hi, BLOCK)
+            slot = part_ptr + (v * tl.num_programs(0) + tl.program_id(0)) * 2
+            tl.store(slot, mu)
+            tl.store(slot + 1, m2)
+
+    @triton.jit
+    def energy_fwd(
+        u_ptr, part_ptr, esum_ptr, emean_ptr, einv_ptr,
+        V, N1, N2, CHUNK, s0, s1, s2, w0, w1, w2, eps, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        cdt = emean_ptr.dtype.element_ty
+        v = tl.program_id(1)
+        base = v.to(tl.int64) * V
+        mu, inv = combine(part_ptr, v, tl.num_programs(0), CHUNK, V, eps, BLOCK)
+        inv_c = inv.to(cdt)
+        plane = N1 * N2
+        lo = tl.program_id(0) * CHUNK
+        hi = tl.minimum(lo + CHUNK, V)
+        idx = tl.arange(0, BLOCK)
+        e0 = tl.zeros((BLOCK,), cdt)
+        e1 = tl.zeros((BLOCK,), cdt)
+        e2 = tl.zeros((BLOCK,), cdt)
+        for start in range(lo, hi, BLOCK):
+            i = start + idx
+            mask = i < hi
+            z = tl.load(u_ptr + base + i, mask=mask, other=0.0).to(cdt)
+            e0 += face_energy(u_ptr, base, i, mask, z, plane, i // plane, V // plane, inv_c * s0)
+            e1 += face_energy(u_ptr, base, i, mask, z, N2, (i // N2) % N1, N1, inv_c * s1)
+            e2 += face_energy(u_ptr, base, i, mask, z, 1, i % N2, N2, inv_c * s2)
+        total = (
+            tl.sum(e0.to(tl.float64), axis=0) * w0
+            + tl.sum(e1.to(tl.float64), axis=0) * w1
+            + tl.sum(e2.to(tl.float64), axis=0) * w2
+        )
+        tl.store(esum_ptr + v * tl.num_programs(0) + tl.program_id(0), total.to(cdt))
+        if tl.program_id(0) == 0:
             tl.store(emean_ptr + v, mu.to(cdt))
             tl.store(einv_ptr + v, inv_c)
 
     @triton.jit
-    def tail_bwd(
+    def tail_sums(
         gy_ptr, u_ptr, xh_ptr, gu_ptr, S_ptr, gamma_ptr, std_ptr, emean_ptr, einv_ptr, ge_ptr,
-        C, V, N1, N2, s0, s1, s2, q0, q1, q2,
+        C, V, N1, N2, CHUNK, s0, s1, s2, q0, q1, q2,
         ENERGY: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = std_ptr.dtype.element_ty
-        v = tl.program_id(0)
+        v = tl.program_id(1)
         base = v.to(tl.int64) * V
         g = tl.load(gamma_ptr + v % C).to(cdt) * tl.load(std_ptr + v)
+        lo = tl.program_id(0) * CHUNK
+        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
         sg = tl.zeros((BLOCK,), tl.float64)
         su = tl.zeros((BLOCK,), tl.float64)
@@ -182,9 +256,9 @@ def kernels() -> dict:
             mu = tl.load(emean_ptr + v)
             inv = tl.load(einv_ptr + v)
             ge = tl.load(ge_ptr).to(cdt)
-        for start in range(0, V, BLOCK):
+        for start in range(lo, hi, BLOCK):
             i = start + idx
-            mask = i < V
+            mask = i < hi
             gy = tl.load(gy_ptr + base + i, mask=mask, other=0.0).to(cdt)
             u = tl.load(u_ptr + base + i, mask=mask, other=0.0).to(cdt)
             xh = tl.load(xh_ptr + base + i, mask=mask, other=0.0).to(cdt)
@@ -199,65 +273,104 @@ def kernels() -> dict:
                 h2 += (gh * ((u - mu) * inv)).to(tl.float64)
             else:
                 tl.store(gu_ptr + base + i, (g * gy).to(gu_ptr.dtype.element_ty), mask)
-        tl.store(S_ptr + 3 * v, tl.sum(sg, axis=0))
-        tl.store(S_ptr + 3 * v + 1, tl.sum(su, axis=0))
-        tl.store(S_ptr + 3 * v + 2, tl.sum(sx, axis=0))
-        if ENERGY:
-            m1 = (tl.sum(h1, axis=0) / V).to(cdt)
-            m2 = (tl.sum(h2, axis=0) / V).to(cdt)
-            for start in range(0, V, BLOCK):
-                i = start + idx
-                mask = i < V
-                gy = tl.load(gy_ptr + base + i, mask=mask, other=0.0).to(cdt)
-                u = tl.load(u_ptr + base + i, mask=mask, other=0.0).to(cdt)
-                gh = energy_grad(
-                    u_ptr, base, i, mask, u, inv, V, N1, N2, s0, s1, s2, ge * q0, ge * q1, ge * q2
-                )
-                gu = g * gy + (gh - m1 - (u - mu) * inv * m2) * inv
-                tl.store(gu_ptr + base + i, gu.to(gu_ptr.dtype.element_ty), mask)
+        slot = S_ptr + (v * tl.num_programs(0) + tl.program_id(0)) * 5
+        tl.store(slot, tl.sum(sg, axis=0))
+        tl.store(slot + 1, tl.sum(su, axis=0))
+        tl.store(slot + 2, tl.sum(sx, axis=0))
+        tl.store(slot + 3, tl.sum(h1, axis=0))
+        tl.store(slot + 4, tl.sum(h2, axis=0))
 
     @triton.jit
-    def standardise_bwd(
-        xh_ptr, std_ptr, g_ptr, S_ptr, gamma_ptr, gy_ptr, dx_ptr, ggp_ptr, C, V,
-        BLOCK: tl.constexpr,
+    def energy_bwd(
+        gy_ptr, u_ptr, gu_ptr, S_ptr, gamma_ptr, std_ptr, emean_ptr, einv_ptr, ge_ptr,
+        C, V, N1, N2, CHUNK, s0, s1, s2, q0, q1, q2, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = std_ptr.dtype.element_ty
-        v = tl.program_id(0)
+        v = tl.program_id(1)
         base = v.to(tl.int64) * V
+        nchunk = tl.num_programs(0)
+        g = tl.load(gamma_ptr + v % C).to(cdt) * tl.load(std_ptr + v)
+        mu = tl.load(emean_ptr + v)
+        inv = tl.load(einv_ptr + v)
+        ge = tl.load(ge_ptr).to(cdt)
+        m1 = (chunk_total(S_ptr, v, nchunk, 5, 3, BLOCK) / V).to(cdt)
+        m2 = (chunk_total(S_ptr, v, nchunk, 5, 4, BLOCK) / V).to(cdt)
+        lo = tl.program_id(0) * CHUNK
+        hi = tl.minimum(lo + CHUNK, V)
+        idx = tl.arange(0, BLOCK)
+        for start in range(lo, hi, BLOCK):
+            i = start + idx
+            mask = i < hi
+            gy = tl.load(gy_ptr + base + i, mask=mask, other=0.0).to(cdt)
+            u = tl.load(u_ptr + base + i, mask=mask, other=0.0).to(cdt)
+            gh = energy_grad(
+                u_ptr, base, i, mask, u, inv, V, N1, N2, s0, s1, s2, ge * q0, ge * q1, ge * q2
+            )
+            gu = g * gy + (gh - m1 - (u - mu) * inv * m2) * inv
+            tl.store(gu_ptr + base + i, gu.to(gu_ptr.dtype.element_ty), mask)
+
+    @triton.jit
+    def grad_sums(g_ptr, xh_ptr, std_ptr, part_ptr, V, CHUNK, BLOCK: tl.constexpr):
+        cdt = std_ptr.dtype.element_ty
+        v = tl.program_id(1)
+        base = v.to(tl.int64) * V
+        lo = tl.program_id(0) * CHUNK
+        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
         s1 = tl.zeros((BLOCK,), tl.float64)
         s2 = tl.zeros((BLOCK,), tl.float64)
-        for start in range(0, V, BLOCK):
+        for start in range(lo, hi, BLOCK):
             i = start + idx
-            g = tl.load(g_ptr + base + i, mask=i < V, other=0.0).to(cdt)
-            xh = tl.load(xh_ptr + base + i, mask=i < V, other=0.0).to(cdt)
+            g = tl.load(g_ptr + base + i, mask=i < hi, other=0.0).to(cdt)
+            xh = tl.load(xh_ptr + base + i, mask=i < hi, other=0.0).to(cdt)
             s1 += g.to(tl.float64)
             s2 += (g * xh).to(tl.float64)
-        m1 = (tl.sum(s1, axis=0) / V).to(cdt)
-        m2 = (tl.sum(s2, axis=0) / V).to(cdt)
+        slot = part_ptr + (v * tl.num_programs(0) + tl.program_id(0)) * 2
+        tl.store(slot, tl.sum(s1, axis=0))
+        tl.store(slot + 1, tl.sum(s2, axis=0))
+
+    @triton.jit
+    def standardise_bwd(
+        xh_ptr, std_ptr, g_ptr, part_ptr, S_ptr, gamma_ptr, gy_ptr, dx_ptr, ggp_ptr,
+        C, V, CHUNK, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        cdt = std_ptr.dtype.element_ty
+        v = tl.program_id(1)
+        base = v.to(tl.int64) * V
+        nchunk = tl.num_programs(0)
+        m1 = (chunk_total(part_ptr, v, nchunk, 2, 0, BLOCK) / V).to(cdt)
+        m2 = (chunk_total(part_ptr, v, nchunk, 2, 1, BLOCK) / V).to(cdt)
+        sg = chunk_total(S_ptr, v, nchunk, 5, 0, BLOCK).to(cdt)
+        su = chunk_total(S_ptr, v, nchunk, 5, 1, BLOCK).to(cdt)
+        sx = chunk_total(S_ptr, v, nchunk, 5, 2, BLOCK).to(cdt)
         std = tl.load(std_ptr + v)
         inv = 1.0 / std
         gam = tl.load(gamma_ptr + v % C).to(cdt)
-        sg = tl.load(S_ptr + 3 * v).to(cdt)
-        su = tl.load(S_ptr + 3 * v + 1).to(cdt)
-        sx = tl.load(S_ptr + 3 * v + 2).to(cdt)
         c0 = gam * sg / V
         c1 = gam * su / V
         a = 1.0 - gam
-        for start in range(0, V, BLOCK):
+        lo = tl.program_id(0) * CHUNK
+        hi = tl.minimum(lo + CHUNK, V)
+        idx = tl.arange(0, BLOCK)
+        for start in range(lo, hi, BLOCK):
             i = start + idx
-            g = tl.load(g_ptr + base + i, mask=i < V, other=0.0).to(cdt)
-            xh = tl.load(xh_ptr + base + i, mask=i < V, other=0.0).to(cdt)
-            gy = tl.load(gy_ptr + base + i, mask=i < V, other=0.0).to(cdt)
+            g = tl.load(g_ptr + base + i, mask=i < hi, other=0.0).to(cdt)
+            xh = tl.load(xh_ptr + base + i, mask=i < hi, other=0.0).to(cdt)
+            gy = tl.load(gy_ptr + base + i, mask=i < hi, other=0.0).to(cdt)
             dx = (g - m1 - xh * m2) * inv + c0 + c1 * xh + a * gy
-            tl.store(dx_ptr + base + i, dx.to(dx_ptr.dtype.element_ty), i < V)
-        tl.store(ggp_ptr + v, std * (su - sx))
+            tl.store(dx_ptr + base + i, dx.to(dx_ptr.dtype.element_ty), i < hi)
+        if tl.program_id(0) == 0:
+            tl.store(ggp_ptr + v, std * (su - sx))
 
     return {
-        "standardise_fwd": standardise_fwd,
+        "chunk_stats": chunk_stats,
+        "standardise_apply": standardise_apply,
+        "gate_fwd": gate_fwd,
+        "energy_fwd": energy_fwd,
+        "tail_sums": tail_sums,
+        "energy_bwd": energy_bwd,
+        "grad_sums": grad_sums,
         "standardise_bwd": standardise_bwd,
-        "tail_fwd": tail_fwd,
-        "tail_bwd": tail_bwd,
     }
 
 
@@ -266,8 +379,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def chunks(V: int) -> int:
+    """Programs per volume of ``V`` values: one per :data:`CHUNK` values (at least 1)."""
+    return max(1, -(-V // CHUNK))
+
+
 def _block(V: int) -> int:
-    return min(BLOCK, max(16, 1 << max(0, (V - 1).bit_length())))
+    return min(BLOCK, max(16, 1 << max(0, (min(V, CHUNK) - 1).bit_length())))
 
 
 def _stat(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -297,42 +415,52 @@ def _axis_constants(shape: torch.Size, spacing, per_face) -> tuple[list[float], 
 
 def standardise_forward(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
     """``(x_hat, mean, std)`` per volume of ``x`` ``(B, C, *S)``: ``x_hat`` in ``x``'s dtype,
-    the statistics ``(B, C, 1, ...)`` in the compute dtype; one launch."""
+    the statistics ``(B, C, 1, ...)`` in the compute dtype; two launches (the chunks'
+    statistics, then their combination and ``x_hat``)."""
     x = x.contiguous()
     out = torch.empty_like(x)
     mean, std = _stat(x), _stat(x)
     V = _grid3(x.shape)[0]
     if x.numel():
-        with launches.triton_launch("standardise_fwd"):
-            kernels()["standardise_fwd"][(x.shape[0] * x.shape[1],)](
-                x, out, mean, std, V, eps, BLOCK=_block(V)
-            )
+        grid = (chunks(V), x.shape[0] * x.shape[1])
+        part = torch.empty((*grid[::-1], 2), dtype=torch.float64, device=x.device)
+        k = kernels()
+        with launches.triton_launch("chunk_stats"):
+            k["chunk_stats"][grid](x, part, V, CHUNK, BLOCK=_block(V))
+        with launches.triton_launch("standardise_apply"):
+            k["standardise_apply"][grid](x, out, part, mean, std, V, CHUNK, eps, BLOCK=_block(V))
     return out, mean, std
 
 
 def tail_forward(x, u, gamma, mean, std, spacing, eps: float, energy: bool):
     """``(y, esum, e_mean, e_inv_std)``: the gate ``y = (1 - gamma) x + gamma (mean + std
     u)`` (``x``, ``u`` ``(B, C, *S)``, ``gamma`` ``(C,)``, ``mean``, ``std`` ``(B, C, 1,
-    ...)``) and, with ``energy``, the per-volume weighted energy sums ``esum`` ``(B, C)``
-    (their sum is the regulariser) and ``u``'s statistics; one launch. Without ``energy``
-    the last three are empty."""
+    ...)``) and, with ``energy``, the weighted energy sums ``esum`` ``(B, C, chunks)`` (their
+    sum is the regulariser) and ``u``'s statistics; two launches (one without ``energy``,
+    when the last three are empty)."""
     x, u = x.contiguous(), u.contiguous()
     y = torch.empty_like(x)
     B, C = x.shape[:2]
     cdt = compute_dtype(x.dtype)
-    esum = torch.empty((B, C) if energy else (0,), dtype=cdt, device=x.device)
+    V, N1, N2 = _grid3(x.shape)
+    grid = (chunks(V), B * C)
+    esum = torch.empty((B, C, grid[0]) if energy else (0,), dtype=cdt, device=x.device)
     e_mean = _stat(x) if energy else esum.new_empty((0,))
     e_inv = _stat(x) if energy else esum.new_empty((0,))
-    V, N1, N2 = _grid3(x.shape)
     inv_h, w = _axis_constants(x.shape, spacing, lambda f, h, m: 1.0 / (m * f))
     if x.numel():
-        # without the energy its outputs are empty: the statistics stand in as pointers
-        outs = (esum, e_mean, e_inv) if energy else (mean, mean, mean)
-        with launches.triton_launch("tail_fwd"):
-            kernels()["tail_fwd"][(B * C,)](
-                x, u, y, gamma, mean, std, *outs,
-                C, V, N1, N2, *inv_h, *w, eps, ENERGY=energy, BLOCK=_block(V),
-            )  # fmt: skip
+        part = torch.empty((B * C, grid[0], 2), dtype=torch.float64, device=x.device)
+        k = kernels()
+        with launches.triton_launch("gate_fwd"):
+            k["gate_fwd"][grid](
+                x, u, y, part, gamma, mean, std, C, V, CHUNK, ENERGY=energy, BLOCK=_block(V)
+            )
+        if energy:
+            with launches.triton_launch("energy_fwd"):
+                k["energy_fwd"][grid](
+                    u, part, esum, e_mean, e_inv, V, N1, N2, CHUNK, *inv_h, *w, eps,
+                    BLOCK=_block(V),
+                )  # fmt: skip
     elif energy:
         esum.zero_()
     return y, esum, e_mean, e_inv
@@ -340,22 +468,30 @@ def tail_forward(x, u, gamma, mean, std, spacing, eps: float, energy: bool):
 
 def tail_backward(gy, u, x_hat, gamma, std, e_mean, e_inv, g_energy, spacing, energy: bool):
     """``(gu, S)``: ``dL/du`` of :func:`tail_forward` for ``dL/dy = gy`` and ``dL/dE =
-    g_energy`` (0-d; only read with ``energy``), and the gate's per-volume float64 sums ``S``
-    ``(B, C, 3)``: ``sum gy``, ``sum gy u``, ``sum gy x_hat``; one launch."""
+    g_energy`` (0-d; only read with ``energy``), and the per-chunk float64 sums ``S`` ``(B,
+    C, chunks, 5)``: ``sum gy``, ``sum gy u``, ``sum gy x_hat`` (the gate's) and the
+    energy's ``sum g_hat``, ``sum g_hat u_hat``; two launches (one without ``energy``)."""
     gy, u, x_hat = gy.contiguous(), u.contiguous(), x_hat.contiguous()
     B, C = gy.shape[:2]
     gu = torch.empty_like(gy)
-    S = torch.empty((B, C, 3), dtype=torch.float64, device=gy.device)
     V, N1, N2 = _grid3(gy.shape)
+    grid = (chunks(V), B * C)
+    S = torch.empty((B, C, grid[0], 5), dtype=torch.float64, device=gy.device)
     inv_h, q = _axis_constants(gy.shape, spacing, lambda f, h, m: 1.0 / (m * f * h))
     if gy.numel():
-        ge = g_energy if energy else std
-        with launches.triton_launch("tail_bwd"):
-            kernels()["tail_bwd"][(B * C,)](
-                gy, u, x_hat, gu, S, gamma, std, e_mean if energy else std,
-                e_inv if energy else std, ge, C, V, N1, N2, *inv_h, *q,
+        stats = (e_mean, e_inv, g_energy) if energy else (std, std, std)
+        k = kernels()
+        with launches.triton_launch("tail_sums"):
+            k["tail_sums"][grid](
+                gy, u, x_hat, gu, S, gamma, std, *stats, C, V, N1, N2, CHUNK, *inv_h, *q,
                 ENERGY=energy, BLOCK=_block(V),
             )  # fmt: skip
+        if energy:
+            with launches.triton_launch("energy_bwd"):
+                k["energy_bwd"][grid](
+                    gy, u, gu, S, gamma, std, *stats, C, V, N1, N2, CHUNK, *inv_h, *q,
+                    BLOCK=_block(V),
+                )  # fmt: skip
     else:
         S.zero_()
     return gu, S
@@ -364,17 +500,22 @@ def tail_backward(gy, u, x_hat, gamma, std, e_mean, e_inv, g_energy, spacing, en
 def standardise_backward(x_hat, std, g_hat, S, gamma, gy) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dx, ggp)``: ``dL/dx`` through the standardisation for ``dL/dx_hat = g_hat`` and the
     gate's statistics gradients (``gamma sum gy``, ``gamma sum gy u``, from ``S`` of
-    :func:`tail_backward`), plus ``(1 - gamma) gy``; and ``ggp = std (S[..., 1] - S[..., 2])``
-    ``(B, C)``, whose sum over samples is ``dL/dgamma``; one launch."""
+    :func:`tail_backward`), plus ``(1 - gamma) gy``; and ``ggp = std (sum gy u - sum gy
+    x_hat)`` ``(B, C)``, whose sum over samples is ``dL/dgamma``; two launches."""
     x_hat, g_hat, gy = x_hat.contiguous(), g_hat.contiguous(), gy.contiguous()
     B, C = x_hat.shape[:2]
     dx = torch.empty_like(x_hat)
     ggp = torch.empty((B, C), dtype=std.dtype, device=x_hat.device)
     V = _grid3(x_hat.shape)[0]
     if x_hat.numel():
+        grid = (chunks(V), B * C)
+        part = torch.empty((B * C, grid[0], 2), dtype=torch.float64, device=x_hat.device)
+        k = kernels()
+        with launches.triton_launch("grad_sums"):
+            k["grad_sums"][grid](g_hat, x_hat, std, part, V, CHUNK, BLOCK=_block(V))
         with launches.triton_launch("standardise_bwd"):
-            kernels()["standardise_bwd"][(B * C,)](
-                x_hat, std, g_hat, S, gamma, gy, dx, ggp, C, V, BLOCK=_block(V)
+            k["standardise_bwd"][grid](
+                x_hat, std, g_hat, part, S, gamma, gy, dx, ggp, C, V, CHUNK, BLOCK=_block(V)
             )
     else:
         ggp.zero_()
