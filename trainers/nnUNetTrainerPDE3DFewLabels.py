@@ -15,7 +15,10 @@ from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
     nnUNetTrainerPDE3D_2epochs_4iters,
     nnUNetTrainerPDE3D_Backbone,
     nnUNetTrainerPDE3D_Backbone_2epochs_4iters,
+    nnUNetTrainerPDE3D_GateScale10,
     nnUNetTrainerPDE3D_LossOnly,
+    nnUNetTrainerPDE3D_PDELR10,
+    nnUNetTrainerPDE3D_Stages01,
 )
 from nnunet_pde.training import FewLabelMixin
 
@@ -98,6 +101,28 @@ class nnUNetTrainerPDE3D_LossOnly_Frac50(FewLabelMixin, nnUNetTrainerPDE3D_LossO
     """Loss-only ablation on 50 % of each fold's training cases."""
 
     few_label_fraction = 0.50
+
+
+# ----------------------------------- placement and gate candidates (issue 22's few-label rows)
+
+
+class nnUNetTrainerPDE3D_Stages01_Frac10(FewLabelMixin, nnUNetTrainerPDE3D_Stages01):
+    """PDE blocks after encoder stages 0 and 1, on 10 % of each fold's training cases."""
+
+    few_label_fraction = 0.10
+
+
+class nnUNetTrainerPDE3D_PDELR10_Frac10(FewLabelMixin, nnUNetTrainerPDE3D_PDELR10):
+    """The PDE parameter group at 10x the learning rate, on 10 % of each fold's training
+    cases."""
+
+    few_label_fraction = 0.10
+
+
+class nnUNetTrainerPDE3D_GateScale10_Frac10(FewLabelMixin, nnUNetTrainerPDE3D_GateScale10):
+    """The gate reparametrised as 10 * gamma, on 10 % of each fold's training cases."""
+
+    few_label_fraction = 0.10
 
 
 # ------------------------------------------------------- smoke tests (2 x 4 iters)
