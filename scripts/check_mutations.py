@@ -201,8 +201,15 @@ MUTATIONS = (
     Mutation(
         "Triton standardisation: the variance summed without centring",
         "nnunet_pde/pde/kernels/triton_tail.py",
-        "            d = tl.load(p_ptr + base + i, mask=i < V, other=0.0).to(tl.float64) - mu",
-        "            d = tl.load(p_ptr + base + i, mask=i < V, other=0.0).to(tl.float64)",
+        "            d = tl.load(p_ptr + base + i, mask=i < hi, other=0.0).to(tl.float64) - mu",
+        "            d = tl.load(p_ptr + base + i, mask=i < hi, other=0.0).to(tl.float64)",
+        ("tests/pde/test_kernels_triton_tail.py::test_standardise_forward_and_backward[chunks-shape0]",),
+    ),
+    Mutation(
+        "Triton statistics: the chunks combined without the spread of their means",
+        "nnunet_pde/pde/kernels/triton_tail.py",
+        "            q += tl.where(kk < nchunk, m2 + n * d * d, 0.0)",
+        "            q += tl.where(kk < nchunk, m2, 0.0)",
         ("tests/pde/test_kernels_triton_tail.py::test_standardise_forward_and_backward[chunks-shape0]",),
     ),
     Mutation(
@@ -217,14 +224,14 @@ MUTATIONS = (
         "nnunet_pde/pde/kernels/triton_tail.py",
         "(a * x + (c + g * u)).to(y_ptr.dtype.element_ty)",
         "(a * x + g * u).to(y_ptr.dtype.element_ty)",
-        ("tests/pde/test_kernels_triton_tail.py::test_tail_forward_and_backward[gate-chunks-shape0]",),
+        ("tests/pde/test_kernels_triton_tail.py::test_tail_forward_and_backward[chunks-gate-shape0]",),
     ),
     Mutation(
         "Triton energy backward: the left face of each cell left out",
         "nnunet_pde/pde/kernels/triton_tail.py",
         "        return ql - qr",
         "        return -qr",
-        ("tests/pde/test_kernels_triton_tail.py::test_tail_forward_and_backward[energy-chunks-shape0]",),
+        ("tests/pde/test_kernels_triton_tail.py::test_tail_forward_and_backward[chunks-energy-shape0]",),
     ),
     Mutation(
         "Triton reaction backward: tanh's derivative dropped",
