@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from nnunet_pde._version import __version__
 
 #: Names re-exported from :mod:`nnunet_pde.pde` (its ``__all__``).
 _PDE_API = (

@@ -20,10 +20,6 @@ from scipy.spatial import cKDTree
 
 from nnunet_pde.errors import NnunetPdeError
 
-#: Record of the derivation, written into the derived dataset's folder.
-DERIVED_JSON = "nnunet_pde_derived.json"
-#: Folder of the untouched source training labels in the derived dataset.
-CLEAN_LABELS_DIR = "labelsTr_clean"
 #: The corruption modes.
 MODES: tuple[str, ...] = (
     "erode",
@@ -33,8 +29,6 @@ MODES: tuple[str, ...] = (
     "drop-components",
     "add-blobs",
 )
-KIND = "noisy-labels"
-FORMAT_VERSION = 1
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 #: Smoothing (voxels) of the mask whose gradient gives the boundary normals.

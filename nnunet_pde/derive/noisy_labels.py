@@ -76,10 +76,6 @@ import numpy as np
 
 from nnunet_pde.derive.label_noise import (
     _NAME_PATTERN,
-    CLEAN_LABELS_DIR,
-    DERIVED_JSON,
-    FORMAT_VERSION,
-    KIND,
     MODES,
     Structure,
     _case_rng,
@@ -98,6 +94,9 @@ from nnunet_pde.derive.label_noise import (
 from nnunet_pde.errors import NnunetPdeError, recover_interrupted, staged_folder
 from nnunet_pde.files import read_image, read_json, write_image, write_json
 from nnunet_pde.folders import DATASET_FOLDER, find_raw_dataset
+from nnunet_pde.formats import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
+from nnunet_pde.formats import NOISY_LABELS_FORMAT_VERSION as FORMAT_VERSION
+from nnunet_pde.formats import NOISY_LABELS_KIND as KIND
 
 __all__ = [
     "CLEAN_LABELS_DIR",
@@ -130,23 +129,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def read_derived_info(dataset_folder: str | os.PathLike[str]) -> dict | None:
-    """The parsed :data:`DERIVED_JSON` of a dataset folder, or None if it has none.
-
-    Raises
-    ------
-    NnunetPdeError (a ValueError)
-        If the file exists but is not a JSON object.
-    """
-    path = Path(dataset_folder) / DERIVED_JSON
-    if not path.is_file():
-        return None
-    content = read_json(path, NnunetPdeError)
-    if not isinstance(content, dict):
-        raise NnunetPdeError(f"{path} does not hold a JSON object")
-    return content
 
 
 def _resolve_raw_root(raw_root: str | os.PathLike[str] | None, source: object) -> Path:
@@ -564,7 +546,7 @@ def _derived_record(
     n_changed: int,
 ) -> dict[str, Any]:
     """The content of :data:`DERIVED_JSON`."""
-    from nnunet_pde import __version__
+    from nnunet_pde._version import __version__
 
     return {
         "kind": KIND,

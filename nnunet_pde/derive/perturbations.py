@@ -15,16 +15,10 @@ import numpy as np
 
 from nnunet_pde.errors import NnunetPdeError
 
-#: Manifest written at the top of the output folder.
-MANIFEST = "nnunet_pde_shift.json"
-#: Per-level record of what was applied to every file.
-PARAMETERS_FILE = "parameters.json"
 #: The severity levels that exist (level 0 = the clean images, never written).
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
 #: Levels written by default.
 DEFAULT_LEVELS: tuple[int, ...] = (1, 2, 3)
-FORMAT_VERSION = 1
-KIND = "shifted-images"
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 

@@ -61,12 +61,8 @@ import numpy as np
 from nnunet_pde.derive.perturbations import (
     _CHANNEL_FILE,
     DEFAULT_LEVELS,
-    FORMAT_VERSION,
-    KIND,
     LEVELS,
-    MANIFEST,
     MARKER_COMMAND,
-    PARAMETERS_FILE,
     PERTURBATIONS,
     PerturbationSpec,
     ShiftError,
@@ -81,6 +77,11 @@ from nnunet_pde.derive.perturbations import (
 from nnunet_pde.errors import check_replaceable, recover_interrupted, staged_folder
 from nnunet_pde.files import read_json, write_image, write_json
 from nnunet_pde.folders import find_raw_dataset
+from nnunet_pde.formats import SHIFT_FORMAT_VERSION as FORMAT_VERSION
+from nnunet_pde.formats import SHIFT_KIND as KIND
+from nnunet_pde.formats import SHIFT_MANIFEST as MANIFEST
+from nnunet_pde.formats import SHIFT_PARAMETERS_FILE as PARAMETERS_FILE
+from nnunet_pde.formats import level_folder, read_shift_manifest
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -197,11 +198,6 @@ def _check_levels(levels: Iterable[int]) -> list[int]:
     return sorted({_check_level(v) for v in values})
 
 
-def level_folder(output: str | os.PathLike[str], perturbation: str, level: int) -> Path:
-    """``output/<perturbation>/level<k>``: the images of one perturbation level."""
-    return Path(output) / perturbation / f"level{level}"
-
-
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a ``derive shifted-images`` output folder.
 
@@ -211,21 +207,13 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         ``folder/nnunet_pde_shift.json`` is missing, unreadable or not a shifted-images
         manifest.
     """
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ShiftError(
-            f"{folder} has no {MANIFEST}: not an output of `nnunet-pde derive shifted-images`"
-        )
-    content = read_json(path, ShiftError)
-    if not isinstance(content, dict) or content.get("kind") != KIND:
-        raise ShiftError(f"{path} is not a {KIND} manifest")
-    return content
+    return read_shift_manifest(folder, ShiftError)
 
 
 def _created_by() -> str:
     import torchio
 
-    from nnunet_pde import __version__
+    from nnunet_pde._version import __version__
 
     return f"nnunet-pde {__version__} derive shifted-images (torchio {torchio.__version__})"
 

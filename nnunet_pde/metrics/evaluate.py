@@ -508,7 +508,7 @@ def _version() -> str:
 
         return version("nnunet-pde")
     except Exception:  # running from a source tree without metadata
-        from nnunet_pde import __version__
+        from nnunet_pde._version import __version__
 
         return __version__
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.files import write_json
+from nnunet_pde.formats import SUBSET_FILE
 
 __all__ = [
     "FEW_LABEL_FRACTIONS",
@@ -37,8 +38,6 @@ __all__ = [
 
 #: The label fractions of the paper's few-label regime (the ``_FracNN`` trainers).
 FEW_LABEL_FRACTIONS: tuple[float, ...] = (0.05, 0.10, 0.25, 0.50)
-#: Written into the fold's output folder by every few-label trainer.
-SUBSET_FILE = "few_label_subset.json"
 #: Environment variable that replaces the trainers' subset seed (same value for every
 #: trainer of a comparison, or the subsets differ).
 SEED_ENV_VAR = "NNUNET_PDE_FEW_LABEL_SEED"

@@ -61,7 +61,7 @@ from nnunet_pde.benchmark.robustness.scanner_shift import (
     read_shift_manifest,
     robustness_scanner_shift,
 )
-from nnunet_pde.derive.scanner_shift import MANIFEST as SHIFT_MANIFEST
+from nnunet_pde.formats import SHIFT_MANIFEST
 
 __all__ = [
     "AUC_CSV",

@@ -35,6 +35,7 @@ from nnunet_pde.folders import (
     resolve_dataset_name,
     trainer_dir_name,
 )
+from nnunet_pde.formats import SUBSET_FILE
 
 # ----------------------------------------------------------------------------- few labels
 
@@ -141,8 +142,6 @@ class _FewLabelGrid:
         self, trainers: Sequence[str], percents: Sequence[int]
     ) -> tuple[dict[tuple[str, str], Condition], list[str]]:
         """One condition per (trainer, fraction), and the warnings about them."""
-        from nnunet_pde.training.subsets import SUBSET_FILE
-
         s = self.settings
         splits = read_splits(self.pre)
         warnings: list[str] = []

@@ -24,7 +24,6 @@ from nnunet_pde.benchmark.robustness.pipeline import (
     _train_hint,
 )
 from nnunet_pde.benchmark.settings import EvaluationSettings
-from nnunet_pde.derive.noisy_labels import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import read_json
 from nnunet_pde.folders import (
@@ -33,6 +32,7 @@ from nnunet_pde.folders import (
     resolve_dataset_name,
     trainer_dir_name,
 )
+from nnunet_pde.formats import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
 
 # --------------------------------------------------------------------------- noisy labels
 

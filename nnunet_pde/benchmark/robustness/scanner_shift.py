@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nnunet_pde import formats
 from nnunet_pde.benchmark.robustness.model import (
     CLEAN,
     PREDICTION_RECORD,
@@ -31,8 +32,6 @@ from nnunet_pde.benchmark.robustness.pipeline import (
 )
 from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.commands import build_predict_command, run_command
-from nnunet_pde.derive.scanner_shift import MANIFEST as SHIFT_MANIFEST
-from nnunet_pde.derive.scanner_shift import level_folder, read_manifest
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import list_cases
 from nnunet_pde.folders import (
@@ -40,6 +39,7 @@ from nnunet_pde.folders import (
     require_env_folder,
     resolve_dataset_name,
 )
+from nnunet_pde.formats import SHIFT_MANIFEST, level_folder
 from nnunet_pde.metrics.aggregate import json_safe
 
 # -------------------------------------------------------------------------- scanner shift
@@ -56,7 +56,7 @@ def read_shift_manifest(shifted: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(shifted) / SHIFT_MANIFEST
     try:
-        m = read_manifest(shifted)
+        m = formats.read_shift_manifest(shifted)
     except ValueError as exc:
         raise BenchmarkError(
             f"{exc}; --shifted must be the folder written by nnunet-pde derive shifted-images "
