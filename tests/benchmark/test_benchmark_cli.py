@@ -17,7 +17,7 @@ import pytest
 )
 def test_help_has_options_and_an_example(action: str, expected: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "nnunet_pde.benchmark", action, "--help"],
+        [sys.executable, "-m", "nnunet_pde.cli", "benchmark", action, "--help"],
         capture_output=True,
         text=True,
         timeout=60,

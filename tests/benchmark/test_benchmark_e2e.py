@@ -44,7 +44,7 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.
 
 
 def _bench(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nnunet_pde.benchmark", *args]
+    return [sys.executable, "-m", "nnunet_pde.cli", "benchmark", *args]
 
 
 def _manifests(results: Path) -> list[dict]:

@@ -297,7 +297,8 @@ def test_cli_report(tree: dict[str, str], tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "nnunet_pde.benchmark",
+        "nnunet_pde.cli",
+        "benchmark",
         "report",
         DATASET,
         "--trainers",

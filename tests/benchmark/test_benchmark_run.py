@@ -69,7 +69,7 @@ def _make_fold(folder: Path, *files: str) -> None:
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nnunet_pde.benchmark", *args],
+        [sys.executable, "-m", "nnunet_pde.cli", "benchmark", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -298,7 +298,7 @@ def test_killed_run_stops_its_trainings_and_resumes_with_c(fake_env: dict[str, s
         fake_env["FAKE_TRAIN_CMD"],
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nnunet_pde.benchmark", *args],
+        [sys.executable, "-m", "nnunet_pde.cli", "benchmark", *args],
         env={**fake_env, "FAKE_TRAIN_SLEEP": "120"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
