@@ -203,11 +203,13 @@ def test_tail_forward_and_backward(on_triton, chunk, shape, energy) -> None:
 @pytest.mark.parametrize("hidden", [3, 6])
 @pytest.mark.parametrize("max_programs", [1024, 2], ids=["tile", "tiles"])
 def test_response_forward_and_backward(on_triton, monkeypatch, shape, hidden, max_programs):
+    # tiles of 16 voxels (the GPU takes 64, the interpreter 512): several programs per sample
     """b = u + tau N(u) and, through the partial sums and their reduction, dL/du of tau N(u)
     (added to the given gu) and every weight gradient equal autograd of the 1x1 convolutions, in
     float64; pre-activations from 1e-6 to 40 (tanh near 0 and saturated); one tile of
     voxels per program of the backward, or several (its partial sums kept across tiles)."""
     monkeypatch.setattr(triton_reaction, "MAX_PROGRAMS", max_programs)
+    monkeypatch.setattr(triton_reaction, "INTERPRET_BLOCK", 16)
     torch.manual_seed(4)
     B, C = shape[:2]
     u = torch.randn(shape, dtype=torch.float64)
