@@ -61,8 +61,10 @@ def kernels() -> dict:
         return tl.where(x < 0, -t, t)
 
     @triton.jit
-    def hidden(u_ptr, base, v, mv, w1_ptr, b1_ptr, C, V, HID, hid, mh, cdt, BLOCK: tl.constexpr,
-               HP: tl.constexpr):  # fmt: skip
+    def hidden(
+        u_ptr, base, v, mv, w1_ptr, b1_ptr, C, V, HID, hid, mh,
+        cdt: tl.constexpr, BLOCK: tl.constexpr, HP: tl.constexpr,
+    ):  # fmt: skip
         """``tanh(W1 u + b1)`` ``(HP, BLOCK)`` of the voxels ``v`` (rows past ``HID``: 0)."""
         pre = tl.zeros((HP, BLOCK), cdt)
         for c in range(C):
