@@ -1,7 +1,7 @@
 """Label corruptions of ``derive noisy-labels``: structures of a label map, transforms, one case.
 
 Size (about 710 lines): the structures of a label map, the transforms that act on them and
-the one-case corruption that combines them use one data model (``Structure``, ``_Scheme``).
+the one-case corruption that combines them use one data model (``Structure``, ``LabelScheme``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ MODES: tuple[str, ...] = (
     "add-blobs",
 )
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 #: Smoothing (voxels) of the mask whose gradient gives the boundary normals.
 _NORMAL_SIGMA_VOXELS = 1.0
 #: Boundary points whose tangent planes are averaged per distance estimate.
@@ -67,7 +66,9 @@ class Structure:
 
 
 @dataclass(frozen=True)
-class _Scheme:
+class LabelScheme:
+    """The structures of a dataset (labels or regions) and its ``ignore`` label value."""
+
     structures: tuple[Structure, ...]
     regions: bool
     ignore: int | None
@@ -129,8 +130,8 @@ def structures_from_dataset_json(
     return structures, regions, None if ignore is None else int(ignore)
 
 
-def _select(
-    scheme: _Scheme, labels: str | int | Iterable[str | int] | None
+def select_structures(
+    scheme: LabelScheme, labels: str | int | Iterable[str | int] | None
 ) -> tuple[Structure, ...]:
     """The structures named by ``labels`` (names or values), in ``dataset.json`` order."""
     if labels is None:
@@ -418,11 +419,16 @@ def body_mask(image: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- one case
 
 
-def _case_rng(seed: int, case_id: str) -> np.random.Generator:
+def corruption_rng(seed: int, case_id: str) -> np.random.Generator:
+    """The generator of one case's draws: ``(seed, crc32(case id))``, independent of order."""
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(case_id.encode())]))
 
 
-def _corrupted_cases(case_ids: Sequence[str], fraction: float, seed: int) -> list[str]:
+def corrupted_cases(case_ids: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """The first ``round(fraction * n)`` (at least 1) of a seeded permutation, sorted.
+
+    Nested: a larger fraction with the same seed selects a superset.
+    """
     keys = sorted(case_ids)
     n = max(1, min(len(keys), int(math.floor(round(fraction * len(keys), 9) + 0.5))))
     order = np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(b"cases")]))
@@ -457,7 +463,7 @@ def _compose_labels(
 
 def _compose_regions(
     seg: np.ndarray,
-    scheme: _Scheme,
+    scheme: LabelScheme,
     new: Mapping[str, np.ndarray],
     ignore: np.ndarray | None,
 ) -> np.ndarray:
@@ -479,14 +485,15 @@ def _compose_regions(
     return out
 
 
-def _r(x: float, digits: int = 4) -> float:
+def rounded(x: float, digits: int = 4) -> float:
+    """``x`` as a float rounded to ``digits`` decimals (the numbers of the record)."""
     return round(float(x), digits)
 
 
-def _corrupt(
+def corrupt_label_map(
     seg: np.ndarray,
     spacing: np.ndarray,
-    scheme: _Scheme,
+    scheme: LabelScheme,
     selected: Sequence[Structure],
     settings: Mapping[str, Any],
     rng: np.random.Generator,
@@ -554,8 +561,8 @@ def _jitter(
     field = jitter_field(seg.shape, spacing, k, smoothness_mm, field_seed, near)
     length = np.sqrt((field.astype(np.float64) ** 2).sum(0))
     record["field_seed"] = field_seed
-    record["field_max_mm"] = _r(length.max() if near is None else length[near].max())
-    record["field_max_image_mm"] = _r(length.max())
+    record["field_max_mm"] = rounded(length.max() if near is None else length[near].max())
+    record["field_max_image_mm"] = rounded(length.max())
     warped = _warp(seg, field, spacing)
     return {s.name: s.mask(warped) for s in selected}
 
@@ -588,9 +595,9 @@ def _drop_components(
                 {
                     "structure": s.name,
                     "voxels": int(sizes[c]),
-                    "volume_mm3": _r(volumes[c]),
-                    "diameter_mm": _r(diameters[c]),
-                    "centroid_voxel": [_r(x, 2) for x in centroid],
+                    "volume_mm3": rounded(volumes[c]),
+                    "diameter_mm": rounded(diameters[c]),
+                    "centroid_voxel": [rounded(x, 2) for x in centroid],
                 }
             )
         new[s.name] = mask & ~np.isin(lab, small)
@@ -630,7 +637,7 @@ def _add_blobs(
                 "centre_voxel": [int(c) for c in centre],
                 "structure": s.name,
                 "value": int(s.paint),
-                "diameter_mm": _r(k),
+                "diameter_mm": rounded(k),
                 "voxels": int(ball.sum()),
             }
         )
@@ -639,9 +646,10 @@ def _add_blobs(
     return out
 
 
-def _change_stats(
-    clean: np.ndarray, noisy: np.ndarray, spacing: np.ndarray, scheme: _Scheme
+def change_stats(
+    clean: np.ndarray, noisy: np.ndarray, spacing: np.ndarray, scheme: LabelScheme
 ) -> dict[str, Any]:
+    """Voxels and volumes (mm^3) of every structure before and after, and voxels changed."""
     voxel_volume = float(np.prod(spacing))
     per = {}
     for s in scheme.structures:
@@ -652,9 +660,9 @@ def _change_stats(
             "voxels_noisy": n_b,
             "voxels_added": int((b & ~a).sum()),
             "voxels_removed": int((a & ~b).sum()),
-            "volume_clean_mm3": _r(n_a * voxel_volume),
-            "volume_noisy_mm3": _r(n_b * voxel_volume),
-            "volume_change_mm3": _r((n_b - n_a) * voxel_volume),
+            "volume_clean_mm3": rounded(n_a * voxel_volume),
+            "volume_noisy_mm3": rounded(n_b * voxel_volume),
+            "volume_change_mm3": rounded((n_b - n_a) * voxel_volume),
         }
     return {"voxels_changed": int((clean != noisy).sum()), "structures": per}
 
@@ -690,8 +698,8 @@ def label_damage(cases: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     warnings = []
     for name, d in per.items():
         clean = max(d["voxels_clean"], 1)
-        d["fraction_changed"] = _r(d["voxels_changed"] / clean)
-        d["volume_ratio"] = _r(d["voxels_noisy"] / clean)
+        d["fraction_changed"] = rounded(d["voxels_changed"] / clean)
+        d["volume_ratio"] = rounded(d["voxels_noisy"] / clean)
         if d["cases_emptied"]:
             warnings.append(
                 f"'{name}' emptied in {d['cases_emptied']} of {d['cases_present']} case(s)"

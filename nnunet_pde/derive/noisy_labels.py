@@ -75,20 +75,19 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.derive.label_noise import (
-    _NAME_PATTERN,
     MODES,
+    LabelScheme,
     Structure,
-    _case_rng,
-    _change_stats,
-    _corrupt,
-    _corrupted_cases,
-    _r,
-    _Scheme,
-    _select,
     body_mask,
+    change_stats,
+    corrupt_label_map,
+    corrupted_cases,
+    corruption_rng,
     jitter_field,
     label_damage,
     morph_mask,
+    rounded,
+    select_structures,
     structures_from_dataset_json,
 )
 from nnunet_pde.errors import NnunetPdeError, recover_interrupted, staged_folder
@@ -97,6 +96,9 @@ from nnunet_pde.folders import DATASET_FOLDER, find_raw_dataset
 from nnunet_pde.formats import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
 from nnunet_pde.formats import NOISY_LABELS_FORMAT_VERSION as FORMAT_VERSION
 from nnunet_pde.formats import NOISY_LABELS_KIND as KIND
+
+#: What a derived dataset's name (``DatasetNNN_<name>``) may be made of.
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 __all__ = [
     "CLEAN_LABELS_DIR",
@@ -372,8 +374,8 @@ def derive_noisy_labels(
     src = find_raw_dataset(source, raw_root)
     dj_path, dataset_json, file_ending = _read_source_dataset_json(src)
     structures, regions, ignore = structures_from_dataset_json(dataset_json)
-    scheme = _Scheme(tuple(structures), regions, ignore)
-    selected = _select(scheme, labels)
+    scheme = LabelScheme(tuple(structures), regions, ignore)
+    selected = select_structures(scheme, labels)
     clean_files = _clean_label_files(src, file_ending)
     source_id, source_name = _source_identity(src, dataset_id)
     name = default_name(source_name or "Dataset", mode, magnitude_mm) if name is None else name
@@ -383,7 +385,7 @@ def derive_noisy_labels(
     recover_interrupted(raw_root)  # what a killed earlier run left (see docs/robustness.md)
     to_replace = _targets_to_replace(raw_root, dataset_id, folder_name, src, overwrite)
     case_ids = sorted(clean_files)
-    corrupted = set(_corrupted_cases(case_ids, fraction, seed))
+    corrupted = set(corrupted_cases(case_ids, fraction, seed))
     if mode == "add-blobs":
         _check_blob_images(src, corrupted, file_ending)
 
@@ -496,7 +498,7 @@ def _write_labels(
     clean_files: Mapping[str, Path],
     corrupted: set[str],
     file_ending: str,
-    scheme: _Scheme,
+    scheme: LabelScheme,
     selected: Sequence[Structure],
     settings: Mapping[str, Any],
     progress: Callable[[str], None] | None,
@@ -583,7 +585,7 @@ def _corrupt_file(
     out_path: Path,
     src: Path,
     file_ending: str,
-    scheme: _Scheme,
+    scheme: LabelScheme,
     selected: Sequence[Structure],
     settings: Mapping[str, Any],
     seed: int,
@@ -601,14 +603,14 @@ def _corrupt_file(
         ch0 = _read_image(src / "imagesTr" / f"{case_id}_0000{file_ending}")
         return sitk.GetArrayFromImage(ch0)
 
-    noisy, params = _corrupt(
-        seg, spacing, scheme, selected, settings, _case_rng(seed, case_id), image0
+    noisy, params = corrupt_label_map(
+        seg, spacing, scheme, selected, settings, corruption_rng(seed, case_id), image0
     )
     if np.issubdtype(seg.dtype, np.integer):
         info = np.iinfo(seg.dtype)
         if noisy.min() < info.min or noisy.max() > info.max:
             raise NnunetPdeError(f"{path}: corrupted labels do not fit its data type {seg.dtype}")
-    stats = _change_stats(seg, noisy, spacing, scheme)
+    stats = change_stats(seg, noisy, spacing, scheme)
     if stats["voxels_changed"]:
         # origin, spacing, direction of the source label
         write_image(noisy.astype(seg.dtype, copy=False), out_path, reference=img)
@@ -617,7 +619,7 @@ def _corrupt_file(
     record = {
         "corrupted": True,
         "shape": [int(s) for s in seg.shape],
-        "spacing_mm": [_r(s, 6) for s in spacing],
+        "spacing_mm": [rounded(s, 6) for s in spacing],
         **params,
         **stats,
     }

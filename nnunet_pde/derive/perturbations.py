@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ from nnunet_pde.errors import NnunetPdeError
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
 #: Levels written by default.
 DEFAULT_LEVELS: tuple[int, ...] = (1, 2, 3)
-
-_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 #: how the marker file of an output folder names this command
@@ -63,7 +60,7 @@ class PerturbationSpec:
 
     def settings(self, level: int) -> dict[str, Any]:
         """A copy of the settings of ``level`` (1..5)."""
-        _check_level(level)
+        check_level(level)
         return copy.deepcopy(self.levels[level - 1])
 
     def summary(self, level: int) -> str:
@@ -198,7 +195,7 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
 
 
 @dataclass(frozen=True)
-class _ImageInfo:
+class ImageInfo:
     """What the perturbations need to know about one clean channel image."""
 
     minimum: float
@@ -218,14 +215,15 @@ def _zero_background(x: np.ndarray) -> np.ndarray | None:
     return background if background.any() else None
 
 
-def _image_info(x: np.ndarray, affine: np.ndarray) -> _ImageInfo:
+def image_info(x: np.ndarray, affine: np.ndarray) -> ImageInfo:
+    """Range, noise scale, zero background and spacing of one clean channel ``(z, y, x)``."""
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         raise ShiftError("the image contains NaN or infinite values; it cannot be perturbed")
     background = _zero_background(x)
     body = x[~background] if background is not None else x.ravel()
     scale = float(np.std(body, dtype=np.float64)) if body.size else 0.0
     spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
-    return _ImageInfo(
+    return ImageInfo(
         minimum=float(x.min()),
         maximum=float(x.max()),
         scale=scale,
@@ -241,7 +239,7 @@ def _slice_axis(spacing_xyz: Sequence[float]) -> int:
 
 
 def _random_transform(
-    name: str, settings: Mapping[str, Any], info: _ImageInfo, rng: np.random.Generator
+    name: str, settings: Mapping[str, Any], info: ImageInfo, rng: np.random.Generator
 ) -> tuple[list[dict[str, Any]], float]:
     """The TorchIO random transform(s) of one image, as ``[{"name", "arguments"}]`` steps
     composed in order, and the intensity divisor ``d`` (TorchIO sees ``(x - min) / d``)."""
@@ -389,7 +387,7 @@ def _result(
     return y
 
 
-def _cast(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_to_dtype(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Float result -> the source pixel type (rounded and clipped for integer types)."""
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
@@ -402,7 +400,7 @@ def _crc(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
-def _image_rng(seed: int, case: str, channel: str, perturbation: str) -> np.random.Generator:
+def image_rng(seed: int, case: str, channel: str, perturbation: str) -> np.random.Generator:
     """Generator of one (case, channel, perturbation), independent of the processing order.
 
     The levels share it on purpose (common random numbers): TorchIO then draws the same
@@ -414,10 +412,10 @@ def _image_rng(seed: int, case: str, channel: str, perturbation: str) -> np.rand
     return np.random.default_rng(sequence)
 
 
-def _perturb(
+def perturb_channel(
     x: np.ndarray,
     affine: np.ndarray,
-    info: _ImageInfo,
+    info: ImageInfo,
     perturbation: str,
     level: int,
     rng: np.random.Generator,
@@ -524,7 +522,7 @@ def apply_recorded(
         )
     subject = _compose(applied)(_subject(x, affine, offset, divisor))
     y = _result(subject, x, offset, divisor, background)
-    return _cast(y, dtype) if cast else y
+    return cast_to_dtype(y, dtype) if cast else y
 
 
 def _read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -533,11 +531,11 @@ def _read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from torchio.data.io import get_ras_affine_from_sitk
 
     image = sitk.ReadImage(str(path))
-    _check_3d_scalar(image, path)
+    check_3d_scalar(image, path)
     return sitk.GetArrayFromImage(image), get_ras_affine_from_sitk(image)
 
 
-def _check_3d_scalar(image: Any, path: Path) -> None:
+def check_3d_scalar(image: Any, path: Path) -> None:
     """``image``: a SimpleITK image or an ImageFileReader after ReadImageInformation."""
     components = (
         image.GetNumberOfComponents()
@@ -551,7 +549,8 @@ def _check_3d_scalar(image: Any, path: Path) -> None:
         )
 
 
-def _check_level(level: object) -> int:
+def check_level(level: object) -> int:
+    """``level`` as an int if it is one of :data:`LEVELS`; ShiftError otherwise."""
     if isinstance(level, bool) or not isinstance(level, int | np.integer) or level not in LEVELS:
         raise ShiftError(
             f"severity levels are integers 1 to 5 (0 = the clean images); got {level!r}"

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -59,20 +60,19 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.derive.perturbations import (
-    _CHANNEL_FILE,
     DEFAULT_LEVELS,
     LEVELS,
     MARKER_COMMAND,
     PERTURBATIONS,
     PerturbationSpec,
     ShiftError,
-    _cast,
-    _check_3d_scalar,
-    _check_level,
-    _image_info,
-    _image_rng,
-    _perturb,
     apply_recorded,
+    cast_to_dtype,
+    check_3d_scalar,
+    check_level,
+    image_info,
+    image_rng,
+    perturb_channel,
 )
 from nnunet_pde.errors import check_replaceable, recover_interrupted, staged_folder
 from nnunet_pde.files import read_json, write_image, write_json
@@ -82,6 +82,9 @@ from nnunet_pde.formats import SHIFT_KIND as KIND
 from nnunet_pde.formats import SHIFT_MANIFEST as MANIFEST
 from nnunet_pde.formats import SHIFT_PARAMETERS_FILE as PARAMETERS_FILE
 from nnunet_pde.formats import level_folder, read_shift_manifest
+
+#: ``CASE_XXXX`` (the file name without its ending): the case id and the channel.
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -195,7 +198,7 @@ def _check_levels(levels: Iterable[int]) -> list[int]:
     values = [levels] if isinstance(levels, int) else list(levels)
     if not values:
         raise ShiftError("no severity level given; pass some of 1 2 3 4 5")
-    return sorted({_check_level(v) for v in values})
+    return sorted({check_level(v) for v in values})
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -343,7 +346,7 @@ def _test_images(dataset: Path) -> tuple[str, list[str], dict[str, list[str]]]:
                 reader.ReadImageInformation()
             except RuntimeError as exc:
                 raise ShiftError(f"SimpleITK cannot read {path}: {exc}") from None
-            _check_3d_scalar(reader, path)
+            check_3d_scalar(reader, path)
     return file_ending, channel_keys, cases
 
 
@@ -433,13 +436,13 @@ def _shift_case(
         file_name = f"{case}_{channel}{file_ending}"
         reference = sitk.ReadImage(str(images / file_name))
         x, affine = sitk.GetArrayFromImage(reference), _ras_affine(reference)
-        info = _image_info(x, affine)
+        info = image_info(x, affine)
         for name in names:
             for level in levels:
-                rng = _image_rng(seed, case, channel, name)
-                y, record = _perturb(x, affine, info, name, level, rng)
+                rng = image_rng(seed, case, channel, name)
+                y, record = perturb_channel(x, affine, info, name, level, rng)
                 target = level_folder(folder, name, level) / file_name
-                write_image(_cast(y, x.dtype), target, reference=reference)
+                write_image(cast_to_dtype(y, x.dtype), target, reference=reference)
                 records[name, level][channel] = {
                     "file": file_name,
                     "case": case,

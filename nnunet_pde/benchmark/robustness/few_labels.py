@@ -14,15 +14,15 @@ from nnunet_pde.benchmark.robustness.model import (
     Condition,
     Curve,
     RobustnessOutcome,
-    _Plan,
+    RobustnessPlan,
 )
 from nnunet_pde.benchmark.robustness.pipeline import (
-    _check_output,
-    _common_setup,
-    _finish,
-    _pool_oof,
-    _preprocessed_dataset_json,
-    _train_hint,
+    check_output_folder,
+    common_setup,
+    evaluate_and_write,
+    pool_oof,
+    preprocessed_dataset_json,
+    train_hint,
 )
 from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.errors import BenchmarkError
@@ -100,7 +100,7 @@ def robustness_few_labels(
     """
     settings = EvaluationSettings.of(settings, **options)
     env = settings.env
-    trainers, fold_list, metrics = _common_setup(trainers, settings)
+    trainers, fold_list, metrics = common_setup(trainers, settings)
     percents = _parse_fractions(fractions)
     bad = [t for t in trainers if re.search(r"_Frac\d+$", t)]
     if bad:
@@ -112,17 +112,17 @@ def robustness_few_labels(
     preprocessed = require_env_folder("nnUNet_preprocessed", env)
     name = resolve_dataset_name(dataset, env)
     gt = gt_segmentations(preprocessed / name)
-    ds_json = _preprocessed_dataset_json(preprocessed, None, name)
+    ds_json = preprocessed_dataset_json(preprocessed, None, name)
     file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
     out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "few-labels")
-    _check_output(out, settings.overwrite)
+    check_output_folder(out, settings.overwrite)
 
     grid = _FewLabelGrid(
         results, preprocessed / name, name, gt, ds_json, file_ending, fold_list, settings
     )
     conditions, warnings = grid.conditions(trainers, percents)
     plan = grid.plan(trainers, percents, conditions, warnings)
-    return _finish(plan, out, metrics, settings)
+    return evaluate_and_write(plan, out, metrics, settings)
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class _FewLabelGrid:
         for t in trainers:
             for pct in [*percents, 100]:
                 model = few_label_trainer(t, pct)
-                pooled = _pool_oof(
+                pooled = pool_oof(
                     self.results, self.name, model, s.plans, s.configuration, self.folds,
                     self.file_ending, splits, warnings,
                 )  # fmt: skip
@@ -206,7 +206,7 @@ class _FewLabelGrid:
         return (
             f"  {model}: no predictions in {folder}/fold_*/validation for folds "
             f"{', '.join(map(str, self.folds))}; train them with\n"
-            + _train_hint(self.name, model, s.configuration, s.plans, self.folds)
+            + train_hint(self.name, model, s.configuration, s.plans, self.folds)
         )
 
     def plan(
@@ -215,7 +215,7 @@ class _FewLabelGrid:
         percents: Sequence[int],
         conditions: dict[tuple[str, str], Condition],
         warnings: list[str],
-    ) -> _Plan:
+    ) -> RobustnessPlan:
         """The one curve (label fraction) and what the outputs record about it."""
         name, folds = self.name, self.folds
         curve = Curve(
@@ -223,7 +223,7 @@ class _FewLabelGrid:
             title=f"Few labels: metric versus label fraction ({name})",
             points=[(p / 100, f"frac{p}") for p in [*percents, 100]],
         )
-        return _Plan(
+        return RobustnessPlan(
             regime="few-labels",
             title=f"Robustness to few labels: {name}",
             dataset=name,

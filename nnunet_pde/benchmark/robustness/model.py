@@ -33,11 +33,6 @@ PREDICTION_RECORD = "nnunet_pde_prediction.json"
 #: Condition key and curve name of the clean point shared by every curve of a regime.
 CLEAN = "clean"
 
-_GROUP_HEADINGS = {
-    "covered_by_nnunet": "Perturbations covered by nnU-Net's training augmentation",
-    "not_covered_by_nnunet": "Perturbations NOT covered by nnU-Net's training augmentation",
-}
-
 SUMMARY_COLUMNS = (
     "trainer",
     "curve",
@@ -229,7 +224,9 @@ class Curve:
 
 
 @dataclass
-class _Plan:
+class RobustnessPlan:
+    """What one regime evaluates: its conditions (one per trainer and level) and curves."""
+
     regime: str
     title: str
     dataset: str

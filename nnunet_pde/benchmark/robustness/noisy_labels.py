@@ -13,15 +13,15 @@ from nnunet_pde.benchmark.robustness.model import (
     Condition,
     Curve,
     RobustnessOutcome,
-    _Plan,
+    RobustnessPlan,
 )
 from nnunet_pde.benchmark.robustness.pipeline import (
-    _check_output,
-    _common_setup,
-    _finish,
-    _pool_oof,
-    _preprocessed_dataset_json,
-    _train_hint,
+    check_output_folder,
+    common_setup,
+    evaluate_and_write,
+    pool_oof,
+    preprocessed_dataset_json,
+    train_hint,
 )
 from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.errors import BenchmarkError
@@ -102,7 +102,7 @@ def robustness_noisy_labels(
     """
     settings = EvaluationSettings.of(settings, **options)
     env = settings.env
-    trainers, fold_list, metrics = _common_setup(trainers, settings)
+    trainers, fold_list, metrics = common_setup(trainers, settings)
     if not datasets:
         raise BenchmarkError("no datasets given (--datasets CLEAN NOISY1 NOISY2 ...)")
     results = require_env_folder("nnUNet_results", env)
@@ -116,13 +116,13 @@ def robustness_noisy_labels(
     derived = {n: _read_derived(raw / n) for n in names}
     clean_name = _the_clean_dataset(derived)
     others = [n for n in names if n != clean_name]
-    ds_jsons = {n: _preprocessed_dataset_json(preprocessed, raw, n) for n in names}
+    ds_jsons = {n: preprocessed_dataset_json(preprocessed, raw, n) for n in names}
     file_ending = _check_same_labels(ds_jsons, clean_name, others)
     refs = _clean_references(raw, preprocessed, clean_name, others)
     curve_of, curve_info = _noise_curves(derived, others)
 
     out = settings.output_folder(results / clean_name / ROBUSTNESS_DIRNAME / "noisy-labels")
-    _check_output(out, settings.overwrite)
+    check_output_folder(out, settings.overwrite)
 
     study = _NoisyLabelStudy(
         results, preprocessed, names, clean_name, derived, refs, ds_jsons, fold_list, settings
@@ -130,7 +130,7 @@ def robustness_noisy_labels(
     warnings = study.split_warnings()
     conditions = study.conditions(trainers, file_ending, curve_of, warnings)
     plan = study.plan(trainers, conditions, _curves(curve_info, clean_name), warnings)
-    return _finish(plan, out, metrics, settings)
+    return evaluate_and_write(plan, out, metrics, settings)
 
 
 def _the_clean_dataset(derived: Mapping[str, dict[str, Any] | None]) -> str:
@@ -292,7 +292,7 @@ class _NoisyLabelStudy:
         for t in trainers:
             for n in self.names:
                 splits = read_splits(self.preprocessed / n)
-                pooled = _pool_oof(
+                pooled = pool_oof(
                     self.results, n, t, s.plans, s.configuration, self.folds, file_ending,
                     splits, warnings,
                 )  # fmt: skip
@@ -300,7 +300,7 @@ class _NoisyLabelStudy:
                     folder = self.results / n / trainer_dir_name(t, s.plans, s.configuration)
                     missing.append(
                         f"  {n} {t}: no predictions in {folder}/fold_*/validation; train them "
-                        "with\n" + _train_hint(n, t, s.configuration, s.plans, self.folds)
+                        "with\n" + train_hint(n, t, s.configuration, s.plans, self.folds)
                     )
                     continue
                 sources, cases, pool_info = pooled
@@ -331,10 +331,10 @@ class _NoisyLabelStudy:
         conditions: dict[tuple[str, str], Condition],
         curves: list[Curve],
         warnings: list[str],
-    ) -> _Plan:
+    ) -> RobustnessPlan:
         """The curves and what the outputs record about the comparison."""
         clean_name, folds = self.clean_name, self.folds
-        return _Plan(
+        return RobustnessPlan(
             regime="noisy-labels",
             title=f"Robustness to noisy training labels: {clean_name}",
             dataset=clean_name,

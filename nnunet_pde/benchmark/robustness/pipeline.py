@@ -22,7 +22,7 @@ from nnunet_pde.benchmark.robustness.model import (
     SUMMARY_CSV,
     TABLES_MD,
     RobustnessOutcome,
-    _Plan,
+    RobustnessPlan,
     drop_kind,
     relative_drop,
     severity_auc,
@@ -55,7 +55,8 @@ def _check_metrics(metrics: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(metrics))
 
 
-def _train_hint(name: str, trainer: str, configuration: str, plans: str, folds: list[int]) -> str:
+def train_hint(name: str, trainer: str, configuration: str, plans: str, folds: list[int]) -> str:
+    """The commands that train ``trainer`` on ``folds`` (for error messages)."""
     f = " ".join(map(str, folds))
     return (
         f"    nnunet-pde benchmark run {dataset_id(name)} --trainers {trainer} -c {configuration} "
@@ -65,7 +66,8 @@ def _train_hint(name: str, trainer: str, configuration: str, plans: str, folds: 
     )
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """BenchmarkError / FileExistsError unless ``out`` may receive the outputs."""
     if out.exists() and not out.is_dir():
         raise BenchmarkError(f"--output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -79,7 +81,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "curve"
 
 
-def _pool_oof(
+def pool_oof(
     results: Path,
     name: str,
     model_trainer: str,
@@ -113,7 +115,7 @@ def _pool_oof(
     return sources, dict(pooled.cases), pooled.as_dict()
 
 
-def _case_set_warnings(plan: _Plan) -> list[str]:
+def _case_set_warnings(plan: RobustnessPlan) -> list[str]:
     """Differences in the pooled case sets (and fold assignments) between conditions."""
     out: list[str] = []
     items = list(plan.conditions.values())
@@ -148,7 +150,7 @@ def _case_set_warnings(plan: _Plan) -> list[str]:
     return out
 
 
-def _evaluate(plan: _Plan, settings: EvaluationSettings) -> list[dict[str, Any]]:
+def _evaluate(plan: RobustnessPlan, settings: EvaluationSettings) -> list[dict[str, Any]]:
     """Per-case rows of every condition of ``plan``, with its trainer, curve and level."""
     from nnunet_pde.metrics.evaluate import EvaluationError
 
@@ -177,7 +179,7 @@ def _evaluate(plan: _Plan, settings: EvaluationSettings) -> list[dict[str, Any]]
 
 
 def _summarise(
-    plan: _Plan,
+    plan: RobustnessPlan,
     per_case: Sequence[Mapping[str, Any]],
     metrics: Sequence[str],
     policy: ImputationPolicy,
@@ -251,7 +253,7 @@ def _summarise(
 
 
 def _robustness_meta(
-    plan: _Plan, metrics: Sequence[str], settings: EvaluationSettings
+    plan: RobustnessPlan, metrics: Sequence[str], settings: EvaluationSettings
 ) -> dict[str, Any]:
     """What ``robustness.json`` and the tables record about the run (without the results)."""
     return {
@@ -297,8 +299,8 @@ def _remove_previous_outputs(out: Path) -> None:
             p.unlink()
 
 
-def _finish(
-    plan: _Plan, out: Path, metrics: Sequence[str], settings: EvaluationSettings
+def evaluate_and_write(
+    plan: RobustnessPlan, out: Path, metrics: Sequence[str], settings: EvaluationSettings
 ) -> RobustnessOutcome:
     """Evaluate every condition of ``plan``, summarise, and write the outputs into ``out``."""
     from nnunet_pde.metrics.evaluate import CSV_COLUMNS
@@ -310,7 +312,7 @@ def _finish(
     summary, auc = _summarise(plan, per_case, metrics, settings.imputation)
     meta = _robustness_meta(plan, metrics, settings)
 
-    _check_output(out, settings.overwrite)
+    check_output_folder(out, settings.overwrite)
     _remove_previous_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     files = OutputFiles(out)
@@ -336,7 +338,7 @@ def _finish(
     )
 
 
-def _common_setup(
+def common_setup(
     trainers: Sequence[str], settings: EvaluationSettings
 ) -> tuple[list[str], list[int], list[str]]:
     """The checked trainer names, fold numbers and metrics of a regime."""
@@ -347,7 +349,8 @@ def _common_setup(
     )
 
 
-def _preprocessed_dataset_json(pre: Path, raw: Path | None, name: str) -> Path:
+def preprocessed_dataset_json(pre: Path, raw: Path | None, name: str) -> Path:
+    """The dataset.json of ``name`` in nnUNet_preprocessed, else in nnUNet_raw."""
     for folder in (pre / name, *((raw / name,) if raw is not None else ())):
         if (folder / "dataset.json").is_file():
             return folder / "dataset.json"

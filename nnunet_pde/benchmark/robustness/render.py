@@ -10,13 +10,18 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.benchmark.robustness.model import (
-    _GROUP_HEADINGS,
     Curve,
     RobustnessOutcome,
-    _Plan,
+    RobustnessPlan,
 )
 from nnunet_pde.benchmark.writers import fmt_num, md_table, short_trainer
 from nnunet_pde.metrics.info import METRIC_INFO
+
+#: Section headings of the scanner-shift tables, by perturbation group.
+_GROUP_HEADINGS = {
+    "covered_by_nnunet": "Perturbations covered by nnU-Net's training augmentation",
+    "not_covered_by_nnunet": "Perturbations NOT covered by nnU-Net's training augmentation",
+}
 
 # ------------------------------------------------------------------------------ rendering
 
@@ -31,7 +36,7 @@ def _cell(r: Mapping[str, Any], digits: int, clean_level: float) -> str:
 
 
 def _curve_table(
-    plan: _Plan,
+    plan: RobustnessPlan,
     curve: Curve,
     metric: str,
     summary: Sequence[Mapping[str, Any]],
@@ -67,7 +72,7 @@ def _curve_table(
 
 
 def _auc_overview_table(
-    plan: _Plan, curves: Sequence[Curve], metric: str, auc: Sequence[Mapping[str, Any]]
+    plan: RobustnessPlan, curves: Sequence[Curve], metric: str, auc: Sequence[Mapping[str, Any]]
 ) -> str:
     digits = METRIC_INFO[metric][1]
     header = ["region", "trainer", *(c.id for c in curves)]
@@ -84,7 +89,7 @@ def _auc_overview_table(
     return md_table(header, rows)
 
 
-def _groups(plan: _Plan) -> list[tuple[str, list[Curve]]]:
+def _groups(plan: RobustnessPlan) -> list[tuple[str, list[Curve]]]:
     order: dict[str, list[Curve]] = {}
     for c in plan.curves:
         order.setdefault(c.group, []).append(c)
@@ -92,7 +97,7 @@ def _groups(plan: _Plan) -> list[tuple[str, list[Curve]]]:
 
 
 def render_markdown(
-    plan: _Plan,
+    plan: RobustnessPlan,
     summary: Sequence[Mapping[str, Any]],
     auc: Sequence[Mapping[str, Any]],
     metrics: Sequence[str],
@@ -159,7 +164,7 @@ def render_markdown(
 
 
 def curve_png(
-    plan: _Plan, curve: Curve, metric: str, summary: Sequence[Mapping[str, Any]]
+    plan: RobustnessPlan, curve: Curve, metric: str, summary: Sequence[Mapping[str, Any]]
 ) -> bytes:
     """PNG bytes: mean ± SD of ``metric`` versus level, one line per trainer, one panel per region.
 

@@ -21,14 +21,14 @@ from nnunet_pde.benchmark.robustness.model import (
     Condition,
     Curve,
     RobustnessOutcome,
-    _Plan,
+    RobustnessPlan,
 )
 from nnunet_pde.benchmark.robustness.pipeline import (
-    _check_output,
-    _common_setup,
-    _finish,
-    _preprocessed_dataset_json,
-    _train_hint,
+    check_output_folder,
+    common_setup,
+    evaluate_and_write,
+    preprocessed_dataset_json,
+    train_hint,
 )
 from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.commands import build_predict_command, run_command
@@ -161,7 +161,7 @@ def robustness_scanner_shift(
     """
     settings = EvaluationSettings.of(settings, **options)
     env = settings.env
-    trainers, fold_list, metrics = _common_setup(trainers, settings)
+    trainers, fold_list, metrics = common_setup(trainers, settings)
     shifted = Path(shifted).absolute()  # the printed commands must work from anywhere
     manifest = read_shift_manifest(shifted)
     results = require_env_folder("nnUNet_results", env)
@@ -169,7 +169,7 @@ def robustness_scanner_shift(
     test = _TestSet.of(shifted, manifest, name, env)
     inputs = _shift_inputs(shifted, manifest, test)
     out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "scanner-shift")
-    _check_output(out, settings.overwrite)
+    check_output_folder(out, settings.overwrite)
     pred_root = Path(predictions).absolute() if predictions is not None else shifted / "predictions"
 
     predictor = _Predictor(
@@ -189,7 +189,7 @@ def robustness_scanner_shift(
 
     conditions = _shift_conditions(trainers, inputs, pred_root, test)
     plan = _shift_plan(predictor, shifted, manifest, inputs, test, pred_root, trainers, conditions)
-    return _finish(plan, out, metrics, settings)
+    return evaluate_and_write(plan, out, metrics, settings)
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ class _TestSet:
         if not ds_json.is_file():
             raw_env = env.get("nnUNet_raw")
             pre_env = env.get("nnUNet_preprocessed")
-            ds_json = _preprocessed_dataset_json(
+            ds_json = preprocessed_dataset_json(
                 Path(pre_env) if pre_env else images.parent.parent,
                 Path(raw_env) if raw_env else None,
                 name,
@@ -376,12 +376,12 @@ def _shift_plan(
     pred_root: Path,
     trainers: list[str],
     conditions: dict[tuple[str, str], Condition],
-) -> _Plan:
+) -> RobustnessPlan:
     """The curves and what the outputs record about the comparison."""
     perts = list(dict.fromkeys(p for _, p, _, _, _ in inputs if p != CLEAN))
     covered = {p: c for _, p, _, _, c in inputs if p != CLEAN}
     name, folds, settings = predictor.name, predictor.folds, predictor.settings
-    return _Plan(
+    return RobustnessPlan(
         regime="scanner-shift",
         title=f"Robustness to scanner shift: {name}",
         dataset=name,
@@ -447,7 +447,7 @@ class _Predictor:
         untrained = sorted(
             {
                 f"  {t} fold {k}: no {self._fold(t, k)}/checkpoint_final.pth; train it with\n"
-                + _train_hint(self.name, t, s.configuration, s.plans, self.folds)
+                + train_hint(self.name, t, s.configuration, s.plans, self.folds)
                 for t, _, _, _ in todo
                 for k in self.folds
                 if not (self._fold(t, k) / "checkpoint_final.pth").is_file()
