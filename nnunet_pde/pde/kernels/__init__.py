@@ -4,7 +4,10 @@
   why; ``NNUNET_PDE_BACKEND`` forces one.
 * :mod:`.ops` registers each kernel once as a ``torch.library`` custom op (CPU and CUDA,
   fake implementation, autograd), dispatching to the chosen backend.
-* :mod:`.triton_aos` holds the Triton kernels (CUDA), the C kernels live in
+* :mod:`.triton_aos` holds the Triton kernels of the AOS step (CUDA), :mod:`.triton_tail`
+  and :mod:`.triton_reaction` those of the rest of the block (standardisation, gate and
+  energy, reaction, parameter transforms, partial sums), registered as ops in
+  :mod:`.triton_ops`; the C kernels live in
   :mod:`nnunet_pde.pde.native` and ``csrc/``; the torch implementation is in
   :mod:`nnunet_pde.pde.fused`.
 """

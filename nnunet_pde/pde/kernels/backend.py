@@ -3,8 +3,9 @@
 Backends:
 
 * ``c``: the compiled C kernels of :mod:`~nnunet_pde.pde.native` (CPU, float32/float64);
-* ``triton``: the Triton kernels of :mod:`~nnunet_pde.pde.kernels.triton_aos` (CUDA tensors;
-  CPU tensors only under ``TRITON_INTERPRET=1``, for tests);
+* ``triton``: the Triton kernels of :mod:`~nnunet_pde.pde.kernels.triton_aos`,
+  :mod:`~nnunet_pde.pde.kernels.triton_tail` and :mod:`~nnunet_pde.pde.kernels.triton_reaction`
+  (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``, for tests);
 * ``torch``: vectorised torch, any device (the fallback, and the reference the others are
   tested against).
 

@@ -9,7 +9,8 @@ first use: over a second in every ``nnUNetv2_predict`` process).
 The AOS diffusion step (the kernel every backend implements) is registered for all devices
 with autograd: ``nnunet_pde::aos_diffusion`` is differentiable through
 ``nnunet_pde::aos_diffusion_backward``. The CPU-only kernels of the rest of the block are
-registered here by :mod:`~nnunet_pde.pde.fused`.
+registered by :mod:`~nnunet_pde.pde.fused` and :mod:`~nnunet_pde.pde.tail`, the Triton
+kernels of the rest of the block (every device) by :mod:`.triton_ops`.
 """
 
 from __future__ import annotations

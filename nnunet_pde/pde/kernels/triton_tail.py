@@ -10,10 +10,8 @@ the volume does, in the same order: deterministic, no atomics) and writes the ch
 output. The float64 partial statistics are ``(mean, sum of centred squares)`` per chunk,
 combined by Chan's formula, or plain sums.
 
-* :func:`standardise_forward`: ``x_hat = (x - mean) / std``, ``std = sqrt(var + eps)``; the
-  mean and the centred squares are summed in float64 (no cancellation), as the C kernels
-  do, so features of 1e30 give the C kernels' statistics (float32 squares
-  would overflow above about 1.8e19).
+* :func:`standardise_forward`: ``x_hat = (x - mean) / std``, ``std = sqrt(var + eps)``;
+  float64 sums, as in the C kernels: features of 1e30 give their statistics.
 * :func:`tail_forward`: ``y = (1 - gamma) x + gamma (mean + std u_hat)`` and, with the
   regulariser, the per-volume statistics of ``u_hat`` and its weighted edge-energy sums
   ``sum_d w_d sum_faces log(1 + s^2)``, ``s = diff_d(u_hat) / (std_u h_d)``, per chunk;
@@ -39,9 +37,7 @@ from . import launches
 
 #: Values per loop iteration of a program.
 BLOCK = 1024
-#: Values of a volume per program (a multiple of :data:`BLOCK`): the per-volume passes run
-#: ``ceil(V / CHUNK)`` programs per volume, each writing its chunk's partial statistics,
-#: and a second launch combines them.
+#: Values of a volume per program (a multiple of :data:`BLOCK`).
 CHUNK = 16384
 
 
@@ -50,6 +46,14 @@ def kernels() -> dict:
     """The Triton kernels by name, defined at first use (see :mod:`.triton_aos`)."""
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def span(V, CHUNK):
+        """``(v, base, lo, hi)`` of this program: its volume, the volume's first value and its
+        chunk ``[lo, hi)`` of the volume's values."""
+        v = tl.program_id(1)
+        lo = tl.program_id(0) * CHUNK
+        return v, v.to(tl.int64) * V, lo, tl.minimum(lo + CHUNK, V)
 
     @triton.jit
     def chunk_moments(p_ptr, base, lo, hi, BLOCK: tl.constexpr):
@@ -133,6 +137,7 @@ def kernels() -> dict:
 
     # Triton resolves the functions a kernel calls among its module's globals, not closures
     globals().update(
+        span=span,
         chunk_moments=chunk_moments,
         combine=combine,
         chunk_total=chunk_total,
@@ -143,9 +148,8 @@ def kernels() -> dict:
 
     @triton.jit
     def chunk_stats(x_ptr, part_ptr, V, CHUNK, BLOCK: tl.constexpr):
-        v = tl.program_id(1)
-        lo = tl.program_id(0) * CHUNK
-        mu, m2 = chunk_moments(x_ptr, v.to(tl.int64) * V, lo, tl.minimum(lo + CHUNK, V), BLOCK)
+        v, base, lo, hi = span(V, CHUNK)
+        mu, m2 = chunk_moments(x_ptr, base, lo, hi, BLOCK)
         slot = part_ptr + (v * tl.num_programs(0) + tl.program_id(0)) * 2
         tl.store(slot, mu)
         tl.store(slot + 1, m2)
@@ -155,13 +159,10 @@ def kernels() -> dict:
         x_ptr, out_ptr, part_ptr, mean_ptr, std_ptr, V, CHUNK, eps, BLOCK: tl.constexpr
     ):
         cdt = mean_ptr.dtype.element_ty
-        v = tl.program_id(1)
-        base = v.to(tl.int64) * V
+        v, base, lo, hi = span(V, CHUNK)
         mu, inv = combine(part_ptr, v, tl.num_programs(0), CHUNK, V, eps, BLOCK)
         mu_c = mu.to(cdt)
         inv_c = inv.to(cdt)
-        lo = tl.program_id(0) * CHUNK
-        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
         for start in range(lo, hi, BLOCK):
             i = start + idx
@@ -177,14 +178,11 @@ def kernels() -> dict:
         ENERGY: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = mean_ptr.dtype.element_ty
-        v = tl.program_id(1)
-        base = v.to(tl.int64) * V
+        v, base, lo, hi = span(V, CHUNK)
         gam = tl.load(gamma_ptr + v % C).to(cdt)
         a = 1.0 - gam
         g = gam * tl.load(std_ptr + v)
         c = gam * tl.load(mean_ptr + v)
-        lo = tl.program_id(0) * CHUNK
-        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
         for start in range(lo, hi, BLOCK):
             i = start + idx
@@ -203,29 +201,21 @@ def kernels() -> dict:
         V, N1, N2, CHUNK, s0, s1, s2, w0, w1, w2, eps, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = emean_ptr.dtype.element_ty
-        v = tl.program_id(1)
-        base = v.to(tl.int64) * V
+        v, base, lo, hi = span(V, CHUNK)
         mu, inv = combine(part_ptr, v, tl.num_programs(0), CHUNK, V, eps, BLOCK)
         inv_c = inv.to(cdt)
         plane = N1 * N2
-        lo = tl.program_id(0) * CHUNK
-        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
-        e0 = tl.zeros((BLOCK,), cdt)
-        e1 = tl.zeros((BLOCK,), cdt)
-        e2 = tl.zeros((BLOCK,), cdt)
+        e = tl.zeros((BLOCK,), tl.float64)
         for start in range(lo, hi, BLOCK):
             i = start + idx
             mask = i < hi
             z = tl.load(u_ptr + base + i, mask=mask, other=0.0).to(cdt)
-            e0 += face_energy(u_ptr, base, i, mask, z, plane, i // plane, V // plane, inv_c * s0)
-            e1 += face_energy(u_ptr, base, i, mask, z, N2, (i // N2) % N1, N1, inv_c * s1)
-            e2 += face_energy(u_ptr, base, i, mask, z, 1, i % N2, N2, inv_c * s2)
-        total = (
-            tl.sum(e0.to(tl.float64), axis=0) * w0
-            + tl.sum(e1.to(tl.float64), axis=0) * w1
-            + tl.sum(e2.to(tl.float64), axis=0) * w2
-        )
+            e0 = face_energy(u_ptr, base, i, mask, z, plane, i // plane, V // plane, inv_c * s0)
+            e1 = face_energy(u_ptr, base, i, mask, z, N2, (i // N2) % N1, N1, inv_c * s1)
+            e2 = face_energy(u_ptr, base, i, mask, z, 1, i % N2, N2, inv_c * s2)
+            e += e0.to(tl.float64) * w0 + e1.to(tl.float64) * w1 + e2.to(tl.float64) * w2
+        total = tl.sum(e, axis=0)
         tl.store(esum_ptr + v * tl.num_programs(0) + tl.program_id(0), total.to(cdt))
         if tl.program_id(0) == 0:
             tl.store(emean_ptr + v, mu.to(cdt))
@@ -238,11 +228,8 @@ def kernels() -> dict:
         ENERGY: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = std_ptr.dtype.element_ty
-        v = tl.program_id(1)
-        base = v.to(tl.int64) * V
+        v, base, lo, hi = span(V, CHUNK)
         g = tl.load(gamma_ptr + v % C).to(cdt) * tl.load(std_ptr + v)
-        lo = tl.program_id(0) * CHUNK
-        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
         sg = tl.zeros((BLOCK,), tl.float64)
         su = tl.zeros((BLOCK,), tl.float64)
@@ -286,8 +273,7 @@ def kernels() -> dict:
         C, V, N1, N2, CHUNK, s0, s1, s2, q0, q1, q2, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = std_ptr.dtype.element_ty
-        v = tl.program_id(1)
-        base = v.to(tl.int64) * V
+        v, base, lo, hi = span(V, CHUNK)
         nchunk = tl.num_programs(0)
         g = tl.load(gamma_ptr + v % C).to(cdt) * tl.load(std_ptr + v)
         mu = tl.load(emean_ptr + v)
@@ -295,8 +281,6 @@ def kernels() -> dict:
         ge = tl.load(ge_ptr).to(cdt)
         m1 = (chunk_total(S_ptr, v, nchunk, 5, 3, BLOCK) / V).to(cdt)
         m2 = (chunk_total(S_ptr, v, nchunk, 5, 4, BLOCK) / V).to(cdt)
-        lo = tl.program_id(0) * CHUNK
-        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
         for start in range(lo, hi, BLOCK):
             i = start + idx
@@ -312,10 +296,7 @@ def kernels() -> dict:
     @triton.jit
     def grad_sums(g_ptr, xh_ptr, std_ptr, part_ptr, V, CHUNK, BLOCK: tl.constexpr):
         cdt = std_ptr.dtype.element_ty
-        v = tl.program_id(1)
-        base = v.to(tl.int64) * V
-        lo = tl.program_id(0) * CHUNK
-        hi = tl.minimum(lo + CHUNK, V)
+        v, base, lo, hi = span(V, CHUNK)
         idx = tl.arange(0, BLOCK)
         s1 = tl.zeros((BLOCK,), tl.float64)
         s2 = tl.zeros((BLOCK,), tl.float64)
@@ -335,8 +316,7 @@ def kernels() -> dict:
         C, V, CHUNK, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = std_ptr.dtype.element_ty
-        v = tl.program_id(1)
-        base = v.to(tl.int64) * V
+        v, base, lo, hi = span(V, CHUNK)
         nchunk = tl.num_programs(0)
         m1 = (chunk_total(part_ptr, v, nchunk, 2, 0, BLOCK) / V).to(cdt)
         m2 = (chunk_total(part_ptr, v, nchunk, 2, 1, BLOCK) / V).to(cdt)
@@ -349,8 +329,6 @@ def kernels() -> dict:
         c0 = gam * sg / V
         c1 = gam * su / V
         a = 1.0 - gam
-        lo = tl.program_id(0) * CHUNK
-        hi = tl.minimum(lo + CHUNK, V)
         idx = tl.arange(0, BLOCK)
         for start in range(lo, hi, BLOCK):
             i = start + idx
@@ -388,9 +366,9 @@ def _block(V: int) -> int:
     return min(BLOCK, max(16, 1 << max(0, (min(V, CHUNK) - 1).bit_length())))
 
 
-def _stat(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _stat(x: torch.Tensor) -> torch.Tensor:
     shape = (x.shape[0], x.shape[1], *([1] * (x.ndim - 2)))
-    return torch.empty(shape, dtype=dtype or compute_dtype(x.dtype), device=x.device)
+    return torch.empty(shape, dtype=compute_dtype(x.dtype), device=x.device)
 
 
 def _grid3(shape: torch.Size) -> tuple[int, int, int]:
