@@ -158,35 +158,45 @@ MUTATIONS = (
         "nnunet_pde/pde/kernels/triton_aos.py",
         "            y_prev = (rhs + a_prev * y_prev) / piv",
         "            y_prev = rhs / piv",
-        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+        (
+            "tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",
+        ),
     ),
     Mutation(
         "Triton: the explicit half's flux difference loses its left face",
         "nnunet_pde/pde/kernels/triton_aos.py",
         "            rhs += tl.load(ce_ptr + c).to(u_cur.dtype) * (flux - f_prev)",
         "            rhs += tl.load(ce_ptr + c).to(u_cur.dtype) * flux",
-        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+        (
+            "tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",
+        ),
     ),
     Mutation(
         "Triton backward: the adjoint elimination forgets the previous row",
         "nnunet_pde/pde/kernels/triton_aos.py",
         "            yl = (gm + a_prev * yl) / piv",
         "            yl = gm / piv",
-        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+        (
+            "tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",
+        ),
     ),
     Mutation(
         "Triton backward: the right face's dL/ddelta carried with the wrong sign",
         "nnunet_pde/pde/kernels/triton_aos.py",
         "            carry = -gdelta",
         "            carry = gdelta",
-        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+        (
+            "tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",
+        ),
     ),
     Mutation(
         "Triton backward: dL/dk summed without delta",
         "nnunet_pde/pde/kernels/triton_aos.py",
         "                s_k += delta * gs",
         "                s_k += gs",
-        ("tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",),
+        (
+            "tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",
+        ),
     ),
     Mutation(
         "Triton backward: dL/db of the later axes overwrites the earlier ones",
@@ -203,49 +213,63 @@ MUTATIONS = (
         "nnunet_pde/pde/kernels/triton_tail.py",
         "            d = tl.load(p_ptr + base + i, mask=i < hi, other=0.0).to(tl.float64) - mu",
         "            d = tl.load(p_ptr + base + i, mask=i < hi, other=0.0).to(tl.float64)",
-        ("tests/pde/test_kernels_triton_tail.py::test_standardise_forward_and_backward[chunks-shape0]",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_standardise_forward_and_backward[chunks-shape0]",
+        ),
     ),
     Mutation(
         "Triton statistics: the chunks combined without the spread of their means",
         "nnunet_pde/pde/kernels/triton_tail.py",
         "            q += tl.where(kk < nchunk, m2 + n * d * d, 0.0)",
         "            q += tl.where(kk < nchunk, m2, 0.0)",
-        ("tests/pde/test_kernels_triton_tail.py::test_standardise_forward_and_backward[chunks-shape0]",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_standardise_forward_and_backward[chunks-shape0]",
+        ),
     ),
     Mutation(
         "Triton standardisation backward: the x_hat mean(g x_hat) term dropped",
         "nnunet_pde/pde/kernels/triton_tail.py",
         "            dx = (g - m1 - xh * m2) * inv + c0 + c1 * xh + a * gy",
         "            dx = (g - m1) * inv + c0 + c1 * xh + a * gy",
-        ("tests/pde/test_kernels_triton_tail.py::test_standardise_forward_and_backward[chunks-shape0]",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_standardise_forward_and_backward[chunks-shape0]",
+        ),
     ),
     Mutation(
         "Triton gate: the mean term of y dropped",
         "nnunet_pde/pde/kernels/triton_tail.py",
         "(a * x + (c + g * u)).to(y_ptr.dtype.element_ty)",
         "(a * x + g * u).to(y_ptr.dtype.element_ty)",
-        ("tests/pde/test_kernels_triton_tail.py::test_tail_forward_and_backward[chunks-gate-shape0]",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_tail_forward_and_backward[chunks-gate-shape0]",
+        ),
     ),
     Mutation(
         "Triton energy backward: the left face of each cell left out",
         "nnunet_pde/pde/kernels/triton_tail.py",
         "        return ql - qr",
         "        return -qr",
-        ("tests/pde/test_kernels_triton_tail.py::test_tail_forward_and_backward[chunks-energy-shape0]",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_tail_forward_and_backward[chunks-energy-shape0]",
+        ),
     ),
     Mutation(
         "Triton reaction backward: tanh's derivative dropped",
         "nnunet_pde/pde/kernels/triton_reaction.py",
         "        gpre = gh * (1.0 - h * h)",
         "        gpre = gh",
-        ("tests/pde/test_kernels_triton_tail.py::test_response_forward_and_backward[tile-3-shape0]",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_response_forward_and_backward[tile-3-shape0]",
+        ),
     ),
     Mutation(
         "Triton partial sums: only the first program's reaction gradients summed",
         "nnunet_pde/pde/kernels/triton_reaction.py",
         "        for row in range(R):",
         "        for row in range(1):",
-        ("tests/pde/test_kernels_triton_tail.py::test_response_forward_and_backward[tile-3-shape0]",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_response_forward_and_backward[tile-3-shape0]",
+        ),
     ),
     Mutation(
         "Triton partial sums: the AOS gradients of the first sample only",
@@ -262,14 +286,18 @@ MUTATIONS = (
         "nnunet_pde/pde/kernels/triton_reaction.py",
         "            acc += tl.load(acc_ptr + j, mask=j < na + NR, other=0.0).to(cdt)",
         "            acc += 0.0 * tl.load(acc_ptr + j, mask=j < na + NR, other=0.0).to(cdt)",
-        ("tests/pde/test_kernels_triton_tail.py::test_step_backward_accumulates_the_gradients_of_the_steps",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_step_backward_accumulates_the_gradients_of_the_steps",
+        ),
     ),
     Mutation(
         "Triton parameters: the bounded step's dependence on alpha left out of dL/dalpha",
         "nnunet_pde/pde/kernels/triton_reaction.py",
         "        galpha += gts * (-tau * tau * R / (den * den))",
         "        galpha += 0.0 * gts",
-        ("tests/pde/test_kernels_triton_tail.py::test_coefficients_forward_and_backward[kappa-crank-nicolson]",),
+        (
+            "tests/pde/test_kernels_triton_tail.py::test_coefficients_forward_and_backward[kappa-crank-nicolson]",
+        ),
     ),
     Mutation(
         "torch cyclic reduction: row i + s left out of the reduced right-hand side",
@@ -284,6 +312,60 @@ MUTATIONS = (
         "            if not intact(target):",
         "            if not target.exists():",
         ("tests/pde/test_pde_fused.py::test_a_damaged_cached_library_is_rebuilt_not_loaded",),
+    ),
+    Mutation(
+        "image integrity: a NIfTI shorter than its header announces passes",
+        "nnunet_pde/files.py",
+        "        if end is not None and size < end:",
+        "        if end is not None and size < 0:",
+        (
+            "tests/metrics/test_damaged_images.py::"
+            "test_uncompressed_and_recompressed_short_niftis_are_refused",
+        ),
+    ),
+    Mutation(
+        "evaluate: the origin compared with itself (a shifted prediction scored)",
+        "nnunet_pde/metrics/evaluate.py",
+        "        p.origin, r.origin, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL",
+        "        p.origin, p.origin, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL",
+        ("tests/metrics/test_damaged_images.py::test_a_shifted_prediction_is_refused",),
+    ),
+    Mutation(
+        "benchmark report: an unfinished fold pooled",
+        "nnunet_pde/benchmark/pooling.py",
+        "        if fold_state(folder) != FOLD_FINISHED:",
+        "        if False:",
+        ("tests/benchmark/test_benchmark_report.py::test_an_unfinished_fold_is_never_pooled",),
+    ),
+    Mutation(
+        "repeated runs: the difference's SE without the reference's spread",
+        "nnunet_pde/benchmark/runs.py",
+        "sd**2 / v.size + ref_sd**2 / ref_vals.size",
+        "sd**2 / v.size",
+        (
+            "tests/benchmark/test_benchmark_runs.py::"
+            "test_report_pools_the_runs_and_reports_the_spread",
+        ),
+    ),
+    Mutation(
+        "PDE parameter group: its lr_scale ignored by the schedule",
+        "nnunet_pde/training/__init__.py",
+        'group["lr"] = lr * group.get("lr_scale", 1.0)',
+        'group["lr"] = lr',
+        (
+            "tests/test_gate_candidates.py::"
+            "test_pde_group_gets_ten_times_the_lr_at_every_epoch_and_no_decay",
+        ),
+    ),
+    Mutation(
+        "gate_scale ignored by the block",
+        "nnunet_pde/pde/block.py",
+        "return self.gamma if scale == 1.0 else self.gamma * scale",
+        "return self.gamma",
+        (
+            "tests/test_gate_candidates.py::"
+            "test_scaled_gate_equals_a_plain_gate_ten_times_larger[c]",
+        ),
     ),
 )
 
@@ -318,23 +400,34 @@ def _pytest(root: Path, tests: tuple[str, ...]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="print the mutations and exit")
+    parser.add_argument(
+        "-k",
+        dest="only",
+        default=None,
+        help="run only the mutations whose name contains this text",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for m in MUTATIONS:
             print(f"{m.name}: {m.file}: {m.tests[0]}")
         return 0
+    mutations = [m for m in MUTATIONS if args.only is None or args.only in m.name]
     survived = 0
     with tempfile.TemporaryDirectory(prefix="nnunet_pde_mutations_") as tmp:
         root = Path(tmp)
         _copy_tree(root)
-        for m in MUTATIONS:
+        # The unmodified code must pass every test: one pytest run for all of them (one
+        # interpreter start instead of one per mutation); only if it fails, one per mutation.
+        all_tests = tuple(dict.fromkeys(t for m in mutations for t in m.tests))
+        baseline_ok = _pytest(root, all_tests)
+        for m in mutations:
             path = root / m.file
             original = path.read_text()
             if original.count(m.old) != 1:
                 print(f"ERROR  {m.name}: the text to mutate is not found once in {m.file}")
                 survived += 1
                 continue
-            if not _pytest(root, m.tests):
+            if not baseline_ok and not _pytest(root, m.tests):
                 print(f"ERROR  {m.name}: {m.tests} fail on the unmodified code")
                 survived += 1
                 continue
@@ -346,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             status = "caught" if caught else "SURVIVED"
             survived += not caught
             print(f"{status:8s} {m.name}  <-  {', '.join(t.split('::')[-1] for t in m.tests)}")
-    print(f"summary: {len(MUTATIONS) - survived} of {len(MUTATIONS)} mutations caught")
+    print(f"summary: {len(mutations) - survived} of {len(mutations)} mutations caught")
     return 1 if survived else 0
 
 
