@@ -18,7 +18,7 @@ from nnunet_pde.folders import (
     trainer_dir_name,
 )
 from nnunet_pde.locks import lock_holder
-from nnunet_pde.metrics import ImputationPolicy
+from nnunet_pde.metrics import DISTANCE_METRICS, ImputationPolicy
 
 # ------------------------------------------------------------------------------- pooling
 
@@ -139,6 +139,18 @@ def pool_predictions(
             f"pooled predictions are not out-of-fold: {', '.join(duplicates[:10])}"
         )
     return pooled
+
+
+def metric_values(
+    rows: Sequence[Mapping[str, Any]], metric: str, policy: ImputationPolicy
+) -> np.ndarray:
+    """``metric`` of each per-case row, in row order; distances imputed under ``policy``
+    from each row's ``image_diagonal_mm`` (:func:`impute_aligned`)."""
+    values = np.asarray([float(r[metric]) for r in rows], dtype=np.float64)
+    if metric in DISTANCE_METRICS:
+        diagonals = [float(r["image_diagonal_mm"]) for r in rows]
+        values = impute_aligned(values, diagonals, policy)
+    return values
 
 
 def impute_aligned(

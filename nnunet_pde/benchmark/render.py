@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_pde.benchmark.pooling import impute_aligned
+from nnunet_pde.benchmark.pooling import metric_values
 from nnunet_pde.benchmark.stats import format_p
 from nnunet_pde.benchmark.writers import fmt_num, md_table, short_trainer
-from nnunet_pde.metrics import DISTANCE_METRICS, ImputationPolicy
+from nnunet_pde.metrics import ImputationPolicy
 from nnunet_pde.metrics.info import METRIC_INFO
 
 # ------------------------------------------------------------------------------ tables
@@ -342,9 +342,7 @@ def boxplot_png(
         data = []
         for t in trainers:
             rr = [r for r in rows if r["trainer"] == t and r["region"] == region]
-            v = np.asarray([float(r[metric]) for r in rr], dtype=np.float64)
-            if metric in DISTANCE_METRICS:
-                v = impute_aligned(v, [float(r["image_diagonal_mm"]) for r in rr], policy)
+            v = metric_values(rr, metric, policy)
             data.append(v[np.isfinite(v)])
         ax.boxplot(data, showmeans=True, widths=0.6)
         ax.set_xticks(range(1, len(trainers) + 1))

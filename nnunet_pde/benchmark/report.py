@@ -34,7 +34,12 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.benchmark.manifest import software_versions
-from nnunet_pde.benchmark.pooling import PooledPredictions, impute_aligned, pool_predictions
+from nnunet_pde.benchmark.pooling import (
+    PooledPredictions,
+    impute_aligned,
+    metric_values,
+    pool_predictions,
+)
 from nnunet_pde.benchmark.render import boxplot_png, render_html, render_latex, render_markdown
 from nnunet_pde.benchmark.runs import RUN_COLUMNS, average_runs, run_results, run_spread_rows
 from nnunet_pde.benchmark.settings import EvaluationSettings, OutputFiles, evaluate_fold_folder
@@ -51,7 +56,7 @@ from nnunet_pde.folders import (
     require_env_folder,
     resolve_dataset_name,
 )
-from nnunet_pde.metrics import DISTANCE_METRICS, ImputationPolicy, aggregate
+from nnunet_pde.metrics import ImputationPolicy, aggregate
 from nnunet_pde.metrics.aggregate import json_safe
 from nnunet_pde.metrics.info import METRIC_INFO
 
@@ -206,11 +211,8 @@ def _align(
         for region in regions:
             rr = [r for r in by_tr[t] if r["region"] == region]
             folds_of[(t, region)] = {str(r["case"]): int(r["fold"]) for r in rr}
-            diag = [float(r["image_diagonal_mm"]) for r in rr]
             for m in metrics:
-                vals = [float(r[m]) for r in rr]
-                if m in DISTANCE_METRICS:
-                    vals = impute_aligned(vals, diag, policy).tolist()
+                vals = metric_values(rr, m, policy).tolist()
                 aligned[(t, region, m)] = {str(r["case"]): v for r, v in zip(rr, vals, strict=True)}
     return regions, by_tr, aligned, folds_of
 

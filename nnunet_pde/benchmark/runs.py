@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_pde.benchmark.pooling import impute_aligned
+from nnunet_pde.benchmark.pooling import metric_values
 from nnunet_pde.benchmark.stats import holm
 from nnunet_pde.errors import BenchmarkError
-from nnunet_pde.metrics import DISTANCE_METRICS, ImputationPolicy
+from nnunet_pde.metrics import ImputationPolicy
 
 __all__ = [
     "RUNS_DIRNAME",
@@ -103,14 +103,6 @@ def parse_runs(runs: int | None = None, run: int | None = None) -> list[int]:
     return [1]
 
 
-def _imputed(rows: Sequence[Mapping[str, Any]], m: str, policy: ImputationPolicy) -> list[float]:
-    vals = [float(r[m]) for r in rows]
-    if m in DISTANCE_METRICS:
-        diag = [float(r["image_diagonal_mm"]) for r in rows]
-        vals = impute_aligned(vals, diag, policy).tolist()
-    return vals
-
-
 def average_runs(
     rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], policy: ImputationPolicy
 ) -> list[dict[str, Any]]:
@@ -128,7 +120,7 @@ def average_runs(
     for group in groups.values():
         row = {k: v for k, v in group[0].items() if k != "run"}
         for m in metrics:
-            vals = np.asarray(_imputed(group, m, policy), dtype=np.float64)
+            vals = metric_values(group, m, policy)
             finite = vals[~np.isnan(vals)]
             row[m] = float(finite.mean()) if finite.size else float("nan")
         row["n_runs"] = len(group)
@@ -169,7 +161,7 @@ def run_spread_rows(
         by_cell[(str(r["trainer"]), str(r["region"]), int(r["run"]))].append(r)
     for (t, region, run), cell in by_cell.items():
         for m in metrics:
-            vals = np.asarray(_imputed(cell, m, policy), dtype=np.float64)
+            vals = metric_values(cell, m, policy)
             vals = vals[~np.isnan(vals)]
             if vals.size:
                 means[(t, region, m)][run] = float(vals.mean())

@@ -231,14 +231,31 @@ class _Geometry:
     direction: tuple[float, ...]
 
 
-def _read_header(path: Path) -> _Geometry:
-    reader = read_image_header(path, EvaluationError)
+def _geometry(image: Any) -> _Geometry:
+    """The grid of a SimpleITK image or of an ``ImageFileReader`` after its header read."""
     return _Geometry(
-        tuple(reversed(reader.GetSize())),
-        tuple(reversed(reader.GetSpacing())),
-        tuple(reader.GetOrigin()),
-        tuple(reader.GetDirection()),
+        tuple(reversed(image.GetSize())),
+        tuple(reversed(image.GetSpacing())),
+        tuple(image.GetOrigin()),
+        tuple(image.GetDirection()),
     )
+
+
+def _read_header(path: Path) -> _Geometry:
+    return _geometry(read_image_header(path, EvaluationError))
+
+
+def _read_label_map(path: Path) -> tuple[np.ndarray, _Geometry]:
+    """A label map (numpy order) and its grid, from one read of ``path``."""
+    import SimpleITK as sitk
+
+    img = read_image(path, EvaluationError)
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise EvaluationError(
+            f"{path} has {img.GetNumberOfComponentsPerPixel()} components per "
+            "voxel; a segmentation must be a single-component label map"
+        )
+    return sitk.GetArrayFromImage(img), _geometry(img)
 
 
 def read_segmentation(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -249,15 +266,8 @@ def read_segmentation(path: Path) -> tuple[np.ndarray, np.ndarray]:
     (seg, spacing)
         ``seg``: integer array (z, y, x for 3-D); ``spacing``: mm per axis, same order.
     """
-    import SimpleITK as sitk
-
-    img = read_image(path, EvaluationError)
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise EvaluationError(
-            f"{path} has {img.GetNumberOfComponentsPerPixel()} components per "
-            "voxel; a segmentation must be a single-component label map"
-        )
-    return sitk.GetArrayFromImage(img), np.asarray(img.GetSpacing()[::-1], dtype=np.float64)
+    seg, geometry = _read_label_map(path)
+    return seg, np.asarray(geometry.spacing, dtype=np.float64)
 
 
 def _checked_labels(seg: np.ndarray, path: Path, what: str, allowed: set[int]) -> np.ndarray:
@@ -384,12 +394,13 @@ def evaluate_case(
     allowed = {0, *(v for r in regions for v in r.values)}
     if ignore_label is not None:
         allowed.add(int(ignore_label))
-    pred_seg, sp_p = read_segmentation(pred_path)
-    ref_seg, sp_r = read_segmentation(ref_path)
+    pred_seg, geo_p = _read_label_map(pred_path)
+    ref_seg, geo_r = _read_label_map(ref_path)
+    sp_r = np.asarray(geo_r.spacing, dtype=np.float64)
     pred_seg = _checked_labels(pred_seg, pred_path, "prediction", allowed)
     ref_seg = _checked_labels(ref_seg, ref_path, "reference", allowed)
-    # the headers again (cheap): evaluate_case is public and may be called on its own
-    problem = _geometry_problem(case, _read_header(pred_path), _read_header(ref_path))
+    # evaluate_case is public and may be called on its own: check the grids it just read
+    problem = _geometry_problem(case, geo_p, geo_r)
     if problem:
         raise EvaluationError(f"geometry differs between prediction and reference: {problem}")
     diagonal = image_diagonal_mm(ref_seg.shape, sp_r)
