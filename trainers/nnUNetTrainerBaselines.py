@@ -11,8 +11,9 @@ network; ``_PaperOptim`` variants use a paper's own optimiser where it differs.
 
 Every class is listed in the "Baselines" table of docs/trainers.md; the networks, their
 sources and their differences from the papers are in docs/baselines.md.
-``build_network_architecture`` reads only the plans and class attributes, because
-``nnUNetv2_predict`` calls it on the class.
+Each network is built by the hook ``build_network`` of
+:class:`~nnunet_pde.trainers.trainer_mixins.NetworkBuilderMixin`, which reads only the plans
+and class attributes, because ``nnUNetv2_predict`` builds the network on the class.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from nnunet_pde.baselines.es_unet import build_es_unet
@@ -32,22 +32,15 @@ from nnunet_pde.baselines.integration import (
 from nnunet_pde.baselines.swin_unet3d import build_swin_unet3d
 from nnunet_pde.baselines.swin_unetr import SWIN_UNETR_PATCH_DIVISOR, build_swin_unetr
 from nnunet_pde.baselines.vnet import VNET_PATCH_DIVISOR, build_vnet
-from nnunet_pde.training import AdamWCosineMixin, TrainingLengthMixin
-
-
-class _Smoke:
-    """Training length of the ``_2epochs_4iters`` smoke variants (not a trainer itself)."""
-
-    epochs = 2
-    iterations_per_epoch = 4
-    val_iterations_per_epoch = 2
-    save_every_epochs = 1
-
+from nnunet_pde.trainers.trainer_mixins import NetworkBuilderMixin, NetworkSpec, SmokeLengthMixin
+from nnunet_pde.training.length import TrainingLengthMixin
+from nnunet_pde.training.optimizers import AdamWCosineMixin
 
 # --------------------------------------------------------------------------------- V-Net
 
 
 class nnUNetTrainerVNet(
+    NetworkBuilderMixin,
     PatchAdaptationMixin,
     NoDeepSupervisionMixin,
     AdamWCosineMixin,
@@ -62,17 +55,13 @@ class nnUNetTrainerVNet(
     vnet_dropout: ClassVar[float] = 0.0
 
     @classmethod
-    def build_network_architecture(
-        cls,
-        plans_manager: PlansManager,
-        configuration_manager: ConfigurationManager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool = True,
-    ) -> nn.Module:
+    def build_network(cls, spec: NetworkSpec) -> nn.Module:
         # single-output network: enable_deep_supervision is ignored
         return build_vnet(
-            configuration_manager, num_input_channels, num_output_channels, cls.vnet_dropout
+            spec.configuration_manager,
+            spec.num_input_channels,
+            spec.num_output_channels,
+            cls.vnet_dropout,
         )
 
 
@@ -81,14 +70,16 @@ class nnUNetTrainerVNet_PaperOptim(StepDecaySGDMixin, nnUNetTrainerVNet):
     epochs (25,000 iterations)."""
 
 
-class nnUNetTrainerVNet_2epochs_4iters(_Smoke, nnUNetTrainerVNet):
+class nnUNetTrainerVNet_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerVNet):
     """Smoke test of V-Net (2 epochs x 4 iterations)."""
 
 
 # --------------------------------------------------------------------------- Swin Unet3D
 
 
-class nnUNetTrainerSwinUNet3D(AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer):
+class nnUNetTrainerSwinUNet3D(
+    NetworkBuilderMixin, AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer
+):
     """Swin Unet3D (Cai et al. 2023), own implementation sized from the plans; deep
     supervision as nnU-Net's; AdamW + warm-up/cosine."""
 
@@ -96,31 +87,26 @@ class nnUNetTrainerSwinUNet3D(AdamWCosineMixin, TrainingLengthMixin, nnUNetTrain
     swin_window: ClassVar[int] = 4
 
     @classmethod
-    def build_network_architecture(
-        cls,
-        plans_manager: PlansManager,
-        configuration_manager: ConfigurationManager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool = True,
-    ) -> nn.Module:
+    def build_network(cls, spec: NetworkSpec) -> nn.Module:
         return build_swin_unet3d(
-            configuration_manager,
-            num_input_channels,
-            num_output_channels,
-            enable_deep_supervision,
+            spec.configuration_manager,
+            spec.num_input_channels,
+            spec.num_output_channels,
+            spec.enable_deep_supervision,
             window=cls.swin_window,
         )
 
 
-class nnUNetTrainerSwinUNet3D_2epochs_4iters(_Smoke, nnUNetTrainerSwinUNet3D):
+class nnUNetTrainerSwinUNet3D_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerSwinUNet3D):
     """Smoke test of Swin Unet3D (2 epochs x 4 iterations)."""
 
 
 # ------------------------------------------------------------------------------- ES-UNet
 
 
-class nnUNetTrainerESUNet(AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer):
+class nnUNetTrainerESUNet(
+    NetworkBuilderMixin, AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer
+):
     """ES-UNet (Park et al. 2025), own implementation sized from the plans: full-scale skip
     connections with channel attention, deep supervision of every decoder scale; AdamW +
     warm-up/cosine."""
@@ -129,24 +115,17 @@ class nnUNetTrainerESUNet(AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer):
     es_cat_channels: ClassVar[int | None] = None
 
     @classmethod
-    def build_network_architecture(
-        cls,
-        plans_manager: PlansManager,
-        configuration_manager: ConfigurationManager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool = True,
-    ) -> nn.Module:
+    def build_network(cls, spec: NetworkSpec) -> nn.Module:
         return build_es_unet(
-            configuration_manager,
-            num_input_channels,
-            num_output_channels,
-            enable_deep_supervision,
+            spec.configuration_manager,
+            spec.num_input_channels,
+            spec.num_output_channels,
+            spec.enable_deep_supervision,
             cat_channels=cls.es_cat_channels,
         )
 
 
-class nnUNetTrainerESUNet_2epochs_4iters(_Smoke, nnUNetTrainerESUNet):
+class nnUNetTrainerESUNet_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerESUNet):
     """Smoke test of ES-UNet (2 epochs x 4 iterations)."""
 
 
@@ -154,6 +133,7 @@ class nnUNetTrainerESUNet_2epochs_4iters(_Smoke, nnUNetTrainerESUNet):
 
 
 class nnUNetTrainerSwinUNETR(
+    NetworkBuilderMixin,
     PatchAdaptationMixin,
     NoDeepSupervisionMixin,
     AdamWCosineMixin,
@@ -166,16 +146,12 @@ class nnUNetTrainerSwinUNETR(
     patch_divisor = SWIN_UNETR_PATCH_DIVISOR
 
     @classmethod
-    def build_network_architecture(
-        cls,
-        plans_manager: PlansManager,
-        configuration_manager: ConfigurationManager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool = True,
-    ) -> nn.Module:
-        return build_swin_unetr(configuration_manager, num_input_channels, num_output_channels)
+    def build_network(cls, spec: NetworkSpec) -> nn.Module:
+        # single-output network: enable_deep_supervision is ignored
+        return build_swin_unetr(
+            spec.configuration_manager, spec.num_input_channels, spec.num_output_channels
+        )
 
 
-class nnUNetTrainerSwinUNETR_2epochs_4iters(_Smoke, nnUNetTrainerSwinUNETR):
+class nnUNetTrainerSwinUNETR_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerSwinUNETR):
     """Smoke test of SwinUNETR (2 epochs x 4 iterations)."""

@@ -12,8 +12,11 @@ attributes only:
 * ``pde_diagnostics``: log the blocks' gate, time step and contribution per epoch (default
   on; nothing is logged for a network without blocks).
 
-``build_network_architecture`` reads only class attributes, because ``nnUNetv2_predict``
-calls it on the class.
+The network is built by the hook ``build_network`` of
+:class:`~nnunet_pde.trainers.trainer_mixins.NetworkBuilderMixin` from the plans and class
+attributes only, because ``nnUNetv2_predict`` builds it on the class. The smoke and demo
+lengths are :class:`~nnunet_pde.trainers.trainer_mixins.SmokeLengthMixin` and
+:class:`~nnunet_pde.trainers.trainer_mixins.DemoLengthMixin`.
 """
 
 from __future__ import annotations
@@ -28,14 +31,21 @@ from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmar
 from nnunetv2.training.nnUNetTrainer.variants.benchmarking.nnUNetTrainerBenchmark_5epochs_noDataLoading import (  # noqa: E501
     nnUNetTrainerBenchmark_5epochs_noDataLoading,
 )
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from nnunet_pde.losses import RegularizerConfig
 from nnunet_pde.network import build_pde3d_network
 from nnunet_pde.pde import PDEConfig
-from nnunet_pde.training import AdamWCosineMixin, RegularizedLossMixin, TrainingLengthMixin
+from nnunet_pde.trainers.trainer_mixins import (
+    DemoLengthMixin,
+    NetworkBuilderMixin,
+    NetworkSpec,
+    SmokeLengthMixin,
+)
 from nnunet_pde.training.diagnostics import PDEDiagnosticsMixin
+from nnunet_pde.training.length import TrainingLengthMixin
+from nnunet_pde.training.loss_terms import RegularizedLossMixin
+from nnunet_pde.training.optimizers import AdamWCosineMixin
 
 #: The full model's regulariser. The weights make each term about 2 % of the Dice+CE loss at
 #: the start of training (measured on the synthetic BraTS-like data: L_pde ~0.16, L_tv ~0.2
@@ -45,7 +55,12 @@ FULL_REGULARIZER = RegularizerConfig(lambda_pde=0.1, lambda_tv=0.05, warmup_frac
 
 
 class nnUNetTrainerPDE3D(
-    PDEDiagnosticsMixin, RegularizedLossMixin, AdamWCosineMixin, TrainingLengthMixin, nnUNetTrainer
+    NetworkBuilderMixin,
+    PDEDiagnosticsMixin,
+    RegularizedLossMixin,
+    AdamWCosineMixin,
+    TrainingLengthMixin,
+    nnUNetTrainer,
 ):
     """Full PDE3D-UNet: a PDE block (semi-implicit anisotropic diffusion, K=2, learned
     response) after the stage feeding the bottleneck; Dice+CE + PDE consistency + TV;
@@ -57,20 +72,14 @@ class nnUNetTrainerPDE3D(
     reg_config: ClassVar[RegularizerConfig] = FULL_REGULARIZER
 
     @classmethod
-    def build_network_architecture(
-        cls,
-        plans_manager: PlansManager,
-        configuration_manager: ConfigurationManager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool = True,
-    ) -> nn.Module:
+    def build_network(cls, spec: NetworkSpec) -> nn.Module:
+        """nnU-Net's planned network with the blocks of ``pde_config`` (none if ``None``)."""
         return build_pde3d_network(
-            plans_manager,
-            configuration_manager,
-            num_input_channels,
-            num_output_channels,
-            enable_deep_supervision,
+            spec.plans_manager,
+            spec.configuration_manager,
+            spec.num_input_channels,
+            spec.num_output_channels,
+            spec.enable_deep_supervision,
             config=cls.pde_config,
             all_stages=cls.pde_all_stages,
         )
@@ -257,49 +266,26 @@ class nnUNetTrainerPDE3D_10epochs(nnUNetTrainerPDE3D):
     epochs = 10
 
 
-class nnUNetTrainerPDE3D_2epochs_4iters(nnUNetTrainerPDE3D):
+class nnUNetTrainerPDE3D_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerPDE3D):
     """Smoke test: 2 epochs x 4 training iterations, 2 validation iterations per epoch,
     checkpoint_latest.pth after every epoch."""
 
-    epochs = 2
-    iterations_per_epoch = 4
-    val_iterations_per_epoch = 2
-    save_every_epochs = 1
 
-
-class nnUNetTrainerPDE3D_Backbone_2epochs_4iters(nnUNetTrainerPDE3D_Backbone):
+class nnUNetTrainerPDE3D_Backbone_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerPDE3D_Backbone):
     """Smoke test of the backbone ablation (2 epochs x 4 iterations)."""
 
-    epochs = 2
-    iterations_per_epoch = 4
-    val_iterations_per_epoch = 2
-    save_every_epochs = 1
 
-
-class nnUNetTrainerPDE3D_LossOnly_2epochs_4iters(nnUNetTrainerPDE3D_LossOnly):
+class nnUNetTrainerPDE3D_LossOnly_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerPDE3D_LossOnly):
     """Smoke test of the loss-only ablation (2 epochs x 4 iterations)."""
 
-    epochs = 2
-    iterations_per_epoch = 4
-    val_iterations_per_epoch = 2
-    save_every_epochs = 1
 
-
-class nnUNetTrainerPDE3D_Demo(nnUNetTrainerPDE3D):
+class nnUNetTrainerPDE3D_Demo(DemoLengthMixin, nnUNetTrainerPDE3D):
     """The README demo: 20 epochs x 8 iterations, 2 validation iterations per epoch."""
 
-    epochs = 20
-    iterations_per_epoch = 8
-    val_iterations_per_epoch = 2
 
-
-class nnUNetTrainerPDE3D_Backbone_Demo(nnUNetTrainerPDE3D_Backbone):
+class nnUNetTrainerPDE3D_Backbone_Demo(DemoLengthMixin, nnUNetTrainerPDE3D_Backbone):
     """The backbone ablation with the demo's length (20 epochs x 8 iterations): the
     reference of the small robustness example in docs/robustness.md."""
-
-    epochs = 20
-    iterations_per_epoch = 8
-    val_iterations_per_epoch = 2
 
 
 # ---------------------------------------------------- nnU-Net's benchmark procedure
