@@ -22,12 +22,18 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from nnunet_pde.commands import build_predict_command, build_train_command
+
 REPO = Path(__file__).resolve().parent.parent
+#: nnU-Net's configuration and plans identifier that the demo trains and predicts with
+CONFIGURATION = "3d_fullres"
+PLANS = "nnUNetPlans"
 
 
-def run(cmd: list[str], env: dict[str, str], step: str) -> float:
+def run(cmd: Sequence[str], env: dict[str, str], step: str) -> float:
     """Run one command, streaming its output; return its wall time in seconds."""
     print(f"\n=== {step}\n$ {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
@@ -100,7 +106,7 @@ def main() -> int:
             "-d",
             did,
             "-c",
-            "3d_fullres",
+            CONFIGURATION,
             "--verify_dataset_integrity",
             "-np",
             "2",
@@ -109,36 +115,22 @@ def main() -> int:
         "2/6 nnU-Net plan and preprocess",
     )
     times["train"] = run(
-        ["nnUNetv2_train", did, "3d_fullres", "0", "-tr", args.trainer, "-device", args.device],
+        build_train_command(did, CONFIGURATION, 0, args.trainer, PLANS, device=args.device),
         env,
         f"3/6 train {args.trainer}, fold 0",
     )
     raw = next((workdir / "nnUNet_raw").glob(f"Dataset{args.dataset_id:03d}_*"))
     pred = workdir / "predictions"
     times["predict"] = run(
-        [
-            "nnUNetv2_predict",
-            "-i",
-            str(raw / "imagesTs"),
-            "-o",
-            str(pred),
-            "-d",
-            did,
-            "-c",
-            "3d_fullres",
-            "-f",
-            "0",
-            "-tr",
-            args.trainer,
-            "-device",
-            args.device,
-        ],
+        build_predict_command(
+            raw / "imagesTs", pred, did, CONFIGURATION, PLANS, args.trainer, [0], args.device
+        ),
         env,
         "4/6 nnUNetv2_predict on the test images",
     )
     plans = (
         next((workdir / "nnUNet_preprocessed").glob(f"Dataset{args.dataset_id:03d}_*"))
-        / "nnUNetPlans.json"
+        / f"{PLANS}.json"
     )
     times["evaluate"] = run(
         [
