@@ -14,7 +14,6 @@ Example (CPU, after nnUNetv2_plan_and_preprocess of a synthetic dataset)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -45,6 +44,7 @@ def main() -> int:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     from nnunet_pde.env import list_trainers
+    from nnunet_pde.files import write_json
 
     pre = os.environ.get("nnUNet_preprocessed")
     if not pre or not os.environ.get("nnUNet_results"):
@@ -115,17 +115,8 @@ def main() -> int:
     for n in sorted(rows, key=lambda k: rows[k]["ratio_vs_backbone"]):
         print(f"{n:<{width}}  {rows[n]['median_s']:11.3f}  {rows[n]['ratio_vs_backbone']:6.2f}")
     if args.output is not None:
-        args.output.write_text(
-            json.dumps(
-                {
-                    "device": str(device),
-                    "dataset": folder.name,
-                    "rounds": args.rounds,
-                    "trainers": rows,
-                },
-                indent=1,
-            )
-        )
+        document = {"device": str(device), "dataset": folder.name, "rounds": args.rounds}
+        write_json(args.output, {**document, "trainers": rows}, indent=1)
         print(f"\nwrote {args.output}")
     return 0
 

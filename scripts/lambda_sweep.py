@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -68,6 +67,7 @@ def main() -> int:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+    from nnunet_pde.files import write_json
     from nnunet_pde.metrics.evaluate import evaluate_folders
     from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 
@@ -127,18 +127,8 @@ def main() -> int:
             f"{v['dice']:>14.3f}/{v['hd95_mm']:5.2f}" for v in row["regions"].values()
         )
         print(f"{row['lambda_pde']:>10g} {row['lambda_tv']:>9g}  {cells}")
-    args.output.write_text(
-        json.dumps(
-            {
-                "dataset": folder.name,
-                "fold": args.fold,
-                "epochs": args.epochs,
-                "iterations_per_epoch": args.iters,
-                "results": results,
-            },
-            indent=1,
-        )
-    )
+    schedule = {"fold": args.fold, "epochs": args.epochs, "iterations_per_epoch": args.iters}
+    write_json(args.output, {"dataset": folder.name, **schedule, "results": results}, indent=1)
     print(f"\nwrote {args.output}")
     return 0
 
