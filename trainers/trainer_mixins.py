@@ -20,8 +20,6 @@ from typing import ClassVar
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_pde.training.length import TrainingLengthMixin
-
 
 @dataclass(frozen=True)
 class NetworkSpec:
@@ -85,10 +83,11 @@ class NetworkBuilderMixin:
         raise NotImplementedError(f"{cls.__name__} does not define build_network(spec)")
 
 
-class SmokeLengthMixin(TrainingLengthMixin):
+class SmokeLengthMixin:
     """Training length of the ``_2epochs_4iters`` smoke variants: 2 epochs x 4 training
     iterations, 2 validation iterations per epoch, ``checkpoint_latest.pth`` after every
-    epoch. Put it before the trainer it shortens."""
+    epoch. The class attributes of ``TrainingLengthMixin`` (which the trainer it shortens
+    has); put it before that trainer in the bases."""
 
     epochs: ClassVar[int | None] = 2
     iterations_per_epoch: ClassVar[int | None] = 4
@@ -96,9 +95,10 @@ class SmokeLengthMixin(TrainingLengthMixin):
     save_every_epochs: ClassVar[int | None] = 1
 
 
-class DemoLengthMixin(TrainingLengthMixin):
+class DemoLengthMixin:
     """Training length of the README demo's ``_Demo`` variants: 20 epochs x 8 training
-    iterations, 2 validation iterations per epoch. Put it before the trainer it shortens."""
+    iterations, 2 validation iterations per epoch. The class attributes of
+    ``TrainingLengthMixin``; put it before the trainer it shortens."""
 
     epochs: ClassVar[int | None] = 20
     iterations_per_epoch: ClassVar[int | None] = 8
