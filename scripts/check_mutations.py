@@ -83,7 +83,7 @@ MUTATIONS = (
     ),
     Mutation(
         "cosine schedule inverted",
-        "nnunet_pde/training/__init__.py",
+        "nnunet_pde/training/schedulers.py",
         "0.5 * (1.0 + math.cos(math.pi * t))",
         "0.5 * (1.0 - math.cos(math.pi * t))",
         ("tests/test_training_schedule.py::test_learning_rate_at_known_epochs",),
@@ -353,7 +353,7 @@ MUTATIONS = (
     ),
     Mutation(
         "PDE parameter group: its lr_scale ignored by the schedule",
-        "nnunet_pde/training/__init__.py",
+        "nnunet_pde/training/schedulers.py",
         'group["lr"] = lr * group.get("lr_scale", 1.0)',
         'group["lr"] = lr',
         (

@@ -19,7 +19,7 @@ from plan_fixtures import load_plans, managers, nnunet_subprocess_env
 from nnunet_pde.env import list_trainers
 from nnunet_pde.losses import RegularizedSegmentationLoss
 from nnunet_pde.network import pde_blocks
-from nnunet_pde.training import LOSS_TERM_KEYS
+from nnunet_pde.training.loss_terms import LOSS_TERM_KEYS
 
 
 def pde_family() -> dict[str, type]:

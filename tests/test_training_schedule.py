@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nnunet_pde.training import WarmupCosineLRScheduler
+from nnunet_pde.training.schedulers import WarmupCosineLRScheduler
 
 
 def _scheduler(max_steps: int = 20, warmup: int = 2) -> tuple[torch.optim.Optimizer, object]:

@@ -20,7 +20,7 @@ from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
     nnUNetTrainerPDE3D_PDELR10,
     nnUNetTrainerPDE3D_Stages01,
 )
-from nnunet_pde.training import FewLabelMixin
+from nnunet_pde.training.subsets import FewLabelMixin
 
 # ------------------------------------------------------------------ full model
 

@@ -22,7 +22,8 @@ from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
     nnUNetTrainerPDE3D_Backbone,
     nnUNetTrainerPDE3D_LossOnly,
 )
-from nnunet_pde.training import FewLabelMixin, TrainingLengthMixin
+from nnunet_pde.training.length import TrainingLengthMixin
+from nnunet_pde.training.subsets import FewLabelMixin
 
 
 class ShortCPUScheduleMixin(TrainingLengthMixin):

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from nnunet_pde.baselines.plans import plans_with_adapted_patch
-from nnunet_pde.training import EpochLRScheduler
+from nnunet_pde.training.init_hooks import InitHooksMixin
+from nnunet_pde.training.schedulers import EpochStepLRScheduler
 
 
-class PatchAdaptationMixin:
+class PatchAdaptationMixin(InitHooksMixin):
     """Adapt the planned patch size to what the network needs, in the plans themselves.
 
     ``patch_divisor`` (class attribute): every patch axis must be divisible by it (an int,
@@ -27,38 +28,25 @@ class PatchAdaptationMixin:
     them, so the trainer's ``configuration_manager`` (data loading, augmentation, validation
     sliding window), the ``plans.json`` that nnU-Net writes into the results folder (read by
     ``nnUNetv2_predict``) and the init arguments stored in checkpoints all carry the adapted
-    size. The caller's dict is not modified.
+    size (:meth:`~nnunet_pde.training.init_hooks.InitHooksMixin.adapt_plans`). The caller's
+    dict is not modified.
     """
 
     patch_divisor: ClassVar[int | tuple[int, int, int] | None] = None
 
-    # nnUNetTrainer's own signature: nnU-Net records the parameters by name.
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 - nnU-Net's default
-    ) -> None:
-        plans = plans_with_adapted_patch(plans, configuration, self.patch_divisor)
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def adapt_plans(self, plans: dict, configuration: str) -> dict:
+        return plans_with_adapted_patch(
+            super().adapt_plans(plans, configuration), configuration, self.patch_divisor
+        )
 
 
-class NoDeepSupervisionMixin:
+class NoDeepSupervisionMixin(InitHooksMixin):
     """For networks with a single full-resolution output: nnU-Net's loss without the
     deep-supervision wrapper, no down-sampled targets, and a no-op
     ``set_deep_supervision_enabled`` (nnU-Net calls it around validation)."""
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),  # noqa: B008 - nnU-Net's default
-    ) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def after_init(self) -> None:
+        super().after_init()
         self.enable_deep_supervision = False
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
@@ -87,23 +75,7 @@ class StepDecaySGDMixin:
             momentum=self.paper_momentum,
             weight_decay=self.paper_weight_decay,
         )
-        scheduler = _EpochStepLR(
+        scheduler = EpochStepLRScheduler(
             optimizer, self.paper_lr, self.paper_lr_step_epochs, self.paper_lr_gamma
         )
         return optimizer, scheduler
-
-
-class _EpochStepLR(EpochLRScheduler):
-    """``lr(e) = initial_lr * gamma ** (e // step_epochs)``; ``step(epoch)`` as nnU-Net
-    calls it (``self.lr_scheduler.step(self.current_epoch)``)."""
-
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, initial_lr: float, step_epochs: int, gamma: float
-    ) -> None:
-        self.initial_lr = initial_lr
-        self.step_epochs = max(int(step_epochs), 1)
-        self.gamma = gamma
-        super().__init__(optimizer)
-
-    def lr_at(self, epoch: int) -> float:
-        return self.initial_lr * self.gamma ** (epoch // self.step_epochs)

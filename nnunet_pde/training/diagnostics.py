@@ -31,7 +31,7 @@ import torch
 
 from nnunet_pde.network import pde_blocks
 from nnunet_pde.pde import PDEBlock
-from nnunet_pde.training import pad_logged_series
+from nnunet_pde.training.logged_series import pad_logged_series
 
 #: Per-block quantities, in the order of the logger keys ``pde_<block>_<quantity>``.
 QUANTITIES: tuple[str, ...] = ("gamma_abs_mean", "gamma_abs_max", "tau", "contribution")

@@ -9,8 +9,7 @@ prefix of one seeded permutation of the fold's (sorted) training case ids, so
 * subsets are nested: the 10 % subset contains the 5 % one, and so on;
 * it has ``ceil(fraction * n)`` cases, at least one.
 
-Nothing here imports nnunetv2; :class:`nnunet_pde.training.FewLabelMixin` applies it in
-nnU-Net's ``do_split``.
+:class:`FewLabelMixin` applies it in nnU-Net's ``do_split`` (nothing here imports nnunetv2).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,6 +29,7 @@ __all__ = [
     "FEW_LABEL_FRACTIONS",
     "SEED_ENV_VAR",
     "SUBSET_FILE",
+    "FewLabelMixin",
     "check_fraction",
     "few_label_subset",
     "subset_size",
@@ -119,3 +119,46 @@ def write_subset_record(
     path = folder / SUBSET_FILE
     write_json(path, record, indent=2)
     return path
+
+
+class FewLabelMixin:
+    """Train on a nested, seeded fraction of each fold's training cases (few-label regime).
+
+    ``do_split`` returns nnU-Net's split with the training keys reduced to
+    :func:`few_label_subset` of them; the validation keys stay the fold's full validation
+    set, so nnU-Net's final validation scores every validation case. The subset is written
+    to ``few_label_subset.json`` in the fold folder. ``few_label_fraction = None`` keeps the
+    whole fold. The seed is ``few_label_seed`` unless the environment variable
+    ``NNUNET_PDE_FEW_LABEL_SEED`` is set.
+    """
+
+    few_label_fraction: ClassVar[float | None] = None
+    few_label_seed: ClassVar[int] = 0
+
+    def do_split(self):
+        tr_keys, val_keys = super().do_split()
+        if self.few_label_fraction is None:
+            return tr_keys, val_keys
+        env_seed = os.environ.get(SEED_ENV_VAR)
+        try:
+            seed = self.few_label_seed if env_seed in (None, "") else int(env_seed)
+        except ValueError:
+            raise ValueError(f"{SEED_ENV_VAR} must be an integer, got '{env_seed}'") from None
+        selected = few_label_subset(tr_keys, self.few_label_fraction, seed)
+        self.print_to_log_file(
+            f"Few-label regime: training on {len(selected)} of {len(tr_keys)} training cases "
+            f"(fraction {self.few_label_fraction:g}, seed {seed}); validating on all "
+            f"{len(val_keys)} validation cases."
+        )
+        if self.local_rank == 0:
+            write_subset_record(
+                self.output_folder,
+                fraction=self.few_label_fraction,
+                seed=seed,
+                fold=self.fold,
+                train_keys=tr_keys,
+                selected=selected,
+                val_keys=val_keys,
+                extra={"trainer": type(self).__name__},
+            )
+        return selected, val_keys

@@ -19,7 +19,7 @@ from plan_fixtures import REPO, load_plans  # noqa: E402
 from nnunet_pde.baselines import adapt_patch_size, plans_with_adapted_patch  # noqa: E402
 from nnunet_pde.env import EXT_TRAINER_VAR, list_trainers, trainer_dir  # noqa: E402
 from nnunet_pde.trainers import nnUNetTrainerBaselines as baselines  # noqa: E402
-from nnunet_pde.training import WarmupCosineLRScheduler  # noqa: E402
+from nnunet_pde.training.schedulers import WarmupCosineLRScheduler  # noqa: E402
 
 BASELINES = sorted(
     name
