@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.errors import NnunetPdeError
+from nnunet_pde.files import read_image
 
 #: The severity levels that exist (level 0 = the clean images, never written).
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -509,7 +510,7 @@ def apply_recorded(
     if isinstance(image, np.ndarray):
         x = image
     else:
-        x, affine = _read_image(Path(image))
+        x, affine, _ = read_image_array(Path(image))
     if x.shape != shape:
         raise ShiftError(f"image has shape {x.shape} (z, y, x); the entry was recorded for {shape}")
     background = _zero_background(x) if restore else None
@@ -525,14 +526,16 @@ def apply_recorded(
     return cast_to_dtype(y, dtype) if cast else y
 
 
-def _read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Array ``(z, y, x)`` and TorchIO's RAS affine of a 3-D scalar image file."""
+def read_image_array(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Array ``(z, y, x)``, TorchIO's RAS affine (4 x 4, mm) and the SimpleITK image of a
+    3-D scalar image file (read by :func:`nnunet_pde.files.read_image`); ShiftError if it
+    is unreadable, damaged or not 3-D scalar."""
     import SimpleITK as sitk
     from torchio.data.io import get_ras_affine_from_sitk
 
-    image = sitk.ReadImage(str(path))
+    image = read_image(path, ShiftError)
     check_3d_scalar(image, path)
-    return sitk.GetArrayFromImage(image), get_ras_affine_from_sitk(image)
+    return sitk.GetArrayFromImage(image), get_ras_affine_from_sitk(image), image
 
 
 def check_3d_scalar(image: Any, path: Path) -> None:

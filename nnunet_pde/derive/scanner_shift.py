@@ -73,9 +73,10 @@ from nnunet_pde.derive.perturbations import (
     image_info,
     image_rng,
     perturb_channel,
+    read_image_array,
 )
 from nnunet_pde.errors import check_replaceable, recover_interrupted, staged_folder
-from nnunet_pde.files import read_json, write_image, write_json
+from nnunet_pde.files import read_image_header, read_json, write_image, write_json
 from nnunet_pde.folders import find_raw_dataset
 from nnunet_pde.formats import SHIFT_FORMAT_VERSION as FORMAT_VERSION
 from nnunet_pde.formats import SHIFT_KIND as KIND
@@ -321,8 +322,6 @@ def derive_shifted_images(
 def _test_images(dataset: Path) -> tuple[str, list[str], dict[str, list[str]]]:
     """File ending, channel keys (``0000`` ...) and case -> channels of ``imagesTs``; every
     header is read, so an unreadable or non-3D image fails before anything is written."""
-    import SimpleITK as sitk
-
     content = _read_dataset_json(dataset)
     file_ending: str = content["file_ending"]
     channels = content.get("channel_names", content.get("modality"))
@@ -340,13 +339,7 @@ def _test_images(dataset: Path) -> tuple[str, list[str], dict[str, list[str]]]:
     for case, found in cases.items():  # headers only: fail before writing anything
         for channel in found:
             path = images / f"{case}_{channel}{file_ending}"
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            try:
-                reader.ReadImageInformation()
-            except RuntimeError as exc:
-                raise ShiftError(f"SimpleITK cannot read {path}: {exc}") from None
-            check_3d_scalar(reader, path)
+            check_3d_scalar(read_image_header(path, ShiftError), path)
     return file_ending, channel_keys, cases
 
 
@@ -429,13 +422,10 @@ def _shift_case(
     advance: Callable[[int, str], None] | None = None,
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """Perturb every channel of one case; write into ``folder``; the records per level."""
-    import SimpleITK as sitk
-
     records: dict[tuple[str, int], dict[str, Any]] = {(n, k): {} for n in names for k in levels}
     for channel in channels:
         file_name = f"{case}_{channel}{file_ending}"
-        reference = sitk.ReadImage(str(images / file_name))
-        x, affine = sitk.GetArrayFromImage(reference), _ras_affine(reference)
+        x, affine, reference = read_image_array(images / file_name)
         info = image_info(x, affine)
         for name in names:
             for level in levels:
@@ -491,9 +481,3 @@ def _run_cases(
                 results[job[1]] = future.result()
                 advance(len(job[2]) * len(job[4]) * len(job[5]), f"case {job[1]}")
     return results
-
-
-def _ras_affine(image: Any) -> np.ndarray:
-    from torchio.data.io import get_ras_affine_from_sitk
-
-    return get_ras_affine_from_sitk(image)
