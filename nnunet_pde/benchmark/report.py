@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.benchmark.manifest import software_versions
+from nnunet_pde.benchmark.outcome import WrittenOutcome
 from nnunet_pde.benchmark.pooling import (
     PooledPredictions,
     impute_aligned,
@@ -257,16 +258,13 @@ def _per_fold_rows(
 # ------------------------------------------------------------------------------ driver
 
 
-@dataclass
-class ReportOutcome:
-    """What ``benchmark report`` produced."""
+@dataclass(kw_only=True)
+class ReportOutcome(WrittenOutcome):
+    """What ``benchmark report`` produced: :class:`WrittenOutcome` (``summary.csv``,
+    ``per_case_metrics.csv``, ``report.json``), the rows of ``per_fold.csv``, and those of
+    ``runs.csv`` (None for a single run)."""
 
-    output: Path
-    files: list[Path]
-    summary: list[dict[str, Any]]
     per_fold: list[dict[str, Any]]
-    per_case: list[dict[str, Any]]
-    meta: dict[str, Any]
     runs: list[dict[str, Any]] | None = None
 
 
@@ -523,4 +521,12 @@ def make_report(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     written = _write_report(out, per_case, summary, per_fold, metrics, meta, policy, run_rows)
-    return ReportOutcome(out, written, summary, per_fold, per_case, meta, run_rows)
+    return ReportOutcome(
+        output=out,
+        files=written,
+        per_case=per_case,
+        summary=summary,
+        meta=meta,
+        per_fold=per_fold,
+        runs=run_rows,
+    )

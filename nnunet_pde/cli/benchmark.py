@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnunet_pde.cli.options import (
     add_command,
@@ -19,6 +19,9 @@ from nnunet_pde.cli.options import (
     trainer_grid_options,
 )
 from nnunet_pde.errors import BenchmarkError
+
+if TYPE_CHECKING:
+    from nnunet_pde.benchmark.outcome import WrittenOutcome
 
 __all__ = ["register_cli"]
 
@@ -141,10 +144,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else 1
 
 
-def _print_written(outcome: Any) -> None:
-    print(f"\nwrote {len(outcome.files)} files to {outcome.output}:")
-    for f in outcome.files:
-        print(f"  {f.name}")
+def _print_written(outcome: WrittenOutcome) -> None:
+    """The output folder and the files written into it, after a blank line."""
+    print("\n" + "\n".join(outcome.written_lines()))
 
 
 def _evaluation_settings(args: argparse.Namespace) -> Any:

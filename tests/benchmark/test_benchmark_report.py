@@ -86,14 +86,11 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def report(tree: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("report_out")
-    return make_report(
-        "987",
-        [PERFECT, SHIFT, ERODE],
+def report_options(tree: dict[str, str], output: Path) -> dict:
+    """The options of the module's report (five folds, worst-value imputation, seed 7)."""
+    return dict(
         folds=[0, 1, 2, 3, 4],
-        output=out,
+        output=output,
         policy=ImputationPolicy("worst", WORST),
         n_bootstrap=2000,
         seed=7,
@@ -102,6 +99,12 @@ def report(tree: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
         environ=tree,
         print_fn=lambda s: None,
     )
+
+
+@pytest.fixture(scope="module")
+def report(tree: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("report_out")
+    return make_report("987", [PERFECT, SHIFT, ERODE], **report_options(tree, out))
 
 
 def _row(report, trainer: str, region: str, metric: str) -> dict:
@@ -249,17 +252,7 @@ def test_files_tables_and_html(report) -> None:
 
 
 def test_refuses_to_overwrite_and_is_deterministic(tree: dict[str, str], report) -> None:
-    kwargs = dict(
-        folds=[0, 1, 2, 3, 4],
-        output=report.output,
-        policy=ImputationPolicy("worst", WORST),
-        n_bootstrap=2000,
-        seed=7,
-        num_workers=1,
-        progress=False,
-        environ=tree,
-        print_fn=lambda s: None,
-    )
+    kwargs = report_options(tree, report.output)
     with pytest.raises(FileExistsError, match="--overwrite"):
         make_report("987", [PERFECT, SHIFT, ERODE], **kwargs)
     before = (report.output / "summary.csv").read_text()

@@ -31,11 +31,16 @@ Modules:
 
 - :mod:`~nnunet_pde.benchmark.robustness.model`: output names, the clean point, severity AUC and
   drop (pure functions), and the plan structures (conditions, curves, outcome);
-- :mod:`~nnunet_pde.benchmark.robustness.pipeline`: shared steps: pooling, evaluation against the
-  clean references, summaries, writing the outputs;
+- :mod:`~nnunet_pde.benchmark.robustness.study`: what a regime declares (:class:`~.study.Study`:
+  its points, curves and record; :class:`~.study.Point`: one trainer at one level);
+- :mod:`~nnunet_pde.benchmark.robustness.pipeline`: :func:`~.pipeline.run` takes a study through
+  the same steps in one order: output folder, predictions, pooling, evaluation against the
+  references, summaries, writing the outputs;
 - :mod:`~nnunet_pde.benchmark.robustness.render`: Markdown tables and PNG curves;
 - :mod:`~nnunet_pde.benchmark.robustness.few_labels`, :mod:`~.noisy_labels`,
-  :mod:`~.scanner_shift`: the three regimes (the last one also runs ``nnUNetv2_predict``).
+  :mod:`~.scanner_shift`: the three regimes, each a function that checks its arguments and a
+  :class:`~.study.Study`; :mod:`~.predictions` makes the scanner-shift test predictions
+  (``nnUNetv2_predict``).
 """
 
 from __future__ import annotations

@@ -7,34 +7,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from nnunet_pde.benchmark.robustness.model import (
-    ROBUSTNESS_DIRNAME,
-    Condition,
-    Curve,
-    RobustnessOutcome,
-    RobustnessPlan,
-)
-from nnunet_pde.benchmark.robustness.pipeline import (
-    check_output_folder,
-    common_setup,
-    evaluate_and_write,
-    pool_oof,
-    preprocessed_dataset_json,
-    train_hint,
-)
+from nnunet_pde.benchmark.robustness.model import Condition, Curve, RobustnessOutcome
+from nnunet_pde.benchmark.robustness.pipeline import check_inputs, preprocessed_dataset_json, run
+from nnunet_pde.benchmark.robustness.study import Point, Study, StudyInputs
 from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import read_json
-from nnunet_pde.folders import (
-    fold_dir,
-    gt_segmentations,
-    read_splits,
-    require_env_folder,
-    resolve_dataset_name,
-    trainer_dir_name,
-)
+from nnunet_pde.folders import fold_dir, gt_segmentations, require_env_folder, resolve_dataset_name
 from nnunet_pde.formats import SUBSET_FILE
 
 # ----------------------------------------------------------------------------- few labels
@@ -89,6 +70,8 @@ def robustness_few_labels(
     Returns
     -------
     RobustnessOutcome
+        One curve, ``label-fraction``; each condition's ``info`` (in ``robustness.json``)
+        holds its pooling and the subset record of every fold.
 
     Raises
     ------
@@ -98,156 +81,130 @@ def robustness_few_labels(
     FileExistsError
         ``output`` is not empty and ``overwrite`` is False (checked before any evaluation).
     """
-    settings = EvaluationSettings.of(settings, **options)
-    env = settings.env
-    trainers, fold_list, metrics = common_setup(trainers, settings)
-    percents = _parse_fractions(fractions)
-    bad = [t for t in trainers if re.search(r"_Frac\d+$", t)]
-    if bad:
-        raise BenchmarkError(
-            f"pass the base trainers, not the few-label ones ({', '.join(bad)}): the _FracNN "
-            "names are made from --trainers and --fractions"
-        )
-    results = require_env_folder("nnUNet_results", env)
-    preprocessed = require_env_folder("nnUNet_preprocessed", env)
-    name = resolve_dataset_name(dataset, env)
-    gt = gt_segmentations(preprocessed / name)
-    ds_json = preprocessed_dataset_json(preprocessed, None, name)
-    file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
-    out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "few-labels")
-    check_output_folder(out, settings.overwrite)
-
-    grid = _FewLabelGrid(
-        results, preprocessed / name, name, gt, ds_json, file_ending, fold_list, settings
-    )
-    conditions, warnings = grid.conditions(trainers, percents)
-    plan = grid.plan(trainers, percents, conditions, warnings)
-    return evaluate_and_write(plan, out, metrics, settings)
+    inputs = check_inputs(trainers, EvaluationSettings.of(settings, **options))
+    return run(FewLabelStudy.of(dataset, fractions, inputs))
 
 
 @dataclass(frozen=True)
-class _FewLabelGrid:
-    """The models of one few-labels comparison: where they are and what they are scored on."""
+class FewLabelStudy(Study):
+    """The models of one few-labels comparison: ``<T>_FracNN`` at NN %, ``<T>`` at 100 %,
+    their pooled out-of-fold predictions scored against ``gt_segmentations``."""
 
-    results: Path
-    pre: Path
-    name: str
+    regime: ClassVar[str] = "few-labels"
+    heading: ClassVar[str] = "Robustness to few labels"
+    axis: ClassVar[str] = "label fraction (share of each fold's training cases)"
+    clean_level: ClassVar[float] = 1.0
+
+    inputs: StudyInputs
+    dataset: str
+    percents: list[int]  # below 100, sorted
     gt: Path
     ds_json: Path
     file_ending: str
-    folds: list[int]
-    settings: EvaluationSettings
 
-    def conditions(
-        self, trainers: Sequence[str], percents: Sequence[int]
-    ) -> tuple[dict[tuple[str, str], Condition], list[str]]:
-        """One condition per (trainer, fraction), and the warnings about them."""
-        s = self.settings
-        splits = read_splits(self.pre)
+    @classmethod
+    def of(
+        cls, dataset: str | int, fractions: Sequence[int | float | str], inputs: StudyInputs
+    ) -> FewLabelStudy:
+        """Checked: BenchmarkError for a bad fraction, a ``_FracNN`` trainer or missing
+        preprocessed references."""
+        percents = _parse_fractions(fractions)
+        bad = [t for t in inputs.trainers if re.search(r"_Frac\d+$", t)]
+        if bad:
+            raise BenchmarkError(
+                f"pass the base trainers, not the few-label ones ({', '.join(bad)}): the _FracNN "
+                "names are made from --trainers and --fractions"
+            )
+        env = inputs.settings.env
+        preprocessed = require_env_folder("nnUNet_preprocessed", env)
+        name = resolve_dataset_name(dataset, env)
+        gt = gt_segmentations(preprocessed / name)
+        ds_json = preprocessed_dataset_json(preprocessed, None, name)
+        file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
+        return cls(inputs, name, percents, gt, ds_json, file_ending)
+
+    def points(self) -> list[Point]:
+        """One point per (trainer, fraction): the model ``few_label_trainer(trainer, NN)``."""
+        return [
+            Point(
+                trainer=t,
+                key=few_label_trainer(t, pct),
+                curve="label-fraction",
+                level=pct / 100,
+                label=f"{pct} %",
+                reference=self.gt,
+                dataset_json=self.ds_json,
+                file_ending=self.file_ending,
+                dataset=self.dataset,
+                model=few_label_trainer(t, pct),
+                point=f"frac{pct}",
+            )
+            for t in self.inputs.trainers
+            for pct in [*self.percents, 100]
+        ]
+
+    def check_conditions(self, conditions: Mapping[tuple[str, str], Condition]) -> list[str]:
+        """The subset record of every few-label fold into ``info["subsets"]``; warnings for a
+        missing record, a fraction other than the name's and differing subset seeds."""
         warnings: list[str] = []
-        conditions: dict[tuple[str, str], Condition] = {}
-        missing: list[str] = []
         seeds: dict[tuple[int, int], dict[str, Any]] = {}
         no_record: list[str] = []
-        for t in trainers:
-            for pct in [*percents, 100]:
-                model = few_label_trainer(t, pct)
-                pooled = pool_oof(
-                    self.results, self.name, model, s.plans, s.configuration, self.folds,
-                    self.file_ending, splits, warnings,
-                )  # fmt: skip
-                if pooled is None:
-                    missing.append(self._missing(model))
-                    continue
-                sources, cases, pool_info = pooled
-                subsets: dict[str, Any] = {}
-                if pct < 100:
-                    for _, k in sources:
-                        rec_path = self._fold(model, k) / SUBSET_FILE
-                        if not rec_path.is_file():
-                            no_record.append(f"{model}/fold_{k}")
-                            continue
-                        rec = read_json(rec_path, BenchmarkError)
-                        subsets[str(k)] = _subset_record(rec, rec_path, model, pct, warnings)
-                        seeds.setdefault((pct, int(k)), {})[t] = rec.get("seed")
-                conditions[(t, f"frac{pct}")] = Condition(
-                    key=model,
-                    trainer=t,
-                    curve="label-fraction",
-                    level=pct / 100,
-                    label=f"{pct} %",
-                    sources=sources,
-                    reference=self.gt,
-                    dataset_json=self.ds_json,
-                    cases=cases,
-                    info={"pooling": pool_info, "subsets": subsets},
-                )
-        if missing:
-            raise BenchmarkError(
-                "no out-of-fold validation predictions for these models; train them first:\n"
-                + "\n".join(missing),
-                multiline=True,
-            )
+        for t in self.inputs.trainers:
+            for pct in [*self.percents, 100]:
+                c = conditions[(t, f"frac{pct}")]
+                c.info["subsets"] = self._subsets(c, pct, warnings, no_record, seeds)
         if no_record:
             warnings.append(
                 f"no {SUBSET_FILE} in {len(no_record)} few-label fold folder(s) "
                 f"({', '.join(no_record[:5])}): the training subsets cannot be confirmed"
             )
-        warnings.extend(_seed_warnings(seeds))
-        return conditions, warnings
+        return warnings + _seed_warnings(seeds)
 
-    def _fold(self, model: str, k: int | None) -> Path:
-        s = self.settings
-        return fold_dir(self.results, self.name, model, s.plans, s.configuration, k)
-
-    def _missing(self, model: str) -> str:
-        s = self.settings
-        folder = self.results / self.name / trainer_dir_name(model, s.plans, s.configuration)
-        return (
-            f"  {model}: no predictions in {folder}/fold_*/validation for folds "
-            f"{', '.join(map(str, self.folds))}; train them with\n"
-            + train_hint(self.name, model, s.configuration, s.plans, self.folds)
-        )
-
-    def plan(
+    def _subsets(
         self,
-        trainers: list[str],
-        percents: Sequence[int],
-        conditions: dict[tuple[str, str], Condition],
+        c: Condition,
+        pct: int,
         warnings: list[str],
-    ) -> RobustnessPlan:
-        """The one curve (label fraction) and what the outputs record about it."""
-        name, folds = self.name, self.folds
-        curve = Curve(
-            id="label-fraction",
-            title=f"Few labels: metric versus label fraction ({name})",
-            points=[(p / 100, f"frac{p}") for p in [*percents, 100]],
-        )
-        return RobustnessPlan(
-            regime="few-labels",
-            title=f"Robustness to few labels: {name}",
-            dataset=name,
-            axis="label fraction (share of each fold's training cases)",
-            clean_level=1.0,
-            trainers=trainers,
-            conditions=conditions,
-            curves=[curve],
-            meta={
-                "configuration": self.settings.configuration,
-                "plans": self.settings.plans,
-                "folds": folds,
-                "fractions_percent": [*percents, 100],
-                "reference_folder": str(self.gt),
-                "how": (
-                    "Each trainer T at fraction NN % is the model T_FracNN (trained on a "
-                    "nested, seeded NN % subset of each fold's training cases), 100 % is T "
-                    "itself; out-of-fold validation predictions pooled over folds "
-                    f"{', '.join(map(str, folds))} (every case once), scored against "
-                    f"{self.gt} (nnU-Net's own validation references)."
-                ),
-            },
-            warnings=warnings,
-        )
+        no_record: list[str],
+        seeds: dict[tuple[int, int], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Per fold of a few-label condition, its subset record (none at 100 %)."""
+        s = self.inputs.settings
+        subsets: dict[str, Any] = {}
+        for _, k in c.sources if pct < 100 else ():
+            folder = fold_dir(self.inputs.results, self.dataset, c.key, s.plans, s.configuration, k)
+            rec_path = folder / SUBSET_FILE
+            if not rec_path.is_file():
+                no_record.append(f"{c.key}/fold_{k}")
+                continue
+            rec = read_json(rec_path, BenchmarkError)
+            subsets[str(k)] = _subset_record(rec, rec_path, c.key, pct, warnings)
+            seeds.setdefault((pct, int(k)), {})[c.trainer] = rec.get("seed")
+        return subsets
+
+    def curves(self) -> list[Curve]:
+        """The one curve, label fraction."""
+        return [
+            Curve(
+                id="label-fraction",
+                title=f"Few labels: metric versus label fraction ({self.dataset})",
+                points=[(p / 100, f"frac{p}") for p in [*self.percents, 100]],
+            )
+        ]
+
+    def meta(self) -> dict[str, Any]:
+        """The fractions, the references and how the points were made."""
+        folds = ", ".join(map(str, self.inputs.folds))
+        return {
+            "fractions_percent": [*self.percents, 100],
+            "reference_folder": str(self.gt),
+            "how": (
+                "Each trainer T at fraction NN % is the model T_FracNN (trained on a "
+                "nested, seeded NN % subset of each fold's training cases), 100 % is T "
+                f"itself; out-of-fold validation predictions pooled over folds {folds} (every "
+                f"case once), scored against {self.gt} (nnU-Net's own validation references)."
+            ),
+        }
 
 
 def _subset_record(

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from nnunet_pde.benchmark.outcome import WrittenOutcome
 from nnunet_pde.benchmark.writers import STAT_COLUMNS
 from nnunet_pde.metrics.info import METRIC_INFO
 
@@ -239,29 +240,24 @@ class RobustnessPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass
-class RobustnessOutcome:
+@dataclass(kw_only=True)
+class RobustnessOutcome(WrittenOutcome):
     """What ``benchmark robustness`` produced.
 
     Attributes
     ----------
     regime
         ``few-labels``, ``noisy-labels`` or ``scanner-shift``.
-    output, files
-        The output folder and every file written into it.
-    per_case, summary, auc
-        The rows of ``per_case.csv``, ``summary.csv`` and ``auc.csv``.
-    meta
-        The content of ``robustness.json`` without the rows.
+    output, files, per_case, summary, meta
+        As in :class:`~nnunet_pde.benchmark.outcome.WrittenOutcome`: the output folder, every
+        file written into it, the rows of ``per_case.csv`` and ``summary.csv``, and the
+        content of ``robustness.json`` without the rows.
+    auc
+        The rows of ``auc.csv``.
     warnings
         Problems that did not stop the report (missing folds, differing case sets ...).
     """
 
     regime: str
-    output: Path
-    files: list[Path]
-    per_case: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
     auc: list[dict[str, Any]]
-    meta: dict[str, Any]
     warnings: list[str]

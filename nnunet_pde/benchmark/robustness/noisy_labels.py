@@ -5,33 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from nnunet_pde.benchmark.robustness.model import (
-    CLEAN,
-    ROBUSTNESS_DIRNAME,
-    Condition,
-    Curve,
-    RobustnessOutcome,
-    RobustnessPlan,
-)
-from nnunet_pde.benchmark.robustness.pipeline import (
-    check_output_folder,
-    common_setup,
-    evaluate_and_write,
-    pool_oof,
-    preprocessed_dataset_json,
-    train_hint,
-)
+from nnunet_pde.benchmark.robustness.model import CLEAN, Curve, RobustnessOutcome
+from nnunet_pde.benchmark.robustness.pipeline import check_inputs, preprocessed_dataset_json, run
+from nnunet_pde.benchmark.robustness.study import Point, Study, StudyInputs
 from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import read_json
-from nnunet_pde.folders import (
-    read_splits,
-    require_env_folder,
-    resolve_dataset_name,
-    trainer_dir_name,
-)
+from nnunet_pde.folders import read_splits, require_env_folder, resolve_dataset_name
 from nnunet_pde.formats import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
 
 # --------------------------------------------------------------------------- noisy labels
@@ -90,6 +72,8 @@ def robustness_noisy_labels(
     Returns
     -------
     RobustnessOutcome
+        One curve per corruption mode; ``meta["references"]`` names the clean labels each
+        dataset was scored against.
 
     Raises
     ------
@@ -100,37 +84,8 @@ def robustness_noisy_labels(
     FileExistsError
         ``output`` is not empty and ``overwrite`` is False.
     """
-    settings = EvaluationSettings.of(settings, **options)
-    env = settings.env
-    trainers, fold_list, metrics = common_setup(trainers, settings)
-    if not datasets:
-        raise BenchmarkError("no datasets given (--datasets CLEAN NOISY1 NOISY2 ...)")
-    results = require_env_folder("nnUNet_results", env)
-    preprocessed = require_env_folder("nnUNet_preprocessed", env)
-    raw = require_env_folder("nnUNet_raw", env)
-    names = [resolve_dataset_name(d, env) for d in datasets]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise BenchmarkError(f"dataset(s) listed twice: {', '.join(dup)}")
-
-    derived = {n: _read_derived(raw / n) for n in names}
-    clean_name = _the_clean_dataset(derived)
-    others = [n for n in names if n != clean_name]
-    ds_jsons = {n: preprocessed_dataset_json(preprocessed, raw, n) for n in names}
-    file_ending = _check_same_labels(ds_jsons, clean_name, others)
-    refs = _clean_references(raw, preprocessed, clean_name, others)
-    curve_of, curve_info = _noise_curves(derived, others)
-
-    out = settings.output_folder(results / clean_name / ROBUSTNESS_DIRNAME / "noisy-labels")
-    check_output_folder(out, settings.overwrite)
-
-    study = _NoisyLabelStudy(
-        results, preprocessed, names, clean_name, derived, refs, ds_jsons, fold_list, settings
-    )
-    warnings = study.split_warnings()
-    conditions = study.conditions(trainers, file_ending, curve_of, warnings)
-    plan = study.plan(trainers, conditions, _curves(curve_info, clean_name), warnings)
-    return evaluate_and_write(plan, out, metrics, settings)
+    inputs = check_inputs(trainers, EvaluationSettings.of(settings, **options))
+    return run(NoisyLabelStudy.of(datasets, inputs))
 
 
 def _the_clean_dataset(derived: Mapping[str, dict[str, Any] | None]) -> str:
@@ -231,136 +186,122 @@ def _noise_curves(
     return curve_of, curve_info
 
 
-def _curves(curve_info: Mapping[str, dict[str, Any]], clean_name: str) -> list[Curve]:
-    curves = []
-    for cid, info in curve_info.items():
-        pts = sorted((mag, n) for n, mag in info["datasets"].items())
-        title = f"Noisy labels, {info['mode']}"
-        if info["fraction"] != 1.0:
-            title += f" on {info['fraction'] * 100:g} % of the cases"
-        curves.append(
-            Curve(
-                id=cid,
-                title=title + " (x: magnitude in mm)",
-                points=[(0.0, clean_name), *pts],
-                info=info,
-            )
-        )
-    return curves
-
-
 @dataclass(frozen=True)
-class _NoisyLabelStudy:
-    """The datasets of one noisy-labels comparison and what each is scored against."""
+class NoisyLabelStudy(Study):
+    """The datasets of one noisy-labels comparison and what each is scored against: the same
+    trainers on each, their pooled out-of-fold predictions against the clean labels."""
 
-    results: Path
+    regime: ClassVar[str] = "noisy-labels"
+    heading: ClassVar[str] = "Robustness to noisy training labels"
+    axis: ClassVar[str] = "noise magnitude (mm)"
+    clean_level: ClassVar[float] = 0.0
+
+    inputs: StudyInputs
+    dataset: str  # the clean dataset
     preprocessed: Path
     names: list[str]
-    clean_name: str
     derived: Mapping[str, dict[str, Any] | None]
     refs: Mapping[str, Path]
     ds_jsons: Mapping[str, Path]
-    folds: list[int]
-    settings: EvaluationSettings
+    file_ending: str
+    curve_of: Mapping[str, str]
+    curve_info: Mapping[str, dict[str, Any]]
 
-    def split_warnings(self) -> list[str]:
+    @classmethod
+    def of(cls, datasets: Sequence[str | int], inputs: StudyInputs) -> NoisyLabelStudy:
+        """Read and checked: BenchmarkError as listed in :func:`robustness_noisy_labels`."""
+        if not datasets:
+            raise BenchmarkError("no datasets given (--datasets CLEAN NOISY1 NOISY2 ...)")
+        env = inputs.settings.env
+        preprocessed = require_env_folder("nnUNet_preprocessed", env)
+        raw = require_env_folder("nnUNet_raw", env)
+        names = [resolve_dataset_name(d, env) for d in datasets]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise BenchmarkError(f"dataset(s) listed twice: {', '.join(dup)}")
+        derived = {n: _read_derived(raw / n) for n in names}
+        clean_name = _the_clean_dataset(derived)
+        others = [n for n in names if n != clean_name]
+        ds_jsons = {n: preprocessed_dataset_json(preprocessed, raw, n) for n in names}
+        file_ending = _check_same_labels(ds_jsons, clean_name, others)
+        refs = _clean_references(raw, preprocessed, clean_name, others)
+        curve_of, curve_info = _noise_curves(derived, others)
+        return cls(
+            inputs, clean_name, preprocessed, names, derived, refs, ds_jsons, file_ending,
+            curve_of, curve_info,
+        )  # fmt: skip
+
+    def input_warnings(self) -> list[str]:
         """A warning per derived dataset whose splits_final.json is not the clean one's."""
         warnings: list[str] = []
-        clean_splits = read_splits(self.preprocessed / self.clean_name)
+        clean_splits = read_splits(self.preprocessed / self.dataset)
         for n in self.names:
-            if n == self.clean_name:
+            if n == self.dataset:
                 continue
             s = read_splits(self.preprocessed / n)
             if s is not None and clean_splits is not None and s != clean_splits:
                 warnings.append(
-                    f"splits_final.json of {n} differs from {self.clean_name}'s: the folds "
+                    f"splits_final.json of {n} differs from {self.dataset}'s: the folds "
                     "validate different cases"
                 )
         return warnings
 
-    def conditions(
-        self,
-        trainers: Sequence[str],
-        file_ending: str,
-        curve_of: Mapping[str, str],
-        warnings: list[str],
-    ) -> dict[tuple[str, str], Condition]:
-        """One condition per (trainer, dataset): its pooled out-of-fold predictions."""
-        s = self.settings
-        conditions: dict[tuple[str, str], Condition] = {}
-        missing: list[str] = []
-        for t in trainers:
+    def points(self) -> list[Point]:
+        """One point per (trainer, dataset): the trainer trained on that dataset."""
+        points = []
+        for t in self.inputs.trainers:
             for n in self.names:
-                splits = read_splits(self.preprocessed / n)
-                pooled = pool_oof(
-                    self.results, n, t, s.plans, s.configuration, self.folds, file_ending,
-                    splits, warnings,
-                )  # fmt: skip
-                if pooled is None:
-                    folder = self.results / n / trainer_dir_name(t, s.plans, s.configuration)
-                    missing.append(
-                        f"  {n} {t}: no predictions in {folder}/fold_*/validation; train them "
-                        "with\n" + train_hint(n, t, s.configuration, s.plans, self.folds)
-                    )
-                    continue
-                sources, cases, pool_info = pooled
                 d = self.derived[n]
-                conditions[(t, n)] = Condition(
-                    key=n,
-                    trainer=t,
-                    curve=CLEAN if d is None else curve_of[n],
-                    level=0.0 if d is None else d["magnitude_mm"],
-                    label="0 mm (clean)" if d is None else f"{d['magnitude_mm']:g} mm",
-                    sources=sources,
-                    reference=self.refs[n],
-                    dataset_json=self.ds_jsons[n],
-                    cases=cases,
-                    info={"pooling": pool_info, "derived": _derived_info(d)},
+                points.append(
+                    Point(
+                        trainer=t,
+                        key=n,
+                        curve=CLEAN if d is None else self.curve_of[n],
+                        level=0.0 if d is None else d["magnitude_mm"],
+                        label="0 mm (clean)" if d is None else f"{d['magnitude_mm']:g} mm",
+                        reference=self.refs[n],
+                        dataset_json=self.ds_jsons[n],
+                        file_ending=self.file_ending,
+                        dataset=n,
+                        model=t,
+                        info={"derived": _derived_info(d)},
+                    )
                 )
-        if missing:
-            raise BenchmarkError(
-                "no out-of-fold validation predictions for these (dataset, trainer) pairs; "
-                "train them first:\n" + "\n".join(missing),
-                multiline=True,
-            )
-        return conditions
+        return points
 
-    def plan(
-        self,
-        trainers: list[str],
-        conditions: dict[tuple[str, str], Condition],
-        curves: list[Curve],
-        warnings: list[str],
-    ) -> RobustnessPlan:
-        """The curves and what the outputs record about the comparison."""
-        clean_name, folds = self.clean_name, self.folds
-        return RobustnessPlan(
-            regime="noisy-labels",
-            title=f"Robustness to noisy training labels: {clean_name}",
-            dataset=clean_name,
-            axis="noise magnitude (mm)",
-            clean_level=0.0,
-            trainers=trainers,
-            conditions=conditions,
-            curves=curves,
-            meta={
-                "configuration": self.settings.configuration,
-                "plans": self.settings.plans,
-                "folds": folds,
-                "datasets": self.names,
-                "clean_dataset": clean_name,
-                "references": {n: str(p) for n, p in self.refs.items()},
-                "how": (
-                    "Each point is the trainer trained on that dataset (the clean one at 0 mm, "
-                    "the noisy-labels datasets at their magnitude_mm); out-of-fold validation "
-                    f"predictions pooled over folds {', '.join(map(str, folds))}, always "
-                    f"scored against the CLEAN labels ({self.refs[clean_name]} for the clean "
-                    f"dataset, <dataset>/{CLEAN_LABELS_DIR} for a derived one), never the "
-                    "noisy ones."
-                ),
-            },
-            warnings=warnings,
-        )
+    def curves(self) -> list[Curve]:
+        """One curve per corruption mode (and fraction of corrupted cases, if not 1)."""
+        curves = []
+        for cid, info in self.curve_info.items():
+            pts = sorted((mag, n) for n, mag in info["datasets"].items())
+            title = f"Noisy labels, {info['mode']}"
+            if info["fraction"] != 1.0:
+                title += f" on {info['fraction'] * 100:g} % of the cases"
+            curves.append(
+                Curve(
+                    id=cid,
+                    title=title + " (x: magnitude in mm)",
+                    points=[(0.0, self.dataset), *pts],
+                    info=info,
+                )
+            )
+        return curves
+
+    def meta(self) -> dict[str, Any]:
+        """The datasets, their references and how the points were made."""
+        folds = ", ".join(map(str, self.inputs.folds))
+        return {
+            "datasets": self.names,
+            "clean_dataset": self.dataset,
+            "references": {n: str(p) for n, p in self.refs.items()},
+            "how": (
+                "Each point is the trainer trained on that dataset (the clean one at 0 mm, "
+                "the noisy-labels datasets at their magnitude_mm); out-of-fold validation "
+                f"predictions pooled over folds {folds}, always scored against the CLEAN "
+                f"labels ({self.refs[self.dataset]} for the clean dataset, "
+                f"<dataset>/{CLEAN_LABELS_DIR} for a derived one), never the noisy ones."
+            ),
+        }
 
 
 def _derived_info(d: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -1,4 +1,8 @@
-"""Shared steps of the robustness regimes: pooling, evaluation, summaries, writing outputs."""
+"""The robustness pipeline: :func:`run` takes a regime's :class:`~.study.Study` through the
+same steps, in one order (output folder, predictions, pooling, evaluation, summaries, outputs).
+
+Each step is a public function here, so that a step can be read (and tested) on its own; the
+regimes only declare what they score (:mod:`~nnunet_pde.benchmark.robustness.study`)."""
 
 from __future__ import annotations
 
@@ -10,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_pde.benchmark.manifest import software_versions
-from nnunet_pde.benchmark.report import pool_predictions
+from nnunet_pde.benchmark.pooling import pool_predictions
 from nnunet_pde.benchmark.robustness.model import (
     AUC_COLUMNS,
     AUC_CSV,
     DEFAULT_METRICS,
     PER_CASE_CSV,
+    ROBUSTNESS_DIRNAME,
     ROBUSTNESS_FILES,
     ROBUSTNESS_JSON,
     SUMMARY_COLUMNS,
     SUMMARY_CSV,
     TABLES_MD,
+    Condition,
     RobustnessOutcome,
     RobustnessPlan,
     drop_kind,
@@ -28,24 +34,150 @@ from nnunet_pde.benchmark.robustness.model import (
     severity_auc,
 )
 from nnunet_pde.benchmark.robustness.render import curve_png, render_markdown
+from nnunet_pde.benchmark.robustness.study import Point, Study, StudyInputs
 from nnunet_pde.benchmark.settings import EvaluationSettings, OutputFiles, evaluate_fold_folder
 from nnunet_pde.benchmark.writers import stat_fields, write_csv
 from nnunet_pde.errors import BenchmarkError
-from nnunet_pde.files import write_json
+from nnunet_pde.files import list_cases, write_json
 from nnunet_pde.folders import (
     check_trainer_names,
     dataset_id,
     fold_dir,
     parse_folds,
+    read_splits,
+    require_env_folder,
+    trainer_dir_name,
 )
 from nnunet_pde.metrics import ImputationPolicy, aggregate
 from nnunet_pde.metrics.aggregate import json_safe
 from nnunet_pde.metrics.info import METRIC_INFO
 
-# --------------------------------------------------------------------------- shared helpers
+# --------------------------------------------------------------------------------- the run
 
 
-def _check_metrics(metrics: Sequence[str]) -> list[str]:
+def check_inputs(trainers: Sequence[str], settings: EvaluationSettings) -> StudyInputs:
+    """The checked trainer names, fold numbers and metrics of a regime, and nnUNet_results.
+
+    Raises
+    ------
+    BenchmarkError
+        A bad trainer name, fold or metric, or nnUNet_results unset or missing.
+    """
+    return StudyInputs(
+        trainers=check_trainer_names(trainers),
+        folds=parse_folds(settings.folds),
+        metrics=check_metrics(settings.metric_list(DEFAULT_METRICS)),
+        results=require_env_folder("nnUNet_results", settings.env),
+        settings=settings,
+    )
+
+
+def run(study: Study) -> RobustnessOutcome:
+    """Score a regime and write its outputs; the steps, in this order:
+
+    1. the output folder (``--output``, else
+       ``$nnUNet_results/<dataset>/nnunet_pde_robustness/<regime>``) is checked before any
+       work: FileExistsError if it is not empty and ``overwrite`` is False;
+    2. the regime's warnings about its inputs (:meth:`Study.input_warnings`);
+    3. the regime's predictions are made or checked (:meth:`Study.make_predictions`);
+    4. every declared point becomes a condition: its out-of-fold predictions pooled over the
+       folds, or its one test-set folder (:func:`collect_conditions`);
+    5. the regime's checks of what was found (:meth:`Study.check_conditions`);
+    6. every condition is evaluated against its references, summarised per curve and
+       written (:func:`evaluate_and_write`).
+    """
+    inputs, s = study.inputs, study.inputs.settings
+    out = s.output_folder(inputs.results / study.dataset / ROBUSTNESS_DIRNAME / study.regime)
+    check_output_folder(out, s.overwrite)
+    warnings = study.input_warnings()
+    study.make_predictions()
+    conditions = collect_conditions(study.points(), inputs, warnings)
+    warnings.extend(study.check_conditions(conditions))
+    plan = RobustnessPlan(
+        regime=study.regime,
+        title=f"{study.heading}: {study.dataset}",
+        dataset=study.dataset,
+        axis=study.axis,
+        clean_level=study.clean_level,
+        trainers=inputs.trainers,
+        conditions=conditions,
+        curves=study.curves(),
+        meta={
+            "configuration": s.configuration,
+            "plans": s.plans,
+            "folds": inputs.folds,
+            **study.meta(),
+        },
+        warnings=warnings,
+    )
+    return evaluate_and_write(plan, out, inputs.metrics, s)
+
+
+def collect_conditions(
+    points: Sequence[Point], inputs: StudyInputs, warnings: list[str]
+) -> dict[tuple[str, str], Condition]:
+    """One condition per point, keyed ``(trainer, point)``; pooling problems go to
+    ``warnings``.
+
+    Raises
+    ------
+    BenchmarkError
+        Out-of-fold points without any prediction, all listed with the command that trains
+        them.
+    """
+    s = inputs.settings
+    splits: dict[str, Any] = {}
+    conditions: dict[tuple[str, str], Condition] = {}
+    missing: list[str] = []
+    for p in points:
+        info: dict[str, Any] = {}
+        if p.predictions is not None:
+            sources: list[tuple[Path, int | None]] = [(p.predictions, None)]
+            cases: dict[str, int | None] = dict.fromkeys(list_cases(p.predictions, p.file_ending))
+        else:
+            if p.dataset not in splits:
+                pre = require_env_folder("nnUNet_preprocessed", s.env)
+                splits[p.dataset] = read_splits(pre / p.dataset)
+            pooled = pool_oof(
+                inputs, p.dataset, p.model, p.file_ending, splits[p.dataset], warnings
+            )
+            if pooled is None:
+                folder = (
+                    inputs.results / p.dataset / trainer_dir_name(p.model, s.plans, s.configuration)
+                )
+                missing.append(
+                    f"  {p.dataset} {p.model}: no predictions in {folder}/fold_*/validation for "
+                    f"folds {', '.join(map(str, inputs.folds))}; train them with\n"
+                    + train_hint(p.dataset, p.model, s.configuration, s.plans, inputs.folds)
+                )
+                continue
+            sources, cases, info["pooling"] = pooled
+        conditions[(p.trainer, p.point or p.key)] = Condition(
+            key=p.key,
+            trainer=p.trainer,
+            curve=p.curve,
+            level=p.level,
+            label=p.label,
+            sources=sources,
+            reference=p.reference,
+            dataset_json=p.dataset_json,
+            cases=cases,
+            info={**info, **p.info},
+        )
+    if missing:
+        raise BenchmarkError(
+            "no out-of-fold validation predictions for these models; train them first:\n"
+            + "\n".join(missing),
+            multiline=True,
+        )
+    return conditions
+
+
+# --------------------------------------------------------------------------------- the steps
+
+
+def check_metrics(metrics: Sequence[str]) -> list[str]:
+    """``metrics`` without repeats; BenchmarkError if none is given or one is unknown."""
     unknown = [m for m in metrics if m not in METRIC_INFO]
     if unknown or not metrics:
         raise BenchmarkError(
@@ -77,24 +209,23 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
         )
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` as a file-name part (a curve id in ``<curve>_<metric>.png``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "curve"
 
 
 def pool_oof(
-    results: Path,
+    inputs: StudyInputs,
     name: str,
     model_trainer: str,
-    plans: str,
-    configuration: str,
-    folds: list[int],
     file_ending: str,
     splits: Any,
     warnings: list[str],
 ) -> tuple[list[tuple[Path, int | None]], dict[str, int | None], dict[str, Any]] | None:
     """Pooled out-of-fold folders of one model, or None if it has no prediction at all."""
+    results, cfg, plans = inputs.results, inputs.settings.configuration, inputs.settings.plans
     pooled = pool_predictions(
-        results, name, model_trainer, plans, configuration, folds, file_ending, splits
+        results, name, model_trainer, plans, cfg, inputs.folds, file_ending, splits
     )
     if not pooled.cases:
         return None
@@ -109,13 +240,13 @@ def pool_oof(
             f"prediction ({', '.join(cases[:10])})"
         )
     sources: list[tuple[Path, int | None]] = [
-        (fold_dir(results, name, model_trainer, plans, configuration, k) / "validation", k)
+        (fold_dir(results, name, model_trainer, plans, cfg, k) / "validation", k)
         for k in pooled.folds_found
     ]
     return sources, dict(pooled.cases), pooled.as_dict()
 
 
-def _case_set_warnings(plan: RobustnessPlan) -> list[str]:
+def case_set_warnings(plan: RobustnessPlan) -> list[str]:
     """Differences in the pooled case sets (and fold assignments) between conditions."""
     out: list[str] = []
     items = list(plan.conditions.values())
@@ -150,7 +281,7 @@ def _case_set_warnings(plan: RobustnessPlan) -> list[str]:
     return out
 
 
-def _evaluate(plan: RobustnessPlan, settings: EvaluationSettings) -> list[dict[str, Any]]:
+def evaluate_conditions(plan: RobustnessPlan, settings: EvaluationSettings) -> list[dict[str, Any]]:
     """Per-case rows of every condition of ``plan``, with its trainer, curve and level."""
     from nnunet_pde.metrics.evaluate import EvaluationError
 
@@ -178,7 +309,7 @@ def _evaluate(plan: RobustnessPlan, settings: EvaluationSettings) -> list[dict[s
     return per_case
 
 
-def _summarise(
+def summarise(
     plan: RobustnessPlan,
     per_case: Sequence[Mapping[str, Any]],
     metrics: Sequence[str],
@@ -249,10 +380,7 @@ def _summarise(
     return summary, auc_rows
 
 
-# ------------------------------------------------------------------------------- driver
-
-
-def _robustness_meta(
+def describe_run(
     plan: RobustnessPlan, metrics: Sequence[str], settings: EvaluationSettings
 ) -> dict[str, Any]:
     """What ``robustness.json`` and the tables record about the run (without the results)."""
@@ -284,7 +412,7 @@ def _robustness_meta(
     }
 
 
-def _remove_previous_outputs(out: Path) -> None:
+def remove_previous_outputs(out: Path) -> None:
     """With --overwrite: remove what an earlier run recorded in robustness.json, nothing else."""
     previous = out / ROBUSTNESS_JSON
     if not previous.is_file():
@@ -305,15 +433,15 @@ def evaluate_and_write(
     """Evaluate every condition of ``plan``, summarise, and write the outputs into ``out``."""
     from nnunet_pde.metrics.evaluate import CSV_COLUMNS
 
-    plan.warnings.extend(_case_set_warnings(plan))
+    plan.warnings.extend(case_set_warnings(plan))
     for w in plan.warnings:
         settings.print_fn(f"warning: {w}")
-    per_case = _evaluate(plan, settings)
-    summary, auc = _summarise(plan, per_case, metrics, settings.imputation)
-    meta = _robustness_meta(plan, metrics, settings)
+    per_case = evaluate_conditions(plan, settings)
+    summary, auc = summarise(plan, per_case, metrics, settings.imputation)
+    meta = describe_run(plan, metrics, settings)
 
     check_output_folder(out, settings.overwrite)
-    _remove_previous_outputs(out)
+    remove_previous_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     files = OutputFiles(out)
     case_cols = ("trainer", "curve", "condition", "level", "level_label", "fold", *CSV_COLUMNS)
@@ -323,7 +451,7 @@ def evaluate_and_write(
     files.put_text(TABLES_MD, render_markdown(plan, summary, auc, metrics, meta))
     for curve in plan.curves:
         for m in metrics:
-            files.put_bytes(f"{_slug(curve.id)}_{m}.png", curve_png(plan, curve, m, summary))
+            files.put_bytes(f"{slug(curve.id)}_{m}.png", curve_png(plan, curve, m, summary))
     names = [p.name for p in files.written] + [ROBUSTNESS_JSON]
     files.put(
         ROBUSTNESS_JSON,
@@ -334,18 +462,14 @@ def evaluate_and_write(
         ),
     )
     return RobustnessOutcome(
-        plan.regime, out, files.written, per_case, summary, auc, meta, plan.warnings
-    )
-
-
-def common_setup(
-    trainers: Sequence[str], settings: EvaluationSettings
-) -> tuple[list[str], list[int], list[str]]:
-    """The checked trainer names, fold numbers and metrics of a regime."""
-    return (
-        check_trainer_names(trainers),
-        parse_folds(settings.folds),
-        _check_metrics(settings.metric_list(DEFAULT_METRICS)),
+        output=out,
+        files=files.written,
+        per_case=per_case,
+        summary=summary,
+        meta=meta,
+        regime=plan.regime,
+        auc=auc,
+        warnings=plan.warnings,
     )
 
 

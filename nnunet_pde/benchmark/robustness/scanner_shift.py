@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nnunet_pde import formats
-from nnunet_pde.benchmark.robustness.model import (
-    CLEAN,
-    PREDICTION_RECORD,
-    ROBUSTNESS_DIRNAME,
-    Condition,
-    Curve,
-    RobustnessOutcome,
-    RobustnessPlan,
-)
-from nnunet_pde.benchmark.robustness.pipeline import (
-    check_output_folder,
-    common_setup,
-    evaluate_and_write,
-    preprocessed_dataset_json,
-    train_hint,
-)
+from nnunet_pde.benchmark.robustness.model import CLEAN, Curve, RobustnessOutcome
+from nnunet_pde.benchmark.robustness.pipeline import check_inputs, preprocessed_dataset_json, run
+from nnunet_pde.benchmark.robustness.predictions import Predictor, missing_predictions
+from nnunet_pde.benchmark.robustness.study import Point, Study, StudyInputs
 from nnunet_pde.benchmark.settings import EvaluationSettings
-from nnunet_pde.commands import build_predict_command, run_command
+from nnunet_pde.commands import run_command
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import list_cases
-from nnunet_pde.folders import (
-    fold_dir,
-    require_env_folder,
-    resolve_dataset_name,
-)
+from nnunet_pde.folders import resolve_dataset_name
 from nnunet_pde.formats import SHIFT_MANIFEST, level_folder
 from nnunet_pde.metrics.aggregate import json_safe
 
@@ -85,28 +66,6 @@ def _label_cases(folder: Path, file_ending: str) -> set[str]:
     return set(list_cases(folder, file_ending))
 
 
-def _prediction_state(
-    folder: Path, cases: Sequence[str], file_ending: str, expect: Mapping[str, Any]
-) -> tuple[str, str]:
-    """(``complete`` | ``missing`` | ``stale``, detail) of one prediction folder."""
-    if not folder.is_dir():
-        return "missing", "no folder"
-    have = _label_cases(folder, file_ending)
-    record = folder / PREDICTION_RECORD
-    if record.is_file():
-        try:
-            rec = json.loads(record.read_text())
-        except json.JSONDecodeError:
-            rec = {}
-        diff = [k for k, v in expect.items() if rec.get(k) != v]
-        if diff:
-            return "stale", ", ".join(f"{k} {rec.get(k)} (now {expect[k]})" for k in diff)
-    lacking = [c for c in cases if c not in have]
-    if lacking:
-        return "missing", f"{len(lacking)} of {len(cases)} case(s) not predicted"
-    return "complete", ""
-
-
 def robustness_scanner_shift(
     dataset: str | int,
     shifted: str | os.PathLike[str],
@@ -150,6 +109,8 @@ def robustness_scanner_shift(
     Returns
     -------
     RobustnessOutcome
+        One curve per perturbation, grouped as ``covered_by_nnunet`` or not
+        (``meta["covered_by_nnunet"]``, ``meta["not_covered_by_nnunet"]``).
 
     Raises
     ------
@@ -159,37 +120,21 @@ def robustness_scanner_shift(
     FileExistsError
         ``output`` is not empty and ``overwrite`` is False (checked before predicting).
     """
-    settings = EvaluationSettings.of(settings, **options)
-    env = settings.env
-    trainers, fold_list, metrics = common_setup(trainers, settings)
+    inputs = check_inputs(trainers, EvaluationSettings.of(settings, **options))
     shifted = Path(shifted).absolute()  # the printed commands must work from anywhere
     manifest = read_shift_manifest(shifted)
-    results = require_env_folder("nnUNet_results", env)
-    name = resolve_dataset_name(dataset, env)
-    test = _TestSet.of(shifted, manifest, name, env)
-    inputs = _shift_inputs(shifted, manifest, test)
-    out = settings.output_folder(results / name / ROBUSTNESS_DIRNAME / "scanner-shift")
-    check_output_folder(out, settings.overwrite)
-    pred_root = Path(predictions).absolute() if predictions is not None else shifted / "predictions"
-
-    predictor = _Predictor(
-        name, results, fold_list, device, tuple(extra_args), tuple(predict_command),
-        runner if runner is not None else run_command, settings,
+    name = resolve_dataset_name(dataset, inputs.settings.env)
+    test = _TestSet.of(shifted, manifest, name, inputs.settings.env)
+    predictor = Predictor(
+        name, inputs.results, inputs.folds, device, tuple(extra_args), tuple(predict_command),
+        runner if runner is not None else run_command, inputs.settings,
     )  # fmt: skip
-    todo = _missing_predictions(trainers, inputs, pred_root, test, predictor)
-    if todo and not predict:
-        lines = ["  " + shlex.join(predictor.command(t, i, o)) for t, _, i, o in todo]
-        raise BenchmarkError(
-            f"{len(todo)} prediction folder(s) are missing or incomplete under {pred_root}; "
-            "rerun with --predict to make them, or run:\n" + "\n".join(lines),
-            multiline=True,
-        )
-    if todo:
-        predictor.predict_missing(todo, test.cases, test.file_ending)
-
-    conditions = _shift_conditions(trainers, inputs, pred_root, test)
-    plan = _shift_plan(predictor, shifted, manifest, inputs, test, pred_root, trainers, conditions)
-    return evaluate_and_write(plan, out, metrics, settings)
+    images = _shift_inputs(shifted, manifest, test)
+    pred_root = Path(predictions).absolute() if predictions is not None else shifted / "predictions"
+    study = ScannerShiftStudy(
+        inputs, name, shifted, manifest, test, images, pred_root, predictor, predict
+    )
+    return run(study)
 
 
 @dataclass(frozen=True)
@@ -280,65 +225,6 @@ def _shift_inputs(shifted: Path, manifest: Mapping[str, Any], test: _TestSet) ->
     return inputs
 
 
-def _missing_predictions(
-    trainers: Sequence[str],
-    inputs: Sequence[_Input],
-    pred_root: Path,
-    test: _TestSet,
-    predictor: _Predictor,
-) -> list[tuple[str, str, Path, Path]]:
-    """(trainer, key, input, output folder) of every prediction folder still to make.
-
-    Raises BenchmarkError listing the folders made with other settings.
-    """
-    s = predictor.settings
-    todo: list[tuple[str, str, Path, Path]] = []
-    stale: list[str] = []
-    for t in trainers:
-        expect = {
-            "trainer": t,
-            "configuration": s.configuration,
-            "plans": s.plans,
-            "folds": predictor.folds,
-        }
-        for key, _, _, folder, _ in inputs:
-            target = pred_root / t / key
-            state, detail = _prediction_state(target, test.cases, test.file_ending, expect)
-            if state == "stale":
-                stale.append(f"  {target}: made with {detail}")
-            elif state == "missing":
-                todo.append((t, key, folder, target))
-    if stale:
-        raise BenchmarkError(
-            "these prediction folders were made with other settings; delete them (or use "
-            "--predictions DIR) and run again:\n" + "\n".join(stale),
-            multiline=True,
-        )
-    return todo
-
-
-def _shift_conditions(
-    trainers: Sequence[str], inputs: Sequence[_Input], pred_root: Path, test: _TestSet
-) -> dict[tuple[str, str], Condition]:
-    """One condition per (trainer, input): its prediction folder against the test labels."""
-    conditions: dict[tuple[str, str], Condition] = {}
-    for t in trainers:
-        for key, pert, k, _, _ in inputs:
-            target = pred_root / t / key
-            conditions[(t, key)] = Condition(
-                key=key,
-                trainer=t,
-                curve=CLEAN if pert == CLEAN else pert,
-                level=float(k),
-                label="clean" if pert == CLEAN else f"level {k}",
-                sources=[(target, None)],
-                reference=test.labels,
-                dataset_json=test.ds_json,
-                cases={c: None for c in _label_cases(target, test.file_ending)},
-            )
-    return conditions
-
-
 def _shift_curves(manifest: Mapping[str, Any], inputs: Sequence[_Input]) -> list[Curve]:
     """One curve per perturbation: those nnU-Net's augmentation covers first."""
     curves: list[Curve] = []
@@ -367,134 +253,83 @@ def _shift_curves(manifest: Mapping[str, Any], inputs: Sequence[_Input]) -> list
     return curves
 
 
-def _shift_plan(
-    predictor: _Predictor,
-    shifted: Path,
-    manifest: Mapping[str, Any],
-    inputs: Sequence[_Input],
-    test: _TestSet,
-    pred_root: Path,
-    trainers: list[str],
-    conditions: dict[tuple[str, str], Condition],
-) -> RobustnessPlan:
-    """The curves and what the outputs record about the comparison."""
-    perts = list(dict.fromkeys(p for _, p, _, _, _ in inputs if p != CLEAN))
-    covered = {p: c for _, p, _, _, c in inputs if p != CLEAN}
-    name, folds, settings = predictor.name, predictor.folds, predictor.settings
-    return RobustnessPlan(
-        regime="scanner-shift",
-        title=f"Robustness to scanner shift: {name}",
-        dataset=name,
-        axis="severity level (0 = clean test images)",
-        clean_level=0.0,
-        trainers=trainers,
-        conditions=conditions,
-        curves=_shift_curves(manifest, inputs),
-        meta={
-            "configuration": settings.configuration,
-            "plans": settings.plans,
-            "folds": folds,
-            "shifted": str(shifted),
-            "predictions": str(pred_root),
-            "manifest": json_safe(manifest),
+@dataclass(frozen=True)
+class ScannerShiftStudy(Study):
+    """The test-set predictions of one scanner-shift comparison: every trainer on the clean
+    test images and on every perturbation and level, against the test labels."""
+
+    regime: ClassVar[str] = "scanner-shift"
+    heading: ClassVar[str] = "Robustness to scanner shift"
+    axis: ClassVar[str] = "severity level (0 = clean test images)"
+    clean_level: ClassVar[float] = 0.0
+
+    inputs: StudyInputs
+    dataset: str
+    shifted: Path
+    manifest: Mapping[str, Any]
+    test: _TestSet
+    images: list[_Input]
+    pred_root: Path
+    predictor: Predictor
+    predict: bool
+
+    def make_predictions(self) -> None:
+        """With ``predict``, ``nnUNetv2_predict`` into every missing folder; without it,
+        BenchmarkError listing the commands. Folders made with other settings are an error."""
+        todo = missing_predictions(
+            self.inputs.trainers, [(key, folder) for key, _, _, folder, _ in self.images],
+            self.pred_root, self.test.cases, self.test.file_ending, self.predictor,
+        )  # fmt: skip
+        if todo and not self.predict:
+            lines = ["  " + shlex.join(self.predictor.command(t, i, o)) for t, _, i, o in todo]
+            raise BenchmarkError(
+                f"{len(todo)} prediction folder(s) are missing or incomplete under "
+                f"{self.pred_root}; rerun with --predict to make them, or run:\n"
+                + "\n".join(lines),
+                multiline=True,
+            )
+        if todo:
+            self.predictor.predict_missing(todo, self.test.cases, self.test.file_ending)
+
+    def points(self) -> list[Point]:
+        """One point per (trainer, input): its prediction folder against the test labels."""
+        return [
+            Point(
+                trainer=t,
+                key=key,
+                curve=CLEAN if pert == CLEAN else pert,
+                level=float(k),
+                label="clean" if pert == CLEAN else f"level {k}",
+                reference=self.test.labels,
+                dataset_json=self.test.ds_json,
+                file_ending=self.test.file_ending,
+                predictions=self.pred_root / t / key,
+            )
+            for t in self.inputs.trainers
+            for key, pert, k, _, _ in self.images
+        ]
+
+    def curves(self) -> list[Curve]:
+        """One curve per perturbation: those nnU-Net's augmentation covers first."""
+        return _shift_curves(self.manifest, self.images)
+
+    def meta(self) -> dict[str, Any]:
+        """The shifted images, the predictions, the manifest and how the points were made."""
+        perts = list(dict.fromkeys(p for _, p, _, _, _ in self.images if p != CLEAN))
+        covered = {p: c for _, p, _, _, c in self.images if p != CLEAN}
+        folds = ", ".join(map(str, self.inputs.folds))
+        return {
+            "shifted": str(self.shifted),
+            "predictions": str(self.pred_root),
+            "manifest": json_safe(self.manifest),
             "covered_by_nnunet": [p for p in perts if covered[p]],
             "not_covered_by_nnunet": [p for p in perts if not covered[p]],
             "how": (
                 "Each point is the test-set prediction (nnUNetv2_predict, ensemble of folds "
-                f"{', '.join(map(str, folds))}) of the clean images (level 0, {test.images}) or "
-                f"of one perturbation at one severity level ({shifted}/<perturbation>/"
-                f"level<k>), scored against the test labels {test.labels}. 'Covered' "
+                f"{folds}) of the clean images (level 0, {self.test.images}) or of one "
+                f"perturbation at one severity level ({self.shifted}/<perturbation>/"
+                f"level<k>), scored against the test labels {self.test.labels}. 'Covered' "
                 "perturbations are ones nnU-Net's training augmentation already simulates "
                 "(noise, blur, gamma, low resolution); the others are not."
             ),
-        },
-    )
-
-
-@dataclass(frozen=True)
-class _Predictor:
-    """How the missing test-set predictions are made: ``nnUNetv2_predict`` per folder."""
-
-    name: str
-    results: Path
-    folds: list[int]
-    device: str | None
-    extra_args: tuple[str, ...]
-    predict_command: tuple[str, ...]
-    runner: Callable[[Sequence[str]], int]
-    settings: EvaluationSettings
-
-    def command(self, trainer: str, inp: Path, out: Path) -> list[str]:
-        """The ``nnUNetv2_predict`` command line from ``inp`` into ``out``."""
-        s = self.settings
-        return build_predict_command(
-            inp, out, self.name, s.configuration, s.plans, trainer, self.folds, self.device,
-            self.extra_args, self.predict_command,
-        )  # fmt: skip
-
-    def _fold(self, trainer: str, k: int) -> Path:
-        s = self.settings
-        return fold_dir(self.results, self.name, trainer, s.plans, s.configuration, k)
-
-    def _check_ready(self, todo: Sequence[tuple[str, str, Path, Path]]) -> None:
-        """BenchmarkError if the command is not on PATH or a fold is not trained."""
-        exe = self.predict_command[0] if self.predict_command else ""
-        if not exe or shutil.which(exe, path=self.settings.env.get("PATH")) is None:
-            raise BenchmarkError(
-                f"'{exe}' is not on PATH; activate the environment where nnunetv2 is installed"
-            )
-        s = self.settings
-        untrained = sorted(
-            {
-                f"  {t} fold {k}: no {self._fold(t, k)}/checkpoint_final.pth; train it with\n"
-                + train_hint(self.name, t, s.configuration, s.plans, self.folds)
-                for t, _, _, _ in todo
-                for k in self.folds
-                if not (self._fold(t, k) / "checkpoint_final.pth").is_file()
-            }
-        )
-        if untrained:
-            raise BenchmarkError(
-                "cannot predict with untrained folds:\n" + "\n".join(untrained), multiline=True
-            )
-
-    def predict_missing(
-        self, todo: Sequence[tuple[str, str, Path, Path]], cases: Sequence[str], file_ending: str
-    ) -> None:
-        """Run ``nnUNetv2_predict`` for every missing folder, into ``.<folder>.partial`` first."""
-        self._check_ready(todo)
-        s = self.settings
-        for i, (t, key, inp, target) in enumerate(todo, 1):
-            partial = target.with_name(f".{target.name}.partial")
-            if partial.exists():
-                shutil.rmtree(partial)
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            cmd = self.command(t, inp, partial)
-            s.print_fn(f"[{i}/{len(todo)}] predict {t} {key}: {shlex.join(cmd)}")
-            rc = self.runner(cmd)
-            if rc != 0:
-                raise BenchmarkError(
-                    f"nnUNetv2_predict failed with exit code {rc} for {t} {key}: "
-                    f"{shlex.join(cmd)}; the folders finished so far are kept, run the same "
-                    "command again to continue"
-                )
-            lacking = [c for c in cases if not (partial / f"{c}{file_ending}").is_file()]
-            if lacking:
-                raise BenchmarkError(
-                    f"nnUNetv2_predict exited with 0 but wrote no prediction for {len(lacking)} "
-                    f"case(s) into {partial} ({', '.join(lacking[:5])})"
-                )
-            record = {
-                "trainer": t,
-                "configuration": s.configuration,
-                "plans": s.plans,
-                "folds": self.folds,
-                "dataset": self.name,
-                "input": str(inp),
-                "command": list(cmd),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            (partial / PREDICTION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-            if target.exists():  # an incomplete folder from an earlier, interrupted run
-                shutil.rmtree(target)
-            os.replace(partial, target)
+        }
