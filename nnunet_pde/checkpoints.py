@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from nnunet_pde.errors import CheckpointError, NnunetPdeError, atomic_save
+from nnunet_pde.errors import CheckpointError, NnunetPdeError
+from nnunet_pde.files import atomic_save
 from nnunet_pde.network import PDE_CHILD_NAME
 
 PDE_KEY_MARKER = f".{PDE_CHILD_NAME}."

@@ -1,10 +1,16 @@
-"""Reading and writing the files of nnU-Net datasets: cases, images, JSON.
+"""Reading and writing the files of nnU-Net datasets: cases, images, JSON; atomic writes.
 
 One place for what every command that reads or writes a dataset does: list the cases of a
 folder by file ending, read an image with SimpleITK (turning its ``RuntimeError`` into the
 caller's error class), write an image on the grid of a reference or with a spacing, and
-write JSON atomically (through :func:`nnunet_pde.errors.atomic_write_text`). SimpleITK is
-imported inside the functions, so importing this module stays cheap.
+write JSON atomically. SimpleITK is imported inside the functions, so importing this module
+stays cheap.
+
+Every file the package writes in place goes through one writer, :func:`atomic_save`: the
+content is written to a hidden temporary file in the destination's folder and renamed over
+the destination, so a crash or Ctrl-C leaves the old file or the new one, never half a file
+(:func:`atomic_write_bytes`, :func:`atomic_write_text` and :func:`write_json` use it). Whole
+output folders are staged in :mod:`nnunet_pde.staging`.
 """
 
 from __future__ import annotations
@@ -13,14 +19,18 @@ import gzip
 import json
 import os
 import struct
+import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nnunet_pde.errors import NnunetPdeError, atomic_write_text
+from nnunet_pde.errors import NnunetPdeError
 
 __all__ = [
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
     "image_integrity_problem",
     "list_cases",
     "read_image",
@@ -32,6 +42,36 @@ __all__ = [
 ]
 
 ErrorClass = Callable[[str], Exception]
+
+
+def atomic_save(path: str | os.PathLike[str], save: Callable[[Path], None]) -> None:
+    """Call ``save(tmp)`` for a temporary file next to ``path``, then move it into place.
+
+    ``tmp`` is ``.<name>.<8 hex digits>.tmp`` in the folder of ``path`` (same file system,
+    so the final ``os.replace`` is atomic); on any exception, Ctrl-C included, it is removed
+    and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    atomic_save(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` through a temporary file in the same folder.
+
+    The text is written as it is (no newline translation: a CSV's ``\\r\\n`` stays).
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def list_cases(folder: str | os.PathLike[str], file_ending: str) -> dict[str, Path]:

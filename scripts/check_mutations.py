@@ -329,7 +329,7 @@ MUTATIONS = (
     ),
     Mutation(
         "evaluate: the origin compared with itself (a shifted prediction scored)",
-        "nnunet_pde/metrics/evaluate.py",
+        "nnunet_pde/metrics/label_maps.py",
         "        p.origin, r.origin, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL",
         "        p.origin, p.origin, rtol=GEOMETRY_RTOL, atol=GEOMETRY_ATOL",
         ("tests/metrics/test_damaged_images.py::test_a_shifted_prediction_is_refused",),

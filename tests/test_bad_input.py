@@ -540,7 +540,8 @@ def test_matrix_covers_every_command() -> None:
 
 
 def test_overwrite_replaces_only_what_the_command_wrote(tmp_path: Path) -> None:
-    from nnunet_pde.errors import NnunetPdeError, check_replaceable, staged_folder
+    from nnunet_pde.errors import NnunetPdeError
+    from nnunet_pde.staging import check_replaceable, staged_folder
 
     out = tmp_path / "out"
     with staged_folder(out, command="demo") as tmp:

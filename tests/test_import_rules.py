@@ -14,8 +14,9 @@ Three rules, each checked over every module, imports inside functions included:
        2  benchmark, derive, inspect_checkpoint              (the commands' work)
        1  metrics, training, network, losses, checkpoints,   (models, metrics, set-up)
           env, baselines, data
-       0  pde, files, folders, commands, errors, locks,     (foundations)
-          formats, _version, nnunet_pde (the package root)
+       0  pde, files, staging, folders, commands,          (foundations)
+          executors, slurm, errors, locks, formats,
+          _version, nnunet_pde (the package root)
 
    Besides: ``nnunet_pde/pde/`` imports no nnunetv2; no module imports
    ``nnunet_pde.trainers`` (the trainers import the library, not the other way round). A
@@ -59,8 +60,11 @@ LAYERS: dict[str, int] = {
     "data": 1,
     "pde": 0,
     "files": 0,
+    "staging": 0,
     "folders": 0,
     "commands": 0,
+    "executors": 0,
+    "slurm": 0,
     "errors": 0,
     "locks": 0,
     "formats": 0,
@@ -70,7 +74,20 @@ LAYERS: dict[str, int] = {
 
 #: The foundations every component above layer 0 may use (all of layer 0 except ``pde``
 #: and the package root, which re-exports the PDE API).
-FOUNDATIONS = frozenset({"_version", "errors", "files", "folders", "formats", "commands", "locks"})
+FOUNDATIONS = frozenset(
+    {
+        "_version",
+        "errors",
+        "files",
+        "staging",
+        "folders",
+        "formats",
+        "commands",
+        "executors",
+        "slurm",
+        "locks",
+    }
+)
 
 #: component -> the other components it may import (its own modules it always may).
 ALLOWED: dict[str, frozenset[str]] = {
@@ -79,8 +96,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     "_version": frozenset(),
     "errors": frozenset(),
     "files": frozenset({"errors"}),
+    "staging": frozenset({"errors"}),
     "folders": frozenset({"errors"}),
-    "commands": frozenset({"errors", "files", "folders"}),
+    "commands": frozenset({"errors", "files", "folders", "executors", "slurm"}),
+    "executors": frozenset({"errors"}),
+    "slurm": frozenset({"errors", "executors"}),
     "locks": frozenset({"errors"}),
     "formats": frozenset({"errors", "files", "folders"}),
     "pde": frozenset(),

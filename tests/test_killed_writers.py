@@ -1,9 +1,9 @@
 """A killed writer leaves nothing hidden for good: its next run restores or removes it.
 
-`make-dataset` and `derive` write through :func:`nnunet_pde.errors.staged_folder`: a hidden
+`make-dataset` and `derive` write through :func:`nnunet_pde.staging.staged_folder`: a hidden
 ``.<name>.tmp-<token>`` folder, swapped in by two renames (the old folder aside as
 ``.<name>.old-<token>``, then the new one into place). A SIGKILL runs no clean-up, so the
-hidden folders stay; :func:`nnunet_pde.errors.recover_interrupted`, called by every writer
+hidden folders stay; :func:`nnunet_pde.staging.recover_interrupted`, called by every writer
 before it looks at its destination, puts a moved-aside folder back (or finishes the
 replacement) and removes the unfinished one, with one ``warning:`` line naming each path.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from plan_fixtures import nnunet_subprocess_env
 
-from nnunet_pde.errors import recover_interrupted, staged_folder, staged_sibling
+from nnunet_pde.staging import recover_interrupted, staged_folder, staged_sibling
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -36,7 +36,7 @@ def _writable_target(path: Path, flag: str, folder: bool = False) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from nnunet_pde.errors import atomic_write_text
+    from nnunet_pde.files import atomic_write_text
 
     if args.json is not None:
         _writable_target(args.json, "--json")

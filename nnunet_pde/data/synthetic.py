@@ -29,13 +29,9 @@ from typing import Any
 import numpy as np
 
 from nnunet_pde.data import brats_like, lits_like
-from nnunet_pde.errors import (
-    NnunetPdeError,
-    check_replaceable,
-    recover_interrupted,
-    staged_folder,
-)
+from nnunet_pde.errors import NnunetPdeError
 from nnunet_pde.files import write_image
+from nnunet_pde.staging import check_replaceable, recover_interrupted, staged_folder
 
 DATASET_KINDS: tuple[str, ...] = ("brats-like", "lits-like")
 FILE_ENDING = ".nii.gz"

@@ -54,51 +54,44 @@ keeps the same signs. The same arguments give a byte-identical dataset.
 Arrays are in numpy axis order (z, y, x for 3-D), spacings in mm along those axes
 (SimpleITK's (x, y, z) order is reversed once, on reading).
 
-Size (about 670 lines, a third of it this docstring and the parameters' documentation): the
-parameter checks, the source and target checks, the writing and the record of one derived
-dataset; the label corruptions themselves are in :mod:`nnunet_pde.derive.label_noise`.
+This module checks the source and the target and writes the record of one derived dataset;
+the parameter checks are in :mod:`nnunet_pde.derive.noisy_label_settings`, the writing of
+the labels case by case in :mod:`nnunet_pde.derive.noisy_label_cases`, the corruptions in
+:mod:`nnunet_pde.derive.label_noise` (on the structures of
+:mod:`nnunet_pde.derive.label_structures`, with :mod:`nnunet_pde.derive.mask_transforms`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import re
-import shlex
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from numbers import Integral, Real
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from nnunet_pde.derive.label_noise import (
-    MODES,
+from nnunet_pde.derive.label_noise import MODES, corrupted_cases, label_damage
+from nnunet_pde.derive.label_structures import (
     LabelScheme,
     Structure,
-    body_mask,
-    change_stats,
-    corrupt_label_map,
-    corrupted_cases,
-    corruption_rng,
-    jitter_field,
-    label_damage,
-    morph_mask,
-    rounded,
     select_structures,
     structures_from_dataset_json,
 )
-from nnunet_pde.errors import NnunetPdeError, recover_interrupted, staged_folder
-from nnunet_pde.files import read_image, read_json, write_image, write_json
+from nnunet_pde.derive.mask_transforms import body_mask, jitter_field, morph_mask
+from nnunet_pde.derive.noisy_label_cases import check_blob_images, copy_images, write_labels
+from nnunet_pde.derive.noisy_label_settings import (
+    NAME_PATTERN,
+    command_line,
+    default_name,
+    validate_parameters,
+)
+from nnunet_pde.errors import NnunetPdeError
+from nnunet_pde.files import list_cases, read_json, write_json
 from nnunet_pde.folders import DATASET_FOLDER, find_raw_dataset
 from nnunet_pde.formats import CLEAN_LABELS_DIR, DERIVED_JSON, read_derived_info
 from nnunet_pde.formats import NOISY_LABELS_FORMAT_VERSION as FORMAT_VERSION
 from nnunet_pde.formats import NOISY_LABELS_KIND as KIND
-
-#: What a derived dataset's name (``DatasetNNN_<name>``) may be made of.
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+from nnunet_pde.staging import recover_interrupted, staged_folder
 
 __all__ = [
     "CLEAN_LABELS_DIR",
@@ -113,24 +106,6 @@ __all__ = [
     "read_derived_info",
     "structures_from_dataset_json",
 ]
-# --------------------------------------------------------------------------- files
-
-
-def _read_image(path: Path):
-    img = read_image(path, NnunetPdeError)
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise NnunetPdeError(
-            f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel"
-        )
-    return img
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _resolve_raw_root(raw_root: str | os.PathLike[str] | None, source: object) -> Path:
@@ -143,88 +118,6 @@ def _resolve_raw_root(raw_root: str | os.PathLike[str] | None, source: object) -
         return Path(source).resolve().parent
     raise NnunetPdeError(
         'no nnUNet_raw folder: pass --raw DIR or set nnUNet_raw (eval "$(nnunet-pde env)")'
-    )
-
-
-def _label_files(folder: Path, file_ending: str) -> dict[str, Path]:
-    return {
-        p.name[: -len(file_ending)]: p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name.endswith(file_ending) and len(p.name) > len(file_ending)
-    }
-
-
-def _format_mm(value: float) -> str:
-    text = f"{value:g}"
-    return text.replace(".", "p").replace("-", "m").replace("+", "")
-
-
-def default_name(source_name: str, mode: str, magnitude_mm: float) -> str:
-    """``<source>Noisy<Mode><magnitude>mm``, filename-safe, e.g. ``SyntheticBraTSNoisyErode2mm``."""
-    camel = "".join(part.capitalize() for part in mode.split("-"))
-    name = f"{source_name}Noisy{camel}{_format_mm(magnitude_mm)}mm"
-    return re.sub(r"[^A-Za-z0-9_-]", "", name)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _positive(name: str, value: object, unit: str = " mm") -> float:
-    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise NnunetPdeError(f"must be a finite number; got {value!r}", name)
-    if value <= 0:
-        raise NnunetPdeError(f"must be > 0{unit}; got {value!r}", name)
-    return float(value)
-
-
-def _validate_parameters(
-    dataset_id, mode, magnitude_mm, fraction, seed, name, smoothness_mm, blobs, progress
-) -> tuple[int, str, float, float, int, float, int]:
-    if not _is_int(dataset_id) or not 1 <= dataset_id <= 999:
-        raise NnunetPdeError(
-            f"the dataset id must be an integer from 1 to 999 (nnU-Net uses 3 digits); "
-            f"got {dataset_id!r}",
-            "--id",
-        )
-    if mode not in MODES:
-        raise NnunetPdeError(f"must be one of {', '.join(MODES)}; got {mode!r}", "--mode")
-    if isinstance(magnitude_mm, Real) and not isinstance(magnitude_mm, bool) and magnitude_mm == 0:
-        raise NnunetPdeError(
-            "--magnitude must be > 0 mm: a 0 mm corruption is the source dataset itself (use it as "
-            "the clean baseline)"
-        )
-    magnitude_mm = _positive("--magnitude", magnitude_mm)
-    if (
-        not isinstance(fraction, Real)
-        or isinstance(fraction, bool)
-        or math.isnan(fraction)
-        or not 0 < fraction <= 1
-    ):
-        raise NnunetPdeError(
-            f"must be in (0, 1] (the share of training cases to corrupt); got {fraction!r}",
-            "--fraction",
-        )
-    if not _is_int(seed) or seed < 0:
-        raise NnunetPdeError(f"must be an integer >= 0; got {seed!r}", "--seed")
-    if name is not None and (not isinstance(name, str) or not _NAME_PATTERN.match(name)):
-        raise NnunetPdeError(
-            f"must be letters, digits, '_' or '-' (starting with a letter or digit); got {name!r}",
-            "--name",
-        )
-    smoothness_mm = _positive("--smoothness", smoothness_mm)
-    if not _is_int(blobs) or blobs < 1:
-        raise NnunetPdeError(f"must be an integer >= 1; got {blobs!r}", "--blobs")
-    if progress is not None and not callable(progress):
-        raise NnunetPdeError(f"progress must be callable or None; got {progress!r}")
-    return (
-        int(dataset_id),
-        str(mode),
-        magnitude_mm,
-        float(fraction),
-        int(seed),
-        smoothness_mm,
-        int(blobs),
     )
 
 
@@ -262,34 +155,6 @@ def _targets_to_replace(
                 "choose another id"
             )
     return existing
-
-
-def _command_line(source: object, settings: Mapping[str, Any]) -> str:
-    parts = [
-        "nnunet-pde",
-        "derive",
-        KIND,
-        str(source),
-        "--id",
-        str(settings["dataset_id"]),
-        "--name",
-        settings["name"],
-        "--mode",
-        settings["mode"],
-        "--magnitude",
-        f"{settings['magnitude_mm']:g}",
-        "--fraction",
-        f"{settings['fraction']:g}",
-        "--seed",
-        str(settings["seed"]),
-    ]
-    if settings["labels_given"]:
-        parts += ["--labels", *settings["labels"]]
-    if settings["mode"] == "jitter":
-        parts += ["--smoothness", f"{settings['smoothness_mm']:g}"]
-    if settings["mode"] == "add-blobs":
-        parts += ["--blobs", str(settings["blobs"])]
-    return shlex.join(parts)
 
 
 def derive_noisy_labels(
@@ -367,7 +232,7 @@ def derive_noisy_labels(
     FileExistsError
         The target id is in use and ``overwrite`` is false.
     """
-    dataset_id, mode, magnitude_mm, fraction, seed, smoothness_mm, blobs = _validate_parameters(
+    dataset_id, mode, magnitude_mm, fraction, seed, smoothness_mm, blobs = validate_parameters(
         dataset_id, mode, magnitude_mm, fraction, seed, name, smoothness_mm, blobs, progress
     )
     raw_root = _resolve_raw_root(raw_root, source)
@@ -379,7 +244,7 @@ def derive_noisy_labels(
     clean_files = _clean_label_files(src, file_ending)
     source_id, source_name = _source_identity(src, dataset_id)
     name = default_name(source_name or "Dataset", mode, magnitude_mm) if name is None else name
-    if not _NAME_PATTERN.match(name):
+    if not NAME_PATTERN.match(name):
         raise NnunetPdeError(f"cannot make a valid dataset name from {name!r}; pass name=")
     folder_name = f"Dataset{dataset_id:03d}_{name}"
     recover_interrupted(raw_root)  # what a killed earlier run left (see docs/robustness.md)
@@ -387,7 +252,7 @@ def derive_noisy_labels(
     case_ids = sorted(clean_files)
     corrupted = set(corrupted_cases(case_ids, fraction, seed))
     if mode == "add-blobs":
-        _check_blob_images(src, corrupted, file_ending)
+        check_blob_images(src, corrupted, file_ending)
 
     settings: dict[str, Any] = {
         "dataset_id": dataset_id,
@@ -403,8 +268,8 @@ def derive_noisy_labels(
     }
 
     def fill(tmp: Path) -> None:
-        _copy_images(src, tmp)
-        cases, hashes, n_changed = _write_labels(
+        copy_images(src, tmp)
+        cases, hashes, n_changed = write_labels(
             tmp, src, clean_files, corrupted, file_ending, scheme, selected, settings, progress
         )
         shutil.copy2(dj_path, tmp / "dataset.json")
@@ -447,7 +312,7 @@ def _clean_label_files(src: Path, file_ending: str) -> dict[str, Path]:
     for sub in ("imagesTr", "labelsTr"):
         if not (src / sub).is_dir():
             raise FileNotFoundError(f"{src} has no {sub} folder")
-    clean_files = _label_files(src / "labelsTr", file_ending)
+    clean_files = list_cases(src / "labelsTr", file_ending)
     if not clean_files:
         raise FileNotFoundError(f"no *{file_ending} training labels in {src / 'labelsTr'}")
     info = read_derived_info(src)
@@ -469,73 +334,6 @@ def _source_identity(src: Path, dataset_id: int) -> tuple[int | None, str]:
             f"the new dataset needs its own id; {dataset_id} is the source's ({src.name})"
         )
     return source_id, source_name
-
-
-def _check_blob_images(src: Path, corrupted: Iterable[str], file_ending: str) -> None:
-    """add-blobs reads channel 0 of every corrupted case; FileNotFoundError if one lacks it."""
-    missing = [
-        c for c in sorted(corrupted) if not (src / "imagesTr" / f"{c}_0000{file_ending}").is_file()
-    ]
-    if missing:
-        raise FileNotFoundError(
-            f"add-blobs needs channel 0 of each corrupted case; missing "
-            f"{src / 'imagesTr'}/{missing[0]}_0000{file_ending}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
-
-
-def _copy_images(src: Path, tmp: Path) -> None:
-    """imagesTr, and imagesTs / labelsTs where the source has them, unchanged."""
-    shutil.copytree(src / "imagesTr", tmp / "imagesTr", copy_function=shutil.copy2)
-    for sub in ("imagesTs", "labelsTs"):
-        if (src / sub).is_dir():
-            shutil.copytree(src / sub, tmp / sub, copy_function=shutil.copy2)
-
-
-def _write_labels(
-    tmp: Path,
-    src: Path,
-    clean_files: Mapping[str, Path],
-    corrupted: set[str],
-    file_ending: str,
-    scheme: LabelScheme,
-    selected: Sequence[Structure],
-    settings: Mapping[str, Any],
-    progress: Callable[[str], None] | None,
-) -> tuple[dict[str, Any], dict[str, str], int]:
-    """labelsTr (corrupted where selected) and the clean copies; per case what was done,
-    the clean labels' sha256 and how many cases changed."""
-    (tmp / "labelsTr").mkdir()
-    (tmp / CLEAN_LABELS_DIR).mkdir()
-    case_ids = sorted(clean_files)
-    cases: dict[str, Any] = {}
-    hashes: dict[str, str] = {}
-    n_changed = 0
-    for n, case_id in enumerate(case_ids, start=1):
-        path = clean_files[case_id]
-        hashes[case_id] = _sha256(path)
-        shutil.copy2(path, tmp / CLEAN_LABELS_DIR / path.name)
-        if case_id not in corrupted:
-            shutil.copy2(path, tmp / "labelsTr" / path.name)
-            cases[case_id] = {"corrupted": False}
-            message = "copied (not selected)"
-        else:
-            cases[case_id], changed = _corrupt_file(
-                case_id,
-                path,
-                tmp / "labelsTr" / path.name,
-                src,
-                file_ending,
-                scheme,
-                selected,
-                settings,
-                settings["seed"],
-            )
-            n_changed += changed > 0
-            message = f"{settings['mode']}: {changed} voxels changed"
-        if progress is not None:
-            progress(f"[{n}/{len(case_ids)}] {case_id}: {message}")
-    return cases, hashes, int(n_changed)
 
 
 def _derived_record(
@@ -573,54 +371,7 @@ def _derived_record(
         "created_by": {
             "tool": f"nnunet-pde {KIND}",
             "version": __version__,
-            "command": _command_line(source, settings),
+            "command": command_line(source, settings),
         },
         "cases": dict(cases),
     }
-
-
-def _corrupt_file(
-    case_id: str,
-    path: Path,
-    out_path: Path,
-    src: Path,
-    file_ending: str,
-    scheme: LabelScheme,
-    selected: Sequence[Structure],
-    settings: Mapping[str, Any],
-    seed: int,
-) -> tuple[dict[str, Any], int]:
-    import SimpleITK as sitk
-
-    img = _read_image(path)
-    seg = sitk.GetArrayFromImage(img)
-    if not np.issubdtype(seg.dtype, np.integer):
-        if not np.array_equal(seg, np.round(seg)):
-            raise NnunetPdeError(f"{path} is not an integer label map (dtype {seg.dtype})")
-    spacing = np.asarray(img.GetSpacing()[::-1], dtype=np.float64)
-
-    def image0() -> np.ndarray:
-        ch0 = _read_image(src / "imagesTr" / f"{case_id}_0000{file_ending}")
-        return sitk.GetArrayFromImage(ch0)
-
-    noisy, params = corrupt_label_map(
-        seg, spacing, scheme, selected, settings, corruption_rng(seed, case_id), image0
-    )
-    if np.issubdtype(seg.dtype, np.integer):
-        info = np.iinfo(seg.dtype)
-        if noisy.min() < info.min or noisy.max() > info.max:
-            raise NnunetPdeError(f"{path}: corrupted labels do not fit its data type {seg.dtype}")
-    stats = change_stats(seg, noisy, spacing, scheme)
-    if stats["voxels_changed"]:
-        # origin, spacing, direction of the source label
-        write_image(noisy.astype(seg.dtype, copy=False), out_path, reference=img)
-    else:
-        shutil.copy2(path, out_path)
-    record = {
-        "corrupted": True,
-        "shape": [int(s) for s in seg.shape],
-        "spacing_mm": [rounded(s, 6) for s in spacing],
-        **params,
-        **stats,
-    }
-    return record, stats["voxels_changed"]

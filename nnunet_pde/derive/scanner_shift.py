@@ -75,7 +75,6 @@ from nnunet_pde.derive.perturbations import (
     perturb_channel,
     read_image_array,
 )
-from nnunet_pde.errors import check_replaceable, recover_interrupted, staged_folder
 from nnunet_pde.files import read_image_header, read_json, write_image, write_json
 from nnunet_pde.folders import find_raw_dataset
 from nnunet_pde.formats import SHIFT_FORMAT_VERSION as FORMAT_VERSION
@@ -83,6 +82,7 @@ from nnunet_pde.formats import SHIFT_KIND as KIND
 from nnunet_pde.formats import SHIFT_MANIFEST as MANIFEST
 from nnunet_pde.formats import SHIFT_PARAMETERS_FILE as PARAMETERS_FILE
 from nnunet_pde.formats import level_folder, read_shift_manifest
+from nnunet_pde.staging import check_replaceable, recover_interrupted, staged_folder
 
 #: ``CASE_XXXX`` (the file name without its ending): the case id and the channel.
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from benchmark_fixtures import CONF, DATASET, PLANS, make_nnunet_env, read_calls, write_fake_trainer
 
+from nnunet_pde.benchmark.grid import ACTION_BUSY, ACTION_TRAIN, plan_grid
 from nnunet_pde.benchmark.manifest import (
     close_abandoned_manifests,
     create_manifest_file,
     write_manifest,
 )
-from nnunet_pde.benchmark.run import ACTION_BUSY, ACTION_TRAIN, plan_grid
 from nnunet_pde.folders import FOLD_FINISHED, fold_state
 from nnunet_pde.locks import BUSY_EXIT_CODE, LOCK_NAME, lock_holder, locked_command
 

@@ -26,23 +26,13 @@ from benchmark_fixtures import (
     write_fake_trainer,
 )
 
+from nnunet_pde.benchmark.grid import ACTION_CONTINUE, ACTION_SKIP, ACTION_TRAIN, plan_grid
 from nnunet_pde.benchmark.manifest import create_manifest_file
-from nnunet_pde.benchmark.run import (
-    ACTION_CONTINUE,
-    ACTION_SKIP,
-    ACTION_TRAIN,
-    check_run_environment,
-    plan_grid,
-    run_benchmark,
-)
-from nnunet_pde.commands import (
-    Job,
-    LocalExecutor,
-    build_train_command,
-    job_environment,
-    parse_time_minutes,
-)
+from nnunet_pde.benchmark.preflight import check_run_environment
+from nnunet_pde.benchmark.run import run_benchmark
+from nnunet_pde.commands import build_train_command
 from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.executors import Job, LocalExecutor
 from nnunet_pde.folders import (
     FOLD_FINISHED,
     FOLD_INTERRUPTED,
@@ -50,6 +40,7 @@ from nnunet_pde.folders import (
     fold_state,
     resolve_dataset_name,
 )
+from nnunet_pde.slurm import job_environment, parse_time_minutes
 
 T1, T2 = "nnUNetTrainerPDE3D_2epochs_4iters", "nnUNetTrainerPDE3D_Backbone_2epochs_4iters"
 
@@ -441,7 +432,7 @@ def test_local_executor_stops_a_command_started_while_it_was_being_interrupted(
 ) -> None:
     """Ctrl-C between Popen and the registration of the process: the worker stops it itself
     (otherwise the interrupted run would wait for the whole command)."""
-    from nnunet_pde import commands as executors
+    from nnunet_pde import executors
 
     ex = LocalExecutor(grace_s=5)
     real_popen = subprocess.Popen
@@ -460,7 +451,7 @@ def test_local_executor_stops_a_command_started_while_it_was_being_interrupted(
 
 
 def test_progress_line_from_an_nnunet_log():
-    from nnunet_pde.benchmark.run import format_progress, parse_training_log, planned_epochs
+    from nnunet_pde.benchmark.progress import format_progress, parse_training_log, planned_epochs
 
     log = "\n".join(
         [

@@ -25,7 +25,8 @@ from nnunet_pde.derive.scanner_shift import (
     level_folder,
     read_manifest,
 )
-from nnunet_pde.errors import OUTPUT_MARKER, NnunetPdeError
+from nnunet_pde.errors import NnunetPdeError
+from nnunet_pde.staging import OUTPUT_MARKER
 
 SIZE = 24
 FIXTURE_LEVELS = (1, 3, 5)
