@@ -522,11 +522,6 @@ def make_report(
     }
     written = _write_report(out, per_case, summary, per_fold, metrics, meta, policy, run_rows)
     return ReportOutcome(
-        output=out,
-        files=written,
-        per_case=per_case,
-        summary=summary,
-        meta=meta,
-        per_fold=per_fold,
-        runs=run_rows,
-    )
+        output=out, files=written, per_case=per_case, summary=summary, meta=meta,
+        per_fold=per_fold, runs=run_rows,
+    )  # fmt: skip

@@ -95,8 +95,6 @@ class FewLabelStudy(Study):
     axis: ClassVar[str] = "label fraction (share of each fold's training cases)"
     clean_level: ClassVar[float] = 1.0
 
-    inputs: StudyInputs
-    dataset: str
     percents: list[int]  # below 100, sorted
     gt: Path
     ds_json: Path

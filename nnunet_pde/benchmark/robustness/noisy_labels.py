@@ -189,15 +189,14 @@ def _noise_curves(
 @dataclass(frozen=True)
 class NoisyLabelStudy(Study):
     """The datasets of one noisy-labels comparison and what each is scored against: the same
-    trainers on each, their pooled out-of-fold predictions against the clean labels."""
+    trainers on each, their pooled out-of-fold predictions against the clean labels.
+    :attr:`dataset` is the clean dataset."""
 
     regime: ClassVar[str] = "noisy-labels"
     heading: ClassVar[str] = "Robustness to noisy training labels"
     axis: ClassVar[str] = "noise magnitude (mm)"
     clean_level: ClassVar[float] = 0.0
 
-    inputs: StudyInputs
-    dataset: str  # the clean dataset
     preprocessed: Path
     names: list[str]
     derived: Mapping[str, dict[str, Any] | None]

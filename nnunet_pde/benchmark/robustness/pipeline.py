@@ -462,15 +462,9 @@ def evaluate_and_write(
         ),
     )
     return RobustnessOutcome(
-        output=out,
-        files=files.written,
-        per_case=per_case,
-        summary=summary,
-        meta=meta,
-        regime=plan.regime,
-        auc=auc,
-        warnings=plan.warnings,
-    )
+        output=out, files=files.written, per_case=per_case, summary=summary, meta=meta,
+        regime=plan.regime, auc=auc, warnings=plan.warnings,
+    )  # fmt: skip
 
 
 def preprocessed_dataset_json(pre: Path, raw: Path | None, name: str) -> Path:

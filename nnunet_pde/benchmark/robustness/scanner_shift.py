@@ -14,7 +14,7 @@ from nnunet_pde import formats
 from nnunet_pde.benchmark.robustness.model import CLEAN, Curve, RobustnessOutcome
 from nnunet_pde.benchmark.robustness.pipeline import check_inputs, preprocessed_dataset_json, run
 from nnunet_pde.benchmark.robustness.predictions import Predictor, missing_predictions
-from nnunet_pde.benchmark.robustness.study import Point, Study, StudyInputs
+from nnunet_pde.benchmark.robustness.study import Point, Study
 from nnunet_pde.benchmark.settings import EvaluationSettings
 from nnunet_pde.commands import run_command
 from nnunet_pde.errors import BenchmarkError
@@ -263,8 +263,6 @@ class ScannerShiftStudy(Study):
     axis: ClassVar[str] = "severity level (0 = clean test images)"
     clean_level: ClassVar[float] = 0.0
 
-    inputs: StudyInputs
-    dataset: str
     shifted: Path
     manifest: Mapping[str, Any]
     test: _TestSet

@@ -84,12 +84,19 @@ class Point:
     info: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
 class Study(ABC):
     """A robustness regime: what it scores, made and checked by the regime's function.
 
-    Subclasses set :attr:`regime`, :attr:`heading`, :attr:`axis` and :attr:`clean_level`, and
-    have :attr:`inputs` and :attr:`dataset` (the dataset whose results folder holds the
-    default output, named in the title).
+    Subclasses (frozen dataclasses too) set :attr:`regime`, :attr:`heading`, :attr:`axis` and
+    :attr:`clean_level`, and add their own fields after :attr:`inputs` and :attr:`dataset`.
+
+    Attributes
+    ----------
+    inputs
+        The checked arguments every regime shares.
+    dataset
+        The dataset whose results folder holds the default output, named in the title.
     """
 
     #: ``few-labels``, ``noisy-labels`` or ``scanner-shift`` (also the default output folder).
