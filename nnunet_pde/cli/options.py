@@ -3,21 +3,24 @@
 :func:`add_command` adds a subcommand whose handler runs under
 :func:`nnunet_pde.errors.cli_command`, the one place where an expected failure
 (:class:`~nnunet_pde.errors.NnunetPdeError` or ``OSError``) becomes one ``error:`` line on
-stderr and exit code 2. The ``*_option(s)`` functions declare an option that more than one
+stderr and exit code 2. :func:`add_group` adds a subcommand that only holds subcommands
+(``derive``). The ``*_option(s)`` functions declare an option that more than one
 subcommand takes, once; the subcommand passes only what its help says differently.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nnunet_pde.errors import cli_command
 
 __all__ = [
+    "Register",
     "add_command",
+    "add_group",
     "command_option",
     "device_option",
     "evaluation_options",
@@ -34,6 +37,8 @@ __all__ = [
 ]
 
 Handler = Callable[[argparse.Namespace], int]
+#: A subcommand module's ``register_cli``: adds its parser to a subparsers object.
+Register = Callable[[Any], argparse.ArgumentParser]
 
 
 def add_command(
@@ -55,6 +60,26 @@ def add_command(
         extra = {"epilog": epilog, "formatter_class": argparse.RawDescriptionHelpFormatter}
     p = subparsers.add_parser(name, help=help, description=description, **extra)
     p.set_defaults(func=cli_command(handler))
+    return p
+
+
+def add_group(
+    subparsers: Any,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    dest: str,
+    metavar: str,
+    children: Sequence[Register],
+) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` whose own subcommands (one required, stored in ``args.dest``,
+    shown as ``metavar`` in the usage) are added by ``children``, in the order ``--help``
+    lists them."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    sub = p.add_subparsers(dest=dest, required=True, metavar=metavar)
+    for register in children:
+        register(sub)
     return p
 
 
