@@ -85,7 +85,7 @@ def gradients_at_init(names: list[str]) -> dict[str, dict[str, float]]:
 
     from nnunet_pde.env import list_trainers
     from nnunet_pde.network import pde_blocks
-    from nnunet_pde.pde.inspect import relative_parameter_gradients
+    from nnunet_pde.pde.describe import relative_parameter_gradients
 
     pm, cm, n_in, n_out = managers(*load_plans("tiny_plain"))
     dice_ce = DC_and_CE_loss(

@@ -11,7 +11,7 @@ Three rules, each checked over every module, imports inside functions included:
    points to the same layer or a lower one and that the arrows form no cycle:
 
        3  cli
-       2  benchmark, derive, inspect_checkpoint              (the commands' work)
+       2  benchmark, derive, block_report                    (the commands' work)
        1  metrics, training, network, losses, checkpoints,   (models, metrics, set-up)
           env, baselines, data
        0  pde, files, staging, folders, commands,          (foundations)
@@ -49,7 +49,7 @@ LAYERS: dict[str, int] = {
     "cli": 3,
     "benchmark": 2,
     "derive": 2,
-    "inspect_checkpoint": 2,
+    "block_report": 2,
     "metrics": 1,
     "training": 1,
     "network": 1,
@@ -116,7 +116,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     # layer 2: benchmark reads what derive and the trainers write through ``formats``
     "benchmark": FOUNDATIONS | {"metrics", "env"},
     "derive": FOUNDATIONS,
-    "inspect_checkpoint": FOUNDATIONS | {"pde", "network", "training", "checkpoints", "env"},
+    "block_report": FOUNDATIONS | {"pde", "network", "training", "checkpoints", "env"},
     # layer 3
     "cli": frozenset(LAYERS) - {"cli", ""},
 }

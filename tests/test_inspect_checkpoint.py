@@ -13,13 +13,13 @@ import pytest
 import torch
 from plan_fixtures import load_plans, managers
 
-from nnunet_pde.cli.inspect import register_cli
-from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
-from nnunet_pde.inspect_checkpoint import (
+from nnunet_pde.block_report import (
     format_summary,
     inspect_checkpoint,
     plot_report,
 )
+from nnunet_pde.cli.inspect import register_cli
+from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 from nnunet_pde.network import pde_blocks
 from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
     nnUNetTrainerPDE3D,

@@ -120,7 +120,7 @@ def test_every_pde_parameter_gets_a_segmentation_gradient_at_init(name):
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    from nnunet_pde.pde.inspect import relative_parameter_gradients
+    from nnunet_pde.pde.describe import relative_parameter_gradients
 
     plans, ds = load_plans("tiny_plain")
     pm, cm, n_in, n_out = managers(plans, ds)

@@ -1,4 +1,4 @@
-"""``nnunet-pde inspect``: the command line of :mod:`nnunet_pde.inspect_checkpoint`."""
+"""``nnunet-pde inspect``: the command line of :mod:`nnunet_pde.block_report`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from nnunet_pde.block_report import format_summary, inspect_checkpoint, plot_report
 from nnunet_pde.cli.options import add_command
 from nnunet_pde.errors import NnunetPdeError
-from nnunet_pde.inspect_checkpoint import format_summary, inspect_checkpoint, plot_report
 
 # ------------------------------------------------------------------------------ CLI
 

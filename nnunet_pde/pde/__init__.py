@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .block import PDEBlock
 from .config import OPERATORS, SOLVERS, PDEConfig
-from .inspect import describe_block
+from .describe import describe_block
 from .moments import (
     derivative_indices,
     derivative_kernel,

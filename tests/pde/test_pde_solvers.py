@@ -24,7 +24,7 @@ from pde_reference import (
 
 from nnunet_pde.pde import SOLVERS, PDEBlock, PDEConfig
 from nnunet_pde.pde.block import edge_energy
-from nnunet_pde.pde.inspect import relative_parameter_gradients
+from nnunet_pde.pde.describe import relative_parameter_gradients
 from nnunet_pde.pde.tridiagonal import TridiagonalSolve, thomas
 
 SPACING = (2.0, 1.0, 1.0)  # anisotropic on purpose: an axis mix-up changes every result

@@ -1,4 +1,6 @@
-"""What the PDE blocks of a trained PDE3D-UNet learned (``nnunet-pde inspect CHECKPOINT``).
+"""The report of what the PDE blocks of a trained PDE3D-UNet learned (what
+``nnunet-pde inspect CHECKPOINT`` prints, writes and plots; its command line is
+:mod:`nnunet_pde.cli.inspect`).
 
 :func:`inspect_checkpoint` rebuilds the network of the trainer that wrote a checkpoint
 (``trainer_name``: one of our trainers, or a user's subclass of one defined in a folder
@@ -7,8 +9,7 @@ configuration and dataset.json stored in the checkpoint's ``init_args``, loads t
 and returns :func:`nnunet_pde.pde.describe_block` of every PDE block, keyed by the block's
 module name (``encoder.stages.4.pde``), with the per-epoch block diagnostics that training
 logged (:func:`block_diagnostics`). :func:`format_summary` turns that report into text and
-:func:`plot_report` into PNG figures; :func:`register_cli` adds the subcommand to
-``nnunet-pde``.
+:func:`plot_report` into PNG figures.
 
 Units follow :func:`describe_block`: time steps in (finest-axis voxel)^2, spacing in mm,
 axis order ``(D, H, W)`` (named z, y, x in derivative names).

@@ -1,7 +1,8 @@
 """What a (trained) PDE block has learned, as plain JSON-serialisable data.
 
 :func:`describe_block` is a pure function of the block's parameters; the CLI
-(``nnunet-pde inspect``) formats and plots its output.
+(``nnunet-pde inspect``) formats and plots its output. :func:`relative_parameter_gradients`
+says which of a block's parameters receive a gradient.
 """
 
 from __future__ import annotations
