@@ -7,10 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
-from plan_fixtures import REPO, load_plans
+from plan_fixtures import REPO, load_plans, managers
 
 from nnunet_pde.env import EXT_TRAINER_VAR, list_trainers, trainer_dir
+from nnunet_pde.files import write_json
 
 DOC = REPO / "docs" / "trainers.md"
 
@@ -28,22 +30,10 @@ def test_docs_table_and_code_list_the_same_trainers():
     assert in_docs - in_code == set(), "docs/trainers.md lists trainers that do not exist"
 
 
-def test_nnunet_finder_resolves_every_trainer_from_ext_trainer_dir():
+def test_nnunet_finder_resolves_every_trainer_from_ext_trainer_dir(resolve_with_nnunet_finder):
     """As nnUNetv2_train/-predict do, in a fresh interpreter that only has the env var."""
     names = sorted(list_trainers())
-    code = (
-        "import sys\n"
-        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
-        "for n in sys.argv[1:]:\n"
-        "    c = f(n)\n"
-        "    assert c.__name__ == n, (c, n)\n"
-        "    print('RESOLVED', n)\n"
-    )
-    env = dict(os.environ, **{EXT_TRAINER_VAR: str(trainer_dir())})
-    out = subprocess.run(
-        [sys.executable, "-c", code, *names], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    assert sorted(re.findall(r"^RESOLVED (\S+)$", out, flags=re.M)) == names
+    assert resolve_with_nnunet_finder(names) == names
 
 
 def test_finder_fails_without_the_env_var():
@@ -89,3 +79,60 @@ def test_short_variants_change_only_the_training_length(tmp_path, monkeypatch):
     # nnU-Net records the constructor arguments by name to re-create the trainer
     assert set(smoke.my_init_kwargs) == {"plans", "configuration", "fold", "dataset_json", "device"}
     assert smoke.pde_config == full.pde_config
+
+
+#: One trainer of each network family (SwinUNETR needs the patch its trainer adapts).
+NETWORK_FAMILIES = [
+    "nnUNetTrainerPDE3D",
+    "nnUNetTrainerPDE3D_Backbone",
+    "nnUNetTrainerVNet",
+    "nnUNetTrainerSwinUNet3D",
+    "nnUNetTrainerESUNet",
+]
+
+
+def test_every_network_is_built_by_the_one_hook():
+    """Every trainer of ours with its own network builds it through NetworkBuilderMixin's
+    build_network_architecture (a classmethod with nnU-Net's parameters), not a copy."""
+    import inspect
+
+    from nnunet_pde.trainers.trainer_mixins import NetworkBuilderMixin
+
+    hook = NetworkBuilderMixin.build_network_architecture.__func__
+    for name, cls in list_trainers().items():
+        if cls.build_network_architecture.__qualname__.startswith("nnUNetTrainer."):
+            continue  # nnU-Net's own network (the stock reference trainers)
+        assert cls.build_network_architecture.__func__ is hook, name
+        assert "plans_manager" in inspect.signature(cls.build_network_architecture).parameters
+
+
+@pytest.mark.parametrize("name", NETWORK_FAMILIES)
+def test_nnunet_predictor_rebuilds_the_network_on_the_class(name, tmp_path, monkeypatch):
+    """nnUNetv2_predict's path: nnUNetPredictor.initialize_from_trained_model_folder finds
+    the trainer by the checkpoint's name through nnUNet_extTrainer, calls
+    build_network_architecture on the class (no instance, deep supervision off) and loads
+    the weights strictly."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    plans, ds = load_plans("tiny_plain")
+    pm, cm, n_in, n_out = managers(plans, ds)
+    torch.manual_seed(0)
+    net = list_trainers()[name].build_network_architecture(pm, cm, n_in, n_out, True)
+    model = tmp_path / "model"
+    (model / "fold_0").mkdir(parents=True)
+    write_json(model / "plans.json", plans)
+    write_json(model / "dataset.json", ds)
+    checkpoint = {
+        "network_weights": net.state_dict(),
+        "init_args": {"configuration": "3d_fullres"},
+        "trainer_name": name,
+        "inference_allowed_mirroring_axes": (0, 1, 2),
+    }
+    torch.save(checkpoint, model / "fold_0" / "checkpoint_final.pth")
+    monkeypatch.setenv(EXT_TRAINER_VAR, str(trainer_dir()))
+    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    assert type(predictor.network) is type(net) and predictor.trainer_name == name
+    rebuilt = predictor.network.state_dict()
+    assert rebuilt.keys() == net.state_dict().keys()
+    assert all(torch.equal(rebuilt[k], v) for k, v in net.state_dict().items())

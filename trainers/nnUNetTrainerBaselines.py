@@ -57,12 +57,7 @@ class nnUNetTrainerVNet(
     @classmethod
     def build_network(cls, spec: NetworkSpec) -> nn.Module:
         # single-output network: enable_deep_supervision is ignored
-        return build_vnet(
-            spec.configuration_manager,
-            spec.num_input_channels,
-            spec.num_output_channels,
-            cls.vnet_dropout,
-        )
+        return build_vnet(*spec.sizing, cls.vnet_dropout)
 
 
 class nnUNetTrainerVNet_PaperOptim(StepDecaySGDMixin, nnUNetTrainerVNet):
@@ -88,13 +83,7 @@ class nnUNetTrainerSwinUNet3D(
 
     @classmethod
     def build_network(cls, spec: NetworkSpec) -> nn.Module:
-        return build_swin_unet3d(
-            spec.configuration_manager,
-            spec.num_input_channels,
-            spec.num_output_channels,
-            spec.enable_deep_supervision,
-            window=cls.swin_window,
-        )
+        return build_swin_unet3d(*spec.sizing, spec.enable_deep_supervision, window=cls.swin_window)
 
 
 class nnUNetTrainerSwinUNet3D_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerSwinUNet3D):
@@ -117,11 +106,7 @@ class nnUNetTrainerESUNet(
     @classmethod
     def build_network(cls, spec: NetworkSpec) -> nn.Module:
         return build_es_unet(
-            spec.configuration_manager,
-            spec.num_input_channels,
-            spec.num_output_channels,
-            spec.enable_deep_supervision,
-            cat_channels=cls.es_cat_channels,
+            *spec.sizing, spec.enable_deep_supervision, cat_channels=cls.es_cat_channels
         )
 
 
@@ -148,9 +133,7 @@ class nnUNetTrainerSwinUNETR(
     @classmethod
     def build_network(cls, spec: NetworkSpec) -> nn.Module:
         # single-output network: enable_deep_supervision is ignored
-        return build_swin_unetr(
-            spec.configuration_manager, spec.num_input_channels, spec.num_output_channels
-        )
+        return build_swin_unetr(*spec.sizing)
 
 
 class nnUNetTrainerSwinUNETR_2epochs_4iters(SmokeLengthMixin, nnUNetTrainerSwinUNETR):

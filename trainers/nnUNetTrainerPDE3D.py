@@ -76,9 +76,7 @@ class nnUNetTrainerPDE3D(
         """nnU-Net's planned network with the blocks of ``pde_config`` (none if ``None``)."""
         return build_pde3d_network(
             spec.plans_manager,
-            spec.configuration_manager,
-            spec.num_input_channels,
-            spec.num_output_channels,
+            *spec.sizing,
             spec.enable_deep_supervision,
             config=cls.pde_config,
             all_stages=cls.pde_all_stages,

@@ -44,6 +44,13 @@ class NetworkSpec:
     num_output_channels: int
     enable_deep_supervision: bool
 
+    @property
+    def sizing(self) -> tuple[ConfigurationManager, int, int]:
+        """``(configuration_manager, num_input_channels, num_output_channels)``: the first
+        positional arguments of every network builder of nnunet-pde (the baselines' builders
+        and, after ``plans_manager``, ``build_pde3d_network``)."""
+        return self.configuration_manager, self.num_input_channels, self.num_output_channels
+
 
 class NetworkBuilderMixin:
     """nnU-Net's ``build_network_architecture``, once, over the hook :meth:`build_network`.

@@ -3,9 +3,7 @@ reaches the plans the trainer holds and saves, optimisers, training lengths, doc
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ for pl
 from plan_fixtures import REPO, load_plans  # noqa: E402
 
 from nnunet_pde.baselines import adapt_patch_size, plans_with_adapted_patch  # noqa: E402
-from nnunet_pde.env import EXT_TRAINER_VAR, list_trainers, trainer_dir  # noqa: E402
+from nnunet_pde.env import list_trainers  # noqa: E402
 from nnunet_pde.trainers import nnUNetTrainerBaselines as baselines  # noqa: E402
 from nnunet_pde.training.schedulers import WarmupCosineLRScheduler  # noqa: E402
 
@@ -34,25 +32,9 @@ def test_the_module_defines_the_papers_baselines_and_their_smoke_variants():
         assert f"nnUNetTrainer{name}_2epochs_4iters" in BASELINES
 
 
-def test_nnunet_finder_resolves_every_baseline_by_name():
+def test_nnunet_finder_resolves_every_baseline_by_name(resolve_with_nnunet_finder):
     """As nnUNetv2_train/-predict do: a fresh interpreter with only nnUNet_extTrainer."""
-    code = (
-        "import sys\n"
-        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
-        "for n in sys.argv[1:]:\n"
-        "    c = f(n)\n"
-        "    assert c.__name__ == n, (c, n)\n"
-        "    print('RESOLVED', n)\n"
-    )
-    env = dict(os.environ, **{EXT_TRAINER_VAR: str(trainer_dir())})
-    out = subprocess.run(
-        [sys.executable, "-c", code, *BASELINES],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert sorted(re.findall(r"^RESOLVED (\S+)$", out, flags=re.M)) == BASELINES
+    assert resolve_with_nnunet_finder(BASELINES) == BASELINES
 
 
 def test_docs_list_every_baseline_in_the_trainers_table_and_in_baselines_md():
