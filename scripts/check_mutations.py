@@ -205,8 +205,8 @@ MUTATIONS = (
     Mutation(
         "Triton backward: dL/db of the later axes overwrites the earlier ones",
         "nnunet_pde/pde/kernels/triton_aos.py",
-        "                gb1 += tl.load(gb_ptr + off1, mask=mask, other=0.0).to(cdt)",
-        "                gb1 += 0.0",
+        "            gb += tl.load(gb_ptr + off, mask=mask, other=0.0).to(gb.dtype)",
+        "            gb += 0.0",
         (
             "tests/pde/test_kernels_triton.py::test_triton_step_equals_autograd_of_the_torch_reference",
             "tests/pde/test_kernels_triton.py::test_block_on_triton_equals_block_on_torch",
@@ -316,6 +316,27 @@ MUTATIONS = (
         "            if not intact(target):",
         "            if not target.exists():",
         ("tests/pde/test_pde_fused.py::test_a_damaged_cached_library_is_rebuilt_not_loaded",),
+    ),
+    Mutation(
+        "kernel spec: a fake output of the wrong shape (the gate's sums declared (B, C, 2))",
+        "nnunet_pde/pde/kernels/spec.py",
+        '_GATE_SUMS = Out("S", "B C 3", "float64")',
+        '_GATE_SUMS = Out("S", "B C 2", "float64")',
+        ("tests/pde/test_kernels_triton.py::test_opcheck_every_kernel_op",),
+    ),
+    Mutation(
+        "kernel spec: a dimension bound twice not compared (any b passes the AOS check)",
+        "nnunet_pde/pde/kernels/spec.py",
+        "        if want != size:",
+        "        if False:",
+        ("tests/pde/test_kernels_spec.py::test_the_check_names_what_does_not_fit",),
+    ),
+    Mutation(
+        "C prototypes: a double argument passed as a float (ctypes)",
+        "nnunet_pde/pde/kernels/cpu_build.py",
+        '"double": ctypes.c_double}',
+        '"double": ctypes.c_float}',
+        ("tests/pde/test_kernels_spec.py::test_ctypes_argument_types_come_from_the_c_prototypes",),
     ),
     Mutation(
         "image integrity: a NIfTI shorter than its header announces passes",

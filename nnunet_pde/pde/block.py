@@ -256,13 +256,15 @@ class PDEBlock(nn.Module):
         theta = 1.0 if self.config.solver == "semi_implicit" else 0.5
         kappa = cond.kappa().to(u.dtype) if cond.edge_stopping else None
         cA, ce, k = step_coefficients(u, tau, cond.alpha().to(u.dtype), kappa, self.spacing, theta)
-        w1 = b1 = w2 = b2 = None
-        if self.response is not None:
-            r = self.response
-            w1, b1, w2, b2 = (
-                t.to(u.dtype) for t in (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias)
-            )
-        return tau, cA, ce, k, w1, b1, w2, b2
+        return tau, cA, ce, k, *self._reaction_weights(u.dtype)
+
+    def _reaction_weights(self, dtype: torch.dtype) -> tuple:
+        """``(w1, b1, w2, b2)`` of the reaction's 1x1 convolutions in ``dtype`` (``None``
+        without a reaction)."""
+        if self.response is None:
+            return None, None, None, None
+        r = self.response
+        return tuple(t.to(dtype) for t in (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias))
 
     def _triton_parameters(self, u: torch.Tensor) -> tuple:
         """:meth:`_fused_parameters` with the parameter transforms (``time_step``,
@@ -282,13 +284,7 @@ class PDEBlock(nn.Module):
             theta,
         )
         tau, cA, ce, k = (None if t is None else t.to(u.dtype) for t in coefs)
-        w1 = b1 = w2 = b2 = None
-        if self.response is not None:
-            r = self.response
-            w1, b1, w2, b2 = (
-                t.to(u.dtype) for t in (r.inp.weight, r.inp.bias, r.out.weight, r.out.bias)
-            )
-        return tau, cA, ce, k, w1, b1, w2, b2
+        return tau, cA, ce, k, *self._reaction_weights(u.dtype)
 
     def _reference_step(
         self, u: torch.Tensor, tau: torch.Tensor, red: torch.Tensor | None

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .kernels import backend, ops, triton_ops
+from .kernels import backend, ops, spec, triton_ops
 from .kernels.ops import Kernel
 from .kernels.torch_aos import channel_view as _view
 from .kernels.torch_aos import diffusion_backward_torch, diffusion_forward_torch
@@ -86,87 +86,21 @@ def _response_torch(u, w1, b1, w2, b2):
     return h, conv(h, w2, b2)
 
 
-def _response_b_impl(
-    u: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    tau: torch.Tensor,
-) -> torch.Tensor:
-    return native.response_forward(u, w1, b1, w2, b2, tau)[0]  # b only
-
-
-def _response_b_fake(u, w1, b1, w2, b2, tau):
-    return torch.empty_like(u)
-
-
 _response_b_kernel = Kernel(
-    "response_b",
-    _response_b_impl,
-    _response_b_fake,
+    spec.RESPONSE_B,
+    lambda *args: native.response_forward(*args)[0],  # b only
     # eager: b in a scratch buffer (AOSStep consumes it in the same call)
-    eager=lambda u, w1, b1, w2, b2, tau: native.response_forward(
-        u, w1, b1, w2, b2, tau, scratch=True
-    )[0],
+    eager=lambda *args: native.response_forward(*args, scratch=True)[0],
 )
-
-
-def _response_bh_impl(
-    u: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    tau: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    b, h = native.response_forward(u, w1, b1, w2, b2, tau, hidden=True)
-    return b, h
-
-
-def _response_bh_fake(u, w1, b1, w2, b2, tau):
-    return torch.empty_like(u), u.new_empty((u.shape[0], w1.shape[0], *u.shape[2:]))
-
-
 _response_bh_kernel = Kernel(
-    "response_bh",
-    _response_bh_impl,
-    _response_bh_fake,
+    spec.RESPONSE_BH,
+    lambda *args: native.response_forward(*args, hidden=True),
     # eager: b and h in scratch buffers (AOSStep.backward consumes both in the same call)
-    eager=lambda u, w1, b1, w2, b2, tau: native.response_forward(
-        u, w1, b1, w2, b2, tau, hidden=True, scratch=True
-    ),
+    eager=lambda *args: native.response_forward(*args, hidden=True, scratch=True),
 )
-
-
-def _response_backward_impl(
-    u: torch.Tensor,
-    gb: torch.Tensor,
-    gu_in: torch.Tensor,
-    h: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    tau: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return native.response_backward(u, gb, gu_in, h, w1, w2, b2, tau)
-
-
-def _response_backward_fake(u, gb, gu_in, h, w1, w2, b2, tau):
-    return (
-        torch.empty_like(gb),
-        w1.new_empty(w1.shape),
-        w1.new_empty(w1.shape[:1]),
-        w2.new_empty(w2.shape),
-        b2.new_empty(b2.shape),
-        tau.new_empty(tau.shape),
-    )
-
-
 _response_backward_kernel = Kernel(
-    "response_backward",
-    _response_backward_impl,
-    _response_backward_fake,
+    spec.RESPONSE_BACKWARD,
+    native.response_backward,
     # eager: dL/du overwrites gu_in (a temporary of AOSStep.backward), one allocation less
     eager=lambda *args: native.response_backward(*args, inplace=True),
 )

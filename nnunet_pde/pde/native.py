@@ -9,8 +9,9 @@ Where no compiler works, or with ``NNUNET_PDE_NATIVE=0``, :func:`library` return
 (the reason is in :func:`unavailable_reason`) and the fused step runs its vectorised torch
 implementation instead; results agree to rounding (tested).
 
-:mod:`~nnunet_pde.pde.fused` registers the kernels as custom operators
-``torch.ops.nnunet_pde.*`` (CPU, float32/float64) with shape-only fake implementations, so
+:mod:`~nnunet_pde.pde.fused` and :mod:`~nnunet_pde.pde.tail` register the kernels as custom
+operators ``torch.ops.nnunet_pde.*`` (CPU, float32/float64; declared in
+:mod:`~nnunet_pde.pde.kernels.spec`, whose argument order the functions here follow), so
 ``torch.compile(fullgraph=True)`` treats them as opaque calls instead of breaking the graph.
 
 Temporaries that die inside one fused step (the reaction's ``b`` and ``h``, the diffusion's
@@ -38,50 +39,6 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
 
-def _declare(lib: ctypes.CDLL) -> None:
-    p, lg, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    for suffix in ("_f32", "_f64"):
-        fwd = getattr(lib, "aos_forward" + suffix)
-        fwd.argtypes = [p, p, p, p, i, lg, p, p, p, lg, lg]
-        fwd.restype = i
-        bwd = getattr(lib, "aos_backward" + suffix)
-        bwd.argtypes = [p, p, p, p, p, p, p, i, lg, p, p, p, lg, lg]
-        bwd.restype = i
-        mf = getattr(lib, "mlp_forward" + suffix)
-        mf.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, lg, lg]
-        mf.restype = i
-        mb = getattr(lib, "mlp_backward" + suffix)
-        mb.argtypes = [p, p, p, p, p, p, p, p, p, lg, lg, lg, p, lg, lg]
-        mb.restype = i
-        mc = getattr(lib, "mlp_chunk_len" + suffix)
-        mc.argtypes = [lg, lg]
-        mc.restype = lg
-        d = ctypes.c_double
-        sf = getattr(lib, "standardise_forward" + suffix)
-        sf.argtypes = [p, p, p, p, lg, d, lg, lg]
-        sf.restype = i
-        sb = getattr(lib, "standardise_backward" + suffix)
-        sb.argtypes = [p, p, p, p, p, p, p, p, lg, lg, lg]
-        sb.restype = i
-        ef = getattr(lib, "energy_forward" + suffix)
-        ef.argtypes = [p, p, p, p, p, i, p, d, lg, lg]
-        ef.restype = i
-        gf = getattr(lib, "gate_forward" + suffix)
-        gf.argtypes = [p, p, p, p, p, p, lg, lg, lg]
-        gf.restype = i
-        gbk = getattr(lib, "gate_backward" + suffix)
-        gbk.argtypes = [p, p, p, p, p, p, p, p, lg, lg, lg]
-        gbk.restype = i
-        eb = getattr(lib, "energy_backward" + suffix)
-        eb.argtypes = [p, p, p, i, p, p, p, p, p, p, p, lg, lg]
-        eb.restype = i
-    lib.aos_lanes.restype = i
-    lib.tanh_f32_array.argtypes = [p, p, lg]
-    lib.tanh_f32_array.restype = None
-    lib.log1p_f32_array.argtypes = [p, p, lg]
-    lib.log1p_f32_array.restype = None
-
-
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, building them on first use; ``None`` where that is impossible."""
     global _lib, _tried, _reason
@@ -93,7 +50,7 @@ def library() -> ctypes.CDLL | None:
                 _reason = "disabled by NNUNET_PDE_NATIVE=0"
             else:
                 try:
-                    _lib = cpu_build.load(_declare)
+                    _lib = cpu_build.load()  # argument types read from the C prototypes
                 except cpu_build.BuildError as exc:
                     _reason = str(exc)
             _tried = True
@@ -181,13 +138,7 @@ def _dims(shape: torch.Size) -> ctypes.Array:
     return (ctypes.c_long * (len(shape) - 2))(*shape[2:])
 
 
-def diffusion_forward(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-) -> torch.Tensor:
+def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
     """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)`` over the ``m`` spatial axes; C kernel.
 
     ``u``, ``b``: ``(B, C, *S)`` float32/float64 on the CPU; ``cA``, ``ce``, ``k``: ``(m, C)``
@@ -217,14 +168,7 @@ def diffusion_forward(
 
 
 def diffusion_backward(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    g: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-    scratch: bool = False,
-    out_slot: str | None = None,
+    u, b, g, cA, ce, k, scratch: bool = False, out_slot: str | None = None
 ) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`diffusion_forward` for upstream gradient ``g``; C kernel.
 
@@ -254,11 +198,11 @@ def diffusion_backward(
 
 
 def energy_backward(
-    z: torch.Tensor,
-    g: torch.Tensor,
-    spacing: tuple[float, ...],
-    mean: torch.Tensor,
-    inv_std: torch.Tensor,
+    z,
+    g,
+    spacing,
+    mean,
+    inv_std,
     gy: torch.Tensor | None = None,
     gg: torch.Tensor | None = None,
     out_slot: str | None = None,
@@ -309,15 +253,7 @@ def _weights(*ts: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 def response_forward(
-    u: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    tau: torch.Tensor,
-    hidden: bool = False,
-    reaction: bool = False,
-    scratch: bool = False,
+    u, w1, b1, w2, b2, tau, hidden: bool = False, reaction: bool = False, scratch: bool = False
 ) -> tuple[torch.Tensor, ...]:
     """The reaction ``N(u) = W2 tanh(W1 u + b1) + b2`` per voxel and ``b = u + tau N``; C
     kernel.
@@ -347,15 +283,7 @@ def response_forward(
 
 
 def response_backward(
-    u: torch.Tensor,
-    gb: torch.Tensor,
-    gu_in: torch.Tensor,
-    h: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    tau: torch.Tensor,
-    inplace: bool = False,
+    u, gb, gu_in, h, w1, w2, b2, tau, inplace: bool = False
 ) -> tuple[torch.Tensor, ...]:
     """Backward of ``b = u + tau N(u)``, ``N(u) = W2 tanh(W1 u + b1) + b2``, for ``dL/db =
     gb``, from ``u`` and the forward's ``h = tanh(W1 u + b1)`` ``(B, H, *S)``; ``N`` is not
@@ -389,14 +317,19 @@ def response_backward(
     return gu, gw1.reshape(w1.shape), gb1, gw2.reshape(w2.shape), gb2, gtau
 
 
-def tanh_f32(x: torch.Tensor) -> torch.Tensor:
-    """The kernels' float32 vector tanh (for the tests)."""
+def _f32_array(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The C function ``name`` (``y[i] = f(x[i])``, float32) on ``x``."""
     lib = library()
     assert lib is not None
     x = x.to(torch.float32).contiguous()
     y = torch.empty_like(x)
-    lib.tanh_f32_array(_ptr(x), _ptr(y), x.numel())
+    getattr(lib, name)(_ptr(x), _ptr(y), x.numel())
     return y
+
+
+def tanh_f32(x: torch.Tensor) -> torch.Tensor:
+    """The kernels' float32 vector tanh (for the tests)."""
+    return _f32_array("tanh_f32_array", x)
 
 
 def standardise_forward(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
@@ -414,13 +347,7 @@ def standardise_forward(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]
 
 
 def standardise_backward(
-    x_hat: torch.Tensor,
-    std: torch.Tensor,
-    g_hat: torch.Tensor,
-    g_mean: torch.Tensor | None,
-    g_std: torch.Tensor | None,
-    gy: torch.Tensor | None = None,
-    a: torch.Tensor | None = None,
+    x_hat, std, g_hat, g_mean, g_std, gy: torch.Tensor | None = None, a: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``dL/dx`` of :func:`standardise_forward`, plus ``a gy`` where ``gy`` is given (``a``
     per sample and channel ``(B, C)``: a direct use of ``x`` scaled per volume, summed in
@@ -458,12 +385,7 @@ def energy_sums(
 
 def log1p_f32(x: torch.Tensor) -> torch.Tensor:
     """The kernels' float32 vector ``log1p`` for ``x >= 0`` (for the tests)."""
-    lib = library()
-    assert lib is not None
-    x = x.to(torch.float32).contiguous()
-    y = torch.empty_like(x)
-    lib.log1p_f32_array(_ptr(x), _ptr(y), x.numel())
-    return y
+    return _f32_array("log1p_f32_array", x)
 
 
 def gate_forward(
@@ -481,13 +403,7 @@ def gate_forward(
 
 
 def gate_backward(
-    gy: torch.Tensor,
-    x_hat: torch.Tensor,
-    u: torch.Tensor | None,
-    a: torch.Tensor,
-    g: torch.Tensor,
-    gu_slot: str | None = None,
-    with_dx: bool = True,
+    gy, x_hat, u, a, g, gu_slot: str | None = None, with_dx: bool = True
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """``(a gy, g gy, S)`` with ``S[..., 0] = sum gy``, ``S[..., 1] = sum gy u``, ``S[...,
     2] = sum gy x_hat`` per sample and channel ``(B, C, 3)`` (float64); without ``u`` the

@@ -24,7 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import native
-from .kernels import backend
+from .kernels import backend, spec
 from .kernels.ops import Kernel
 from .stencils import pad_faces
 
@@ -49,54 +49,9 @@ def _standardise(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
     return centred / std, mean, std
 
 
-def _standardise_impl(
-    x: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x_hat, mean, std = native.standardise_forward(x, eps)
-    return x_hat, mean, std
-
-
-def _standardise_fake(x, eps):
-    stat = (x.shape[0], x.shape[1], *([1] * (x.ndim - 2)))
-    return torch.empty_like(x), x.new_empty(stat), x.new_empty(stat)
-
-
-_standardise_kernel = Kernel("standardise", _standardise_impl, _standardise_fake)
-
-
-def _standardise_backward_impl(
-    x_hat: torch.Tensor,
-    std: torch.Tensor,
-    g_hat: torch.Tensor,
-    g_mean: torch.Tensor | None,
-    g_std: torch.Tensor | None,
-    gy: torch.Tensor | None,
-    a: torch.Tensor | None,
-) -> torch.Tensor:
-    return native.standardise_backward(x_hat, std, g_hat, g_mean, g_std, gy, a)
-
-
-def _standardise_backward_fake(x_hat, std, g_hat, g_mean, g_std, gy, a):
-    return torch.empty_like(x_hat)
-
-
-_standardise_backward_kernel = Kernel(
-    "standardise_backward", _standardise_backward_impl, _standardise_backward_fake
-)
-
-
-def _energy_sums_impl(
-    z: torch.Tensor, spacing: list[float], eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return native.energy_sums(z, tuple(spacing), eps)
-
-
-def _energy_sums_fake(z, spacing, eps):
-    stat = (z.shape[0], z.shape[1], *([1] * (z.ndim - 2)))
-    return z.new_empty((z.ndim - 2,), dtype=torch.float64), z.new_empty(stat), z.new_empty(stat)
-
-
-_energy_sums_kernel = Kernel("edge_energy_sums", _energy_sums_impl, _energy_sums_fake)
+_standardise_kernel = Kernel(spec.STANDARDISE, native.standardise_forward)
+_standardise_backward_kernel = Kernel(spec.STANDARDISE_BACKWARD, native.standardise_backward)
+_energy_sums_kernel = Kernel(spec.EDGE_ENERGY_SUMS, native.energy_sums)
 
 
 def standardise_values(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
@@ -174,22 +129,8 @@ def _energy_backward_torch(z, g, spacing, mean, std) -> torch.Tensor:
     return standardise_backward(z_hat, std, g_hat)
 
 
-def _energy_backward_impl(
-    z: torch.Tensor,
-    g: torch.Tensor,
-    spacing: list[float],
-    mean: torch.Tensor,
-    inv_std: torch.Tensor,
-) -> torch.Tensor:
-    return native.energy_backward(z, g, tuple(spacing), mean, inv_std)[0]
-
-
-def _energy_backward_fake(z, g, spacing, mean, inv_std):
-    return torch.empty_like(z)
-
-
 _energy_backward_kernel = Kernel(
-    "edge_energy_backward", _energy_backward_impl, _energy_backward_fake
+    spec.EDGE_ENERGY_BACKWARD, lambda *args: native.energy_backward(*args)[0]
 )
 
 
@@ -243,72 +184,13 @@ class EdgeEnergy(torch.autograd.Function):
 # --------------------------------------------------------------------------- the gate
 
 
-def _gate_impl(
-    x: torch.Tensor, u: torch.Tensor, a: torch.Tensor, g: torch.Tensor, c: torch.Tensor
-) -> torch.Tensor:
-    return native.gate_forward(x, u, a, g, c)
-
-
-def _gate_fake(x, u, a, g, c):
-    return torch.empty_like(x)
-
-
-_gate_kernel = Kernel("gate", _gate_impl, _gate_fake)
-
-
-def _gate_backward_impl(
-    gy: torch.Tensor, x_hat: torch.Tensor, u: torch.Tensor, a: torch.Tensor, g: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, gu, S = native.gate_backward(gy, x_hat, u, a, g)
-    assert gu is not None
-    return dx, gu, S
-
-
-def _gate_backward_fake(gy, x_hat, u, a, g):
-    stat = gy.new_empty((*gy.shape[:2], 3), dtype=torch.float64)
-    return torch.empty_like(gy), torch.empty_like(gy), stat
-
-
-_gate_backward_kernel = Kernel("gate_backward", _gate_backward_impl, _gate_backward_fake)
-
-
-def _gate_backward_dx_impl(
-    gy: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor, g: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    dx, _, S = native.gate_backward(gy, x_hat, None, a, g)
-    return dx, S
-
-
-def _gate_backward_dx_fake(gy, x_hat, a, g):
-    return torch.empty_like(gy), gy.new_empty((*gy.shape[:2], 3), dtype=torch.float64)
-
-
+_gate_kernel = Kernel(spec.GATE, native.gate_forward)
+_gate_backward_kernel = Kernel(spec.GATE_BACKWARD, native.gate_backward)
 _gate_backward_dx_kernel = Kernel(
-    "gate_backward_dx", _gate_backward_dx_impl, _gate_backward_dx_fake
+    spec.GATE_BACKWARD_DX,
+    lambda gy, x_hat, a, g: native.gate_backward(gy, x_hat, None, a, g)[::2],  # (dx, S)
 )
-
-
-def _gate_energy_backward_impl(
-    z: torch.Tensor,
-    g: torch.Tensor,
-    spacing: list[float],
-    mean: torch.Tensor,
-    inv_std: torch.Tensor,
-    gy: torch.Tensor,
-    gg: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    gz, su = native.energy_backward(z, g, tuple(spacing), mean, inv_std, gy, gg)
-    assert su is not None
-    return gz, su
-
-
-def _gate_energy_backward_fake(z, g, spacing, mean, inv_std, gy, gg):
-    return torch.empty_like(z), z.new_empty(z.shape[:2], dtype=torch.float64)
-
-
-_gate_energy_backward_kernel = Kernel(
-    "gate_energy_backward", _gate_energy_backward_impl, _gate_energy_backward_fake
-)
+_gate_energy_backward_kernel = Kernel(spec.GATE_ENERGY_BACKWARD, native.energy_backward)
 
 
 def tail_forward(x, u_hat, gamma, mean, std, spacing, eps: float, energy: bool):
@@ -407,9 +289,7 @@ class GatedResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, u_hat, x_hat, gamma, mean, std, spacing, eps: float, energy: bool):  # noqa: D102
-        y, total, e_mean, e_inv_std = tail_forward(
-            x, u_hat, gamma, mean, std, spacing, eps, energy
-        )
+        y, total, e_mean, e_inv_std = tail_forward(x, u_hat, gamma, mean, std, spacing, eps, energy)
         ctx.save_for_backward(u_hat, x_hat, gamma, mean, std, e_mean, e_inv_std)
         ctx.spacing, ctx.energy = spacing, energy
         return y, total

@@ -272,55 +272,17 @@ static int CAT(load_panels, SUF)(CAT(panel_buf, SUF) * pb, long p, long panels, 
     return np;
 }
 
-/* Forward over volumes [v0, v1) of a (B * C, *dims) tensor: out = (1/m) sum_d v_d. Panels
- * are swept two at a time. */
-int CAT(aos_forward, SUF)(const T *u, const T *b, T *out, const long *dims, int m, long C,
-                          const T *cA, const T *ce, const T *k, long v0, long v1) {
+/* Forward (adjoint 0) or backward (adjoint 1, upstream gradient g) of the AOS step over
+ * volumes [v0, v1) of a (B * C, *dims) tensor; see aos_forward and aos_backward. adjoint is
+ * a constant at each call and the function is always inlined, so each case compiles to its
+ * own code, as two functions would. Panels are swept two at a time. */
+static inline __attribute__((always_inline)) int CAT(aos_run, SUF)(
+    const T *u, const T *b, const T *g, T *out, T *gu, double *sums, const long *dims, int m,
+    long C, const T *cA, const T *ce, const T *k, long v0, long v1, const int adjoint) {
     long vox, nmax;
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
     CAT(panel_buf, SUF) pb[2];
-    V *buf = CAT(panel_bufs, SUF)(pb, nmax, 0);
-    if (!buf) return 1;
-    FTZ_BEGIN
-    const T scale = (T)1 / (T)m;
-    long off[2][LANES];
-    int contig[2], valid[2];
-    for (long v = v0; v < v1; ++v) {
-        for (int d = 0; d < m; ++d) {
-            long outer, inner, n = dims[d];
-            CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
-            V vcA, vce, vk;
-            CAT(coefs, SUF)(cA, ce, k, d, C, v % C, &vcA, &vce, &vk);
-            const long panels = CAT(n_panels, SUF)(outer, inner);
-            for (long p = 0; p < panels; p += 2) {
-                const int np = CAT(load_panels, SUF)(pb, p, panels, n, inner, outer * inner,
-                                                     u + v * vox, b + v * vox, NULL, scale,
-                                                     off, contig, valid);
-                CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
-                for (int j = 0; j < np; ++j) {
-                    for (long i = 0; i < n; ++i) pb[j].y[i] *= scale;
-                    CAT(store, SUF)(out + v * vox, pb[j].y, off[j], n, inner, contig[j],
-                                    valid[j], d > 0);
-                }
-            }
-        }
-    }
-    FTZ_END
-    free(buf);
-    return 0;
-}
-
-/* Backward of aos_forward for upstream gradient g over volumes [v0, v1). Writes dL/db to
- * gb and to gu the gradient with respect to u through phi and the explicit half plus dL/db
- * (the whole dL/du where b = u; both overwritten),
- * and per volume and axis the sums dL/dcA, dL/dce, dL/dk to sums[(v * 3 + j) * m + d]. */
-int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, double *sums,
-                           const long *dims, int m, long C, const T *cA, const T *ce,
-                           const T *k, long v0, long v1) {
-    long vox, nmax;
-    CAT(volume_size, SUF)(dims, m, &vox, &nmax);
-    CAT(panel_buf, SUF) pb[2];
-    V *buf = CAT(panel_bufs, SUF)(pb, nmax, 1);
+    V *buf = CAT(panel_bufs, SUF)(pb, nmax, adjoint);
     if (!buf) return 1;
     FTZ_BEGIN
     const T scale = (T)1 / (T)m;
@@ -336,21 +298,29 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
             const long panels = CAT(n_panels, SUF)(outer, inner);
             for (long p = 0; p < panels; p += 2) {
                 const int np = CAT(load_panels, SUF)(pb, p, panels, n, inner, outer * inner,
-                                                     u + v * vox, b + v * vox, g + v * vox,
-                                                     scale, off, contig, valid);
-                /* y -> v (the solution), z -> lambda (the adjoint: T is symmetric) */
+                                                     u + v * vox, b + v * vox,
+                                                     adjoint ? g + v * vox : NULL, scale, off,
+                                                     contig, valid);
+                /* y -> v (the solution); backward: z -> lambda (the adjoint: T is symmetric) */
                 CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
                 for (int j = 0; j < np; ++j) {
+                    if (!adjoint) {
+                        for (long i = 0; i < n; ++i) pb[j].y[i] *= scale;
+                        CAT(store, SUF)(out + v * vox, pb[j].y, off[j], n, inner, contig[j],
+                                        valid[j], d > 0);
+                        continue;
+                    }
                     if (ce)
                         CAT(panel_grad, SUF)(&pb[j], n, vcA, vce, vk, 1, acc);
                     else
                         CAT(panel_grad, SUF)(&pb[j], n, vcA, vce, vk, 0, acc);
-                    CAT(store, SUF)(gb + v * vox, pb[j].z, off[j], n, inner, contig[j],
+                    CAT(store, SUF)(out + v * vox, pb[j].z, off[j], n, inner, contig[j],
                                     valid[j], d > 0);
                     CAT(store, SUF)(gu + v * vox, pb[j].tb, off[j], n, inner, contig[j],
                                     valid[j], d > 0);
                 }
             }
+            if (!adjoint) continue;
             double s0 = 0, s1 = 0, s2 = 0;
             for (int l = 0; l < LANES; ++l) {
                 s0 += acc[0][l];
@@ -365,6 +335,22 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
     FTZ_END
     free(buf);
     return 0;
+}
+
+/* Forward over volumes [v0, v1) of a (B * C, *dims) tensor: out = (1/m) sum_d v_d. */
+int CAT(aos_forward, SUF)(const T *u, const T *b, T *out, const long *dims, int m, long C,
+                          const T *cA, const T *ce, const T *k, long v0, long v1) {
+    return CAT(aos_run, SUF)(u, b, NULL, out, NULL, NULL, dims, m, C, cA, ce, k, v0, v1, 0);
+}
+
+/* Backward of aos_forward for upstream gradient g over volumes [v0, v1). Writes dL/db to
+ * gb and to gu the gradient with respect to u through phi and the explicit half plus dL/db
+ * (the whole dL/du where b = u; both overwritten),
+ * and per volume and axis the sums dL/dcA, dL/dce, dL/dk to sums[(v * 3 + j) * m + d]. */
+int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, double *sums,
+                           const long *dims, int m, long C, const T *cA, const T *ce,
+                           const T *k, long v0, long v1) {
+    return CAT(aos_run, SUF)(u, b, g, gb, gu, sums, dims, m, C, cA, ce, k, v0, v1, 1);
 }
 
 /* Backward of the edge energy E = (1/m) sum_d mean_faces log(1 + s^2), s = diff_d(z_hat)

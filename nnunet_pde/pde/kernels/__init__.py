@@ -1,5 +1,7 @@
 """The PDE block's fast kernels behind one interface (see ``docs/pde_layer.md``).
 
+* :mod:`.spec` declares every kernel once (name, inputs, outputs): the ops' schemas, fake
+  implementations and argument checks are derived from it.
 * :mod:`.backend` picks the backend for a tensor (``c``, ``triton`` or ``torch``) and says
   why; ``NNUNET_PDE_BACKEND`` forces one.
 * :mod:`.ops` registers each kernel once as a ``torch.library`` custom op (CPU and CUDA,

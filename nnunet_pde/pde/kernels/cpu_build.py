@@ -15,6 +15,9 @@ touched). The compiler gets ``$NNUNET_PDE_CC_TIMEOUT`` seconds (default 300); on
 is a :class:`BuildError`, like one that fails, and the block then runs on the torch backend
 with that reason (:func:`~nnunet_pde.pde.kernels.backend.choose`).
 
+The ``ctypes`` argument types are read from the C prototypes of the exported functions
+(:func:`prototypes`): the C side's argument lists are written only in the C sources.
+
 Writes are atomic: the library and its checksum are each written to a temporary file in
 the cache folder and renamed into place, so concurrent builders never see a partial file.
 """
@@ -25,6 +28,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +42,15 @@ FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-Wno-ps
 #: Seconds the compiler may take (environment variable).
 TIMEOUT_ENV = "NNUNET_PDE_CC_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
+
+
+#: An exported C function: at the start of a line, not ``static``; ``CAT(name, SUF)`` is
+#: instantiated once per scalar type (suffixes :data:`SUFFIXES`).
+_PROTOTYPE = re.compile(
+    r"^(int|long|void) (?:CAT\((\w+), SUF\)|(\w+))\(([^)]*)\)\s*\{", re.MULTILINE
+)
+SUFFIXES = ("_f32", "_f64")
+_SCALARS = {"int": ctypes.c_int, "long": ctypes.c_long, "double": ctypes.c_double}
 
 
 class BuildError(RuntimeError):
@@ -146,7 +159,40 @@ def _compile(cc: str, target: Path) -> None:
             os.unlink(tmp)
 
 
-def load(declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL:
+def prototypes() -> dict[str, tuple[object, list]]:
+    """``name -> (restype, argtypes)`` of every function the C sources export, read from
+    their prototypes (the one place the C side's argument lists are written): pointers are
+    ``c_void_p``, ``int``/``long``/``double`` their ctypes types, ``void`` no value."""
+    out: dict[str, tuple[object, list]] = {}
+    for name in SOURCES:
+        text = (SOURCE_DIR / name).read_text()
+        for ret, templated, plain, params in _PROTOTYPE.findall(text):
+            argtypes = []
+            for param in params.split(","):
+                words = param.replace("*", " * ").split()
+                if words == ["void"]:
+                    continue
+                if "*" in words:
+                    argtypes.append(ctypes.c_void_p)
+                else:
+                    argtypes.append(_SCALARS[words[-2]])
+            restype = None if ret == "void" else _SCALARS[ret]
+            names = [templated + s for s in SUFFIXES] if templated else [plain]
+            for n in names:
+                out[n] = (restype, argtypes)
+    return out
+
+
+def declare(lib: ctypes.CDLL) -> None:
+    """Set the argument and result types of every exported function of ``lib``
+    (:func:`prototypes`)."""
+    for name, (restype, argtypes) in prototypes().items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = restype
+
+
+def load(declare: Callable[[ctypes.CDLL], None] = declare) -> ctypes.CDLL:
     """The loaded kernels, built (or rebuilt, when the cached file is not intact) first;
     ``declare`` sets the functions' argument types. :class:`BuildError` says why not."""
     cc = compiler()

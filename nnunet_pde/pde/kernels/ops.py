@@ -1,5 +1,6 @@
-"""The kernels as ``torch.library`` custom ops: one schema per kernel, one fake (shape)
-implementation, and the backend chosen inside (:mod:`.backend`).
+"""The kernels as ``torch.library`` custom ops: each registered from its declaration in
+:mod:`.spec` (schema, fake implementation, argument check), the backend chosen inside
+(:mod:`.backend`).
 
 ``torch.compile`` sees each kernel as one opaque node, whatever the grid size, so nothing
 that grows with the grid is traced or unrolled. In eager mode :class:`Kernel` calls the
@@ -15,63 +16,62 @@ kernels of the rest of the block (every device) by :mod:`.triton_ops`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
 
 from .. import native
-from . import backend, triton_aos
+from . import backend, spec, triton_aos
+
+#: Environment variable that switches :attr:`Kernel.check` on (``1``), e.g. in tests.
+CHECK_ENV = "NNUNET_PDE_CHECK_ARGS"
 
 
 class Kernel:
-    """A kernel ``torch.ops.nnunet_pde.<name>``: called directly in eager mode, through the
-    custom operator while ``torch.compile`` traces.
+    """The kernel ``torch.ops.nnunet_pde.<spec.name>``: called directly in eager mode,
+    through the custom operator while ``torch.compile`` traces.
 
-    ``impl`` is the implementation (plain tensors in, tensors out; no output aliases an
-    input); ``fake`` returns empty outputs of the right shapes; ``devices`` the device types
-    it is registered for (``None``: all); ``eager``, if given, replaces ``impl`` in eager
-    mode (same results, but free to use per-thread scratch buffers, which an operator's
-    outputs may not be).
+    ``spec`` declares it (:class:`~.spec.KernelSpec`: the op's schema, fake implementation
+    and device types come from there); ``impl`` is the implementation (the arguments in the
+    spec's order, tensors out; no output aliases an input); ``eager``, if given, replaces
+    ``impl`` in eager mode (same results, but free to use per-thread scratch buffers, which
+    an operator's outputs may not be).
     """
 
     #: Every kernel registered, by op name (tests opcheck each).
     registry: dict[str, Kernel] = {}
+    #: Whether eager calls check their arguments against the spec (off by default: a few
+    #: tens of microseconds per call; the fake implementations always check).
+    check: bool = os.environ.get(CHECK_ENV, "0") == "1"
 
     def __init__(
-        self,
-        name: str,
-        impl: Callable,
-        fake: Callable,
-        eager: Callable | None = None,
-        devices: str | None = "cpu",
+        self, kernel: spec.KernelSpec, impl: Callable, eager: Callable | None = None
     ) -> None:
+        self.spec = kernel
         self.impl = impl if eager is None else eager
         self.op = torch.library.custom_op(
-            f"nnunet_pde::{name}", mutates_args=(), device_types=devices
+            f"nnunet_pde::{kernel.name}",
+            mutates_args=(),
+            device_types=kernel.devices,
+            schema=kernel.schema(),
         )(impl)
-        self.op.register_fake(fake)
-        Kernel.registry[name] = self
+        self.op.register_fake(kernel.fake)
+        Kernel.registry[kernel.name] = self
 
     def __call__(self, *args):
         if torch.compiler.is_compiling():
             return self.op(*args)
+        if Kernel.check:
+            self.spec.check(args)
         return self.impl(*args)
 
 
 # --------------------------------------------------------------------------- AOS diffusion
 
 
-def _aos_diffusion_impl(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-) -> torch.Tensor:
-    """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)`` on the backend chosen for ``u``.
-
-    ``u``, ``b``: ``(B, C, *S)``; ``cA``, ``ce``, ``k``: ``(m, C)`` (see
-    :class:`~nnunet_pde.pde.fused.AOSStep`)."""
+def _aos_diffusion_impl(u, b, cA, ce, k) -> torch.Tensor:
+    """:data:`~.spec.AOS_DIFFUSION` on the backend chosen for ``u``."""
     which = backend.name(u)
     if which == "c":
         return native.diffusion_forward(u, b, cA, ce, k)
@@ -82,21 +82,9 @@ def _aos_diffusion_impl(
     return diffusion_forward_torch(u, b, cA, ce, k).contiguous()
 
 
-def _aos_diffusion_fake(u, b, cA, ce, k):
-    return torch.empty_like(u)
-
-
-def _aos_diffusion_backward_impl(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    g: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dL/db, dL/du, dL/dcA, dL/dce, dL/dk)`` of the AOS diffusion for upstream ``g``;
-    ``dL/du`` includes ``dL/db`` (all of it where ``b = u``), the last three ``(m, C)``
-    (zeros where ``ce``/``k`` is ``None``)."""
+def _aos_diffusion_backward_impl(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
+    """:data:`~.spec.AOS_DIFFUSION_BACKWARD` on the backend chosen for ``u`` (``gce``,
+    ``gk`` zeros where ``ce``/``k`` is ``None``)."""
     which = backend.name(u)
     if which == "c":
         return native.diffusion_backward(u, b, g, cA, ce, k)
@@ -109,30 +97,20 @@ def _aos_diffusion_backward_impl(
     return gb.contiguous(), gu.contiguous(), gcA.clone(), gce.clone(), gk.clone()
 
 
-def _aos_diffusion_backward_fake(u, b, g, cA, ce, k):
-    grads = [cA.new_empty(cA.shape) for _ in range(3)]
-    return (torch.empty_like(u), torch.empty_like(u), *grads)
-
-
 def _aos_diffusion_backward_eager(u, b, g, cA, ce, k):
     if backend.name(u) == "c":  # dL/db in a scratch buffer: the caller consumes it at once
         return native.diffusion_backward(u, b, g, cA, ce, k, scratch=True)
     return _aos_diffusion_backward_impl(u, b, g, cA, ce, k)
 
 
-aos_diffusion = Kernel("aos_diffusion", _aos_diffusion_impl, _aos_diffusion_fake, devices=None)
+aos_diffusion = Kernel(spec.AOS_DIFFUSION, _aos_diffusion_impl)
 aos_diffusion_backward = Kernel(
-    "aos_diffusion_backward",
-    _aos_diffusion_backward_impl,
-    _aos_diffusion_backward_fake,
-    eager=_aos_diffusion_backward_eager,
-    devices=None,
+    spec.AOS_DIFFUSION_BACKWARD, _aos_diffusion_backward_impl, eager=_aos_diffusion_backward_eager
 )
 
 
 def _setup_aos(ctx, inputs, output) -> None:
-    u, b, cA, ce, k = inputs
-    ctx.save_for_backward(u, b, cA, ce, k)
+    ctx.save_for_backward(*inputs)
 
 
 def _backward_aos(ctx, g):

@@ -70,13 +70,26 @@ def kernels():
         return phi
 
     @triton.jit
+    def line_start(u_ptr, cA_ptr, C, n, inner, lines, vol, cdt: tl.constexpr, BLOCK: tl.constexpr):
+        """``(c, base, mask, cA, u_0, zero)`` of this program's lines: the channel, the
+        lines' first cells (:func:`line_base`), their first values and a zero vector."""
+        bc = tl.program_id(1)
+        c = bc % C
+        base, mask = line_base(bc, n, inner, lines, vol, BLOCK)
+        cA = tl.load(cA_ptr + c).to(cdt)
+        u_cur = tl.load(u_ptr + base, mask=mask, other=0.0).to(cdt)
+        return c, base, mask, cA, u_cur, tl.zeros((BLOCK,), cdt)
+
+    @triton.jit
     def row(
-        u_ptr, b_ptr, off, inner, mask, has_face, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
+        u_ptr, b_ptr, base, j, n, inner, mask, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
         HAS_CE: tl.constexpr, HAS_K: tl.constexpr,
     ):  # fmt: skip
-        """Row ``j`` of the elimination from ``u_j`` and the flux ``F_{j-1}``: ``(u_{j+1},
-        a_j, rhs_j, F_j)`` with ``a_j = cA phi_j`` (0 past the last cell) and ``rhs_j = b_j
-        + ce (F_j - F_{j-1})``."""
+        """Row ``j`` of the elimination from ``u_j`` and the flux ``F_{j-1}``: ``(off_j,
+        u_{j+1}, a_j, rhs_j, F_j)`` with ``a_j = cA phi_j`` (0 past the last cell) and
+        ``rhs_j = b_j + ce (F_j - F_{j-1})``."""
+        off = base + j * inner
+        has_face = j + 1 < n
         u_next = tl.load(u_ptr + off + inner, mask=mask & has_face, other=0.0).to(u_cur.dtype)
         delta = tl.where(has_face, u_next - u_cur, 0.0)
         phi = edge_phi(delta, k_ptr, c, HAS_K)
@@ -86,10 +99,21 @@ def kernels():
         if HAS_CE:
             flux = phi * delta
             rhs += tl.load(ce_ptr + c).to(u_cur.dtype) * (flux - f_prev)
-        return u_next, a, rhs, flux
+        return off, u_next, a, rhs, flux
+
+    @triton.jit
+    def put_grads(gu_ptr, gb_ptr, off, mask, gu, gb, ACCUM: tl.constexpr):
+        """Store (or, with ``ACCUM``, add to what earlier axes stored) a cell's ``dL/du`` and
+        ``dL/db``."""
+        if ACCUM:
+            gu += tl.load(gu_ptr + off, mask=mask, other=0.0).to(gu.dtype)
+            gb += tl.load(gb_ptr + off, mask=mask, other=0.0).to(gb.dtype)
+        tl.store(gu_ptr + off, gu.to(gu_ptr.dtype.element_ty), mask=mask)
+        tl.store(gb_ptr + off, gb.to(gb_ptr.dtype.element_ty), mask=mask)
 
     # Triton resolves the functions a kernel calls among its module's globals, not closures
-    globals().update(line_base=line_base, edge_phi=edge_phi, row=row)
+    globals().update(line_base=line_base, edge_phi=edge_phi, line_start=line_start, row=row)
+    globals().update(put_grads=put_grads)
 
     @triton.jit
     def aos_axis_forward(
@@ -98,20 +122,14 @@ def kernels():
         HAS_CE: tl.constexpr, HAS_K: tl.constexpr, ACCUM: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = cs_ptr.dtype.element_ty
-        bc = tl.program_id(1)
-        c = bc % C
-        base, mask = line_base(bc, n, inner, lines, vol, BLOCK)
-        cA = tl.load(cA_ptr + c).to(cdt)
-        u_cur = tl.load(u_ptr + base, mask=mask, other=0.0).to(cdt)
-        a_prev = tl.zeros((BLOCK,), cdt)
-        f_prev = tl.zeros((BLOCK,), cdt)
-        c_prev = tl.zeros((BLOCK,), cdt)
-        y_prev = tl.zeros((BLOCK,), cdt)
+        c, base, mask, cA, u_cur, zero = line_start(
+            u_ptr, cA_ptr, C, n, inner, lines, vol, cdt, BLOCK
+        )
+        a_prev, f_prev, c_prev, y_prev = zero, zero, zero, zero
         # elimination: row j is 1 + a_{j-1} + a_j on the diagonal, -a_{j-1}, -a_j beside
         for j in range(0, n):
-            off = base + j * inner
-            u_next, a, rhs, f_prev = row(
-                u_ptr, b_ptr, off, inner, mask, j + 1 < n, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
+            off, u_next, a, rhs, f_prev = row(
+                u_ptr, b_ptr, base, j, n, inner, mask, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
                 HAS_CE, HAS_K,
             )  # fmt: skip
             piv = 1.0 + a_prev * (1.0 - c_prev) + a
@@ -130,9 +148,10 @@ def kernels():
         tl.store(out_ptr + off, res.to(out_ptr.dtype.element_ty), mask=mask)
         for jj in range(1, n):
             off = base + (n - 1 - jj) * inner
-            v = tl.load(ys_ptr + off, mask=mask, other=0.0) + tl.load(
-                cs_ptr + off, mask=mask, other=0.0
-            ) * v
+            v = (
+                tl.load(ys_ptr + off, mask=mask, other=0.0)
+                + tl.load(cs_ptr + off, mask=mask, other=0.0) * v
+            )
             res = v * inv_m
             if ACCUM:
                 res += tl.load(out_ptr + off, mask=mask, other=0.0).to(cdt)
@@ -141,26 +160,18 @@ def kernels():
     @triton.jit
     def aos_axis_backward(
         u_ptr, b_ptr, g_ptr, gb_ptr, gu_ptr, cs_ptr, yv_ptr, yl_ptr, part_ptr,
-        cA_ptr, ce_ptr, k_ptr,
-        C, n, inner, lines, vol, inv_m,
+        cA_ptr, ce_ptr, k_ptr, C, n, inner, lines, vol, inv_m,
         HAS_CE: tl.constexpr, HAS_K: tl.constexpr, ACCUM: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         cdt = cs_ptr.dtype.element_ty
-        bc = tl.program_id(1)
-        c = bc % C
-        base, mask = line_base(bc, n, inner, lines, vol, BLOCK)
-        cA = tl.load(cA_ptr + c).to(cdt)
-        u_cur = tl.load(u_ptr + base, mask=mask, other=0.0).to(cdt)
-        a_prev = tl.zeros((BLOCK,), cdt)
-        f_prev = tl.zeros((BLOCK,), cdt)
-        c_prev = tl.zeros((BLOCK,), cdt)
-        yv = tl.zeros((BLOCK,), cdt)
-        yl = tl.zeros((BLOCK,), cdt)
+        c, base, mask, cA, u_cur, zero = line_start(
+            u_ptr, cA_ptr, C, n, inner, lines, vol, cdt, BLOCK
+        )
+        a_prev, f_prev, c_prev, yv, yl = zero, zero, zero, zero, zero
         # elimination of T v = rhs and T lambda = g / m together (same pivots)
         for j in range(0, n):
-            off = base + j * inner
-            u_next, a, rhs, f_prev = row(
-                u_ptr, b_ptr, off, inner, mask, j + 1 < n, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
+            off, u_next, a, rhs, f_prev = row(
+                u_ptr, b_ptr, base, j, n, inner, mask, u_cur, f_prev, cA, ce_ptr, k_ptr, c,
                 HAS_CE, HAS_K,
             )  # fmt: skip
             gm = tl.load(g_ptr + off, mask=mask, other=0.0).to(cdt) * inv_m
@@ -206,26 +217,15 @@ def kernels():
                 s_k += delta * gs
                 gdelta += tl.load(k_ptr + c).to(cdt) * gs
             # cell j + 1 is complete: its left face is this one, its right one is in carry
-            off1 = off + inner
-            gu1 = l_next + gdelta + carry
-            gb1 = l_next
-            if ACCUM:
-                gu1 += tl.load(gu_ptr + off1, mask=mask, other=0.0).to(cdt)
-                gb1 += tl.load(gb_ptr + off1, mask=mask, other=0.0).to(cdt)
-            tl.store(gu_ptr + off1, gu1.to(gu_ptr.dtype.element_ty), mask=mask)
-            tl.store(gb_ptr + off1, gb1.to(gb_ptr.dtype.element_ty), mask=mask)
+            put_grads(gu_ptr, gb_ptr, off + inner, mask, l_next + gdelta + carry, l_next, ACCUM)
             carry = -gdelta
             v_next = v
             l_next = lam
             u_next = u_j
-        gu0 = l_next + carry
-        gb0 = l_next
-        if ACCUM:
-            gu0 += tl.load(gu_ptr + base, mask=mask, other=0.0).to(cdt)
-            gb0 += tl.load(gb_ptr + base, mask=mask, other=0.0).to(cdt)
-        tl.store(gu_ptr + base, gu0.to(gu_ptr.dtype.element_ty), mask=mask)
-        tl.store(gb_ptr + base, gb0.to(gb_ptr.dtype.element_ty), mask=mask)
-        slot = part_ptr + (bc.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * 3
+        put_grads(gu_ptr, gb_ptr, base, mask, l_next + carry, l_next, ACCUM)
+        slot = (
+            part_ptr + (tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * 3
+        )
         tl.store(slot, tl.sum(s_cA, axis=0))
         tl.store(slot + 1, tl.sum(s_ce, axis=0))
         tl.store(slot + 2, tl.sum(s_k, axis=0))
@@ -264,13 +264,7 @@ def _coef(t: torch.Tensor | None, like: torch.Tensor, d: int) -> torch.Tensor:
     return like if t is None else t[d].contiguous()
 
 
-def diffusion_forward(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-) -> torch.Tensor:
+def diffusion_forward(u, b, cA, ce, k) -> torch.Tensor:
     """``(1/m) sum_d T_d^{-1} (b + ce_d A_d u)``: ``m`` launches; see the module docstring.
 
     ``u``, ``b``: ``(B, C, *S)``; ``cA``, ``ce``, ``k``: ``(m, C)``. Output in ``u``'s dtype.
@@ -297,12 +291,7 @@ def diffusion_forward(
 
 
 def diffusion_backward_partials(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    g: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
+    u, b, g, cA, ce, k
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """``(gb, gu, parts, programs)``: the maps of :func:`diffusion_backward` and the
     per-program partial sums of the coefficient gradients, one flat buffer in the compute
@@ -335,14 +324,7 @@ def diffusion_backward_partials(
     return gb, gu, parts, programs
 
 
-def diffusion_backward(
-    u: torch.Tensor,
-    b: torch.Tensor,
-    g: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-) -> tuple[torch.Tensor, ...]:
+def diffusion_backward(u, b, g, cA, ce, k) -> tuple[torch.Tensor, ...]:
     """Backward of :func:`diffusion_forward` for upstream ``g``: ``(gb, gu, gcA, gce, gk)``
     as the other backends return it (``gu`` includes ``gb``; ``gce``/``gk`` zeros where
     ``ce``/``k`` is ``None``); ``m`` launches plus the sums of the partial sums."""

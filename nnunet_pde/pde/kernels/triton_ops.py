@@ -18,65 +18,17 @@ The ``c`` and ``torch`` backends never call these ops.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from . import triton_aos, triton_reaction, triton_tail
+from . import spec, triton_aos, triton_reaction, triton_tail
 from .ops import Kernel
 
 # --------------------------------------------------------------------------- parameters
 
 
-def _coef_impl(
-    logit: torch.Tensor,
-    alpha_raw: torch.Tensor,
-    kappa_raw: torch.Tensor | None,
-    spacing: list[float],
-    tau_max: float,
-    rate: float,
-    theta: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return triton_reaction.coefficients(logit, alpha_raw, kappa_raw, spacing, tau_max, rate, theta)
-
-
-def _coef_fake(logit, alpha_raw, kappa_raw, spacing, tau_max, rate, theta):
-    mc = (len(spacing), alpha_raw.shape[0])
-    return (
-        torch.empty_like(alpha_raw),
-        alpha_raw.new_empty(mc),
-        alpha_raw.new_empty(mc if theta < 1.0 else (0,)),
-        alpha_raw.new_empty(mc if kappa_raw is not None else (0,)),
-    )
-
-
-coefficients_kernel = Kernel("triton_coefficients", _coef_impl, _coef_fake, devices=None)
-
-
-def _coef_backward_impl(
-    logit: torch.Tensor,
-    alpha_raw: torch.Tensor,
-    kappa_raw: torch.Tensor | None,
-    gts: torch.Tensor,
-    gcA: torch.Tensor,
-    gce: torch.Tensor | None,
-    gk: torch.Tensor | None,
-    spacing: list[float],
-    tau_max: float,
-    rate: float,
-    theta: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return triton_reaction.coefficients_backward(
-        logit, alpha_raw, kappa_raw, gts, gcA, gce, gk, spacing, tau_max, rate, theta
-    )
-
-
-def _coef_backward_fake(logit, alpha_raw, kappa_raw, gts, gcA, gce, gk, *args):
-    return torch.empty_like(logit), torch.empty_like(alpha_raw), torch.empty_like(alpha_raw)
-
-
+coefficients_kernel = Kernel(spec.TRITON_COEFFICIENTS, triton_reaction.coefficients)
 coefficients_backward_kernel = Kernel(
-    "triton_coefficients_backward", _coef_backward_impl, _coef_backward_fake, devices=None
+    spec.TRITON_COEFFICIENTS_BACKWARD, triton_reaction.coefficients_backward
 )
 
 
@@ -128,130 +80,16 @@ def coefficients(logit, alpha_raw, kappa_raw, spacing, tau_max: float, rate: flo
 # --------------------------------------------------------------------------- maps
 
 
-def _standardise_impl(
-    x: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return triton_tail.standardise_forward(x, eps)
-
-
-def _standardise_fake(x, eps):
-    stat = (x.shape[0], x.shape[1], *([1] * (x.ndim - 2)))
-    cdt = triton_tail.compute_dtype(x.dtype)
-    return torch.empty_like(x), x.new_empty(stat, dtype=cdt), x.new_empty(stat, dtype=cdt)
-
-
-standardise_kernel = Kernel(
-    "triton_standardise", _standardise_impl, _standardise_fake, devices=None
-)
-
-
-def _response_b_impl(
-    u: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    tau: torch.Tensor,
-) -> torch.Tensor:
-    return triton_reaction.response_b(u, w1, b1, w2, b2, tau)
-
-
-def _response_b_fake(u, w1, b1, w2, b2, tau):
-    return torch.empty_like(u)
-
-
-response_b_kernel = Kernel("triton_response_b", _response_b_impl, _response_b_fake, devices=None)
-
-
-def _tail_forward_impl(
-    x: torch.Tensor,
-    u: torch.Tensor,
-    gamma: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    spacing: list[float],
-    eps: float,
-    energy: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return triton_tail.tail_forward(x, u, gamma, mean, std, spacing, eps, energy)
-
-
-def _tail_forward_fake(x, u, gamma, mean, std, spacing, eps, energy):
-    cdt = triton_tail.compute_dtype(x.dtype)
-    stat = mean.shape if energy else (0,)
-    nchunk = triton_tail.chunks(math.prod(x.shape[2:]))
-    esum = x.new_empty((*x.shape[:2], nchunk) if energy else (0,), dtype=cdt)
-    return torch.empty_like(x), esum, x.new_empty(stat, dtype=cdt), x.new_empty(stat, dtype=cdt)
-
-
-tail_forward_kernel = Kernel(
-    "triton_tail_forward", _tail_forward_impl, _tail_forward_fake, devices=None
-)
-
-
-def _tail_backward_impl(
-    gy: torch.Tensor,
-    u: torch.Tensor,
-    x_hat: torch.Tensor,
-    gamma: torch.Tensor,
-    std: torch.Tensor,
-    e_mean: torch.Tensor,
-    e_inv: torch.Tensor,
-    g_energy: torch.Tensor,
-    spacing: list[float],
-    energy: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return triton_tail.tail_backward(
-        gy, u, x_hat, gamma, std, e_mean, e_inv, g_energy, spacing, energy
-    )
-
-
-def _tail_backward_fake(gy, u, x_hat, gamma, std, e_mean, e_inv, g_energy, spacing, energy):
-    nchunk = triton_tail.chunks(math.prod(gy.shape[2:]))
-    return torch.empty_like(gy), gy.new_empty((*gy.shape[:2], nchunk, 5), dtype=torch.float64)
-
-
-tail_backward_kernel = Kernel(
-    "triton_tail_backward", _tail_backward_impl, _tail_backward_fake, devices=None
-)
-
-
-def _standardise_backward_impl(
-    x_hat: torch.Tensor,
-    std: torch.Tensor,
-    g_hat: torch.Tensor,
-    S: torch.Tensor,
-    gamma: torch.Tensor,
-    gy: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return triton_tail.standardise_backward(x_hat, std, g_hat, S, gamma, gy)
-
-
-def _standardise_backward_fake(x_hat, std, g_hat, S, gamma, gy):
-    return torch.empty_like(x_hat), std.new_empty(x_hat.shape[:2])
-
-
+standardise_kernel = Kernel(spec.TRITON_STANDARDISE, triton_tail.standardise_forward)
+response_b_kernel = Kernel(spec.TRITON_RESPONSE_B, triton_reaction.response_b)
+tail_forward_kernel = Kernel(spec.TRITON_TAIL_FORWARD, triton_tail.tail_forward)
+tail_backward_kernel = Kernel(spec.TRITON_TAIL_BACKWARD, triton_tail.tail_backward)
 standardise_backward_kernel = Kernel(
-    "triton_standardise_backward",
-    _standardise_backward_impl,
-    _standardise_backward_fake,
-    devices=None,
+    spec.TRITON_STANDARDISE_BACKWARD, triton_tail.standardise_backward
 )
 
 
-def _step_backward_impl(
-    u: torch.Tensor,
-    g: torch.Tensor,
-    tau: torch.Tensor,
-    cA: torch.Tensor,
-    ce: torch.Tensor | None,
-    k: torch.Tensor | None,
-    w1: torch.Tensor | None,
-    b1: torch.Tensor | None,
-    w2: torch.Tensor | None,
-    b2: torch.Tensor | None,
-    acc: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _step_backward_impl(u, g, tau, cA, ce, k, w1, b1, w2, b2, acc) -> tuple[torch.Tensor, ...]:
     """``(dL/du, G)`` of one fused step for upstream ``g``: ``G`` the flat parameter gradient
     (:func:`~.triton_reaction.gradient_layout`) plus ``acc``."""
     B, C = u.shape[:2]
@@ -268,15 +106,7 @@ def _step_backward_impl(
     return gu, triton_reaction.reduce_partials(parts, programs, B, C, resp, acc)
 
 
-def _step_backward_fake(u, g, tau, cA, ce, k, w1, b1, w2, b2, acc):
-    hidden = None if w1 is None else w1.shape[0]
-    layout = triton_reaction.gradient_layout(u.ndim - 2, u.shape[1], hidden)
-    return torch.empty_like(u), cA.new_empty((sum(s for _, _, s in layout),))
-
-
-step_backward_kernel = Kernel(
-    "triton_step_backward", _step_backward_impl, _step_backward_fake, devices=None
-)
+step_backward_kernel = Kernel(spec.TRITON_STEP_BACKWARD, _step_backward_impl)
 
 
 # --------------------------------------------------------------------------- the block

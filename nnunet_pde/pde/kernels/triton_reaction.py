@@ -91,7 +91,18 @@ def kernels() -> dict:
         to float32 where it is the left operand or reassigned (compiled, it is float32)."""
         return tl.full([], 0.0, tl.float64) + x
 
+    @triton.jit
+    def axis_value(d: tl.constexpr, v0, v1, v2):
+        """``v_d`` of the three per-axis values (``d`` a compile-time axis)."""
+        v = v0
+        if d == 1:
+            v = v1
+        if d == 2:
+            v = v2
+        return v
+
     globals().update(tanh=tanh, hidden=hidden, softplus=softplus, sigmoid=sigmoid, wide=wide)
+    globals().update(axis_value=axis_value)
 
     @triton.jit
     def response_fwd(
@@ -214,11 +225,7 @@ def kernels() -> dict:
         if HAS_K:
             kappa = softplus(tl.load(kr_ptr + c, mask=mc, other=0.0).to(tl.float64)) + 1e-3
         for d in tl.static_range(3):
-            ih = ih0
-            if d == 1:
-                ih = ih1
-            if d == 2:
-                ih = ih2
+            ih = axis_value(d, ih0, ih1, ih2)
             md = mc & (d < m)
             base = ts * alpha * (ih * ih)
             tl.store(cA_ptr + d * C + c, (m * theta * base).to(odt), mask=md)
@@ -234,12 +241,12 @@ def kernels() -> dict:
         C, m, tau_max, R, theta, ih0, ih1, ih2,
         HAS_CE: tl.constexpr, HAS_K: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
-        tau_max, R, theta = wide(tau_max), wide(R), wide(theta)
-        ih0, ih1, ih2 = wide(ih0), wide(ih1), wide(ih2)
-        odt = gar_ptr.dtype.element_ty
         c = tl.arange(0, BLOCK)
         mc = c < C
+        odt = gar_ptr.dtype.element_ty
         sig = sigmoid(tl.load(logit_ptr).to(tl.float64))
+        tau_max, R, theta = wide(tau_max), wide(R), wide(theta)
+        ih0, ih1, ih2 = wide(ih0), wide(ih1), wide(ih2)
         tau = tau_max * sig
         ar = tl.load(ar_ptr + c, mask=mc, other=0.0).to(tl.float64)
         alpha = softplus(ar)
@@ -254,11 +261,7 @@ def kernels() -> dict:
             kr = tl.load(kr_ptr + c, mask=mc, other=0.0).to(tl.float64)
             kappa = softplus(kr) + 1e-3
         for d in tl.static_range(3):
-            ih = ih0
-            if d == 1:
-                ih = ih1
-            if d == 2:
-                ih = ih2
+            ih = axis_value(d, ih0, ih1, ih2)
             md = mc & (d < m)
             gbase = m * theta * tl.load(gcA_ptr + d * C + c, mask=md, other=0.0).to(tl.float64)
             if HAS_CE:
