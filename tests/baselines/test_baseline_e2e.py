@@ -7,21 +7,19 @@ that prediction, which rebuilds the network on the class from that plans.json, w
 from __future__ import annotations
 
 import json
-import os
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from plan_fixtures import run_checked
+from plan_fixtures import nnunet_subprocess_env, run_checked
 
-from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
+from nnunet_pde.commands import build_predict_command, build_train_command
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
 DATASET_ID = "973"
 SMOKE = [
     "nnUNetTrainerVNet_2epochs_4iters",
@@ -30,7 +28,7 @@ SMOKE = [
 ]
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: int = 1800) -> str:
+def _run(cmd: Sequence[str], env: dict[str, str], timeout: int = 1800) -> str:
     return run_checked(cmd, env, timeout)
 
 
@@ -38,14 +36,7 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int = 1800) -> str:
 def prepared(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A planned and preprocessed LiTS-like dataset and the environment to use it."""
     root = tmp_path_factory.mktemp("baselines_e2e")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update(
-        nnUNet_raw=str(root / "raw"),
-        nnUNet_preprocessed=str(root / "preprocessed"),
-        nnUNet_results=str(root / "results"),
-        **{EXT_TRAINER_VAR: str(trainer_dir())},
-    )
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env = nnunet_subprocess_env(root)
     _run(
         [
             "nnunet-pde",
@@ -76,13 +67,13 @@ def prepared(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def test_train_then_predict(prepared, trainer):
     root, env = prepared
     (raw,) = (root / "raw").glob(f"Dataset{DATASET_ID}_*")
-    _run(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env)
-    model = root / "results" / raw.name / f"{trainer}__nnUNetPlans__3d_fullres"
+    _run(build_train_command(DATASET_ID, "3d_fullres", 0, trainer, "nnUNetPlans", "cpu"), env)
+    model = root / "res" / raw.name / f"{trainer}__nnUNetPlans__3d_fullres"
     ckpt = torch.load(
         model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False
     )
     assert ckpt["trainer_name"] == trainer and ckpt["current_epoch"] == 2
-    planned = json.loads((root / "preprocessed" / raw.name / "nnUNetPlans.json").read_text())
+    planned = json.loads((root / "pre" / raw.name / "nnUNetPlans.json").read_text())
     saved = json.loads((model / "plans.json").read_text())
     patch = saved["configurations"]["3d_fullres"]["patch_size"]
     if "VNet" in trainer:
@@ -91,23 +82,9 @@ def test_train_then_predict(prepared, trainer):
         assert patch == planned["configurations"]["3d_fullres"]["patch_size"]
     pred = root / f"pred_{trainer}"
     _run(
-        [
-            "nnUNetv2_predict",
-            "-i",
-            str(raw / "imagesTs"),
-            "-o",
-            str(pred),
-            "-d",
-            DATASET_ID,
-            "-c",
-            "3d_fullres",
-            "-f",
-            "0",
-            "-tr",
-            trainer,
-            "-device",
-            "cpu",
-        ],
+        build_predict_command(
+            raw / "imagesTs", pred, DATASET_ID, "3d_fullres", "nnUNetPlans", trainer, [0], "cpu"
+        ),
         env,
     )
     (ref_file,) = sorted((raw / "labelsTs").glob("*.nii.gz"))

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import SimpleITK as sitk
 import torch
 from plan_fixtures import run_checked
 
+from nnunet_pde.commands import build_predict_command, build_train_command
 from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +39,7 @@ DATASETS = {
 }
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> str:
+def _run(cmd: Sequence[str], env: dict[str, str], timeout: int = 900) -> str:
     return run_checked(cmd, env, timeout)
 
 
@@ -97,29 +99,21 @@ class Workspace:
         # which fails for 0.)
         self.env["nnUNet_n_proc_DA"] = "0"
         self.train_log = _run(
-            ["nnUNetv2_train", self.did, "3d_fullres", "0", "-tr", SMOKE, "-device", "cpu"],
-            self.env,
+            build_train_command(self.did, "3d_fullres", 0, SMOKE, "nnUNetPlans", "cpu"), self.env
         )
         self.model_dir = root / "results" / self.raw.name / f"{SMOKE}__nnUNetPlans__3d_fullres"
         self.pred = root / "pred"
         _run(
-            [
-                "nnUNetv2_predict",
-                "-i",
-                str(self.raw / "imagesTs"),
-                "-o",
-                str(self.pred),
-                "-d",
+            build_predict_command(
+                self.raw / "imagesTs",
+                self.pred,
                 self.did,
-                "-c",
                 "3d_fullres",
-                "-f",
-                "0",
-                "-tr",
+                "nnUNetPlans",
                 SMOKE,
-                "-device",
+                [0],
                 "cpu",
-            ],
+            ),
             self.env,
         )
         _run(
