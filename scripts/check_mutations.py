@@ -86,7 +86,7 @@ MUTATIONS = (
         "nnunet_pde/training/schedulers.py",
         "0.5 * (1.0 + math.cos(math.pi * t))",
         "0.5 * (1.0 - math.cos(math.pi * t))",
-        ("tests/test_training_schedule.py::test_learning_rate_at_known_epochs",),
+        ("tests/training/test_schedulers.py::test_learning_rate_at_known_epochs",),
     ),
     Mutation(
         "fused C kernel: back substitution of the Thomas solve dropped",

@@ -16,7 +16,7 @@ import torch
 # with @jit at import time); on a machine with CUDA the kernels run compiled instead.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-from plan_fixtures import PLANS_CASES
+from plan_fixtures import PLANS_CASES, load_plans, managers
 
 
 @pytest.fixture(params=sorted(PLANS_CASES))
@@ -57,3 +57,46 @@ def resolve_with_nnunet_finder() -> Callable[[Sequence[str]], list[str]]:
         return sorted(re.findall(r"^RESOLVED (\S+)$", out, flags=re.M))
 
     return resolve
+
+
+def _write_checkpoint(
+    path, trainer, perturb=None, seed=0, trainer_name=None, logging=None
+) -> torch.nn.Module:
+    """Write a checkpoint shaped like ``nnUNetTrainer.save_checkpoint``'s, of ``trainer``'s
+    network on the tiny plans (``perturb(block)`` applied to each PDE block first;
+    ``logging``: the logger's entry, absent if None); return the network."""
+    from nnunet_pde.network import pde_blocks
+
+    plans, ds = load_plans("tiny_plain")
+    pm, cm, n_in, n_out = managers(plans, ds)
+    torch.manual_seed(seed)
+    net = trainer.build_network_architecture(pm, cm, n_in, n_out, True)
+    if perturb is not None:
+        with torch.no_grad():
+            for block in pde_blocks(net).values():
+                perturb(block)
+    torch.save(
+        {
+            "network_weights": net.state_dict(),
+            "init_args": {
+                "plans": plans,
+                "configuration": "3d_fullres",
+                "fold": 0,
+                "dataset_json": ds,
+                "device": torch.device("cpu"),
+            },
+            "trainer_name": trainer_name or trainer.__name__,
+            "current_epoch": 7,
+            **({"logging": logging} if logging is not None else {}),
+        },
+        path,
+    )
+    return net
+
+
+@pytest.fixture(scope="session")
+def write_checkpoint() -> Callable[..., torch.nn.Module]:
+    """``write_checkpoint(path, trainer, perturb=None, seed=0, trainer_name=None,
+    logging=None)``: a checkpoint as nnU-Net saves it, of ``trainer``'s network on the tiny
+    plans; returns the network."""
+    return _write_checkpoint

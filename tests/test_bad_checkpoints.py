@@ -1,7 +1,7 @@
 """Malformed checkpoints: `inspect` and `warmstart` end in one `error:` line, write nothing.
 
 Each variant is built the way a user would make it: a valid checkpoint (stock nnU-Net or
-PDE3D, written by :func:`test_inspect_checkpoint._save_checkpoint`) loaded, one entry
+PDE3D, written by the ``write_checkpoint`` fixture of ``tests/conftest.py``) loaded, one entry
 damaged, and saved again with ``torch.save``. Both commands run through ``nnunet_pde.cli``'s
 ``main`` (the one error boundary); an exception that escapes it fails the test, and so does a
 second stderr line, a written output file or a changed input.
@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from test_inspect_checkpoint import _save_checkpoint
 
 from nnunet_pde.checkpoints import build_network_for_checkpoint
 from nnunet_pde.cli import main
@@ -117,12 +116,12 @@ INSPECT_ONLY: dict[str, tuple[Damage, str]] = {
 
 
 @pytest.fixture(scope="module")
-def valid(tmp_path_factory) -> dict[str, tuple[dict[str, Any], torch.nn.Module]]:
+def valid(tmp_path_factory, write_checkpoint) -> dict[str, tuple[dict[str, Any], torch.nn.Module]]:
     """The valid checkpoints (as loaded) and their networks: ``stock`` and ``pde``."""
     folder = tmp_path_factory.mktemp("valid")
     out = {}
     for kind, trainer in (("stock", nnUNetTrainer), ("pde", nnUNetTrainerPDE3D)):
-        net = _save_checkpoint(folder / f"{kind}.pth", trainer)
+        net = write_checkpoint(folder / f"{kind}.pth", trainer)
         out[kind] = (torch.load(folder / f"{kind}.pth", weights_only=False), net)
     return out
 

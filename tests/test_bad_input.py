@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from plan_fixtures import FIXTURES, REPO, nnunet_subprocess_env
-from test_inspect_checkpoint import _save_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -97,7 +96,7 @@ def _read_only_folder(parent: Path) -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
+def world(tmp_path_factory, write_checkpoint) -> World:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from nnunet_pde.data.synthetic import make_synthetic_dataset
@@ -122,11 +121,11 @@ def world(tmp_path_factory) -> World:
         shutil.copy(w.raw / name / "dataset.json", pre / "dataset.json")
     # checkpoints
     w.ck.mkdir()
-    _save_checkpoint(w.ck / "stock.pth", nnUNetTrainer)
-    _save_checkpoint(w.ck / "pde.pth", nnUNetTrainerPDE3D)
+    write_checkpoint(w.ck / "stock.pth", nnUNetTrainer)
+    write_checkpoint(w.ck / "pde.pth", nnUNetTrainerPDE3D)
     # weights of the moment network under the name of the diffusion trainer
     moment = nnUNetTrainerPDE3D_Moment
-    _save_checkpoint(w.ck / "mismatch.pth", moment, trainer_name="nnUNetTrainerPDE3D")
+    write_checkpoint(w.ck / "mismatch.pth", moment, trainer_name="nnUNetTrainerPDE3D")
     data = (w.ck / "stock.pth").read_bytes()
     (w.ck / "truncated.pth").write_bytes(data[: len(data) // 2])
     (w.ck / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))

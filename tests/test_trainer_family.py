@@ -31,7 +31,7 @@ def pde_family() -> dict[str, type]:
 def cpu_trainers() -> list[str]:
     """Trainers that can run on a CPU (nnU-Net's benchmark trainers require CUDA). Of the
     few-label ``_FracNN`` variants, which differ from their base only in ``do_split``
-    (tests/robustness/test_few_labels.py), only the smoke-test ones take a real step here."""
+    (tests/training/test_few_labels.py), only the smoke-test ones take a real step here."""
     return sorted(
         n
         for n in pde_family()

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 import torch
-from plan_fixtures import load_plans, managers
 
 from nnunet_pde.block_report import (
     format_summary,
@@ -26,36 +25,6 @@ from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
     nnUNetTrainerPDE3D_Backbone,
     nnUNetTrainerPDE3D_Moment,
 )
-
-
-def _save_checkpoint(path, trainer, perturb=None, seed=0, trainer_name=None, logging=None):
-    """A checkpoint shaped like nnUNetTrainer.save_checkpoint's, of ``trainer``'s network
-    (``logging``: the logger's entry, absent if None)."""
-    plans, ds = load_plans("tiny_plain")
-    pm, cm, n_in, n_out = managers(plans, ds)
-    torch.manual_seed(seed)
-    net = trainer.build_network_architecture(pm, cm, n_in, n_out, True)
-    if perturb is not None:
-        with torch.no_grad():
-            for block in pde_blocks(net).values():
-                perturb(block)
-    torch.save(
-        {
-            "network_weights": net.state_dict(),
-            "init_args": {
-                "plans": plans,
-                "configuration": "3d_fullres",
-                "fold": 0,
-                "dataset_json": ds,
-                "device": torch.device("cpu"),
-            },
-            "trainer_name": trainer_name or trainer.__name__,
-            "current_epoch": 7,
-            **({"logging": logging} if logging is not None else {}),
-        },
-        path,
-    )
-    return net
 
 
 def _perturb(block) -> None:
@@ -86,9 +55,9 @@ def _run(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_report_values_are_the_checkpoint_parameters(tmp_path):
+def test_report_values_are_the_checkpoint_parameters(tmp_path, write_checkpoint):
     path = tmp_path / "checkpoint_final.pth"
-    net = _save_checkpoint(path, nnUNetTrainerPDE3D, _perturb)
+    net = write_checkpoint(path, nnUNetTrainerPDE3D, _perturb)
     report = inspect_checkpoint(path)
     json.dumps(report)
     assert report["trainer_name"] == "nnUNetTrainerPDE3D"
@@ -109,9 +78,9 @@ def test_report_values_are_the_checkpoint_parameters(tmp_path):
     assert "encoder.stages.2.pde" in text and f"tau {info['tau']:.4g}" in text
 
 
-def test_moment_report_names_the_learned_derivatives(tmp_path):
+def test_moment_report_names_the_learned_derivatives(tmp_path, write_checkpoint):
     path = tmp_path / "checkpoint_final.pth"
-    net = _save_checkpoint(path, nnUNetTrainerPDE3D_Moment, _perturb)
+    net = write_checkpoint(path, nnUNetTrainerPDE3D_Moment, _perturb)
     block = next(iter(pde_blocks(net).values()))
     info = next(iter(inspect_checkpoint(path)["blocks"].values()))
     mom = info["moment"]
@@ -138,9 +107,9 @@ def test_moment_report_names_the_learned_derivatives(tmp_path):
     assert all(p.stat().st_size > 1000 for p in figures)
 
 
-def test_cli_prints_writes_json_and_plots(tmp_path, capsys):
+def test_cli_prints_writes_json_and_plots(tmp_path, capsys, write_checkpoint):
     path = tmp_path / "checkpoint_final.pth"
-    _save_checkpoint(path, nnUNetTrainerPDE3D, _perturb)
+    write_checkpoint(path, nnUNetTrainerPDE3D, _perturb)
     out_json = tmp_path / "report" / "pde.json"
     assert _run(["inspect", str(path), "--json", str(out_json), "--plot", str(tmp_path / "p")]) == 0
     printed = capsys.readouterr().out
@@ -150,16 +119,16 @@ def test_cli_prints_writes_json_and_plots(tmp_path, capsys):
     assert (tmp_path / "p" / "encoder_stages_2_pde_parameters.png").is_file()
 
 
-def test_backbone_checkpoint_has_no_blocks(tmp_path, capsys):
+def test_backbone_checkpoint_has_no_blocks(tmp_path, capsys, write_checkpoint):
     path = tmp_path / "checkpoint_final.pth"
-    _save_checkpoint(path, nnUNetTrainerPDE3D_Backbone)
+    write_checkpoint(path, nnUNetTrainerPDE3D_Backbone)
     assert inspect_checkpoint(path)["blocks"] == {}
     assert _run(["inspect", str(path)]) == 0
     assert "no PDE blocks" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("case", ["missing", "not_torch", "no_weights", "stock_trainer", "shape"])
-def test_errors_exit_2_with_a_message(tmp_path, capsys, case):
+def test_errors_exit_2_with_a_message(tmp_path, capsys, case, write_checkpoint):
     path = tmp_path / "checkpoint_final.pth"
     expected = {
         "missing": "checkpoint not found",
@@ -173,10 +142,10 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, case):
     elif case == "no_weights":
         torch.save({"state": 1}, path)
     elif case == "stock_trainer":
-        _save_checkpoint(path, nnUNetTrainerPDE3D_Backbone, trainer_name="nnUNetTrainer")
+        write_checkpoint(path, nnUNetTrainerPDE3D_Backbone, trainer_name="nnUNetTrainer")
     elif case == "shape":
         # weights of the moment network under the name of the diffusion trainer
-        _save_checkpoint(path, nnUNetTrainerPDE3D_Moment, trainer_name="nnUNetTrainerPDE3D")
+        write_checkpoint(path, nnUNetTrainerPDE3D_Moment, trainer_name="nnUNetTrainerPDE3D")
     assert _run(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err
@@ -199,10 +168,10 @@ def _diagnostics_logging(labels, epochs=3, resumed_from=0):
     return logging
 
 
-def test_report_and_summary_show_the_logged_block_diagnostics(tmp_path, capsys):
+def test_report_and_summary_show_the_logged_block_diagnostics(tmp_path, capsys, write_checkpoint):
     path = tmp_path / "checkpoint_final.pth"
     logging = _diagnostics_logging(["stage2"], epochs=3, resumed_from=1)
-    _save_checkpoint(path, nnUNetTrainerPDE3D, _perturb, logging=logging)
+    write_checkpoint(path, nnUNetTrainerPDE3D, _perturb, logging=logging)
     report = inspect_checkpoint(path)
     assert report["trainer_base"] == "nnUNetTrainerPDE3D"
     diag = report["diagnostics"]
@@ -221,9 +190,9 @@ def test_report_and_summary_show_the_logged_block_diagnostics(tmp_path, capsys):
     assert json.loads(out_json.read_text())["diagnostics"] == json.loads(json.dumps(diag))
 
 
-def test_checkpoint_without_diagnostics_says_so(tmp_path):
+def test_checkpoint_without_diagnostics_says_so(tmp_path, write_checkpoint):
     path = tmp_path / "checkpoint_final.pth"
-    _save_checkpoint(path, nnUNetTrainerPDE3D, _perturb)  # no logging entry at all
+    write_checkpoint(path, nnUNetTrainerPDE3D, _perturb)  # no logging entry at all
     report = inspect_checkpoint(path)
     assert report["diagnostics"] == {}
     assert "training diagnostics: none logged" in format_summary(report)
@@ -261,12 +230,14 @@ def _user_folder(tmp_path):
     return folder, module
 
 
-def test_inspect_resolves_a_user_subclass_from_ext_trainer(tmp_path, monkeypatch, capsys):
+def test_inspect_resolves_a_user_subclass_from_ext_trainer(
+    tmp_path, monkeypatch, capsys, write_checkpoint
+):
     folder, module = _user_folder(tmp_path)
     user = module.nnUNetTrainerUserPDE_K3
     path = tmp_path / "checkpoint_final.pth"
     logging = _diagnostics_logging(["stage0", "stage1"], epochs=2)
-    net = _save_checkpoint(path, user, _perturb, logging=logging)
+    net = write_checkpoint(path, user, _perturb, logging=logging)
     assert len(pde_blocks(net)) == 2
 
     # without the user's folder in nnUNet_extTrainer nnU-Net cannot find it either
@@ -290,10 +261,12 @@ def test_inspect_resolves_a_user_subclass_from_ext_trainer(tmp_path, monkeypatch
     assert "user_pde_trainers_for_inspect" not in sys.modules  # nnU-Net's finder cleaned up
 
 
-def test_inspect_refuses_a_user_trainer_not_derived_from_ours(tmp_path, monkeypatch, capsys):
+def test_inspect_refuses_a_user_trainer_not_derived_from_ours(
+    tmp_path, monkeypatch, capsys, write_checkpoint
+):
     folder, module = _user_folder(tmp_path)
     path = tmp_path / "checkpoint_final.pth"
-    _save_checkpoint(path, module.nnUNetTrainerUserNotOurs)
+    write_checkpoint(path, module.nnUNetTrainerUserNotOurs)
     monkeypatch.setenv(EXT_TRAINER_VAR, str(folder))
     assert _run(["inspect", str(path)]) == 2
     err = capsys.readouterr().err

@@ -680,4 +680,4 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys, argv, match):
 
 
 # nnUNetv2_plan_and_preprocess --verify_dataset_integrity on a derived dataset, and training
-# on it, run in tests/robustness/test_robustness_e2e.py.
+# on it, run in tests/benchmark/robustness/test_robustness_e2e.py.
