@@ -96,7 +96,7 @@ def test_every_network_is_built_by_the_one_hook():
     build_network_architecture (a classmethod with nnU-Net's parameters), not a copy."""
     import inspect
 
-    from nnunet_pde.trainers.trainer_mixins import NetworkBuilderMixin
+    from nnunet_pde.training.network_hook import NetworkBuilderMixin
 
     hook = NetworkBuilderMixin.build_network_architecture.__func__
     for name, cls in list_trainers().items():

@@ -12,7 +12,7 @@ network; ``_PaperOptim`` variants use a paper's own optimiser where it differs.
 Every class is listed in the "Baselines" table of docs/trainers.md; the networks, their
 sources and their differences from the papers are in docs/baselines.md.
 Each network is built by the hook ``build_network`` of
-:class:`~nnunet_pde.trainers.trainer_mixins.NetworkBuilderMixin`, which reads only the plans
+:class:`~nnunet_pde.training.network_hook.NetworkBuilderMixin`, which reads only the plans
 and class attributes, because ``nnUNetv2_predict`` builds the network on the class.
 """
 
@@ -32,8 +32,8 @@ from nnunet_pde.baselines.integration import (
 from nnunet_pde.baselines.swin_unet3d import build_swin_unet3d
 from nnunet_pde.baselines.swin_unetr import SWIN_UNETR_PATCH_DIVISOR, build_swin_unetr
 from nnunet_pde.baselines.vnet import VNET_PATCH_DIVISOR, build_vnet
-from nnunet_pde.trainers.trainer_mixins import NetworkBuilderMixin, NetworkSpec, SmokeLengthMixin
-from nnunet_pde.training.length import TrainingLengthMixin
+from nnunet_pde.training.length import SmokeLengthMixin, TrainingLengthMixin
+from nnunet_pde.training.network_hook import NetworkBuilderMixin, NetworkSpec
 from nnunet_pde.training.optimizers import AdamWCosineMixin
 
 # --------------------------------------------------------------------------------- V-Net

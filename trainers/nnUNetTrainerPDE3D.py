@@ -13,10 +13,10 @@ attributes only:
   on; nothing is logged for a network without blocks).
 
 The network is built by the hook ``build_network`` of
-:class:`~nnunet_pde.trainers.trainer_mixins.NetworkBuilderMixin` from the plans and class
+:class:`~nnunet_pde.training.network_hook.NetworkBuilderMixin` from the plans and class
 attributes only, because ``nnUNetv2_predict`` builds it on the class. The smoke and demo
-lengths are :class:`~nnunet_pde.trainers.trainer_mixins.SmokeLengthMixin` and
-:class:`~nnunet_pde.trainers.trainer_mixins.DemoLengthMixin`.
+lengths are :class:`~nnunet_pde.training.length.SmokeLengthMixin` and
+:class:`~nnunet_pde.training.length.DemoLengthMixin`.
 """
 
 from __future__ import annotations
@@ -36,15 +36,10 @@ from torch import nn
 from nnunet_pde.losses import RegularizerConfig
 from nnunet_pde.network import build_pde3d_network
 from nnunet_pde.pde import PDEConfig
-from nnunet_pde.trainers.trainer_mixins import (
-    DemoLengthMixin,
-    NetworkBuilderMixin,
-    NetworkSpec,
-    SmokeLengthMixin,
-)
 from nnunet_pde.training.diagnostics import PDEDiagnosticsMixin
-from nnunet_pde.training.length import TrainingLengthMixin
+from nnunet_pde.training.length import DemoLengthMixin, SmokeLengthMixin, TrainingLengthMixin
 from nnunet_pde.training.loss_terms import RegularizedLossMixin
+from nnunet_pde.training.network_hook import NetworkBuilderMixin, NetworkSpec
 from nnunet_pde.training.optimizers import AdamWCosineMixin
 
 #: The full model's regulariser. The weights make each term about 2 % of the Dice+CE loss at

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from nnunet_pde.training.init_hooks import InitHooksMixin
 
-__all__ = ["TrainingLengthMixin"]
+__all__ = ["DemoLengthMixin", "SmokeLengthMixin", "TrainingLengthMixin"]
 
 
 class TrainingLengthMixin(InitHooksMixin):
@@ -35,3 +35,25 @@ class TrainingLengthMixin(InitHooksMixin):
             self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         if self.save_every_epochs is not None:
             self.save_every = self.save_every_epochs
+
+
+class SmokeLengthMixin:
+    """Training length of the ``_2epochs_4iters`` smoke variants: 2 epochs x 4 training
+    iterations, 2 validation iterations per epoch, ``checkpoint_latest.pth`` after every
+    epoch. The class attributes of ``TrainingLengthMixin`` (which the trainer it shortens
+    has); put it before that trainer in the bases."""
+
+    epochs: ClassVar[int | None] = 2
+    iterations_per_epoch: ClassVar[int | None] = 4
+    val_iterations_per_epoch: ClassVar[int | None] = 2
+    save_every_epochs: ClassVar[int | None] = 1
+
+
+class DemoLengthMixin:
+    """Training length of the README demo's ``_Demo`` variants: 20 epochs x 8 training
+    iterations, 2 validation iterations per epoch. The class attributes of
+    ``TrainingLengthMixin``; put it before the trainer it shortens."""
+
+    epochs: ClassVar[int | None] = 20
+    iterations_per_epoch: ClassVar[int | None] = 8
+    val_iterations_per_epoch: ClassVar[int | None] = 2

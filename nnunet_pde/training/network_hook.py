@@ -1,5 +1,4 @@
-"""What the trainer modules of this folder share: the network-builder hook and the lengths
-of the smoke and demo variants. No trainer is defined here.
+"""The network-builder hook of the trainers: ``build_network_architecture`` written once.
 
 nnU-Net builds a trainer's network through ``build_network_architecture(plans_manager,
 configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)``.
@@ -15,7 +14,6 @@ parameters, and hands the arguments as one :class:`NetworkSpec` to the hook
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -88,25 +86,3 @@ class NetworkBuilderMixin:
     def build_network(cls, spec: NetworkSpec) -> nn.Module:
         """The network for ``spec``; override in each trainer family."""
         raise NotImplementedError(f"{cls.__name__} does not define build_network(spec)")
-
-
-class SmokeLengthMixin:
-    """Training length of the ``_2epochs_4iters`` smoke variants: 2 epochs x 4 training
-    iterations, 2 validation iterations per epoch, ``checkpoint_latest.pth`` after every
-    epoch. The class attributes of ``TrainingLengthMixin`` (which the trainer it shortens
-    has); put it before that trainer in the bases."""
-
-    epochs: ClassVar[int | None] = 2
-    iterations_per_epoch: ClassVar[int | None] = 4
-    val_iterations_per_epoch: ClassVar[int | None] = 2
-    save_every_epochs: ClassVar[int | None] = 1
-
-
-class DemoLengthMixin:
-    """Training length of the README demo's ``_Demo`` variants: 20 epochs x 8 training
-    iterations, 2 validation iterations per epoch. The class attributes of
-    ``TrainingLengthMixin``; put it before the trainer it shortens."""
-
-    epochs: ClassVar[int | None] = 20
-    iterations_per_epoch: ClassVar[int | None] = 8
-    val_iterations_per_epoch: ClassVar[int | None] = 2
