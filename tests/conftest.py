@@ -60,11 +60,12 @@ def resolve_with_nnunet_finder() -> Callable[[Sequence[str]], list[str]]:
 
 
 def _write_checkpoint(
-    path, trainer, perturb=None, seed=0, trainer_name=None, logging=None
+    path, trainer, perturb=None, seed=0, trainer_name=None, logging=None, epoch=7
 ) -> torch.nn.Module:
     """Write a checkpoint shaped like ``nnUNetTrainer.save_checkpoint``'s, of ``trainer``'s
     network on the tiny plans (``perturb(block)`` applied to each PDE block first;
-    ``logging``: the logger's entry, absent if None); return the network."""
+    ``logging``: the logger's entry, absent if None; ``epoch``: ``current_epoch``); return
+    the network."""
     from nnunet_pde.network import pde_blocks
 
     plans, ds = load_plans("tiny_plain")
@@ -86,7 +87,7 @@ def _write_checkpoint(
                 "device": torch.device("cpu"),
             },
             "trainer_name": trainer_name or trainer.__name__,
-            "current_epoch": 7,
+            "current_epoch": epoch,
             **({"logging": logging} if logging is not None else {}),
         },
         path,
@@ -97,6 +98,6 @@ def _write_checkpoint(
 @pytest.fixture(scope="session")
 def write_checkpoint() -> Callable[..., torch.nn.Module]:
     """``write_checkpoint(path, trainer, perturb=None, seed=0, trainer_name=None,
-    logging=None)``: a checkpoint as nnU-Net saves it, of ``trainer``'s network on the tiny
+    logging=None, epoch=7)``: a checkpoint as nnU-Net saves it, of ``trainer``'s network on the tiny
     plans; returns the network."""
     return _write_checkpoint

@@ -16,37 +16,16 @@ from nnunet_pde.checkpoints import warmstart_checkpoint
 from nnunet_pde.trainers.nnUNetTrainerPDE3D import nnUNetTrainerPDE3D
 
 
-def _stock_checkpoint(path, case="tiny_plain", seed=0):
-    """A checkpoint shaped like nnUNetTrainer.save_checkpoint's, of a stock network."""
-    plans, ds = load_plans(case)
-    pm, cm, n_in, n_out = managers(plans, ds)
-    torch.manual_seed(seed)
-    net = nnUNetTrainer.build_network_architecture(pm, cm, n_in, n_out, True)
-    torch.save(
-        {
-            "network_weights": net.state_dict(),
-            "init_args": {
-                "plans": plans,
-                "configuration": "3d_fullres",
-                "fold": 0,
-                "dataset_json": ds,
-                "device": torch.device("cpu"),
-            },
-            "trainer_name": "nnUNetTrainer",
-            "current_epoch": 1000,
-        },
-        path,
-    )
-    return net, (pm, cm, n_in, n_out)
-
-
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_warmstarted_checkpoint_is_accepted_by_nnunet_and_computes_the_stock_output(tmp_path):
+def test_warmstarted_checkpoint_is_accepted_by_nnunet_and_computes_the_stock_output(
+    tmp_path, write_checkpoint
+):
     stock_file = tmp_path / "stock.pth"
-    stock, (pm, cm, n_in, n_out) = _stock_checkpoint(stock_file)
+    stock = write_checkpoint(stock_file, nnUNetTrainer, epoch=1000)
+    pm, cm, n_in, n_out = managers(*load_plans("tiny_plain"))
     before = _sha(stock_file)
     out = warmstart_checkpoint(stock_file, tmp_path / "pde.pth", nnUNetTrainerPDE3D)
     assert _sha(stock_file) == before  # input only read
@@ -67,9 +46,9 @@ def test_warmstarted_checkpoint_is_accepted_by_nnunet_and_computes_the_stock_out
         assert torch.equal(pde(x), stock(x))
 
 
-def test_refuses_to_overwrite_and_rejects_mismatched_plans(tmp_path):
+def test_refuses_to_overwrite_and_rejects_mismatched_plans(tmp_path, write_checkpoint):
     stock_file = tmp_path / "stock.pth"
-    _stock_checkpoint(stock_file)
+    write_checkpoint(stock_file, nnUNetTrainer, epoch=1000)
     target = tmp_path / "pde.pth"
     target.write_bytes(b"keep me")
     with pytest.raises(FileExistsError, match="--overwrite"):
@@ -89,7 +68,7 @@ def test_refuses_to_overwrite_and_rejects_mismatched_plans(tmp_path):
     assert not (tmp_path / "never.pth").exists()
 
 
-def test_cli_warmstart_reports_errors_without_traceback(tmp_path):
+def test_cli_warmstart_reports_errors_without_traceback(tmp_path, write_checkpoint):
     proc = subprocess.run(
         [
             sys.executable,
@@ -103,7 +82,7 @@ def test_cli_warmstart_reports_errors_without_traceback(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
-    _stock_checkpoint(tmp_path / "stock.pth")
+    write_checkpoint(tmp_path / "stock.pth", nnUNetTrainer, epoch=1000)
     proc = subprocess.run(
         [
             sys.executable,
