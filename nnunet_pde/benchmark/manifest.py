@@ -69,30 +69,18 @@ def git_revision(path: str | os.PathLike[str] | None = None) -> dict[str, Any] |
     wheel install).
     """
     folder = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=20,
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, timeout=20
         )
+
+    try:
+        head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return None
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+        status = git("status", "--porcelain", "--untracked-files=no")
+        top = git("rev-parse", "--show-toplevel")
     except (OSError, subprocess.SubprocessError):
         return None
     return {
