@@ -16,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from benchmark_fixtures import CONF, DATASET, PLANS, make_nnunet_env, read_calls, write_fake_trainer
+from benchmark_fixtures import CONF, DATASET, PLANS, read_calls
 
 from nnunet_pde.benchmark.grid import ACTION_BUSY, ACTION_TRAIN, plan_grid
 from nnunet_pde.benchmark.manifest import (
@@ -29,15 +28,6 @@ from nnunet_pde.folders import FOLD_FINISHED, fold_state
 from nnunet_pde.locks import BUSY_EXIT_CODE, LOCK_NAME, lock_holder, locked_command
 
 T1 = "nnUNetTrainerPDE3D_2epochs_4iters"
-
-
-@pytest.fixture
-def fake_env(tmp_path: Path) -> dict[str, str]:
-    env = make_nnunet_env(tmp_path, with_gt=False)
-    cmd, calls = write_fake_trainer(tmp_path)
-    env["FAKE_TRAIN_CALLS"] = str(calls)
-    env["FAKE_TRAIN_CMD"] = cmd
-    return env
 
 
 def _fold(env: dict[str, str], fold: int = 0) -> Path:

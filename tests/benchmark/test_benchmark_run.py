@@ -20,10 +20,8 @@ from benchmark_fixtures import (
     CONF,
     DATASET,
     PLANS,
-    make_nnunet_env,
     read_calls,
     write_fake_checkpoint,
-    write_fake_trainer,
 )
 
 from nnunet_pde.benchmark.grid import ACTION_CONTINUE, ACTION_SKIP, ACTION_TRAIN, plan_grid
@@ -66,15 +64,6 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
         text=True,
         timeout=120,
     )
-
-
-@pytest.fixture
-def fake_env(tmp_path: Path) -> dict[str, str]:
-    env = make_nnunet_env(tmp_path, with_gt=False)
-    cmd, calls = write_fake_trainer(tmp_path)
-    env["FAKE_TRAIN_CALLS"] = str(calls)
-    env["FAKE_TRAIN_CMD"] = cmd
-    return env
 
 
 def test_fold_state(tmp_path: Path) -> None:
