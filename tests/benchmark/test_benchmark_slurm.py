@@ -11,6 +11,7 @@ import json
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from benchmark_fixtures import CONF, DATASET, PLANS, make_nnunet_env, read_calls, write_fake_trainer
@@ -52,17 +53,21 @@ def test_slurm_grid_with_failure_and_resume(
     folder = tmp_path / "submitit"
     executor = SlurmExecutor(folder, partition="debug", gpus=0, time_min=5, poll_s=0.5)
     lines: list[str] = []
+
+    def run() -> Any:
+        return run_benchmark(
+            "987",
+            [T1, T2],
+            executor,
+            folds=[0, 1],
+            device="cpu",
+            train_command=shlex.split(cmd),
+            environ=env,
+            print_fn=lines.append,
+        )
+
     t0 = time.monotonic()
-    out = run_benchmark(
-        "987",
-        [T1, T2],
-        executor,
-        folds=[0, 1],
-        device="cpu",
-        train_command=shlex.split(cmd),
-        environ=env,
-        print_fn=lines.append,
-    )
+    out = run()
     assert time.monotonic() - t0 < 240
     text = "\n".join(lines)
     assert sorted(out.succeeded) == [f"{T1}/fold_0", f"{T1}/fold_1", f"{T2}/fold_0"], text
@@ -90,16 +95,7 @@ def test_slurm_grid_with_failure_and_resume(
     # Resubmit: only the failed fold runs again; submit without waiting.
     del env["FAKE_TRAIN_FAIL"]
     executor.wait = False
-    out2 = run_benchmark(
-        "987",
-        [T1, T2],
-        executor,
-        folds=[0, 1],
-        device="cpu",
-        train_command=shlex.split(cmd),
-        environ=env,
-        print_fn=lines.append,
-    )
+    out2 = run()
     assert out2.submitted == [f"{T2}/fold_1"] and len(out2.skipped) == 3
     m2 = json.loads(out2.manifest.read_text())
     assert m2["status"] == "submitted"
