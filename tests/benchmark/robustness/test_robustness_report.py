@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_fixtures import write_seg
 
 from nnunet_pde.benchmark.robustness import (
     relative_drop,
@@ -72,15 +73,6 @@ def grow(ref: np.ndarray) -> np.ndarray:
     pred = ref.copy()
     pred[9][ref[8] == 1] = 1
     return pred
-
-
-def write_seg(path: Path, seg: np.ndarray) -> None:
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(seg.astype(np.uint8))
-    img.SetSpacing(tuple(float(s) for s in reversed(SPACING)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(path))
 
 
 def dice(p: np.ndarray, r: np.ndarray) -> float:
