@@ -49,7 +49,7 @@ def prepared(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             "--num-test",
             "1",
             "--size",
-            "24,48,48",
+            "16,40,40",
             "--seed",
             "5",
         ],
@@ -83,7 +83,15 @@ def test_train_then_predict(prepared, trainer):
     pred = root / f"pred_{trainer}"
     _run(
         build_predict_command(
-            raw / "imagesTs", pred, DATASET_ID, "3d_fullres", "nnUNetPlans", trainer, [0], "cpu"
+            raw / "imagesTs",
+            pred,
+            DATASET_ID,
+            "3d_fullres",
+            "nnUNetPlans",
+            trainer,
+            [0],
+            "cpu",
+            extra_args=["--disable_tta"],
         ),
         env,
     )
