@@ -99,10 +99,29 @@ static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long 
 }
 
 /* Scratch of one panel: its u and b (tu, tb), the solution y, the multipliers c, the
- * adjoint z and the face weights ph (z and ph: backward only). */
+ * adjoint z and the face weights ph (z and ph: backward only). The sweep reads row i of u,
+ * b and of the adjoint's right-hand side from su + i st, sb + i st and sg + i st (times
+ * zsc): the scratch rows (st = LANES) where the panel was gathered there, or the tensors
+ * themselves for a panel of LANES adjacent cells (st = the row stride), which need no
+ * copy: their loads then overlap the latency-bound recurrences instead of preceding them. */
 typedef struct {
     V *tu, *tb, *y, *c, *z, *ph;
+    const T *su, *sb, *sg;
+    long st;
+    V zsc;
+    /* Where not NULL (a panel read in place), the results go straight to the tensors, rows
+     * st apart, = or += (oacc): the forward's scaled solution to so, the backward's dL/db
+     * to so and dL/du to so2. */
+    T *so, *so2;
+    int oacc;
 } CAT(panel_buf, SUF);
+
+/* One vector from p (unaligned). */
+static inline V CAT(ldv, SUF)(const T *p) {
+    V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
 
 /* Forward sweep of one panel (an element step below): face weights phi_f = 1/(1 + (k
  * d_f)^2), right-hand side r_i = b_i + ce (phi_i d_i - phi_{i-1} d_{i-1}) and the Thomas
@@ -110,24 +129,32 @@ typedef struct {
  * and (when z is given) a second right-hand side z. Leaves the multipliers in c, the
  * eliminated right-hand sides in y (and z), phi in ph when ph is given. The recurrences
  * carry their previous values in registers (a_prev, c_prev, flux_prev, y_prev, z_prev). */
-#define AOS_ELIM_STEP(tu, tb, y, z, c, ph, a_prev, c_prev, flux_prev, y_prev, z_prev)          \
+#define AOS_ELIM_STEP(P, y, z, c, ph, u_cur, a_prev, c_prev, flux_prev, y_prev, z_prev)        \
     do {                                                                                        \
         V a_hi = (V){}, flux = (V){};                                                           \
+        const long st_ = P->st;                                                                 \
+        if (st_ != LANES) { /* rows in the tensor: the next pair of panels' cells */            \
+            __builtin_prefetch(P->su + i * st_ + 2 * LANES);                                    \
+            __builtin_prefetch(P->sb + i * st_ + 2 * LANES);                                    \
+            if (z) __builtin_prefetch(P->sg + i * st_ + 2 * LANES);                             \
+        }                                                                                       \
         if (i < n - 1) {                                                                        \
-            V d = tu[i + 1] - tu[i];                                                            \
+            V u_next = CAT(ldv, SUF)(P->su + (i + 1) * st_);                                    \
+            V d = u_next - u_cur;                                                               \
+            u_cur = u_next;                                                                     \
             V s = d * k;                                                                        \
             V phi = one / (one + s * s);                                                        \
             if (ph) ph[i] = phi;                                                                \
             a_hi = cA * phi;                                                                    \
             if (explicit_half) flux = ce * phi * d;                                             \
         }                                                                                       \
-        V r = tb[i];                                                                            \
+        V r = CAT(ldv, SUF)(P->sb + i * st_);                                                   \
         if (explicit_half) r += flux - flux_prev;                                               \
         V inv = one / (one + a_prev * (one - c_prev) + a_hi);                                   \
         y_prev = (r + a_prev * y_prev) * inv; /* a_prev = 0 at i = 0 */                         \
         y[i] = y_prev;                                                                          \
         if (z) {                                                                                \
-            z_prev = (z[i] + a_prev * z_prev) * inv;                                            \
+            z_prev = (P->zsc * CAT(ldv, SUF)(P->sg + i * st_) + a_prev * z_prev) * inv;         \
             z[i] = z_prev;                                                                      \
         }                                                                                       \
         c_prev = a_hi * inv;                                                                    \
@@ -135,6 +162,18 @@ typedef struct {
         a_prev = a_hi;                                                                          \
         flux_prev = flux;                                                                       \
     } while (0)
+
+/* The forward's back substitution of a panel read in place: out row i (+)= scale y_i. */
+static inline void CAT(back_sub_out, SUF)(const V *restrict y, const V *restrict c, long n,
+                                          T *o, long st, T scale, int acc) {
+    V yn = y[n - 1];
+    for (long i = n - 1; i >= 0; --i) {
+        if (i < n - 1) yn = y[i] + c[i] * yn;
+        T *row = o + i * st;
+        __builtin_prefetch(row + 2 * LANES, 1);
+        CAT(put, SUF)(row, scale * yn, acc);
+    }
+}
 
 /* Back substitution of one panel: y_i += c_i y_{i+1} (and z), carried in registers. */
 static inline void CAT(back_sub, SUF)(V *restrict y, V *restrict z, const V *restrict c,
@@ -155,24 +194,31 @@ static inline void CAT(back_sub, SUF)(V *restrict y, V *restrict z, const V *res
 static void CAT(sweep, SUF)(const CAT(panel_buf, SUF) *p0, const CAT(panel_buf, SUF) *p1,
                             long n, V cA, V ce, V k, int explicit_half) {
     const V one = (V){} + (T)1;
-    const V *restrict tu0 = p0->tu, *restrict tb0 = p0->tb;
-    V *restrict y0 = p0->y, *restrict z0 = p0->z, *restrict c0 = p0->c, *restrict ph0 = p0->ph;
+    /* z is read (through sg) and written at the same row: no restrict on it */
+    V *restrict y0 = p0->y, *z0 = p0->z, *restrict c0 = p0->c, *restrict ph0 = p0->ph;
     V a0 = (V){}, q0 = (V){}, f0 = (V){}, yp0 = (V){}, zp0 = (V){};
+    V u0 = CAT(ldv, SUF)(p0->su);
     if (p1) {
-        const V *restrict tu1 = p1->tu, *restrict tb1 = p1->tb;
-        V *restrict y1 = p1->y, *restrict z1 = p1->z, *restrict c1 = p1->c;
+        V *restrict y1 = p1->y, *z1 = p1->z, *restrict c1 = p1->c;
         V *restrict ph1 = p1->ph;
         V a1 = (V){}, q1 = (V){}, f1 = (V){}, yp1 = (V){}, zp1 = (V){};
+        V u1 = CAT(ldv, SUF)(p1->su);
         for (long i = 0; i < n; ++i) {
-            AOS_ELIM_STEP(tu0, tb0, y0, z0, c0, ph0, a0, q0, f0, yp0, zp0);
-            AOS_ELIM_STEP(tu1, tb1, y1, z1, c1, ph1, a1, q1, f1, yp1, zp1);
+            AOS_ELIM_STEP(p0, y0, z0, c0, ph0, u0, a0, q0, f0, yp0, zp0);
+            AOS_ELIM_STEP(p1, y1, z1, c1, ph1, u1, a1, q1, f1, yp1, zp1);
         }
-        CAT(back_sub, SUF)(y1, z1, c1, n);
+        if (p1->so && !z1)
+            CAT(back_sub_out, SUF)(y1, c1, n, p1->so, p1->st, p1->zsc[0], p1->oacc);
+        else
+            CAT(back_sub, SUF)(y1, z1, c1, n);
     } else {
         for (long i = 0; i < n; ++i)
-            AOS_ELIM_STEP(tu0, tb0, y0, z0, c0, ph0, a0, q0, f0, yp0, zp0);
+            AOS_ELIM_STEP(p0, y0, z0, c0, ph0, u0, a0, q0, f0, yp0, zp0);
     }
-    CAT(back_sub, SUF)(y0, z0, c0, n);
+    if (p0->so && !z0)
+        CAT(back_sub_out, SUF)(y0, c0, n, p0->so, p0->st, p0->zsc[0], p0->oacc);
+    else
+        CAT(back_sub, SUF)(y0, z0, c0, n);
 }
 
 static void CAT(volume_size, SUF)(const long *dims, int m, long *vox, long *nmax) {
@@ -222,15 +268,20 @@ static V *CAT(panel_bufs, SUF)(CAT(panel_buf, SUF) * pb, long nmax, int adjoint)
  * call, so each case compiles to its own loop. */
 static inline void CAT(panel_grad, SUF)(const CAT(panel_buf, SUF) * P, long n, V vcA, V vce,
                                         V vk, int explicit_half, V *acc) {
-    const V *restrict tu = P->tu, *restrict y = P->y, *restrict z = P->z;
+    const V *restrict y = P->y, *restrict z = P->z;
     const V *restrict ph = P->ph;
+    const T *su = P->su;
+    const long st = P->st;
     V *restrict tb = P->tb;
     V acA = acc[0], ace = acc[1], ak = acc[2];
     V gd_prev = (V){};
+    V u_cur = CAT(ldv, SUF)(su);
     for (long f = 0; f < n; ++f) {
         V gd = (V){};
         if (f < n - 1) {
-            V dl = tu[f + 1] - tu[f];
+            V u_next = CAT(ldv, SUF)(su + (f + 1) * st);
+            V dl = u_next - u_cur;
+            u_cur = u_next;
             V mu = z[f] - z[f + 1];
             V nu = y[f] - y[f + 1];
             V phi = ph[f];
@@ -244,7 +295,16 @@ static inline void CAT(panel_grad, SUF)(const CAT(panel_buf, SUF) * P, long n, V
             gd = vk * gs;
             if (explicit_half) gd += vce * mu * phi;
         }
-        tb[f] = gd_prev - gd + z[f]; /* + dL/db: b depends on u */
+        V gu = gd_prev - gd + z[f]; /* + dL/db: b depends on u */
+        if (P->so) {
+            T *o = P->so + f * st, *o2 = P->so2 + f * st;
+            __builtin_prefetch(o + 2 * LANES, 1);
+            __builtin_prefetch(o2 + 2 * LANES, 1);
+            CAT(put, SUF)(o, z[f], P->oacc);
+            CAT(put, SUF)(o2, gu, P->oacc);
+        } else {
+            tb[f] = gu;
+        }
         gd_prev = gd;
     }
     acc[0] = acA, acc[1] = ace, acc[2] = ak;
@@ -254,10 +314,26 @@ static inline void CAT(panel_grad, SUF)(const CAT(panel_buf, SUF) * P, long n, V
  * with g (backward) the scaled upstream gradient into z. Returns how many were loaded. */
 static int CAT(load_panels, SUF)(CAT(panel_buf, SUF) * pb, long p, long panels, long n,
                                  long inner, long lines, const T *u, const T *b, const T *g,
-                                 T scale, long (*off)[LANES], int *contig, int *valid) {
+                                 T *out, T *out2, int acc, T scale, long (*off)[LANES],
+                                 int *contig, int *valid) {
     const int np = p + 1 < panels ? 2 : 1;
     for (int j = 0; j < np; ++j) {
         valid[j] = CAT(panel, SUF)(p + j, n, inner, lines, off[j], &contig[j]);
+        if (contig[j]) { /* read in place by the sweep */
+            pb[j].su = u + off[j][0], pb[j].sb = b + off[j][0];
+            pb[j].sg = g ? g + off[j][0] : NULL;
+            pb[j].st = inner;
+            pb[j].zsc = (V){} + scale;
+            pb[j].so = out + off[j][0];
+            pb[j].so2 = out2 ? out2 + off[j][0] : NULL;
+            pb[j].oacc = acc;
+            continue;
+        }
+        pb[j].so = pb[j].so2 = NULL;
+        pb[j].su = (const T *)pb[j].tu, pb[j].sb = (const T *)pb[j].tb;
+        pb[j].sg = (const T *)pb[j].z;
+        pb[j].st = LANES;
+        pb[j].zsc = (V){} + (T)1;
         CAT(load, SUF)(u, pb[j].tu, off[j], n, inner, contig[j]);
         CAT(load, SUF)(b, pb[j].tb, off[j], n, inner, contig[j]);
         if (g) {
@@ -299,12 +375,15 @@ static inline __attribute__((always_inline)) int CAT(aos_run, SUF)(
             for (long p = 0; p < panels; p += 2) {
                 const int np = CAT(load_panels, SUF)(pb, p, panels, n, inner, outer * inner,
                                                      u + v * vox, b + v * vox,
-                                                     adjoint ? g + v * vox : NULL, scale, off,
-                                                     contig, valid);
+                                                     adjoint ? g + v * vox : NULL,
+                                                     out + v * vox,
+                                                     adjoint ? gu + v * vox : NULL, d > 0,
+                                                     scale, off, contig, valid);
                 /* y -> v (the solution); backward: z -> lambda (the adjoint: T is symmetric) */
                 CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
                 for (int j = 0; j < np; ++j) {
                     if (!adjoint) {
+                        if (pb[j].so) continue; /* stored by the sweep */
                         for (long i = 0; i < n; ++i) pb[j].y[i] *= scale;
                         CAT(store, SUF)(out + v * vox, pb[j].y, off[j], n, inner, contig[j],
                                         valid[j], d > 0);
@@ -314,6 +393,7 @@ static inline __attribute__((always_inline)) int CAT(aos_run, SUF)(
                         CAT(panel_grad, SUF)(&pb[j], n, vcA, vce, vk, 1, acc);
                     else
                         CAT(panel_grad, SUF)(&pb[j], n, vcA, vce, vk, 0, acc);
+                    if (pb[j].so) continue; /* stored by panel_grad */
                     CAT(store, SUF)(out + v * vox, pb[j].z, off[j], n, inner, contig[j],
                                     valid[j], d > 0);
                     CAT(store, SUF)(gu + v * vox, pb[j].tb, off[j], n, inner, contig[j],

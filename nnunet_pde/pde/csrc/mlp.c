@@ -80,13 +80,20 @@ static inline vf64 hsum16_f64(const vf64 *s) {
 #define V vf32
 #define SUF _f32
 #define TANH tanh_vf32
+#if defined(__AVX512F__) && LANES == 16
+#define MV_PAIR 1 /* 16 accumulators of one AVX-512 register each: they fit (32 registers) */
+#else
+#define MV_PAIR 0
+#endif
 #include "mlp_impl.h"
 #undef T
 #undef V
 #undef SUF
 #undef TANH
+#undef MV_PAIR
 
 #define T double
+#define MV_PAIR 0
 #define V vf64
 #define SUF _f64
 #define TANH tanh_vf64
@@ -95,6 +102,7 @@ static inline vf64 hsum16_f64(const vf64 *s) {
 #undef V
 #undef SUF
 #undef TANH
+#undef MV_PAIR
 
 /* For the tests: the float32 vector tanh on n values. */
 void tanh_f32_array(const float *x, float *y, long n) {

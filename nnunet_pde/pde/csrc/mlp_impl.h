@@ -76,6 +76,40 @@ static void CAT(matvec, SUF)(const T *W, long ws_o, long ws_i, const T *bias, co
     }
 }
 
+#if MV_PAIR
+/* matvec on two adjacent sub-tiles at once (x[i * xs + j], out[o * os + j], j = 0, 1): each
+ * weight is loaded once for both, and 16 independent accumulation chains instead of 8 (one
+ * sub-tile's 8 chains with a broadcast load per multiply-add are load- and latency-bound).
+ * Only where 16 accumulators fit in registers (MV_PAIR: 32 vector registers). */
+static void CAT(matvec2, SUF)(const T *W, long ws_o, long ws_i, const T *bias, const V *x,
+                              long xs, long I, V *out, long os, long O) {
+    long o = 0;
+    for (; o + 8 <= O; o += 8) {
+        V a[8], b[8];
+        for (int q = 0; q < 8; ++q) a[q] = b[q] = (V){} + (bias ? bias[o + q] : (T)0);
+        const T *w = W + o * ws_o;
+        for (long i = 0; i < I; ++i) {
+            V x0 = x[i * xs], x1 = x[i * xs + 1];
+            const T *wi = w + i * ws_i;
+            for (int q = 0; q < 8; ++q) {
+                a[q] += wi[q * ws_o] * x0;
+                b[q] += wi[q * ws_o] * x1;
+            }
+        }
+        for (int q = 0; q < 8; ++q) out[(o + q) * os] = a[q], out[(o + q) * os + 1] = b[q];
+    }
+    for (; o < O; ++o) {
+        V a = (V){}, b = (V){};
+        if (bias) a += bias[o], b += bias[o];
+        for (long i = 0; i < I; ++i) {
+            a += W[o * ws_o + i * ws_i] * x[i * xs];
+            b += W[o * ws_o + i * ws_i] * x[i * xs + 1];
+        }
+        out[o * os] = a, out[o * os + 1] = b;
+    }
+}
+#endif
+
 /* Sum over the first `sub` sub-tiles (all lanes) of a * b, a and b scratch rows. */
 static inline double CAT(dot_rows, SUF)(const V *a, const V *b, long sub) {
     V s = (V){};
@@ -177,7 +211,26 @@ int CAT(mlp_forward, SUF)(const T *u, const T *w1, const T *b1, const T *w2, con
         long bi, p0, len, sub;
         CAT(chunk_at, SUF)(t, chunks, L, P, &bi, &p0, &len, &sub);
         CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
-        for (long s = 0; s < sub; ++s) {
+        long s = 0;
+#if MV_PAIR
+        for (; s + 2 <= sub; s += 2) {
+            if (t + 1 < t1) {
+                CAT(prefetch_next, SUF)(u, C, P, L, chunks, t, s);
+                CAT(prefetch_next, SUF)(u, C, P, L, chunks, t, s + 1);
+            }
+            CAT(matvec2, SUF)(w1, C, 1, b1, Uv + s, vs, C, Hv + s, vs, H);
+            for (long k = 0; k < H; ++k) {
+                Hv[k * vs + s] = TANH(Hv[k * vs + s]);
+                Hv[k * vs + s + 1] = TANH(Hv[k * vs + s + 1]);
+            }
+            CAT(matvec2, SUF)(w2, H, 1, b2, Hv + s, vs, H, Nv + s, vs, C);
+            for (long c = 0; c < C; ++c) {
+                Bv[c * vs + s] = Uv[c * vs + s] + tau[c] * Nv[c * vs + s];
+                Bv[c * vs + s + 1] = Uv[c * vs + s + 1] + tau[c] * Nv[c * vs + s + 1];
+            }
+        }
+#endif
+        for (; s < sub; ++s) {
             if (t + 1 < t1) CAT(prefetch_next, SUF)(u, C, P, L, chunks, t, s);
             CAT(reaction_at, SUF)(w1, b1, w2, b2, Uv + s, vs, Hv + s, vs, Nv + s, vs, C, H);
             for (long c = 0; c < C; ++c) Bv[c * vs + s] = Uv[c * vs + s] + tau[c] * Nv[c * vs + s];
