@@ -110,8 +110,8 @@ typedef struct {
     long st;
     V zsc;
     /* Where not NULL (a panel read in place), the results go straight to the tensors, rows
-     * st apart, = or += (oacc): the forward's scaled solution to so, the backward's dL/db
-     * to so and dL/du to so2. */
+     * st apart, = or += (oacc): the forward's solution times zsc (= 1/m there) to so, the
+     * backward's dL/db to so and dL/du to so2. */
     T *so, *so2;
     int oacc;
 } CAT(panel_buf, SUF);

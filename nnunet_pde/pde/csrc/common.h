@@ -11,7 +11,7 @@
  * arithmetic on them is tens of times slower on x86 CPUs. Results differ only where a value
  * below 1.2e-38 (float32) would have been kept. */
 #if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #define FTZ_BEGIN const unsigned int csr_saved_ = _mm_getcsr(); _mm_setcsr(csr_saved_ | 0x8040u);
 #define FTZ_END _mm_setcsr(csr_saved_);
 #else
@@ -27,6 +27,26 @@
 typedef float vf32 __attribute__((vector_size(LANES * sizeof(float))));
 typedef int vi32 __attribute__((vector_size(LANES * sizeof(int))));
 typedef double vf64 __attribute__((vector_size(LANES * sizeof(double))));
+
+/* o = v (LANES values) as a non-temporal store where o is 64-byte aligned and AVX-512 is
+ * there: the line goes to memory without being read first and without evicting cached
+ * data. For outputs that are large and read back only by a later kernel (on an AVX-512
+ * Xeon it saved a third of the reaction forward's time). NT_FENCE orders such stores
+ * before the kernel returns. Elsewhere (and for float64, which only the tests use) an
+ * ordinary store. */
+#if defined(__AVX512F__) && LANES == 16
+#define NT_FENCE _mm_sfence();
+static inline void put_nt_f32(float *o, vf32 v) {
+    if (((unsigned long)o & 63) == 0)
+        _mm512_stream_ps(o, (__m512)v);
+    else
+        memcpy(o, &v, sizeof v);
+}
+#else
+#define NT_FENCE
+static inline void put_nt_f32(float *o, vf32 v) { memcpy(o, &v, sizeof v); }
+#endif
+static inline void put_nt_f64(double *o, vf64 v) { memcpy(o, &v, sizeof v); }
 
 /* Lane-wise a where mask (all bits set) else b. */
 static inline vf32 select_f32(vi32 mask, vf32 a, vf32 b) {

@@ -27,6 +27,23 @@ static void CAT(rows_out, SUF)(const T *src, T *dst, long rows, long P, long p0,
         memcpy(dst + r * P + p0, src + r * LP, sizeof(T) * (size_t)len);
 }
 
+/* rows_out with non-temporal stores (put_nt): for the forward's b and h, read back only by
+ * the next kernel, long after the chunk. */
+static void CAT(rows_out_nt, SUF)(const T *src, T *dst, long rows, long P, long p0, long len,
+                                  long LP) {
+    for (long r = 0; r < rows; ++r) {
+        T *d = dst + r * P + p0;
+        const T *s = src + r * LP;
+        long i = 0;
+        for (; i + LANES <= len; i += LANES) {
+            V v;
+            memcpy(&v, s + i, sizeof v);
+            CAT(put_nt, SUF)(d + i, v);
+        }
+        for (; i < len; ++i) d[i] = s[i];
+    }
+}
+
 /* Prefetch sub-tile s of the next chunk's rows (rows x P values from src, the chunk after
  * t of `chunks` per sample, of B * chunks in all): spread over a chunk's sub-tiles, the next
  * chunk arrives in cache while this one computes. Prefetches never fault. */
@@ -235,10 +252,11 @@ int CAT(mlp_forward, SUF)(const T *u, const T *w1, const T *b1, const T *w2, con
             CAT(reaction_at, SUF)(w1, b1, w2, b2, Uv + s, vs, Hv + s, vs, Nv + s, vs, C, H);
             for (long c = 0; c < C; ++c) Bv[c * vs + s] = Uv[c * vs + s] + tau[c] * Nv[c * vs + s];
         }
-        CAT(rows_out, SUF)(Bo, out_b + bi * C * P, C, P, p0, len, LP);
-        if (out_h) CAT(rows_out, SUF)(Hh, out_h + bi * H * P, H, P, p0, len, LP);
+        CAT(rows_out_nt, SUF)(Bo, out_b + bi * C * P, C, P, p0, len, LP);
+        if (out_h) CAT(rows_out_nt, SUF)(Hh, out_h + bi * H * P, H, P, p0, len, LP);
         if (out_n) CAT(rows_out, SUF)(Nn, out_n + bi * C * P, C, P, p0, len, LP);
     }
+    NT_FENCE
     FTZ_END
     free(buf);
     return 0;
