@@ -169,7 +169,8 @@ def block_diagnostics(logging: Any, block_names: list[str]) -> dict[str, dict[st
     epoch, ``None`` for an epoch without a value (a resumed training that predates them).
     Blocks are matched to the logger keys by their label (``stage<s>``); a label no block
     of the network has keeps its label as key. Empty when nothing was logged."""
-    from nnunet_pde.training.diagnostics import block_labels, diagnostics_from_logging
+    from nnunet_pde.formats import diagnostics_from_logging
+    from nnunet_pde.training.diagnostics import block_labels
 
     series = diagnostics_from_logging(logging if isinstance(logging, dict) else None)
     by_label = {label: name for name, label in block_labels(block_names).items()}

@@ -19,11 +19,17 @@ without importing them.
 Few-label trainers (``<T>_FracNN``), in each fold's output folder::
 
     fold_<k>/few_label_subset.json        SUBSET_FILE: the training subset of the fold
+
+Trainers with PDE blocks (``training.diagnostics``), in nnU-Net's logger, so in every
+checkpoint's ``logging`` entry::
+
+    pde_<block>_<quantity>                block_log_keys(block): one value per epoch
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,7 @@ from nnunet_pde.errors import NnunetPdeError
 from nnunet_pde.files import ErrorClass, read_json
 
 __all__ = [
+    "QUANTITIES",
     "CLEAN_LABELS_DIR",
     "DERIVED_JSON",
     "NOISY_LABELS_FORMAT_VERSION",
@@ -40,6 +47,8 @@ __all__ = [
     "SHIFT_MANIFEST",
     "SHIFT_PARAMETERS_FILE",
     "SUBSET_FILE",
+    "block_log_keys",
+    "diagnostics_from_logging",
     "level_folder",
     "read_derived_info",
     "read_shift_manifest",
@@ -117,3 +126,36 @@ def read_shift_manifest(
 
 #: Written into the fold's output folder by every few-label trainer.
 SUBSET_FILE = "few_label_subset.json"
+
+# --------------------------------------------------------------------------- PDE blocks
+
+#: Per-block quantities, in the order of the logger keys ``pde_<block>_<quantity>``.
+QUANTITIES: tuple[str, ...] = ("gamma_abs_mean", "gamma_abs_max", "tau", "contribution")
+
+
+def block_log_keys(label: str) -> dict[str, str]:
+    """Quantity -> logger key of one block (``pde_<label>_<quantity>``)."""
+    return {q: f"pde_{label}_{q}" for q in QUANTITIES}
+
+
+def diagnostics_from_logging(logging: dict | None) -> dict[str, dict[str, list[float]]]:
+    """The per-epoch block diagnostics in an nnU-Net logger dict (a checkpoint's
+    ``logging`` entry): label -> quantity -> values per epoch (NaN where not logged).
+    Empty when there are none (older checkpoints, trainers without blocks)."""
+    pattern = re.compile(r"^pde_(.+)_(" + "|".join(QUANTITIES) + r")$")
+    out: dict[str, dict[str, list[float]]] = {}
+    for key, values in (logging or {}).items():
+        match = pattern.match(str(key))
+        if match is None or not isinstance(values, list | tuple):
+            continue
+        series = []
+        for v in values:
+            try:
+                series.append(float(v))
+            except (TypeError, ValueError):
+                series.append(float("nan"))
+        out.setdefault(match.group(1), {})[match.group(2)] = series
+    return {
+        label: dict(sorted(q.items(), key=lambda kv: QUANTITIES.index(kv[0])))
+        for label, q in sorted(out.items())
+    }

@@ -359,14 +359,58 @@ def boxplot_png(
     return buf.getvalue()
 
 
+def runs_png(run_rows: Sequence[Mapping[str, Any]], trainers: Sequence[str], metric: str) -> bytes:
+    """PNG bytes: one panel per region; per trainer, each run's mean over cases (dots) and
+    the mean of the run means with +- 1 SD between runs (bar): the run-to-run spread that
+    a difference between trainers has to exceed. ``run_rows`` are ``runs.csv``'s rows."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in run_rows if r["metric"] == metric]
+    regions: list[str] = []
+    for r in rows:
+        if r["region"] not in regions:
+            regions.append(str(r["region"]))
+    fig = Figure(figsize=(max(4.0, 1.2 + 0.9 * len(trainers)) * len(regions) / 1.5 + 1, 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(1, len(regions)), squeeze=False)[0]
+    name = METRIC_INFO.get(metric, (metric, 3, ""))[0]
+    for ax, region in zip(axes, regions, strict=False):
+        for x, t in enumerate(trainers, start=1):
+            cell = [r for r in rows if r["trainer"] == t and r["region"] == region]
+            if not cell:
+                continue
+            means = np.asarray(cell[0]["run_means"], dtype=np.float64)
+            ax.plot(np.full(means.size, x), means, "o", color="C0", alpha=0.7)
+            sd = float(cell[0]["run_sd"])
+            ax.errorbar(
+                x + 0.15, float(cell[0]["run_mean"]), yerr=0.0 if math.isnan(sd) else sd,
+                fmt="_", color="C3", capsize=4, markersize=12,
+            )  # fmt: skip
+        ax.set_xticks(range(1, len(trainers) + 1))
+        ax.set_xticklabels(
+            [short_trainer(t) for t in trainers], rotation=30, ha="right", fontsize=8
+        )
+        ax.set_title(region, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"{name}, mean over cases")
+    fig.suptitle(f"{name} per run (dots) and mean +- SD between runs (red)", fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
 def render_html(
     summary: Sequence[Mapping[str, Any]],
     per_fold: Sequence[Mapping[str, Any]],
     metrics: Sequence[str],
     meta: Mapping[str, Any],
     images: Mapping[str, bytes],
+    figures: Mapping[str, bytes] | None = None,
 ) -> str:
-    """``report.html``: the tables and the box plots (embedded as base64), no external files."""
+    """``report.html``: the tables, the box plots and the other ``figures`` (title -> PNG),
+    all embedded as base64, no external files."""
 
     def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -406,6 +450,12 @@ def render_html(
         parts.append(f"<h2>Box plot: {html.escape(name)}</h2>")
         parts.append(
             f'<img alt="box plot of {html.escape(name)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+        )
+    for title, png in (figures or {}).items():
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(
+            f'<img alt="{html.escape(title)}" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
         )
     header, rows = _per_fold_table(per_fold, metrics)

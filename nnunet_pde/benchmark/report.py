@@ -41,10 +41,23 @@ from nnunet_pde.benchmark.pooling import (
     metric_values,
     pool_predictions,
 )
-from nnunet_pde.benchmark.render import boxplot_png, render_html, render_latex, render_markdown
+from nnunet_pde.benchmark.render import (
+    boxplot_png,
+    render_html,
+    render_latex,
+    render_markdown,
+    runs_png,
+)
 from nnunet_pde.benchmark.runs import RUN_COLUMNS, average_runs, run_results, run_spread_rows
 from nnunet_pde.benchmark.settings import EvaluationSettings, OutputFiles, evaluate_fold_folder
 from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
+from nnunet_pde.benchmark.trajectories import (
+    TRAJECTORIES_CSV,
+    TRAJECTORIES_PNG,
+    TRAJECTORY_COLUMNS,
+    read_trajectories,
+    trajectories_png,
+)
 from nnunet_pde.benchmark.writers import STAT_COLUMNS, stat_fields, write_csv
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.files import read_json, write_json
@@ -63,6 +76,7 @@ from nnunet_pde.metrics.info import METRIC_INFO
 
 __all__ = [
     "DEFAULT_METRICS",
+    "OPTIONAL_FILES",
     "REPORT_FILES",
     "PooledPredictions",
     "ReportOutcome",
@@ -86,7 +100,14 @@ REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 RUNS_CSV = "runs.csv"
 
-#: Every file the report writes (and, with repeated runs, :data:`RUNS_CSV`).
+#: Written only with repeated runs: the run means and their spread, per box-plot metric.
+RUNS_PNGS = tuple(f"runs_{m}.png" for m in BOXPLOT_METRICS)
+
+#: Files written only when they apply: repeated runs (:data:`RUNS_CSV`, :data:`RUNS_PNGS`),
+#: trainers with PDE blocks (the block trajectories).
+OPTIONAL_FILES = (RUNS_CSV, *RUNS_PNGS, TRAJECTORIES_CSV, TRAJECTORIES_PNG)
+
+#: Every file the report writes (and, where they apply, :data:`OPTIONAL_FILES`).
 REPORT_FILES = (
     PER_CASE_CSV,
     SUMMARY_CSV,
@@ -297,7 +318,7 @@ def _reference_folders(pre: Path, name: str) -> tuple[Path, Path]:
 
 def _refuse_existing_report(out: Path, overwrite: bool) -> None:
     if not overwrite:
-        existing = [str(out / f) for f in (*REPORT_FILES, RUNS_CSV) if (out / f).exists()]
+        existing = [str(out / f) for f in (*REPORT_FILES, *OPTIONAL_FILES) if (out / f).exists()]
         if existing:
             raise FileExistsError(
                 f"report files exist in {out}: {', '.join(Path(e).name for e in existing)}; "
@@ -365,8 +386,10 @@ def _write_report(
     meta: dict[str, Any],
     policy: ImputationPolicy,
     runs: list[dict[str, Any]] | None = None,
+    trajectories: list[dict[str, Any]] | None = None,
 ) -> list[Path]:
-    """Write :data:`REPORT_FILES` (and the box plots) into ``out``; the files, in order."""
+    """Write :data:`REPORT_FILES` (and those of :data:`OPTIONAL_FILES` that apply) into
+    ``out``; the files, in order."""
     from nnunet_pde.metrics.evaluate import CSV_COLUMNS
 
     out.mkdir(parents=True, exist_ok=True)
@@ -392,7 +415,18 @@ def _write_report(
     images = {m: boxplot_png(per_case, trainers, m, policy) for m in BOXPLOT_METRICS}
     for m, png in images.items():
         files.put_bytes(f"boxplot_{m}.png", png)
-    files.put_text(REPORT_HTML, render_html(summary, per_fold, metrics, meta, images))
+    figures: dict[str, bytes] = {}
+    if runs:
+        for m in BOXPLOT_METRICS:
+            png = runs_png(runs, trainers, m)
+            files.put_bytes(f"runs_{m}.png", png)
+            figures[f"Run-to-run spread: {m}"] = png
+    if trajectories:
+        files.put(TRAJECTORIES_CSV, lambda p: write_csv(p, trajectories, TRAJECTORY_COLUMNS))
+        png = trajectories_png(trajectories, trainers)
+        files.put_bytes(TRAJECTORIES_PNG, png)
+        figures["PDE blocks per epoch"] = png
+    files.put_text(REPORT_HTML, render_html(summary, per_fold, metrics, meta, images, figures))
     files.put(
         REPORT_JSON,
         lambda p: write_json(
@@ -520,7 +554,13 @@ def make_report(
         "software": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    written = _write_report(out, per_case, summary, per_fold, metrics, meta, policy, run_rows)
+    trajectories = read_trajectories(
+        {run: run_results(results, run) for run in runs},
+        name, trainers, fold_list, settings.plans, settings.configuration, settings.print_fn,
+    )  # fmt: skip
+    written = _write_report(
+        out, per_case, summary, per_fold, metrics, meta, policy, run_rows, trajectories
+    )
     return ReportOutcome(
         output=out, files=written, per_case=per_case, summary=summary, meta=meta,
         per_fold=per_fold, runs=run_rows,

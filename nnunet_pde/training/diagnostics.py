@@ -29,12 +29,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from nnunet_pde.formats import block_log_keys, diagnostics_from_logging
 from nnunet_pde.network import pde_blocks
 from nnunet_pde.pde import PDEBlock
 from nnunet_pde.training.logged_series import pad_logged_series
-
-#: Per-block quantities, in the order of the logger keys ``pde_<block>_<quantity>``.
-QUANTITIES: tuple[str, ...] = ("gamma_abs_mean", "gamma_abs_max", "tau", "contribution")
 
 #: Name of the plot written into the fold folder.
 PLOT_NAME = "progress_pde_blocks.png"
@@ -53,11 +51,6 @@ def block_labels(names: list[str]) -> dict[str, str]:
     return labels
 
 
-def block_log_keys(label: str) -> dict[str, str]:
-    """Quantity -> logger key of one block (``pde_<label>_<quantity>``)."""
-    return {q: f"pde_{label}_{q}" for q in QUANTITIES}
-
-
 def block_state(block: PDEBlock) -> dict[str, float]:
     """``gamma_abs_mean``, ``gamma_abs_max`` and ``tau`` of a block, as floats."""
     with torch.no_grad():
@@ -67,29 +60,6 @@ def block_state(block: PDEBlock) -> dict[str, float]:
             "gamma_abs_max": float(gamma.max()),
             "tau": float(block.tau().detach()),
         }
-
-
-def diagnostics_from_logging(logging: dict | None) -> dict[str, dict[str, list[float]]]:
-    """The per-epoch block diagnostics in an nnU-Net logger dict (a checkpoint's
-    ``logging`` entry): label -> quantity -> values per epoch (NaN where not logged).
-    Empty when there are none (older checkpoints, trainers without blocks)."""
-    pattern = re.compile(r"^pde_(.+)_(" + "|".join(QUANTITIES) + r")$")
-    out: dict[str, dict[str, list[float]]] = {}
-    for key, values in (logging or {}).items():
-        match = pattern.match(str(key))
-        if match is None or not isinstance(values, list | tuple):
-            continue
-        series = []
-        for v in values:
-            try:
-                series.append(float(v))
-            except (TypeError, ValueError):
-                series.append(float("nan"))
-        out.setdefault(match.group(1), {})[match.group(2)] = series
-    return {
-        label: dict(sorted(q.items(), key=lambda kv: QUANTITIES.index(kv[0])))
-        for label, q in sorted(out.items())
-    }
 
 
 class PDEDiagnosticsMixin:
@@ -248,11 +218,8 @@ def plot_block_diagnostics(series: dict[str, dict[str, list[float]]], path: str)
 
 __all__ = [
     "PLOT_NAME",
-    "QUANTITIES",
     "PDEDiagnosticsMixin",
     "block_labels",
-    "block_log_keys",
     "block_state",
-    "diagnostics_from_logging",
     "plot_block_diagnostics",
 ]

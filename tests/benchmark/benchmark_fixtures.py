@@ -157,9 +157,10 @@ def write_fold_predictions(
     return model
 
 
-def write_fake_checkpoint(path: Path) -> None:
-    """A complete (empty) PyTorch archive: what benchmark run accepts as a finished fold."""
-    import zipfile
+def write_fake_checkpoint(path: Path, logging: Mapping[str, list] | None = None) -> None:
+    """A real, tiny PyTorch checkpoint (no weights): what benchmark run accepts as a finished
+    fold, with nnU-Net's ``logging`` entry set to ``logging`` (default empty)."""
+    import torch
 
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", b"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"logging": dict(logging or {})}, path)

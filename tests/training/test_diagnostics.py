@@ -14,19 +14,14 @@ import pytest
 import torch
 from plan_fixtures import load_plans, managers
 
+from nnunet_pde.formats import QUANTITIES, diagnostics_from_logging
 from nnunet_pde.network import pde_blocks
 from nnunet_pde.trainers.nnUNetTrainerPDE3D import (
     nnUNetTrainerPDE3D,
     nnUNetTrainerPDE3D_Backbone,
     nnUNetTrainerPDE3D_Stages01,
 )
-from nnunet_pde.training.diagnostics import (
-    PLOT_NAME,
-    QUANTITIES,
-    PDEDiagnosticsMixin,
-    block_labels,
-    diagnostics_from_logging,
-)
+from nnunet_pde.training.diagnostics import PLOT_NAME, PDEDiagnosticsMixin, block_labels
 
 SIDE = 16  # divisible by the tiny plans' total stride (8)
 
