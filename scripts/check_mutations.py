@@ -129,8 +129,8 @@ MUTATIONS = (
     Mutation(
         "fused C gated residual: the gate's gradient of u_hat dropped where the regulariser's is",
         "nnunet_pde/pde/csrc/aos_impl.h",
-        "                    gv[i + l] = (gv[i + l] - m1 - ((zi - mu) * is) * m2) * is + c * q;",
-        "                    gv[i + l] = (gv[i + l] - m1 - ((zi - mu) * is) * m2) * is;",
+        "                const V o = (gi - m1 - ((zi - mu) * is) * m2) * is + c * q;",
+        "                const V o = (gi - m1 - ((zi - mu) * is) * m2) * is;",
         ("tests/pde/test_pde_fused.py::test_gate_gradcheck_and_formula",),
     ),
     Mutation(

@@ -433,6 +433,32 @@ int CAT(aos_backward, SUF)(const T *u, const T *b, const T *g, T *gb, T *gu, dou
     return CAT(aos_run, SUF)(u, b, g, gb, gu, sums, dims, m, C, cA, ce, k, v0, v1, 1);
 }
 
+/* Half a vector of T and of double (for float32 one AVX-512 register each): sums in double
+ * kept in registers (GCC kept 16-lane double arrays in memory, or converted lane by lane). */
+typedef T CAT(half, SUF) __attribute__((vector_size(LANES / 2 * sizeof(T))));
+typedef double CAT(hd, SUF) __attribute__((vector_size(LANES / 2 * sizeof(double))));
+
+/* Double sums of the lanes of a (into s1) and of a b (into s2) for LANES values, lanes
+ * [0, LANES / 2) in the *l accumulators, the rest in *h. */
+static inline void CAT(acc_halves, SUF)(const T *a, const T *b, CAT(hd, SUF) * s1l,
+                                        CAT(hd, SUF) * s1h, CAT(hd, SUF) * s2l,
+                                        CAT(hd, SUF) * s2h, T mu, T is) {
+    typedef CAT(hd, SUF) HD;
+    CAT(half, SUF) al, ah, bl, bh;
+    memcpy(&al, a, sizeof al), memcpy(&ah, a + LANES / 2, sizeof ah);
+    memcpy(&bl, b, sizeof bl), memcpy(&bh, b + LANES / 2, sizeof bh);
+    *s1l += __builtin_convertvector(al, HD), *s1h += __builtin_convertvector(ah, HD);
+    *s2l += __builtin_convertvector(al * ((bl - mu) * is), HD);
+    *s2h += __builtin_convertvector(ah * ((bh - mu) * is), HD);
+}
+
+static inline double CAT(hd_sum, SUF)(CAT(hd, SUF) l, CAT(hd, SUF) h) {
+    double r = 0;
+    for (int i = 0; i < LANES / 2; ++i) r += l[i];
+    for (int i = 0; i < LANES / 2; ++i) r += h[i];
+    return r;
+}
+
 /* Backward of the edge energy E = (1/m) sum_d mean_faces log(1 + s^2), s = diff_d(z_hat)
  * / h_d, z_hat = (z - mean) / std per volume, for volumes [v0, v1): gz (overwritten) =
  * dE/dz times g. coef[d] = g / (m * faces_d * h_d) with faces_d the number of faces of axis
@@ -452,6 +478,7 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
         T *restrict gv = gz + v * vox;
         const T mu = mean[v], is = inv_std[v];
         double s1 = 0, s2 = 0; /* sums of gz_hat and gz_hat z_hat, during the last axis */
+        CAT(hd, SUF) a1l = {0}, a1h = {0}, a2l = {0}, a2h = {0}; /* their vector parts */
         for (int d = 0; d < m; ++d) {
             long outer, inner, n = dims[d];
             CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
@@ -480,39 +507,38 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
                     for (long i = hi; i < cells; ++i) gb[i] += qb[i - inner];
                 }
                 if (d == m - 1) { /* the block's values are final: sum them while in cache */
-                    double a1[LANES] = {0}, a2[LANES] = {0}; /* lanes: a vectorised sum */
                     long i = 0;
                     for (; i + LANES <= cells; i += LANES)
-                        for (int l = 0; l < LANES; ++l) {
-                            a1[l] += gb[i + l];
-                            a2[l] += gb[i + l] * ((zb[i + l] - mu) * is);
-                        }
+                        CAT(acc_halves, SUF)(gb + i, zb + i, &a1l, &a1h, &a2l, &a2h, mu, is);
                     for (; i < cells; ++i) {
                         s1 += gb[i];
                         s2 += gb[i] * ((zb[i] - mu) * is);
                     }
-                    for (int l = 0; l < LANES; ++l) s1 += a1[l], s2 += a2[l];
                 }
             }
         }
+        s1 += CAT(hd_sum, SUF)(a1l, a1h), s2 += CAT(hd_sum, SUF)(a2l, a2h);
         /* gz_hat -> dz = (gz_hat - mean(gz_hat) - z_hat mean(gz_hat z_hat)) / std */
         const T m1 = (T)(s1 / vox), m2 = (T)(s2 / vox);
         if (gy) {
             const T *restrict yv = gy + v * vox;
             const T c = gg[v];
-            double a[LANES] = {0}, r = 0;
+            double r = 0;
+            CAT(hd, SUF) al = {0}, ah = {0}, unl = {0}, unh = {0};
             long i = 0;
-            for (; i + LANES <= vox; i += LANES)
-                for (int l = 0; l < LANES; ++l) {
-                    T zi = zv[i + l], q = yv[i + l];
-                    a[l] += q * zi;
-                    gv[i + l] = (gv[i + l] - m1 - ((zi - mu) * is) * m2) * is + c * q;
-                }
+            for (; i + LANES <= vox; i += LANES) {
+                /* sum q zi: the s2 part with mu = 0, is = 1 */
+                CAT(acc_halves, SUF)(yv + i, zv + i, &unl, &unh, &al, &ah, (T)0, (T)1);
+                const V zi = CAT(ldv, SUF)(zv + i), q = CAT(ldv, SUF)(yv + i);
+                const V gi = CAT(ldv, SUF)(gv + i);
+                const V o = (gi - m1 - ((zi - mu) * is) * m2) * is + c * q;
+                memcpy(gv + i, &o, sizeof o);
+            }
+            r += CAT(hd_sum, SUF)(al, ah);
             for (; i < vox; ++i) {
                 r += yv[i] * zv[i];
                 gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is + c * yv[i];
             }
-            for (int l = 0; l < LANES; ++l) r += a[l];
             su[v] = r;
         } else {
             for (long i = 0; i < vox; ++i) gv[i] = (gv[i] - m1 - ((zv[i] - mu) * is) * m2) * is;

@@ -33,25 +33,36 @@ static inline vf64 log1p_vf64(vf64 x) {
     return x;
 }
 
+/* x with the lanes where mask is set (all bits) zeroed. */
+static inline vf64 zero_where_f64(vf64 x, vi32 mask) {
+    for (int l = 0; l < LANES; ++l)
+        if (mask[l]) x[l] = 0;
+    return x;
+}
+
 #define T float
 #define V vf32
 #define SUF _f32
 #define LOG1P log1p_vf32
+#define ZERO_WHERE(x, mask) select_f32(mask, (vf32){}, x)
 #include "norm_impl.h"
 #undef T
 #undef V
 #undef SUF
 #undef LOG1P
+#undef ZERO_WHERE
 
 #define T double
 #define V vf64
 #define SUF _f64
 #define LOG1P log1p_vf64
+#define ZERO_WHERE zero_where_f64
 #include "norm_impl.h"
 #undef T
 #undef V
 #undef SUF
 #undef LOG1P
+#undef ZERO_WHERE
 
 /* For the tests: the float32 vector log1p on n values >= 0. */
 void log1p_f32_array(const float *x, float *y, long n) {

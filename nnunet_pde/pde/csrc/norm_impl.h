@@ -150,6 +150,31 @@ int CAT(energy_forward, SUF)(const T *z, double *sums, T *mean, T *inv_std, cons
             const long span = (n - 1) * inner; /* faces (i, i + inner) of one outer block */
             V acc = (V){};
             double tail = 0;
+            if (inner == 1 && n > 1) {
+                /* Lines along memory: the volume as one line of vox values, its faces i (cells
+                 * i, i + 1) taken LANES at a time and those across two lines (i % n = n - 1)
+                 * zeroed (log1p(0) = 0): no short loop and tail per line of n. pos holds
+                 * i % n per lane. */
+                vi32 pos;
+                for (int l = 0; l < LANES; ++l) pos[l] = l % (int)n;
+                const int ni = (int)n, steps = LANES / ni + 1;
+                long i = 0;
+                for (; i + LANES < vox; i += LANES) {
+                    V a, b;
+                    memcpy(&a, zv + i, sizeof a);
+                    memcpy(&b, zv + i + 1, sizeof b);
+                    V s = ZERO_WHERE((b - a) * sc, pos == ni - 1);
+                    acc += LOG1P(s * s);
+                    pos += LANES;
+                    for (int r = 0; r < steps; ++r) pos -= (pos >= ni) & ni;
+                }
+                V s = (V){};
+                for (long l = 0; i + l < vox - 1; ++l)
+                    if ((i + l) % n != n - 1) s[l] = (zv[i + l + 1] - zv[i + l]) * sc;
+                V t = LOG1P(s * s);
+                for (int l = 0; l < LANES; ++l) tail += t[l];
+                outer = 0; /* done */
+            }
             for (long o = 0; o < outer; ++o) {
                 const T *zb = zv + o * n * inner;
                 long i = 0;
