@@ -317,6 +317,26 @@ def render_latex(
 # ----------------------------------------------------------------------------- figures
 
 
+def _regions_in_order(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``region`` values of ``rows``, each once, in order of first appearance."""
+    regions: list[str] = []
+    for r in rows:
+        if r["region"] not in regions:
+            regions.append(str(r["region"]))
+    return regions
+
+
+def _panel_figure(trainers: Sequence[str], n_panels: int):
+    """A Figure on the Agg canvas (no global pyplot state) with ``n_panels`` axes in one row,
+    sized for one tick per trainer; (figure, axes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.0, 1.2 + 0.9 * len(trainers)) * n_panels / 1.5 + 1, 4.2))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, n_panels, squeeze=False)[0]
+
+
 def boxplot_png(
     rows: Sequence[Mapping[str, Any]],
     trainers: Sequence[str],
@@ -327,16 +347,8 @@ def boxplot_png(
 
     Uses matplotlib's object API with the Agg canvas, so no global pyplot state is touched.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    regions: list[str] = []
-    for r in rows:
-        if r["region"] not in regions:
-            regions.append(str(r["region"]))
-    fig = Figure(figsize=(max(4.0, 1.2 + 0.9 * len(trainers)) * len(regions) / 1.5 + 1, 4.2))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(regions), squeeze=False)[0]
+    regions = _regions_in_order(rows)
+    fig, axes = _panel_figure(trainers, len(regions))
     name = METRIC_INFO.get(metric, (metric, 3, ""))[0]
     for ax, region in zip(axes, regions, strict=True):
         data = []
@@ -363,17 +375,9 @@ def runs_png(run_rows: Sequence[Mapping[str, Any]], trainers: Sequence[str], met
     """PNG bytes: one panel per region; per trainer, each run's mean over cases (dots) and
     the mean of the run means with +- 1 SD between runs (bar): the run-to-run spread that
     a difference between trainers has to exceed. ``run_rows`` are ``runs.csv``'s rows."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rows = [r for r in run_rows if r["metric"] == metric]
-    regions: list[str] = []
-    for r in rows:
-        if r["region"] not in regions:
-            regions.append(str(r["region"]))
-    fig = Figure(figsize=(max(4.0, 1.2 + 0.9 * len(trainers)) * len(regions) / 1.5 + 1, 4.2))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, max(1, len(regions)), squeeze=False)[0]
+    regions = _regions_in_order(rows)
+    fig, axes = _panel_figure(trainers, max(1, len(regions)))
     name = METRIC_INFO.get(metric, (metric, 3, ""))[0]
     for ax, region in zip(axes, regions, strict=False):
         for x, t in enumerate(trainers, start=1):
