@@ -24,6 +24,7 @@ import pytest
 import scipy.stats
 
 from nnunet_pde.benchmark.report import REPORT_FILES
+from nnunet_pde.benchmark.trajectories import TRAJECTORIES_CSV, TRAJECTORIES_PNG
 from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -171,7 +172,17 @@ def test_benchmark_end_to_end(tmp_path: Path) -> None:
         ),
         env,
     ).stdout
-    assert f"wrote {len(REPORT_FILES)} files to {out}" in rep
+    # The PDE trainer's checkpoints hold its blocks' diagnostics, so the report adds their
+    # trajectories; the backbone has no block and contributes no row. No --runs: no runs files.
+    assert f"wrote {len(REPORT_FILES) + 2} files to {out}" in rep
+    assert (out / TRAJECTORIES_PNG).stat().st_size > 0
+    with open(out / TRAJECTORIES_CSV, newline="") as fh:
+        trajectories = list(csv.DictReader(fh))
+    assert trajectories and {r["trainer"] for r in trajectories} == {T1}
+    assert {(r["fold"], r["epoch"]) for r in trajectories} == {
+        (f, e) for f in ("0", "1") for e in ("0", "1")
+    }
+    assert all(np.isfinite(float(r["tau"])) for r in trajectories)
     splits = json.loads((tmp_path / "preprocessed" / name / "splits_final.json").read_text())
     val_cases = sorted(splits[0]["val"] + splits[1]["val"])
     with open(out / "per_case_metrics.csv", newline="") as fh:
@@ -224,4 +235,5 @@ def test_benchmark_end_to_end(tmp_path: Path) -> None:
     md = (out / "tables.md").read_text()
     assert f"| whole tumor | {T2} | {len(val_cases)} |" in md
     assert "reference" in md
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    # two box plots (Dice, HD95) and the block trajectories
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
