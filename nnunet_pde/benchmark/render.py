@@ -183,9 +183,12 @@ def render_markdown(
     metrics: Sequence[str],
     meta: Mapping[str, Any],
     runs: Sequence[Mapping[str, Any]] | None = None,
+    plateau: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """``tables.md``: one table per metric, the between-run tables (``runs``, when there are
-    repeated runs), then the per-fold means."""
+    repeated runs), the per-fold means, then (``plateau``, rows of
+    :func:`nnunet_pde.benchmark.trajectories.plateau_rows`) whether each training reached a
+    plateau."""
     parts = [f"# Cross-validation benchmark: {meta['dataset']}", ""]
     parts += [line + "\n" for line in _context_lines(meta)]
     if runs and max(int(r["n_runs"]) for r in runs) >= 2:
@@ -219,7 +222,47 @@ def render_markdown(
         md_table(header, rows),
         "",
     ]
+    if plateau:
+        table = md_table(*plateau_table(plateau))
+        parts += [f"## {PLATEAU_TITLE}", "", PLATEAU_TEXT, "", table, ""]
     return "\n".join(parts)
+
+
+PLATEAU_TITLE = "Training curves: did each training reach a plateau?"
+PLATEAU_TEXT = (
+    "nnU-Net's pseudo Dice (validation patches, foreground mean) per training, from its "
+    "checkpoint: the moving average (EMA) at the end and at its best, and the trend of the "
+    "per-epoch pseudo Dice over the last half of the epochs: the rise of a least-squares "
+    "line across that window ± its standard error. A rise within about two standard errors "
+    "of zero: the curve had flattened (the EMA lags and is no such test)."
+)
+
+
+def plateau_table(plateau: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the plateau table (rows of
+    :func:`nnunet_pde.benchmark.trajectories.plateau_rows`)."""
+    header = [
+        "trainer",
+        "run",
+        "fold",
+        "epochs",
+        "pseudo Dice (EMA) final",
+        "best",
+        "late rise ± SE",
+    ]
+    rows = [
+        [
+            str(r["trainer"]),
+            str(r["run"]),
+            str(r["fold"]),
+            str(r["epochs"]),
+            fmt_num(r["final_ema_pseudo_dice"], 3),
+            fmt_num(r["best_ema_pseudo_dice"], 3),
+            f"{fmt_num(r['late_rise'], 3)} ± {fmt_num(r['late_rise_se'], 3)}",
+        ]
+        for r in plateau
+    ]
+    return header, rows
 
 
 def _tex_escape(s: str) -> str:
@@ -412,9 +455,11 @@ def render_html(
     meta: Mapping[str, Any],
     images: Mapping[str, bytes],
     figures: Mapping[str, bytes] | None = None,
+    plateau: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """``report.html``: the tables, the box plots and the other ``figures`` (title -> PNG),
-    all embedded as base64, no external files."""
+    all embedded as base64, no external files, and the plateau table (``plateau``, as for
+    :func:`render_markdown`)."""
 
     def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -464,6 +509,9 @@ def render_html(
         )
     header, rows = _per_fold_table(per_fold, metrics)
     parts += ["<h2>Per-fold means (descriptive)</h2>", table(header, rows)]
+    if plateau:
+        parts += [f"<h2>{html.escape(PLATEAU_TITLE)}</h2>", para(PLATEAU_TEXT)]
+        parts.append(table(*plateau_table(plateau)))
     parts.append(
         f"<p><small>nnunet-pde {html.escape(str(meta['software'].get('nnunet_pde')))}, "
         f"created {html.escape(str(meta['created']))}</small></p>"

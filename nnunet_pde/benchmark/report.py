@@ -52,11 +52,18 @@ from nnunet_pde.benchmark.runs import RUN_COLUMNS, average_runs, run_results, ru
 from nnunet_pde.benchmark.settings import EvaluationSettings, OutputFiles, evaluate_fold_folder
 from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
 from nnunet_pde.benchmark.trajectories import (
+    CURVE_COLUMNS,
+    CURVES_CSV,
+    CURVES_PNG,
     TRAJECTORIES_CSV,
     TRAJECTORIES_PNG,
     TRAJECTORY_COLUMNS,
-    read_trajectories,
+    curve_rows,
+    curves_png,
+    plateau_rows,
+    read_logs,
     trajectories_png,
+    trajectory_rows,
 )
 from nnunet_pde.benchmark.writers import STAT_COLUMNS, stat_fields, write_csv
 from nnunet_pde.errors import BenchmarkError
@@ -104,8 +111,11 @@ RUNS_CSV = "runs.csv"
 RUNS_PNGS = tuple(f"runs_{m}.png" for m in BOXPLOT_METRICS)
 
 #: Files written only when they apply: repeated runs (:data:`RUNS_CSV`, :data:`RUNS_PNGS`),
-#: trainers with PDE blocks (the block trajectories).
-OPTIONAL_FILES = (RUNS_CSV, *RUNS_PNGS, TRAJECTORIES_CSV, TRAJECTORIES_PNG)
+#: trainers with PDE blocks (the block trajectories), finished trainings whose checkpoints
+#: hold nnU-Net's logger (the training curves).
+OPTIONAL_FILES = (
+    RUNS_CSV, *RUNS_PNGS, TRAJECTORIES_CSV, TRAJECTORIES_PNG, CURVES_CSV, CURVES_PNG
+)  # fmt: skip
 
 #: Every file the report writes (and, where they apply, :data:`OPTIONAL_FILES`).
 REPORT_FILES = (
@@ -387,6 +397,7 @@ def _write_report(
     policy: ImputationPolicy,
     runs: list[dict[str, Any]] | None = None,
     trajectories: list[dict[str, Any]] | None = None,
+    curves: list[dict[str, Any]] | None = None,
 ) -> list[Path]:
     """Write :data:`REPORT_FILES` (and those of :data:`OPTIONAL_FILES` that apply) into
     ``out``; the files, in order."""
@@ -401,7 +412,8 @@ def _write_report(
     for m in metrics:
         fold_cols += [f"{m}_n", f"{m}_mean"]
     files.put(PER_FOLD_CSV, lambda p: write_csv(p, per_fold, fold_cols))
-    files.put_text(TABLES_MD, render_markdown(summary, per_fold, metrics, meta, runs))
+    plateau = plateau_rows(curves) if curves else None
+    files.put_text(TABLES_MD, render_markdown(summary, per_fold, metrics, meta, runs, plateau))
     if runs:
         files.put(
             RUNS_CSV,
@@ -426,12 +438,22 @@ def _write_report(
         png = trajectories_png(trajectories, trainers)
         files.put_bytes(TRAJECTORIES_PNG, png)
         figures["PDE blocks per epoch"] = png
-    files.put_text(REPORT_HTML, render_html(summary, per_fold, metrics, meta, images, figures))
+    if curves:
+        files.put(CURVES_CSV, lambda p: write_csv(p, curves, CURVE_COLUMNS))
+        png = curves_png(curves, trainers)
+        files.put_bytes(CURVES_PNG, png)
+        figures["Training curves"] = png
+    files.put_text(
+        REPORT_HTML, render_html(summary, per_fold, metrics, meta, images, figures, plateau)
+    )
     files.put(
         REPORT_JSON,
         lambda p: write_json(
             p,
-            json_safe({**meta, "summary": summary, "per_fold": per_fold, "runs": runs}),
+            json_safe(
+                {**meta, "summary": summary, "per_fold": per_fold, "runs": runs,
+                 "plateau": plateau}
+            ),  # fmt: skip
             allow_nan=False,
         ),
     )
@@ -554,13 +576,14 @@ def make_report(
         "software": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    trajectories = read_trajectories(
+    logs = read_logs(
         {run: run_results(results, run) for run in runs},
         name, trainers, fold_list, settings.plans, settings.configuration, settings.print_fn,
     )  # fmt: skip
     written = _write_report(
-        out, per_case, summary, per_fold, metrics, meta, policy, run_rows, trajectories
-    )
+        out, per_case, summary, per_fold, metrics, meta, policy, run_rows,
+        trajectory_rows(logs), curve_rows(logs),
+    )  # fmt: skip
     return ReportOutcome(
         output=out, files=written, per_case=per_case, summary=summary, meta=meta,
         per_fold=per_fold, runs=run_rows,
