@@ -4,6 +4,13 @@
 with it: ``skip`` a finished fold, ``continue`` an interrupted one with ``--c``, ``train``
 one from scratch, or leave a fold alone whose training lock another process holds
 (``busy``, :mod:`nnunet_pde.locks`). It runs nothing.
+
+nnU-Net writes ``checkpoint_latest.pth`` in place, so a training stopped while writing it
+(Ctrl-C, a kill, a node's time limit) leaves a torn file that ``--c`` would crash on. Such a
+file of a fold nobody trains is planned as set aside (:attr:`FoldTask.torn`): the runner
+renames it (:func:`set_aside`, nothing is deleted) and the fold continues from
+``checkpoint_best.pth``, or trains again without one. Any other checkpoint that does not
+load stops the run with what to do.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.folders import (
     FOLD_FINISHED,
     FOLD_INTERRUPTED,
+    FOLD_NEW,
     check_trainer_names,
     checkpoint_problem,
     fold_dir,
@@ -39,6 +47,7 @@ __all__ = [
     "FoldTask",
     "benchmark_folder",
     "plan_grid",
+    "set_aside",
 ]
 
 ACTION_SKIP = "skip"
@@ -74,6 +83,10 @@ class FoldTask:
         The run index (:mod:`nnunet_pde.benchmark.runs`); run 1 is ``$nnUNet_results``.
     results
         The results root of that run (the training's ``nnUNet_results``).
+    torn
+        Why the fold's ``checkpoint_latest.pth`` does not load, when it is torn and is to be
+        set aside before the fold runs (:func:`set_aside`); ``state`` and ``action`` are
+        then those of the folder without it.
     """
 
     trainer: str
@@ -86,6 +99,7 @@ class FoldTask:
     holder: str | None = None
     run: int = 1
     results: Path | None = None
+    torn: str | None = None
 
     @property
     def key(self) -> str:
@@ -95,6 +109,22 @@ class FoldTask:
     def command_line(self) -> str:
         """The command as a shell would take it."""
         return shlex.join(self.command)
+
+
+LATEST = "checkpoint_latest.pth"
+BEST = "checkpoint_best.pth"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a torn checkpoint to ``<name>.torn`` (``.torn.1``, ... when taken), so that
+    ``nnUNetv2_train --c`` no longer finds it; the new path."""
+    target = path.with_name(path.name + ".torn")
+    k = 0
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}.torn.{k}")
+    path.rename(target)
+    return target
 
 
 def benchmark_folder(results: Path, dataset: str) -> Path:
@@ -134,10 +164,19 @@ def plan_grid(
         folder = fold_dir(root, dataset, trainer, plans, configuration, fold)
         state = fold_state(folder)
         resume = resume_checkpoint(folder)
-        problem = None if resume is None else checkpoint_problem(resume)
+        holder = lock_holder(folder)
+        # a fold another process trains is left alone: its checkpoint may be half written now
+        problem = None if resume is None or holder else checkpoint_problem(resume)
+        torn = None
+        if problem is not None and resume is not None and resume.name == LATEST:
+            # torn by a stopped training: planned without it (the runner sets it aside)
+            torn = problem
+            best = folder / BEST
+            resume = best if best.is_file() else None
+            state = FOLD_INTERRUPTED if resume is not None else FOLD_NEW
+            problem = None if resume is None else checkpoint_problem(resume)
         if problem is not None:
             broken.append(f"{resume} does not load: {problem}")
-        holder = lock_holder(folder)
         if state == FOLD_FINISHED:
             action, command = ACTION_SKIP, ()
         elif holder is not None:
@@ -160,6 +199,7 @@ def plan_grid(
             FoldTask(
                 trainer, fold, state, action, folder, command, log,
                 holder=None if holder is None else holder.describe(), run=run, results=root,
+                torn=torn,
             )
         )  # fmt: skip
     if broken:

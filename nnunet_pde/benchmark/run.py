@@ -34,6 +34,7 @@ from nnunet_pde.benchmark.grid import (
     FoldTask,
     benchmark_folder,
     plan_grid,
+    set_aside,
 )
 from nnunet_pde.benchmark.grid_run import GridRun, RunOutcome, new_manifest
 from nnunet_pde.benchmark.manifest import close_abandoned_manifests, create_manifest_file
@@ -129,6 +130,8 @@ def run_benchmark(
     print_fn(_plan_line(name, configuration, plans, trainers, tasks, runs))
     if dry_run:
         for t in tasks:
+            if t.torn is not None:
+                print_fn(f"# set aside {t.folder / 'checkpoint_latest.pth'}: {t.torn}")
             if t.action == ACTION_SKIP:
                 print_fn(f"# skip {t.key}: finished ({t.folder})")
             elif t.action == ACTION_BUSY:
@@ -137,6 +140,19 @@ def run_benchmark(
                 print_fn(t.command_line())
         return outcome
 
+    for t in tasks:
+        if t.torn is not None:
+            torn = t.folder / "checkpoint_latest.pth"
+            moved = set_aside(torn)
+            then = (
+                "continues from checkpoint_best.pth"
+                if t.action == ACTION_CONTINUE
+                else "trains again from the start"
+            )
+            print_fn(
+                f"note: {torn} does not load ({t.torn}): its training was stopped while "
+                f"writing it. Set aside as {moved.name}; {t.key} {then}"
+            )
     bench_dir = benchmark_folder(results, name)
     for stale in close_abandoned_manifests(bench_dir):
         print_fn(

@@ -24,7 +24,7 @@ import pytest
 import scipy.stats
 
 from nnunet_pde.benchmark.report import REPORT_FILES
-from nnunet_pde.benchmark.trajectories import TRAJECTORIES_CSV, TRAJECTORIES_PNG
+from nnunet_pde.benchmark.trajectories import CURVES_CSV, TRAJECTORIES_CSV, TRAJECTORIES_PNG
 from nnunet_pde.env import EXT_TRAINER_VAR, trainer_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -173,8 +173,16 @@ def test_benchmark_end_to_end(tmp_path: Path) -> None:
         env,
     ).stdout
     # The PDE trainer's checkpoints hold its blocks' diagnostics, so the report adds their
-    # trajectories; the backbone has no block and contributes no row. No --runs: no runs files.
-    assert f"wrote {len(REPORT_FILES) + 2} files to {out}" in rep
+    # trajectories; the backbone has no block and contributes no row. Both trainers' curves
+    # (nnU-Net's logger) and their plateau table. No --runs: no runs files.
+    assert f"wrote {len(REPORT_FILES) + 4} files to {out}" in rep
+    with open(out / CURVES_CSV, newline="") as fh:
+        curves = list(csv.DictReader(fh))
+    assert {(r["trainer"], r["fold"], r["epoch"]) for r in curves} == {
+        (t, f, e) for t in (T1, T2) for f in ("0", "1") for e in ("0", "1")
+    }
+    assert all(0.0 <= float(r["ema_pseudo_dice"]) <= 1.0 for r in curves)
+    assert "did each training reach a plateau?" in (out / "tables.md").read_text()
     assert (out / TRAJECTORIES_PNG).stat().st_size > 0
     with open(out / TRAJECTORIES_CSV, newline="") as fh:
         trajectories = list(csv.DictReader(fh))
@@ -235,5 +243,5 @@ def test_benchmark_end_to_end(tmp_path: Path) -> None:
     md = (out / "tables.md").read_text()
     assert f"| whole tumor | {T2} | {len(val_cases)} |" in md
     assert "reference" in md
-    # two box plots (Dice, HD95) and the block trajectories
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    # two box plots (Dice, HD95), the block trajectories and the training curves
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4

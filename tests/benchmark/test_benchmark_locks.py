@@ -205,3 +205,20 @@ def test_only_manifests_whose_runner_is_gone_are_closed(tmp_path: Path) -> None:
         for p in (runner, other):
             p.kill()
             p.wait()
+
+
+def test_a_torn_latest_checkpoint_of_a_busy_fold_is_left_alone(fake_env: dict[str, str]) -> None:
+    """A checkpoint_latest.pth that does not load while another process trains the fold may
+    be half written right now: not set aside, the fold left alone."""
+    folder = _fold(fake_env)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint_latest.pth").write_bytes(b"PK\x03\x04 half written")
+    holder = subprocess.Popen(locked_command(folder, ["sleep", "30"]))
+    try:
+        _wait_for(lambda: lock_holder(folder) is not None)
+        (task,) = plan_grid(fake_env["nnUNet_results"], DATASET, CONF, PLANS, [T1], [0])
+        assert task.action == ACTION_BUSY and task.torn is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (folder / "checkpoint_latest.pth").read_bytes() == b"PK\x03\x04 half written"

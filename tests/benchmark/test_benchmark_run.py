@@ -135,6 +135,69 @@ def test_plan_grid_skip_continue_train(fake_env: dict[str, str]) -> None:
     assert [(t.trainer, t.fold) for t in tasks] == [(T1, 0), (T1, 1), (T2, 0), (T2, 1)]
 
 
+def _tear(path: Path) -> None:
+    """A checkpoint cut short, as a training stopped inside torch.save leaves it."""
+    write_fake_checkpoint(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_torn_latest_checkpoint_is_planned_as_set_aside(fake_env: dict[str, str]) -> None:
+    """checkpoint_latest.pth torn by a stopped training: continue from the best checkpoint,
+    or train again without one; a torn best or final checkpoint still stops the run."""
+    with_best, alone = _fold(fake_env, T1, 0), _fold(fake_env, T1, 1)
+    _make_fold(with_best, "checkpoint_best.pth")
+    _tear(with_best / "checkpoint_latest.pth")
+    alone.mkdir(parents=True)
+    _tear(alone / "checkpoint_latest.pth")
+    tasks = plan_grid(fake_env["nnUNet_results"], DATASET, CONF, PLANS, [T1], [0, 1])
+    got = {t.fold: (t.action, t.state, t.torn is not None) for t in tasks}
+    assert got == {
+        0: (ACTION_CONTINUE, FOLD_INTERRUPTED, True),
+        1: (ACTION_TRAIN, FOLD_NEW, True),
+    }
+    assert "truncated" in (tasks[0].torn or "")
+    assert tasks[0].command[-1] == "--c" and "--c" not in tasks[1].command
+    # planning renames nothing
+    assert (with_best / "checkpoint_latest.pth").is_file()
+
+    _tear(with_best / "checkpoint_best.pth")
+    with pytest.raises(BenchmarkError, match="checkpoint_best.pth does not load"):
+        plan_grid(fake_env["nnUNet_results"], DATASET, CONF, PLANS, [T1], [0, 1])
+
+
+def test_run_sets_a_torn_latest_checkpoint_aside_and_continues(fake_env: dict[str, str]) -> None:
+    cmd = shlex.split(fake_env["FAKE_TRAIN_CMD"])
+    folder = _fold(fake_env, T1, 0)
+    _make_fold(folder, "checkpoint_best.pth")
+    _tear(folder / "checkpoint_latest.pth")
+    torn = (folder / "checkpoint_latest.pth").read_bytes()
+    (folder / "checkpoint_latest.pth.torn").write_bytes(b"an earlier one")  # kept too
+
+    lines: list[str] = []
+    run_benchmark(
+        "987", [T1], LocalExecutor(), folds=[0], device="cpu", train_command=cmd,
+        environ=fake_env, print_fn=lines.append, dry_run=True,
+    )  # fmt: skip
+    assert f"# set aside {folder / 'checkpoint_latest.pth'}: it is truncated" in "\n".join(lines)
+    assert (folder / "checkpoint_latest.pth").read_bytes() == torn  # a dry run moves nothing
+
+    lines.clear()
+    out = run_benchmark(
+        "987", [T1], LocalExecutor(), folds=[0], device="cpu", train_command=cmd,
+        environ=fake_env, print_fn=lines.append,
+    )  # fmt: skip
+    assert out.ok
+    text = "\n".join(lines)
+    assert "its training was stopped while writing it" in text
+    assert f"Set aside as checkpoint_latest.pth.torn.1; {T1}/fold_0 continues from" in text
+    # nothing lost: the torn file and the earlier one are both kept
+    assert (folder / "checkpoint_latest.pth.torn.1").read_bytes() == torn
+    assert (folder / "checkpoint_latest.pth.torn").read_bytes() == b"an earlier one"
+    (call,) = read_calls(Path(fake_env["FAKE_TRAIN_CALLS"]))
+    assert call[-1] == "--c"
+
+
 def test_dry_run_prints_the_exact_commands(fake_env: dict[str, str]) -> None:
     _make_fold(_fold(fake_env, T1, 0), "checkpoint_final.pth", "validation/summary.json")
     _make_fold(_fold(fake_env, T2, 1), "checkpoint_best.pth")
