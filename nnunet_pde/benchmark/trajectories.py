@@ -153,6 +153,26 @@ def _value(values: Sequence[Any], epoch: int) -> float:
         return math.nan
 
 
+def _epoch_rows(
+    log: FoldLog, series: Mapping[str, Sequence[Any]], **keys: Any
+) -> list[dict[str, Any]]:
+    """One row per epoch of ``series`` (column -> per-epoch list; as many epochs as the
+    longest, NaN where a list is shorter), led by the log's trainer, run and fold and
+    ``keys``."""
+    epochs = max((len(v) for v in series.values()), default=0)
+    return [
+        {
+            "trainer": log.trainer,
+            "run": log.run,
+            "fold": log.fold,
+            **keys,
+            "epoch": epoch,
+            **{col: _value(values, epoch) for col, values in series.items()},
+        }
+        for epoch in range(epochs)
+    ]
+
+
 def trajectory_rows(logs: Sequence[FoldLog]) -> list[dict[str, Any]]:
     """Rows of :data:`TRAJECTORY_COLUMNS`, in the order of ``logs``, blocks sorted. Values
     are floats, NaN for an epoch without a value (a training resumed from a checkpoint that
@@ -160,20 +180,9 @@ def trajectory_rows(logs: Sequence[FoldLog]) -> list[dict[str, Any]]:
     none."""
     rows: list[dict[str, Any]] = []
     for log in logs:
-        series = diagnostics_from_logging(dict(log.logging))
-        for block, by_quantity in series.items():
-            epochs = max((len(v) for v in by_quantity.values()), default=0)
-            for epoch in range(epochs):
-                row: dict[str, Any] = {
-                    "trainer": log.trainer,
-                    "run": log.run,
-                    "fold": log.fold,
-                    "block": block,
-                    "epoch": epoch,
-                }
-                for q in QUANTITIES:
-                    row[q] = _value(by_quantity.get(q, []), epoch)
-                rows.append(row)
+        for block, by_quantity in diagnostics_from_logging(dict(log.logging)).items():
+            series = {q: by_quantity.get(q, []) for q in QUANTITIES}
+            rows += _epoch_rows(log, series, block=block)
     return rows
 
 
@@ -183,16 +192,7 @@ def curve_rows(logs: Sequence[FoldLog]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for log in logs:
         series = {col: list(log.logging.get(key) or []) for col, key in CURVE_KEYS.items()}
-        epochs = max(len(v) for v in series.values())
-        for epoch in range(epochs):
-            row: dict[str, Any] = {
-                "trainer": log.trainer,
-                "run": log.run,
-                "fold": log.fold,
-                "epoch": epoch,
-            }
-            row.update({col: _value(v, epoch) for col, v in series.items()})
-            rows.append(row)
+        rows += _epoch_rows(log, series)
     return rows
 
 
