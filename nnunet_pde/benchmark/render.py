@@ -13,7 +13,7 @@ import numpy as np
 
 from nnunet_pde.benchmark.pooling import metric_values
 from nnunet_pde.benchmark.stats import format_p
-from nnunet_pde.benchmark.writers import fmt_num, md_table, short_trainer
+from nnunet_pde.benchmark.writers import fmt_num, md_table, regions_in_order, short_trainer
 from nnunet_pde.metrics import ImputationPolicy
 from nnunet_pde.metrics.info import METRIC_INFO
 
@@ -360,15 +360,6 @@ def render_latex(
 # ----------------------------------------------------------------------------- figures
 
 
-def _regions_in_order(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The ``region`` values of ``rows``, each once, in order of first appearance."""
-    regions: list[str] = []
-    for r in rows:
-        if r["region"] not in regions:
-            regions.append(str(r["region"]))
-    return regions
-
-
 def _panel_figure(trainers: Sequence[str], n_panels: int):
     """A Figure on the Agg canvas (no global pyplot state) with ``n_panels`` axes in one row,
     sized for one tick per trainer; (figure, axes)."""
@@ -390,7 +381,7 @@ def boxplot_png(
 
     Uses matplotlib's object API with the Agg canvas, so no global pyplot state is touched.
     """
-    regions = _regions_in_order(rows)
+    regions = regions_in_order(rows)
     fig, axes = _panel_figure(trainers, len(regions))
     name = METRIC_INFO.get(metric, (metric, 3, ""))[0]
     for ax, region in zip(axes, regions, strict=True):
@@ -419,7 +410,7 @@ def runs_png(run_rows: Sequence[Mapping[str, Any]], trainers: Sequence[str], met
     the mean of the run means with +- 1 SD between runs (bar): the run-to-run spread that
     a difference between trainers has to exceed. ``run_rows`` are ``runs.csv``'s rows."""
     rows = [r for r in run_rows if r["metric"] == metric]
-    regions = _regions_in_order(rows)
+    regions = regions_in_order(rows)
     fig, axes = _panel_figure(trainers, max(1, len(regions)))
     name = METRIC_INFO.get(metric, (metric, 3, ""))[0]
     for ax, region in zip(axes, regions, strict=False):

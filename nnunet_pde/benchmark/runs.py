@@ -46,6 +46,7 @@ import numpy as np
 
 from nnunet_pde.benchmark.pooling import metric_values
 from nnunet_pde.benchmark.stats import holm
+from nnunet_pde.benchmark.writers import regions_in_order
 from nnunet_pde.errors import BenchmarkError
 from nnunet_pde.metrics import ImputationPolicy
 
@@ -151,10 +152,7 @@ def run_spread_rows(
 ) -> list[dict[str, Any]]:
     """One row per (region, trainer, metric): the run means, their spread, and the
     difference from ``reference`` against that spread (module docstring)."""
-    regions: list[str] = []
-    for r in rows:
-        if r["region"] not in regions:
-            regions.append(str(r["region"]))
+    regions = regions_in_order(rows)
     means: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
     by_cell: dict[tuple[str, str, int], list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:

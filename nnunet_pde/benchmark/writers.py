@@ -8,7 +8,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAT_COLUMNS", "fmt_num", "md_table", "short_trainer", "stat_fields", "write_csv"]
+__all__ = [
+    "STAT_COLUMNS",
+    "fmt_num",
+    "md_table",
+    "regions_in_order",
+    "short_trainer",
+    "stat_fields",
+    "write_csv",
+]
 
 #: The statistic columns of a summary row, in order (both reports' ``summary.csv``).
 STAT_COLUMNS = ("n_cases", "n", "n_nan", "n_inf", "n_imputed", "n_excluded", "mean", "sd", "median")
@@ -18,6 +26,15 @@ def stat_fields(st: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`STAT_COLUMNS` of a summary row from :func:`nnunet_pde.metrics.aggregate`'s
     statistics of one group (its ``std`` is the row's ``sd``)."""
     return {k: st["std" if k == "sd" else k] for k in STAT_COLUMNS}
+
+
+def regions_in_order(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``region`` values of ``rows``, each once, in order of first appearance."""
+    regions: list[str] = []
+    for r in rows:
+        if r["region"] not in regions:
+            regions.append(str(r["region"]))
+    return regions
 
 
 def fmt_num(x: float, digits: int) -> str:
