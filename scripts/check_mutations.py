@@ -101,8 +101,8 @@ MUTATIONS = (
     Mutation(
         "fused C backward: the explicit half's part of the face-weight gradient dropped",
         "nnunet_pde/pde/csrc/aos_impl.h",
-        "            if (explicit_half) gphi += vce * mu * dl;",
-        "            if (explicit_half) gphi += 0 * vce * mu * dl;",
+        "        if (explicit_half) gphi += vce * mu * dl;",
+        "        if (explicit_half) gphi += 0 * vce * mu * dl;",
         ("tests/pde/test_pde_fused.py::test_fused_step_gradcheck",),
     ),
     Mutation(

@@ -34,6 +34,13 @@ static long CAT(n_panels, SUF)(long outer, long inner) {
     return (outer * inner + LANES - 1) / LANES;
 }
 
+/* One vector from p (unaligned). */
+static inline V CAT(ldv, SUF)(const T *p) {
+    V v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
 static void CAT(load, SUF)(const T *src, V *dst, const long *off, long n, long stride,
                            int contig) {
     if (contig) {
@@ -51,9 +58,9 @@ static void CAT(load, SUF)(const T *src, V *dst, const long *off, long n, long s
     if (stride == 1) /* lines along memory: 16 x 16 blocks, one vector load per line */
         for (; i0 + LANES <= n; i0 += LANES) {
             V blk[LANES];
-            for (int l = 0; l < LANES; ++l) memcpy(&blk[l], src + off[l] + i0, sizeof(V));
+            for (int l = 0; l < LANES; ++l) blk[l] = CAT(ldv, SUF)(src + off[l] + i0);
             TRANSPOSE16(blk);
-            memcpy(dst + i0, blk, sizeof blk);
+            for (int l = 0; l < LANES; ++l) dst[i0 + l] = blk[l];
         }
 #endif
     for (long i = i0; i < n; ++i)
@@ -86,7 +93,7 @@ static void CAT(store, SUF)(T *dst, const V *src, const long *off, long n, long 
     if (stride == 1)
         for (; i0 + LANES <= n; i0 += LANES) {
             V blk[LANES];
-            memcpy(blk, src + i0, sizeof blk);
+            for (int l = 0; l < LANES; ++l) blk[l] = src[i0 + l];
             TRANSPOSE16(blk); /* blk[l]: line l's 16 values */
             for (int l = 0; l < valid; ++l) CAT(put, SUF)(dst + off[l] + i0, blk[l], acc);
         }
@@ -115,13 +122,6 @@ typedef struct {
     T *so, *so2;
     int oacc;
 } CAT(panel_buf, SUF);
-
-/* One vector from p (unaligned). */
-static inline V CAT(ldv, SUF)(const T *p) {
-    V v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 /* Forward sweep of one panel (an element step below): face weights phi_f = 1/(1 + (k
  * d_f)^2), right-hand side r_i = b_i + ce (phi_i d_i - phi_{i-1} d_{i-1}) and the Thomas
@@ -175,22 +175,18 @@ static inline void CAT(back_sub_out, SUF)(const V *restrict y, const V *restrict
     }
 }
 
-/* Back substitution of one panel: y_i += c_i y_{i+1} (and z), carried in registers. */
-static inline void CAT(back_sub, SUF)(V *restrict y, V *restrict z, const V *restrict c,
-                                      long n) {
-    V yn = y[n - 1], zn = z ? z[n - 1] : (V){};
+/* Back substitution of one panel: y_i += c_i y_{i+1}, carried in a register. */
+static inline void CAT(back_sub, SUF)(V *restrict y, const V *restrict c, long n) {
+    V yn = y[n - 1];
     for (long i = n - 2; i >= 0; --i) {
         yn = y[i] + c[i] * yn;
         y[i] = yn;
-        if (z) {
-            zn = z[i] + c[i] * zn;
-            z[i] = zn;
-        }
     }
 }
 
 /* The forward sweep and back substitution of panel p0 and, when p1 is not NULL, of panel
- * p1 in the same loop: two independent chains of divisions (one alone is latency-bound). */
+ * p1 in the same loop: two independent chains of divisions (one alone is latency-bound).
+ * With z (the backward) only the elimination: panel_grad does the back substitution. */
 static void CAT(sweep, SUF)(const CAT(panel_buf, SUF) *p0, const CAT(panel_buf, SUF) *p1,
                             long n, V cA, V ce, V k, int explicit_half) {
     const V one = (V){} + (T)1;
@@ -207,18 +203,18 @@ static void CAT(sweep, SUF)(const CAT(panel_buf, SUF) *p0, const CAT(panel_buf, 
             AOS_ELIM_STEP(p0, y0, z0, c0, ph0, u0, a0, q0, f0, yp0, zp0);
             AOS_ELIM_STEP(p1, y1, z1, c1, ph1, u1, a1, q1, f1, yp1, zp1);
         }
-        if (p1->so && !z1)
+        if (!z1 && p1->so)
             CAT(back_sub_out, SUF)(y1, c1, n, p1->so, p1->st, p1->zsc[0], p1->oacc);
-        else
-            CAT(back_sub, SUF)(y1, z1, c1, n);
+        else if (!z1)
+            CAT(back_sub, SUF)(y1, c1, n);
     } else {
         for (long i = 0; i < n; ++i)
             AOS_ELIM_STEP(p0, y0, z0, c0, ph0, u0, a0, q0, f0, yp0, zp0);
     }
-    if (p0->so && !z0)
+    if (!z0 && p0->so)
         CAT(back_sub_out, SUF)(y0, c0, n, p0->so, p0->st, p0->zsc[0], p0->oacc);
-    else
-        CAT(back_sub, SUF)(y0, z0, c0, n);
+    else if (!z0)
+        CAT(back_sub, SUF)(y0, c0, n);
 }
 
 static void CAT(volume_size, SUF)(const long *dims, int m, long *vox, long *nmax) {
@@ -262,51 +258,59 @@ static V *CAT(panel_bufs, SUF)(CAT(panel_buf, SUF) * pb, long nmax, int adjoint)
     return buf;
 }
 
-/* Backward of one panel after its sweep: overwrites tb with the panel's dL/du (through the
- * face weights and the explicit half, plus dL/db = z) and adds the panel's parts of
- * dL/dcA, dL/dce, dL/dk to the lane sums acc[0..3). explicit_half is a constant at each
- * call, so each case compiles to its own loop. */
+/* Backward of one panel after its elimination (sweep with z): the back substitution of y
+ * (the solution) and z (the adjoint), from the last row up, fused with the gradient: row i
+ * gets dL/db = z_i and dL/du = gd_{i-1} - gd_i + z_i (through the face weights and the
+ * explicit half, plus dL/db: b depends on u), where the face gradients gd_f need rows f and
+ * f + 1; both go to the tensors (a panel read in place) or to z and tb (scratch). Adds the
+ * panel's parts of dL/dcA, dL/dce, dL/dk to the lane sums acc[0..3). explicit_half is a
+ * constant at each call, so each case compiles to its own loop. One pass instead of a back
+ * substitution storing y and z and a second pass reading them back. */
 static inline void CAT(panel_grad, SUF)(const CAT(panel_buf, SUF) * P, long n, V vcA, V vce,
                                         V vk, int explicit_half, V *acc) {
-    const V *restrict y = P->y, *restrict z = P->z;
-    const V *restrict ph = P->ph;
+    const V *restrict y = P->y, *restrict c = P->c, *restrict ph = P->ph;
+    V *restrict z = P->z;
     const T *su = P->su;
     const long st = P->st;
     V *restrict tb = P->tb;
     V acA = acc[0], ace = acc[1], ak = acc[2];
-    V gd_prev = (V){};
-    V u_cur = CAT(ldv, SUF)(su);
-    for (long f = 0; f < n; ++f) {
-        V gd = (V){};
-        if (f < n - 1) {
-            V u_next = CAT(ldv, SUF)(su + (f + 1) * st);
-            V dl = u_next - u_cur;
-            u_cur = u_next;
-            V mu = z[f] - z[f + 1];
-            V nu = y[f] - y[f + 1];
-            V phi = ph[f];
-            V gphi = -vcA * mu * nu;
-            if (explicit_half) gphi += vce * mu * dl;
-            V s = dl * vk;
-            V gs = gphi * ((T)-2 * s * phi * phi);
-            acA -= phi * mu * nu;
-            if (explicit_half) ace += phi * dl * mu;
-            ak += dl * gs;
-            gd = vk * gs;
-            if (explicit_half) gd += vce * mu * phi;
-        }
-        V gu = gd_prev - gd + z[f]; /* + dL/db: b depends on u */
-        if (P->so) {
-            T *o = P->so + f * st, *o2 = P->so2 + f * st;
-            __builtin_prefetch(o + 2 * LANES, 1);
-            __builtin_prefetch(o2 + 2 * LANES, 1);
-            CAT(put, SUF)(o, z[f], P->oacc);
-            CAT(put, SUF)(o2, gu, P->oacc);
-        } else {
-            tb[f] = gu;
-        }
-        gd_prev = gd;
+    V yn = y[n - 1], zn = z[n - 1], gd_next = (V){}; /* rows f + 1 (final) and face f + 1 */
+    V u_next = CAT(ldv, SUF)(su + (n - 1) * st);
+#define AOS_GRAD_OUT(i, zi, gui)                                                                \
+    do {                                                                                        \
+        if (P->so) {                                                                            \
+            T *o = P->so + (i) * st, *o2 = P->so2 + (i) * st;                                   \
+            __builtin_prefetch(o + 2 * LANES, 1);                                               \
+            __builtin_prefetch(o2 + 2 * LANES, 1);                                              \
+            CAT(put, SUF)(o, zi, P->oacc);                                                      \
+            CAT(put, SUF)(o2, gui, P->oacc);                                                    \
+        } else {                                                                                \
+            z[i] = zi;                                                                          \
+            tb[i] = gui;                                                                        \
+        }                                                                                       \
+    } while (0)
+    for (long f = n - 2; f >= 0; --f) {
+        const V yf = y[f] + c[f] * yn, zf = z[f] + c[f] * zn;
+        V u_cur = CAT(ldv, SUF)(su + f * st);
+        V dl = u_next - u_cur;
+        u_next = u_cur;
+        V mu = zf - zn;
+        V nu = yf - yn;
+        V phi = ph[f];
+        V gphi = -vcA * mu * nu;
+        if (explicit_half) gphi += vce * mu * dl;
+        V s = dl * vk;
+        V gs = gphi * ((T)-2 * s * phi * phi);
+        acA -= phi * mu * nu;
+        if (explicit_half) ace += phi * dl * mu;
+        ak += dl * gs;
+        V gd = vk * gs;
+        if (explicit_half) gd += vce * mu * phi;
+        AOS_GRAD_OUT(f + 1, zn, gd - gd_next + zn);
+        yn = yf, zn = zf, gd_next = gd;
     }
+    AOS_GRAD_OUT(0, zn, (V){} - gd_next + zn);
+#undef AOS_GRAD_OUT
     acc[0] = acA, acc[1] = ace, acc[2] = ak;
 }
 
@@ -348,6 +352,17 @@ static int CAT(load_panels, SUF)(CAT(panel_buf, SUF) * pb, long p, long panels, 
     return np;
 }
 
+/* Prefetches cells [lo, hi) of one volume's arrays: into L2 those read (src, ns of them),
+ * for writing those written (dst, nd of them), line by line, the arrays interleaved. */
+static inline void CAT(prefetch_cells, SUF)(const T *const *src, int ns, T *const *dst, int nd,
+                                            long lo, long hi) {
+    const long step = 64 / sizeof(T); /* one cache line */
+    for (long i = lo & ~(step - 1); i < hi; i += step) {
+        for (int a = 0; a < ns; ++a) __builtin_prefetch(src[a] + i, 0, 2);
+        for (int a = 0; a < nd; ++a) __builtin_prefetch(dst[a] + i, 1, 2);
+    }
+}
+
 /* Forward (adjoint 0) or backward (adjoint 1, upstream gradient g) of the AOS step over
  * volumes [v0, v1) of a (B * C, *dims) tensor; see aos_forward and aos_backward. adjoint is
  * a constant at each call and the function is always inlined, so each case compiles to its
@@ -364,8 +379,24 @@ static inline __attribute__((always_inline)) int CAT(aos_run, SUF)(
     const T scale = (T)1 / (T)m;
     long off[2][LANES];
     int contig[2], valid[2];
+    /* Before its passes, each volume's arrays are prefetched in memory order: the forward's
+     * u and b into L2 and out for writing (1.3 MB at 48^3, which L2 holds), the backward's
+     * outputs gb and gu for writing only (all five arrays, 2.2 MB, overflow a 2 MiB L2, and
+     * its reads prefetched too were slower). The passes otherwise fetched the volume from
+     * memory through the first pass's strided rows (48 streams per array along the first
+     * axis), at about half the speed of one sequential read: on the AVX-512 Xeon, forward
+     * 0.79-0.84x, backward 0.73-0.74x the time without. The backward then runs the last axis
+     * first (its lines along memory: 0.74x against 0.82-0.86x in the order 0, 1, 2); the
+     * forward keeps the order 0, 1, 2 (0.81-0.85x against 0.86-0.95x). */
+    const T *src[2];
+    T *dst[2];
     for (long v = v0; v < v1; ++v) {
-        for (int d = 0; d < m; ++d) {
+        const long w = v * vox;
+        src[0] = u + w, src[1] = b + w;
+        dst[0] = out + w, dst[1] = adjoint ? gu + w : NULL;
+        CAT(prefetch_cells, SUF)(src, adjoint ? 0 : 2, dst, adjoint ? 2 : 1, 0, vox);
+        for (int di = 0; di < m; ++di) {
+            const int d = adjoint ? (di == 0 ? m - 1 : di - 1) : di, first = di == 0;
             long outer, inner, n = dims[d];
             CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
             V vcA, vce, vk;
@@ -374,10 +405,8 @@ static inline __attribute__((always_inline)) int CAT(aos_run, SUF)(
             const long panels = CAT(n_panels, SUF)(outer, inner);
             for (long p = 0; p < panels; p += 2) {
                 const int np = CAT(load_panels, SUF)(pb, p, panels, n, inner, outer * inner,
-                                                     u + v * vox, b + v * vox,
-                                                     adjoint ? g + v * vox : NULL,
-                                                     out + v * vox,
-                                                     adjoint ? gu + v * vox : NULL, d > 0,
+                                                     u + w, b + w, adjoint ? g + w : NULL,
+                                                     out + w, adjoint ? gu + w : NULL, !first,
                                                      scale, off, contig, valid);
                 /* y -> v (the solution); backward: z -> lambda (the adjoint: T is symmetric) */
                 CAT(sweep, SUF)(&pb[0], np == 2 ? &pb[1] : NULL, n, vcA, vce, vk, ce != 0);
@@ -385,8 +414,8 @@ static inline __attribute__((always_inline)) int CAT(aos_run, SUF)(
                     if (!adjoint) {
                         if (pb[j].so) continue; /* stored by the sweep */
                         for (long i = 0; i < n; ++i) pb[j].y[i] *= scale;
-                        CAT(store, SUF)(out + v * vox, pb[j].y, off[j], n, inner, contig[j],
-                                        valid[j], d > 0);
+                        CAT(store, SUF)(out + w, pb[j].y, off[j], n, inner, contig[j],
+                                        valid[j], !first);
                         continue;
                     }
                     if (ce)
@@ -394,10 +423,10 @@ static inline __attribute__((always_inline)) int CAT(aos_run, SUF)(
                     else
                         CAT(panel_grad, SUF)(&pb[j], n, vcA, vce, vk, 0, acc);
                     if (pb[j].so) continue; /* stored by panel_grad */
-                    CAT(store, SUF)(out + v * vox, pb[j].z, off[j], n, inner, contig[j],
-                                    valid[j], d > 0);
-                    CAT(store, SUF)(gu + v * vox, pb[j].tb, off[j], n, inner, contig[j],
-                                    valid[j], d > 0);
+                    CAT(store, SUF)(out + w, pb[j].z, off[j], n, inner, contig[j],
+                                    valid[j], !first);
+                    CAT(store, SUF)(gu + w, pb[j].tb, off[j], n, inner, contig[j],
+                                    valid[j], !first);
                 }
             }
             if (!adjoint) continue;
