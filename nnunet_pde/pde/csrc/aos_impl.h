@@ -488,61 +488,87 @@ static inline double CAT(hd_sum, SUF)(CAT(hd, SUF) l, CAT(hd, SUF) h) {
     return r;
 }
 
+/* The flux of the energy through faces [0, len) of one row: q[i] = cf 2 s / (1 + s^2),
+ * s = (b[i] - a[i]) sc (a, b: the cells either side of each face). */
+static inline void CAT(face_flux, SUF)(const T *restrict a, const T *restrict b,
+                                       T *restrict q, long len, T sc, T cf) {
+    for (long i = 0; i < len; ++i) {
+        T s = (b[i] - a[i]) * sc;
+        q[i] = cf * (T)2 * s / ((T)1 + s * s);
+    }
+}
+
 /* Backward of the edge energy E = (1/m) sum_d mean_faces log(1 + s^2), s = diff_d(z_hat)
  * / h_d, z_hat = (z - mean) / std per volume, for volumes [v0, v1): gz (overwritten) =
  * dE/dz times g. coef[d] = g / (m * faces_d * h_d) with faces_d the number of faces of axis
  * d over the whole tensor; inv_std[v] = 1 / std of volume v; mean[v] its mean. Where gy is
  * given (the gate's dL/dy, z being the gate's u), gz also gets the gate's gg[v] gy and
- * su[v] = sum gy z (double), the part of gate_backward that reads z. */
+ * su[v] = sum gy z (double), the part of gate_backward that reads z.
+ *
+ * All axes in one pass over the rows of the last axis (a volume seen as n0 x n1 x n2, the
+ * missing leading axes of size 1): a row's gz is its first-axis faces' fluxes (the face
+ * below kept from the previous plane in q0), then its middle-axis ones (the face before
+ * kept from the previous row), then its last-axis ones, summed in that order as the
+ * earlier per-axis passes did. One read of z and one write of gz per volume instead of one
+ * read-modify-write per axis; the face fluxes of a row are computed once each. */
 int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const T *coef,
                               const T *hs, const T *mean, const T *inv_std, const T *gy,
                               const T *gg, double *su, long v0, long v1) {
     long vox, nmax;
     CAT(volume_size, SUF)(dims, m, &vox, &nmax);
-    T *q = (T *)malloc(sizeof(T) * (size_t)(vox > 0 ? vox : 1));
-    if (!q) return 1;
+    if (m < 1 || m > 3) return 1;
+    long n[3] = {1, 1, 1};
+    T sc[3] = {0, 0, 0}, cf[3] = {0, 0, 0};
+    for (int d = 0; d < m; ++d) {
+        n[3 - m + d] = dims[d];
+        cf[3 - m + d] = coef[d];
+    }
+    const long n2 = n[2], plane = n[1] * n2;
+    /* q0: the first-axis fluxes into the current plane (plane values); q1 two rows of
+     * middle-axis fluxes (before, after); f2 one row of last-axis fluxes with a zero before */
+    T *q0 = (T *)malloc(sizeof(T) * (size_t)(plane + 3 * n2 + 2));
+    if (!q0) return 1;
+    T *q1a = q0 + plane, *q1b = q1a + n2, *f2 = q1b + n2 + 1;
     FTZ_BEGIN
     for (long v = v0; v < v1; ++v) {
         const T *restrict zv = z + v * vox;
         T *restrict gv = gz + v * vox;
         const T mu = mean[v], is = inv_std[v];
-        double s1 = 0, s2 = 0; /* sums of gz_hat and gz_hat z_hat, during the last axis */
+        for (int d = 0; d < m; ++d) sc[3 - m + d] = is / hs[d];
+        double s1 = 0, s2 = 0; /* sums of gz_hat and gz_hat z_hat */
         CAT(hd, SUF) a1l = {0}, a1h = {0}, a2l = {0}, a2h = {0}; /* their vector parts */
-        for (int d = 0; d < m; ++d) {
-            long outer, inner, n = dims[d];
-            CAT(axis_geom, SUF)(dims, m, d, &outer, &inner);
-            const T sc = is / hs[d], cf = coef[d];
-            const long span = (n - 1) * inner; /* faces (i, i + inner) of one outer block */
-            const long cells = n * inner, lo = inner < span ? inner : span;
-            const long hi = span > inner ? span : inner;
-            for (long o = 0; o < outer; ++o) {
-                const T *restrict zb = zv + o * cells;
-                T *restrict gb = gv + o * cells;
-                T *restrict qb = q;
-                for (long i = 0; i < span; ++i) {
-                    T s = (zb[i + inner] - zb[i]) * sc;
-                    qb[i] = cf * (T)2 * s / ((T)1 + s * s);
-                }
-                /* cell i gains the flux of face i - inner and loses that of face i; the first
-                 * axis writes (no zero-fill pass), the others accumulate */
-                if (d == 0) {
-                    for (long i = 0; i < lo; ++i) gb[i] = -qb[i];
-                    for (long i = lo; i < inner; ++i) gb[i] = (T)0;
-                    for (long i = inner; i < span; ++i) gb[i] = qb[i - inner] - qb[i];
-                    for (long i = hi; i < cells; ++i) gb[i] = qb[i - inner];
-                } else {
-                    for (long i = 0; i < lo; ++i) gb[i] -= qb[i];
-                    for (long i = inner; i < span; ++i) gb[i] += qb[i - inner] - qb[i];
-                    for (long i = hi; i < cells; ++i) gb[i] += qb[i - inner];
-                }
-                if (d == m - 1) { /* the block's values are final: sum them while in cache */
-                    long i = 0;
-                    for (; i + LANES <= cells; i += LANES)
-                        CAT(acc_halves, SUF)(gb + i, zb + i, &a1l, &a1h, &a2l, &a2h, mu, is);
-                    for (; i < cells; ++i) {
-                        s1 += gb[i];
-                        s2 += gb[i] * ((zb[i] - mu) * is);
+        for (long i = 0; i < plane; ++i) q0[i] = (T)0;
+        f2[-1] = (T)0;
+        f2[n2 - 1] = (T)0;
+        for (long i0 = 0; i0 < n[0]; ++i0) {
+            for (long i = 0; i < n2; ++i) q1a[i] = (T)0;
+            for (long i1 = 0; i1 < n[1]; ++i1) {
+                const long off = i0 * plane + i1 * n2;
+                const T *restrict zr = zv + off;
+                T *restrict gr = gv + off, *restrict qp = q0 + i1 * n2;
+                T *restrict qa = (i1 & 1) ? q1b : q1a, *restrict qb = (i1 & 1) ? q1a : q1b;
+                if (i1 + 1 < n[1]) CAT(face_flux, SUF)(zr, zr + n2, qb, n2, sc[1], cf[1]);
+                else for (long i = 0; i < n2; ++i) qb[i] = (T)0;
+                CAT(face_flux, SUF)(zr, zr + 1, f2, n2 - 1, sc[2], cf[2]);
+                if (i0 + 1 < n[0]) {
+                    const T *restrict zp = zr + plane;
+                    for (long i = 0; i < n2; ++i) {
+                        T s = (zp[i] - zr[i]) * sc[0];
+                        T q = cf[0] * (T)2 * s / ((T)1 + s * s);
+                        gr[i] = ((qp[i] - q) + (qa[i] - qb[i])) + (f2[i - 1] - f2[i]);
+                        qp[i] = q;
                     }
+                } else {
+                    for (long i = 0; i < n2; ++i)
+                        gr[i] = (qp[i] + (qa[i] - qb[i])) + (f2[i - 1] - f2[i]);
+                }
+                /* the row's values are final: sum them while in cache */
+                long i = 0;
+                for (; i + LANES <= n2; i += LANES)
+                    CAT(acc_halves, SUF)(gr + i, zr + i, &a1l, &a1h, &a2l, &a2h, mu, is);
+                for (; i < n2; ++i) {
+                    s1 += gr[i];
+                    s2 += gr[i] * ((zr[i] - mu) * is);
                 }
             }
         }
@@ -574,6 +600,6 @@ int CAT(energy_backward, SUF)(const T *z, T *gz, const long *dims, int m, const 
         }
     }
     FTZ_END
-    free(q);
+    free(q0);
     return 0;
 }
