@@ -127,20 +127,25 @@ static void CAT(matvec2, SUF)(const T *W, long ws_o, long ws_i, const T *bias, c
 }
 #endif
 
-/* Sum over the first `sub` sub-tiles (all lanes) of a * b, a and b scratch rows. */
-static inline double CAT(dot_rows, SUF)(const V *a, const V *b, long sub) {
+/* Sum over the first `sub` sub-tiles (all lanes) of a * b, a a scratch row, b any row. */
+static inline double CAT(dot_rows, SUF)(const V *a, const T *b, long sub) {
     V s = (V){};
-    for (long t = 0; t < sub; ++t) s += a[t] * b[t];
+    for (long t = 0; t < sub; ++t) {
+        V bt;
+        memcpy(&bt, b + t * LANES, sizeof bt);
+        s += a[t] * bt;
+    }
     return CAT(hsum, SUF)(s);
 }
 
 /* acc[i * N + j] += sum over the first `sub` sub-tiles (all lanes) of A[i] * Bm[j], for
- * scratch rows A[0..M) and Bm[0..N) (LP values apart): a chunk's part of a weight gradient
+ * scratch rows A[0..M) (LP values apart) and rows Bm[0..N) (LB values apart, scratch or the
+ * tensor's own rows, loaded unaligned): a chunk's part of a weight gradient
  * sum_p a_i(p) b_j(p). 4 x 4 blocks in 16 vector accumulators. */
-static void CAT(gemm_nt, SUF)(const T *A, long M, const T *Bm, long N, long LP, long sub,
-                              double *acc) {
+static void CAT(gemm_nt, SUF)(const T *A, long M, const T *Bm, long N, long LP, long LB,
+                              long sub, double *acc) {
     const long vs = LP / LANES;
-    const V *a = (const V *)A, *b = (const V *)Bm;
+    const V *a = (const V *)A;
     long i = 0;
     for (; i + 4 <= M; i += 4) {
         long j = 0;
@@ -150,8 +155,11 @@ static void CAT(gemm_nt, SUF)(const T *A, long M, const T *Bm, long N, long LP, 
             for (long t = 0; t < sub; ++t) {
                 V a0 = a[i * vs + t], a1 = a[(i + 1) * vs + t], a2 = a[(i + 2) * vs + t],
                   a3 = a[(i + 3) * vs + t];
-                V b0 = b[j * vs + t], b1 = b[(j + 1) * vs + t], b2 = b[(j + 2) * vs + t],
-                  b3 = b[(j + 3) * vs + t];
+                V b0, b1, b2, b3;
+                memcpy(&b0, Bm + j * LB + t * LANES, sizeof b0);
+                memcpy(&b1, Bm + (j + 1) * LB + t * LANES, sizeof b1);
+                memcpy(&b2, Bm + (j + 2) * LB + t * LANES, sizeof b2);
+                memcpy(&b3, Bm + (j + 3) * LB + t * LANES, sizeof b3);
                 s[0] += a0 * b0, s[1] += a0 * b1, s[2] += a0 * b2, s[3] += a0 * b3;
                 s[4] += a1 * b0, s[5] += a1 * b1, s[6] += a1 * b2, s[7] += a1 * b3;
                 s[8] += a2 * b0, s[9] += a2 * b1, s[10] += a2 * b2, s[11] += a2 * b3;
@@ -162,11 +170,11 @@ static void CAT(gemm_nt, SUF)(const T *A, long M, const T *Bm, long N, long LP, 
         }
         for (; j < N; ++j)
             for (long ii = i; ii < i + 4; ++ii)
-                acc[ii * N + j] += CAT(dot_rows, SUF)(a + ii * vs, b + j * vs, sub);
+                acc[ii * N + j] += CAT(dot_rows, SUF)(a + ii * vs, Bm + j * LB, sub);
     }
     for (; i < M; ++i)
         for (long j = 0; j < N; ++j)
-            acc[i * N + j] += CAT(dot_rows, SUF)(a + i * vs, b + j * vs, sub);
+            acc[i * N + j] += CAT(dot_rows, SUF)(a + i * vs, Bm + j * LB, sub);
 }
 
 /* acc[r] += sum of the first `sub` sub-tiles of scratch row r, for r < rows. */
@@ -276,21 +284,20 @@ int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *h_i
                            long C, long H, long P, double *acc, long t0, long t1) {
     const long L = CAT(mlp_chunk_len, SUF)(C, H), LP = L + LANES, vs = LP / LANES;
     const long chunks = (P + L - 1) / L;
-    /* scratch rows: u, gb, gu (C each), h, gpre (H each) */
+    /* scratch rows: u, gb, gu (C each), h, gpre (H each); u and h used only where the chunk
+     * ends in a partial sub-tile */
     T *buf = CAT(scratch, SUF)(3 * C + 2 * H, LP);
-    V *Tm = (V *)aligned_alloc(sizeof(V), sizeof(V) * (size_t)C); /* W1^T gpre of a sub-tile */
     T *w2t = (T *)malloc(sizeof(T) * (size_t)(C * H + 1));        /* tau-scaled W2 */
     double *S = (double *)calloc((size_t)(C * H + C), sizeof(double)); /* S, then s */
-    if (!buf || !Tm || !w2t || !S) {
+    if (!buf || !w2t || !S) {
         free(buf);
-        free(Tm);
         free(w2t);
         free(S);
         return 1;
     }
     FTZ_BEGIN
     T *U = buf, *G = U + C * LP, *GU = G + C * LP, *Hh = GU + C * LP, *GP = Hh + H * LP;
-    V *Uv = (V *)U, *Gv = (V *)G, *GUv = (V *)GU, *Hv = (V *)Hh, *GPv = (V *)GP;
+    V *Gv = (V *)G, *GUv = (V *)GU, *GPv = (V *)GP;
     double *gw1 = acc, *gb1 = gw1 + H * C, *gw2 = gb1 + H, *gb2 = gw2 + C * H, *gtau = gb2 + C;
     double *sgb = S + C * H;
     const V one = (V){} + (T)1;
@@ -299,31 +306,52 @@ int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *h_i
     for (long t = t0; t < t1; ++t) {
         long bi, p0, len, sub;
         CAT(chunk_at, SUF)(t, chunks, L, P, &bi, &p0, &len, &sub);
-        CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
         CAT(rows_in, SUF)(gb + bi * C * P, G, C, P, p0, len, LP);
-        CAT(rows_in, SUF)(gu_in + bi * C * P, GU, C, P, p0, len, LP);
-        CAT(rows_in, SUF)(h_in + bi * H * P, Hh, H, P, p0, len, LP);
-        /* No prefetch of the next chunk here (the forward has one): its 3 C + H rows, a
-         * line each per sub-tile, are more outstanding misses than the core can hold while
-         * one sub-tile computes, and the prefetch instructions stalled on them (on a Xeon
-         * with AVX-512, a C harness, best of 30: 66.8 ms with, 32.2 ms without). The row
-         * copies stream each row's contiguous run instead. */
+        /* Only gb is copied to scratch (each sub-tile's matvec reads its C lines four
+         * times: rows P apart would conflict in L1). Where the chunk has no partial sub-tile
+         * (no read past its rows), h and u are read straight from their rows: h once per
+         * sub-tile, then both streamed row by row by gemm_nt, which rows P apart do not
+         * hurt; else they are copied, tails zero-filled. gu_in is added on the way out
+         * instead of copied in and back. C harness A/B (2x32x48^3, one thread): 0.96x;
+         * with the prefetch of out_gu below 0.935x. No prefetch of the next chunk: its
+         * 3 C + H rows, a line each per sub-tile, were more outstanding misses than the core
+         * holds (66.8 against 32.2 ms); copying or prefetching the next chunk's rows a few
+         * whole rows per sub-tile did not help either (1.02-1.07x). */
+        const int hdir = len % LANES == 0;
+        const T *Hr = hdir ? h_in + bi * H * P + p0 : Hh;
+        const long hs = hdir ? P : LP;
+        const T *Ur = hdir ? u + bi * C * P + p0 : U;
+        if (!hdir) {
+            CAT(rows_in, SUF)(u + bi * C * P, U, C, P, p0, len, LP);
+            CAT(rows_in, SUF)(h_in + bi * H * P, Hh, H, P, p0, len, LP);
+        }
         for (long s = 0; s < sub; ++s) {
             /* W2 is (C, H): (W2^T)[o = k][i = c] = W2[c * H + k]; tau folded in */
             CAT(matvec, SUF)(w2t, 1, H, 0, Gv + s, vs, C, GPv + s, vs, H);
             for (long k = 0; k < H; ++k) {
-                V h = Hv[k * vs + s];
+                V h;
+                memcpy(&h, Hr + k * hs + s * LANES, sizeof h);
                 GPv[k * vs + s] *= one - h * h;
             }
             /* W1 is (H, C): (W1^T)[o = c][i = k] = W1[k * C + c] */
-            CAT(matvec, SUF)(w1, 1, C, 0, GPv + s, vs, H, Tm, 1, C);
-            for (long c = 0; c < C; ++c) GUv[c * vs + s] += Tm[c];
+            CAT(matvec, SUF)(w1, 1, C, 0, GPv + s, vs, H, GUv + s, vs, C);
+            /* out_gu's rows of this chunk fetched for writing, a row (a contiguous run) at a
+             * time while the sub-tiles compute: its stores below then find them owned. The
+             * gu_in rows prefetched too, or writing out_gu per sub-tile, were slower. */
+            for (long c = s * C / sub; c < (s + 1) * C / sub; ++c) {
+                char *go = (char *)(out_gu + (bi * C + c) * P + p0);
+                for (long i = 0; i < (long)sizeof(T) * len; i += 64) __builtin_prefetch(go + i, 1, 3);
+            }
         }
-        CAT(rows_out, SUF)(GU, out_gu + bi * C * P, C, P, p0, len, LP);
+        for (long c = 0; c < C; ++c) {
+            const T *gi = gu_in + (bi * C + c) * P + p0, *sg = GU + c * LP;
+            T *go = out_gu + (bi * C + c) * P + p0;
+            for (long i = 0; i < len; ++i) go[i] = gi[i] + sg[i];
+        }
         /* zero-filled tail lanes have gb = 0 and gpre = 0: they add nothing below */
-        CAT(gemm_nt, SUF)(GP, H, U, C, LP, sub, gw1);
+        CAT(gemm_nt, SUF)(GP, H, Ur, C, LP, hs, sub, gw1);
         CAT(row_sums, SUF)(GP, H, LP, sub, gb1);
-        CAT(gemm_nt, SUF)(G, C, Hh, H, LP, sub, S);
+        CAT(gemm_nt, SUF)(G, C, Hr, H, LP, hs, sub, S);
         CAT(row_sums, SUF)(G, C, LP, sub, sgb);
     }
     for (long c = 0; c < C; ++c) {
@@ -338,7 +366,6 @@ int CAT(mlp_backward, SUF)(const T *u, const T *gb, const T *gu_in, const T *h_i
     FTZ_END
     free(S);
     free(w2t);
-    free(Tm);
     free(buf);
     return 0;
 }
