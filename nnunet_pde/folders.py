@@ -240,10 +240,11 @@ def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def resume_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint ``nnUNetv2_train --c`` would load: final, else latest, else best."""
+def resume_checkpoint(folder: str | os.PathLike[str], without: Sequence[str] = ()) -> Path | None:
+    """The checkpoint ``nnUNetv2_train --c`` would load: final, else latest, else best;
+    the file names in ``without`` count as absent (a torn one about to be set aside)."""
     for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
-        if (Path(folder) / name).is_file():
+        if name not in without and (Path(folder) / name).is_file():
             return Path(folder) / name
     return None
 

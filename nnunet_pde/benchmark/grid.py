@@ -44,6 +44,7 @@ __all__ = [
     "ACTION_CONTINUE",
     "ACTION_SKIP",
     "ACTION_TRAIN",
+    "LATEST",
     "FoldTask",
     "benchmark_folder",
     "plan_grid",
@@ -111,8 +112,8 @@ class FoldTask:
         return shlex.join(self.command)
 
 
+#: The checkpoint a stopped training can leave torn (:attr:`FoldTask.torn`)
 LATEST = "checkpoint_latest.pth"
-BEST = "checkpoint_best.pth"
 
 
 def set_aside(path: Path) -> Path:
@@ -171,8 +172,7 @@ def plan_grid(
         if problem is not None and resume is not None and resume.name == LATEST:
             # torn by a stopped training: planned without it (the runner sets it aside)
             torn = problem
-            best = folder / BEST
-            resume = best if best.is_file() else None
+            resume = resume_checkpoint(folder, without=(LATEST,))
             state = FOLD_INTERRUPTED if resume is not None else FOLD_NEW
             problem = None if resume is None else checkpoint_problem(resume)
         if problem is not None:

@@ -31,6 +31,7 @@ from nnunet_pde.benchmark.grid import (
     ACTION_CONTINUE,
     ACTION_SKIP,
     ACTION_TRAIN,
+    LATEST,
     FoldTask,
     benchmark_folder,
     plan_grid,
@@ -131,7 +132,7 @@ def run_benchmark(
     if dry_run:
         for t in tasks:
             if t.torn is not None:
-                print_fn(f"# set aside {t.folder / 'checkpoint_latest.pth'}: {t.torn}")
+                print_fn(f"# set aside {t.folder / LATEST}: {t.torn}")
             if t.action == ACTION_SKIP:
                 print_fn(f"# skip {t.key}: finished ({t.folder})")
             elif t.action == ACTION_BUSY:
@@ -142,7 +143,7 @@ def run_benchmark(
 
     for t in tasks:
         if t.torn is not None:
-            torn = t.folder / "checkpoint_latest.pth"
+            torn = t.folder / LATEST
             moved = set_aside(torn)
             then = (
                 "continues from checkpoint_best.pth"
