@@ -24,6 +24,7 @@ Outputs (all in ``--output``; existing ones are only replaced with ``--overwrite
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from nnunet_pde.benchmark.pooling import (
     metric_values,
     pool_predictions,
 )
+from nnunet_pde.benchmark.records import load_records
 from nnunet_pde.benchmark.render import (
     boxplot_png,
     render_html,
@@ -49,7 +51,12 @@ from nnunet_pde.benchmark.render import (
     runs_png,
 )
 from nnunet_pde.benchmark.runs import RUN_COLUMNS, average_runs, run_results, run_spread_rows
-from nnunet_pde.benchmark.settings import EvaluationSettings, OutputFiles, evaluate_fold_folder
+from nnunet_pde.benchmark.settings import (
+    EvaluationSettings,
+    OutputFiles,
+    dataset_references,
+    evaluate_fold_folder,
+)
 from nnunet_pde.benchmark.stats import bootstrap_ci, holm, paired_wilcoxon
 from nnunet_pde.benchmark.trajectories import (
     CURVE_COLUMNS,
@@ -71,7 +78,6 @@ from nnunet_pde.files import read_json, write_json
 from nnunet_pde.folders import (
     check_trainer_names,
     fold_dir,
-    gt_segmentations,
     parse_folds,
     read_splits,
     require_env_folder,
@@ -316,16 +322,6 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _reference_folders(pre: Path, name: str) -> tuple[Path, Path]:
-    """``gt_segmentations`` and ``dataset.json`` of a preprocessed dataset; BenchmarkError if
-    nnUNetv2_plan_and_preprocess has not written them."""
-    gt = gt_segmentations(pre)
-    ds_json = pre / "dataset.json"
-    if not ds_json.is_file():
-        raise BenchmarkError(f"{ds_json} does not exist (nnUNetv2_plan_and_preprocess copies it)")
-    return gt, ds_json
-
-
 def _refuse_existing_report(out: Path, overwrite: bool) -> None:
     if not overwrite:
         existing = [str(out / f) for f in (*REPORT_FILES, *OPTIONAL_FILES) if (out / f).exists()]
@@ -483,6 +479,46 @@ def _report_meta(
     }
 
 
+def _evaluate_results_tree(
+    dataset: str | int,
+    trainers: Sequence[str],
+    fold_list: list[int],
+    runs: list[int],
+    settings: EvaluationSettings,
+) -> tuple[str, Path, list[dict[str, Any]], dict[str, PooledPredictions], list[Any], dict]:
+    """Pool and evaluate the validation predictions of every run's results tree: the
+    dataset name, output folder, per-case rows, pooling, training logs and sources."""
+    env = settings.env
+    results = require_env_folder("nnUNet_results", env)
+    preprocessed = require_env_folder("nnUNet_preprocessed", env)
+    name = resolve_dataset_name(dataset, env)
+    pre = preprocessed / name
+    gt, ds_json = dataset_references(pre)
+    file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
+    out = settings.output_folder(results / name / REPORT_DIRNAME)
+    _refuse_existing_report(out, settings.overwrite)
+
+    pooled: dict[str, PooledPredictions] = {}
+    per_case: list[dict[str, Any]] = []
+    for run in runs:
+        root = run_results(results, run)
+        if len(runs) > 1:
+            settings.print_fn(f"run {run}: {root}")
+        pooled_run = _pool_trainers(
+            root, name, trainers, fold_list, file_ending, read_splits(pre), settings
+        )
+        rows = _evaluate_pooled(root, name, pooled_run, gt, ds_json, settings)
+        per_case += [{**r, "run": run} for r in rows] if len(runs) > 1 else rows
+        for t, p in pooled_run.items():
+            pooled[t if len(runs) == 1 else f"{t} (run {run})"] = p
+    logs = read_logs(
+        {run: run_results(results, run) for run in runs},
+        name, trainers, fold_list, settings.plans, settings.configuration, settings.print_fn,
+    )  # fmt: skip
+    sources = {"reference_folder": str(gt), "dataset_json": str(ds_json)}
+    return name, out, per_case, pooled, logs, sources
+
+
 def make_report(
     dataset: str | int,
     trainers: Sequence[str],
@@ -492,6 +528,7 @@ def make_report(
     confidence: float = 0.95,
     settings: EvaluationSettings | None = None,
     runs: Sequence[int] = (1,),
+    records: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> ReportOutcome:
     """Pool, evaluate, and write the report of a cross-validation grid.
@@ -518,9 +555,14 @@ def make_report(
         one, every run's tree is pooled and evaluated; the per-case statistics use each
         case's mean over the runs, and ``runs.csv`` / :attr:`ReportOutcome.runs` give the
         between-run spread.
+    records
+        A folder of fold records (:mod:`nnunet_pde.benchmark.records`, ``benchmark
+        export``): the report is built from them instead of the results tree, and
+        ``$nnUNet_results``/``$nnUNet_preprocessed`` are not needed. The default output
+        folder is then ``<records>/report``.
     """
     settings = EvaluationSettings.of(settings, **options)
-    env, policy, metrics = settings.env, settings.imputation, settings.metric_list(DEFAULT_METRICS)
+    policy, metrics = settings.imputation, settings.metric_list(DEFAULT_METRICS)
     trainers = check_trainer_names(trainers)
     fold_list = parse_folds(settings.folds)
     reference = reference or trainers[0]
@@ -533,29 +575,28 @@ def make_report(
         raise BenchmarkError(
             f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_INFO)}"
         )
-    results = require_env_folder("nnUNet_results", env)
-    preprocessed = require_env_folder("nnUNet_preprocessed", env)
-    name = resolve_dataset_name(dataset, env)
-    pre = preprocessed / name
-    gt, ds_json = _reference_folders(pre, name)
-    file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
-    out = settings.output_folder(results / name / REPORT_DIRNAME)
-    _refuse_existing_report(out, settings.overwrite)
-
     runs = list(runs)
-    pooled: dict[str, PooledPredictions] = {}
-    per_case = []
-    for run in runs:
-        root = run_results(results, run)
-        if len(runs) > 1:
-            settings.print_fn(f"run {run}: {root}")
-        pooled_run = _pool_trainers(
-            root, name, trainers, fold_list, file_ending, read_splits(pre), settings
+    if records is not None:
+        out = settings.output_folder(Path(records) / "report")
+        _refuse_existing_report(out, settings.overwrite)
+        loaded = load_records(
+            records, dataset, trainers, fold_list, runs, settings.plans, settings.configuration,
+            settings.tolerance_mm, settings.print_fn,
+        )  # fmt: skip
+        name, logs = loaded.dataset, loaded.logs
+        per_case = loaded.per_case if len(runs) > 1 else [
+            {k: v for k, v in r.items() if k != "run"} for r in loaded.per_case
+        ]  # fmt: skip
+        pooled = {
+            (t if len(runs) == 1 else f"{t} (run {run})"): p
+            for run, by_trainer in loaded.pooled.items()
+            for t, p in by_trainer.items()
+        }
+        sources = {"records": str(records)}
+    else:
+        name, out, per_case, pooled, logs, sources = _evaluate_results_tree(
+            dataset, trainers, fold_list, runs, settings
         )
-        rows = _evaluate_pooled(root, name, pooled_run, gt, ds_json, settings)
-        per_case += [{**r, "run": run} for r in rows] if len(runs) > 1 else rows
-        for t, p in pooled_run.items():
-            pooled[t if len(runs) == 1 else f"{t} (run {run})"] = p
     run_rows = None
     stats_rows = per_case
     if len(runs) > 1:
@@ -570,16 +611,11 @@ def make_report(
         "seed": seed,
         "confidence": confidence,
         "runs": runs,
-        "reference_folder": str(gt),
-        "dataset_json": str(ds_json),
+        **sources,
         "pooling": {t: p.as_dict() for t, p in pooled.items()},
         "software": software_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    logs = read_logs(
-        {run: run_results(results, run) for run in runs},
-        name, trainers, fold_list, settings.plans, settings.configuration, settings.print_fn,
-    )  # fmt: skip
     written = _write_report(
         out, per_case, summary, per_fold, metrics, meta, policy, run_rows,
         trajectory_rows(logs), curve_rows(logs),

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_pde.errors import BenchmarkError
+from nnunet_pde.folders import gt_segmentations
 from nnunet_pde.metrics import ImputationPolicy
 
-__all__ = ["EvaluationSettings", "OutputFiles", "evaluate_fold_folder"]
+__all__ = ["EvaluationSettings", "OutputFiles", "dataset_references", "evaluate_fold_folder"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +140,13 @@ def evaluate_fold_folder(
         write=False,
     )
     return rows
+
+
+def dataset_references(pre: Path) -> tuple[Path, Path]:
+    """``gt_segmentations`` and ``dataset.json`` of a preprocessed dataset folder; a
+    BenchmarkError if nnUNetv2_plan_and_preprocess has not written them."""
+    gt = gt_segmentations(pre)
+    ds_json = pre / "dataset.json"
+    if not ds_json.is_file():
+        raise BenchmarkError(f"{ds_json} does not exist (nnUNetv2_plan_and_preprocess copies it)")
+    return gt, ds_json

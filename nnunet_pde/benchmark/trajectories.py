@@ -32,6 +32,7 @@ from nnunet_pde.folders import fold_dir
 from nnunet_pde.formats import QUANTITIES, diagnostics_from_logging
 
 __all__ = [
+    "checkpoint_logging",
     "CURVES_CSV",
     "CURVES_PNG",
     "CURVE_COLUMNS",
@@ -94,7 +95,7 @@ class FoldLog:
     logging: Mapping[str, Any]
 
 
-def _checkpoint_logging(path: Path) -> dict | None:
+def checkpoint_logging(path: Path) -> dict | None:
     """The ``logging`` entry of an nnU-Net checkpoint (its logger's per-epoch lists)."""
     import torch
 
@@ -131,7 +132,7 @@ def read_logs(
                 if not path.is_file():
                     continue
                 try:
-                    logging = _checkpoint_logging(path)
+                    logging = checkpoint_logging(path)
                 except Exception as exc:  # any unpickling / archive error: leave it out
                     if warn is not None:
                         warn(

@@ -1,4 +1,4 @@
-"""``nnunet-pde benchmark run``, ``report`` and ``robustness``."""
+"""``nnunet-pde benchmark run``, ``export``, ``report`` and ``robustness``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from nnunet_pde.cli.options import (
     evaluation_options,
     extra_args_option,
     imputation_policy,
+    no_progress_option,
+    overwrite_option,
     positive_int,
     seed_option,
+    tolerance_option,
     trainer_grid_options,
 )
 from nnunet_pde.errors import BenchmarkError
@@ -62,6 +65,20 @@ writes per_case_metrics.csv, summary.csv, per_fold.csv, tables.md, tables.tex,
 boxplot_dice.png, boxplot_hd95_mm.png, report.html and report.json (with --runs N > 1
 also runs.csv) into
 $nnUNet_results/<dataset>/nnunet_pde_report (or --output). See docs/benchmarking.md.
+"""
+
+_EXPORT_EXAMPLE = """\
+examples:
+  # a record (per-case metrics + training log, no images) of every finished fold
+  nnunet-pde benchmark export 501 --trainers nnUNetTrainerPDE3D nnUNetTrainerPDE3D_Backbone \\
+      --folds 0 --runs 3 --output records/
+
+  # later, anywhere, without the results tree: the same report from the records
+  nnunet-pde benchmark report 501 --trainers nnUNetTrainerPDE3D_Backbone nnUNetTrainerPDE3D \\
+      --folds 0 --runs 3 --records records/ --output report/
+
+Run export again as trainings finish: up-to-date records are kept, new or retrained folds
+are (re)written, unfinished folds are listed. See docs/benchmarking.md.
 """
 
 
@@ -169,6 +186,31 @@ def _evaluation_settings(args: argparse.Namespace) -> Any:
     )
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nnunet_pde.benchmark.records import export_records
+    from nnunet_pde.benchmark.runs import parse_runs
+    from nnunet_pde.benchmark.settings import EvaluationSettings
+
+    outcome = export_records(
+        args.dataset,
+        args.trainers,
+        args.output,
+        runs=parse_runs(args.runs, args.run),
+        settings=EvaluationSettings(
+            configuration=args.configuration,
+            plans=args.plans,
+            folds=args.folds,
+            overwrite=args.overwrite,
+            tolerance_mm=args.tolerance_mm,
+            num_workers=args.workers,
+            progress=not args.no_progress,
+            print_fn=lambda s: print(s, flush=True),
+        ),
+    )
+    print("\n" + "\n".join(outcome.summary_lines()))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark.render import run_spread_lines, table_rows
     from nnunet_pde.benchmark.report import TABLES_MD, make_report
@@ -182,6 +224,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         settings=_evaluation_settings(args),
         runs=parse_runs(args.runs),
+        records=args.records,
     )
     dice_rows = table_rows(outcome.summary, "dice")
     if dice_rows:
@@ -441,6 +484,45 @@ def _register_run(sub: Any) -> None:
     )
 
 
+def _register_export(sub: Any) -> None:
+    p = add_command(
+        sub,
+        "export",
+        _cmd_export,
+        help="write a small record (per-case metrics, training log) of every finished fold",
+        description="For every finished (run, trainer, fold) (checkpoint_final.pth and "
+        "validation/summary.json), evaluate its validation predictions as `benchmark report` "
+        "does and write <output>/<trainer>__<plans>__<configuration>/run_<r>/fold_<k>/ with "
+        "metrics_per_case.csv and record.json (cases, settings, nnU-Net's per-epoch logger). "
+        "No image and no weight is copied. `benchmark report --records OUTPUT` builds the "
+        "report from them without the results tree.",
+        epilog=_EXPORT_EXAMPLE,
+    )
+    trainer_grid_options(p)
+    p.add_argument(
+        "--output", type=Path, required=True, help="records folder (created if missing)"
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--runs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="export runs 1..N of `benchmark run --runs N` (default 1)",
+    )
+    g.add_argument("--run", type=positive_int, default=None, metavar="R", help="only run R")
+    overwrite_option(p, "rewrite every record (default: only those whose checkpoint changed)")
+    tolerance_option(p)
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="evaluation processes (default: CPUs, at most 8)",
+    )
+    no_progress_option(p, "no progress bars")
+
+
 def _register_report(sub: Any) -> None:
     p = add_command(
         sub,
@@ -483,22 +565,34 @@ def _register_report(sub: Any) -> None:
         "mean over the runs, plus the between-run spread of every metric and Welch tests of "
         "the run means (runs.csv; default 1)",
     )
+    p.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="build the report from the fold records of `benchmark export --output DIR` "
+        "instead of the results tree ($nnUNet_results/_preprocessed are then not needed; "
+        "default output DIR/report)",
+    )
 
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``benchmark`` (``run``, ``report``, ``robustness``) to an argparse subparsers object."""
+    """Add ``benchmark`` (``run``, ``export``, ``report``, ``robustness``) to an argparse
+    subparsers object."""
     bench = subparsers.add_parser(
         "benchmark",
         help="train a cross-validation grid of trainers (run), compare them (report) and their "
         "robustness (robustness)",
         description="Cross-validation benchmarking of several trainers: `run` trains every "
-        "(trainer, fold) with nnUNetv2_train, locally or on SLURM, resumably; `report` pools "
+        "(trainer, fold) with nnUNetv2_train, locally or on SLURM, resumably; `export` "
+        "keeps a small record of each finished fold; `report` pools "
         "the out-of-fold predictions and writes tables with statistics, box plots and an HTML "
         "page; `robustness` compares them with few labels, noisy labels or shifted test "
         "images. See docs/benchmarking.md and docs/robustness.md.",
     )
     sub = bench.add_subparsers(dest="benchmark_command", required=True, metavar="ACTION")
     _register_run(sub)
+    _register_export(sub)
     _register_report(sub)
     _register_robustness(sub)
     return bench
