@@ -14,12 +14,12 @@ from nnunet_pde.cli.options import (
     evaluation_options,
     extra_args_option,
     imputation_policy,
-    no_progress_option,
     overwrite_option,
     positive_int,
     seed_option,
     tolerance_option,
     trainer_grid_options,
+    workers_option,
 )
 from nnunet_pde.errors import BenchmarkError
 
@@ -166,46 +166,45 @@ def _print_written(outcome: WrittenOutcome) -> None:
     print("\n" + "\n".join(outcome.written_lines()))
 
 
-def _evaluation_settings(args: argparse.Namespace) -> Any:
+def _evaluation_settings(args: argparse.Namespace, **fields: Any) -> Any:
     """The :class:`~nnunet_pde.benchmark.settings.EvaluationSettings` of the trainer-grid and
-    evaluation options (``report`` and ``robustness``)."""
+    scoring options that ``export``, ``report`` and ``robustness`` share, plus ``fields``."""
     from nnunet_pde.benchmark.settings import EvaluationSettings
 
     return EvaluationSettings(
         configuration=args.configuration,
         plans=args.plans,
         folds=args.folds,
-        output=args.output,
         overwrite=args.overwrite,
         tolerance_mm=args.tolerance_mm,
-        policy=imputation_policy(args, BenchmarkError),
-        metrics=args.metrics,
         num_workers=args.workers,
         progress=not args.no_progress,
         print_fn=lambda s: print(s, flush=True),
+        **fields,
+    )
+
+
+def _report_settings(args: argparse.Namespace) -> Any:
+    """:func:`_evaluation_settings` with the output, imputation and metric options of
+    ``report`` and ``robustness``."""
+    return _evaluation_settings(
+        args,
+        output=args.output,
+        policy=imputation_policy(args, BenchmarkError),
+        metrics=args.metrics,
     )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark.records import export_records
     from nnunet_pde.benchmark.runs import parse_runs
-    from nnunet_pde.benchmark.settings import EvaluationSettings
 
     outcome = export_records(
         args.dataset,
         args.trainers,
         args.output,
         runs=parse_runs(args.runs, args.run),
-        settings=EvaluationSettings(
-            configuration=args.configuration,
-            plans=args.plans,
-            folds=args.folds,
-            overwrite=args.overwrite,
-            tolerance_mm=args.tolerance_mm,
-            num_workers=args.workers,
-            progress=not args.no_progress,
-            print_fn=lambda s: print(s, flush=True),
-        ),
+        settings=_evaluation_settings(args),
     )
     print("\n" + "\n".join(outcome.summary_lines()))
     return 0
@@ -222,7 +221,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         reference=args.reference,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
-        settings=_evaluation_settings(args),
+        settings=_report_settings(args),
         runs=parse_runs(args.runs),
         records=args.records,
     )
@@ -281,7 +280,7 @@ $nnUNet_results/<dataset>/nnunet_pde_robustness/scanner-shift.
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from nnunet_pde.benchmark import robustness as rob
 
-    settings = _evaluation_settings(args)
+    settings = _report_settings(args)
     if args.regime == "few-labels":
         outcome = rob.robustness_few_labels(
             args.dataset, args.trainers, fractions=args.fractions, settings=settings
@@ -513,14 +512,7 @@ def _register_export(sub: Any) -> None:
     g.add_argument("--run", type=positive_int, default=None, metavar="R", help="only run R")
     overwrite_option(p, "rewrite every record (default: only those whose checkpoint changed)")
     tolerance_option(p)
-    p.add_argument(
-        "-j",
-        "--workers",
-        type=positive_int,
-        default=None,
-        help="evaluation processes (default: CPUs, at most 8)",
-    )
-    no_progress_option(p, "no progress bars")
+    workers_option(p)
 
 
 def _register_report(sub: Any) -> None:

@@ -184,6 +184,18 @@ def trainer_grid_options(p: argparse.ArgumentParser, dataset: bool = True) -> No
     )
 
 
+def workers_option(p: argparse.ArgumentParser) -> None:
+    """``-j/--workers`` (evaluation processes) and ``--no-progress``."""
+    p.add_argument(
+        "-j",
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="evaluation processes (default: CPUs, at most 8)",
+    )
+    no_progress_option(p, "no progress bars")
+
+
 def evaluation_options(
     p: argparse.ArgumentParser, output_default: str, metrics_default: tuple[str, ...]
 ) -> None:
@@ -207,14 +219,7 @@ def evaluation_options(
         metavar="METRIC",
         help=f"metrics in the tables (default {' '.join(metrics_default)}; also {others})",
     )
-    p.add_argument(
-        "-j",
-        "--workers",
-        type=positive_int,
-        default=None,
-        help="evaluation processes (default: CPUs, at most 8)",
-    )
-    no_progress_option(p, "no progress bars")
+    workers_option(p)
 
 
 def device_option(p: argparse.ArgumentParser, tool: str) -> None:
