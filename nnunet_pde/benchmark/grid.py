@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_pde.benchmark.manifest import MANIFEST_DIRNAME
+from nnunet_pde.benchmark.records import find_record
 from nnunet_pde.benchmark.runs import run_results
 from nnunet_pde.commands import DEFAULT_TRAIN_COMMAND, build_train_command
 from nnunet_pde.errors import BenchmarkError
@@ -84,6 +85,9 @@ class FoldTask:
         The run index (:mod:`nnunet_pde.benchmark.runs`); run 1 is ``$nnUNet_results``.
     results
         The results root of that run (the training's ``nnUNet_results``).
+    recorded
+        The record (:mod:`nnunet_pde.benchmark.records`) that makes an unfinished fold a
+        ``skip``: it was trained and exported before, e.g. on another machine.
     torn
         Why the fold's ``checkpoint_latest.pth`` does not load, when it is torn and is to be
         set aside before the fold runs (:func:`set_aside`); ``state`` and ``action`` are
@@ -101,6 +105,7 @@ class FoldTask:
     run: int = 1
     results: Path | None = None
     torn: str | None = None
+    recorded: Path | None = None
 
     @property
     def key(self) -> str:
@@ -144,12 +149,15 @@ def plan_grid(
     extra_args: Sequence[str] = (),
     train_command: Sequence[str] = DEFAULT_TRAIN_COMMAND,
     runs: Sequence[int] = (1,),
+    records: str | os.PathLike[str] | None = None,
 ) -> list[FoldTask]:
     """Decide skip / continue / train for every (run, trainer, fold); runs outermost, then
     trainers, so that run 1 of every trainer is done before any run 2.
 
     ``results`` is ``$nnUNet_results``; run r trains in :func:`run_results` (results, r).
-    Reads only the fold folders; runs nothing.
+    With ``records`` (a folder of ``benchmark export``), a fold that is not finished in the
+    tree but has a record there is skipped too (unless another process trains it now).
+    Reads only the fold folders and records; runs nothing.
     """
     tasks = []
     broken = []
@@ -166,8 +174,12 @@ def plan_grid(
         state = fold_state(folder)
         resume = resume_checkpoint(folder)
         holder = lock_holder(folder)
-        # a fold another process trains is left alone: its checkpoint may be half written now
-        problem = None if resume is None or holder else checkpoint_problem(resume)
+        recorded = None
+        if records is not None and state != FOLD_FINISHED and holder is None:
+            recorded = find_record(records, trainer, plans, configuration, run, fold)
+        # a fold another process trains is left alone: its checkpoint may be half written
+        # now; a recorded fold is not run, so its checkpoints do not matter
+        problem = None if resume is None or holder or recorded else checkpoint_problem(resume)
         torn = None
         if problem is not None and resume is not None and resume.name == LATEST:
             # torn by a stopped training: planned without it (the runner sets it aside)
@@ -177,7 +189,7 @@ def plan_grid(
             problem = None if resume is None else checkpoint_problem(resume)
         if problem is not None:
             broken.append(f"{resume} does not load: {problem}")
-        if state == FOLD_FINISHED:
+        if state == FOLD_FINISHED or recorded is not None:
             action, command = ACTION_SKIP, ()
         elif holder is not None:
             action, command = ACTION_BUSY, ()
@@ -199,7 +211,7 @@ def plan_grid(
             FoldTask(
                 trainer, fold, state, action, folder, command, log,
                 holder=None if holder is None else holder.describe(), run=run, results=root,
-                torn=torn,
+                torn=torn, recorded=recorded,
             )
         )  # fmt: skip
     if broken:

@@ -61,6 +61,7 @@ __all__ = [
     "ExportOutcome",
     "LoadedRecords",
     "export_records",
+    "find_record",
     "load_records",
     "record_dir",
 ]
@@ -80,6 +81,15 @@ def record_dir(
         / f"run_{run}"
         / (f"fold_{fold}")
     )
+
+
+def find_record(
+    root: str | os.PathLike[str], trainer: str, plans: str, configuration: str, run: int, fold: int
+) -> Path | None:
+    """The folder of the complete record (CSV and ``record.json``) of this fold, or None."""
+    folder = record_dir(root, trainer, plans, configuration, run, fold)
+    ok = (folder / PER_CASE_CSV).is_file() and (folder / RECORD_JSON).is_file()
+    return folder if ok else None
 
 
 @dataclass
@@ -260,9 +270,10 @@ def load_records(
         for t in trainers:
             p = PooledPredictions(t, root / trainer_dir_name(t, plans, configuration))
             for k in folds:
-                folder = record_dir(root, t, plans, configuration, run, k)
-                if not (folder / RECORD_JSON).is_file() or not (folder / PER_CASE_CSV).is_file():
-                    p.missing_folds[k] = f"no record in {folder}"
+                folder = find_record(root, t, plans, configuration, run, k)
+                if folder is None:
+                    missing = record_dir(root, t, plans, configuration, run, k)
+                    p.missing_folds[k] = f"no record in {missing}"
                     continue
                 rec = read_json(folder / RECORD_JSON, BenchmarkError)
                 if not isinstance(rec, dict) or rec.get("kind") != RECORD_KIND:

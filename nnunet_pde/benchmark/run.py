@@ -62,6 +62,7 @@ def run_benchmark(
     print_fn: Callable[[str], None] = print,
     require_ext_trainer: bool = True,
     runs: Sequence[int] = (1,),
+    records: str | os.PathLike[str] | None = None,
 ) -> RunOutcome:
     """Run (or, with ``dry_run``, print) the grid; see the module docstring.
 
@@ -88,6 +89,9 @@ def run_benchmark(
     runs
         Run indices (:func:`nnunet_pde.benchmark.runs.parse_runs`): each run trains the
         whole grid in its own results tree (:func:`~nnunet_pde.benchmark.runs.run_results`).
+    records
+        A folder of fold records (``benchmark export``): folds recorded there are skipped
+        even where this results tree has no finished training of them.
 
     Returns
     -------
@@ -126,6 +130,7 @@ def run_benchmark(
         extra_args=extra_args,
         train_command=train_command,
         runs=runs,
+        records=records,
     )
     outcome = RunOutcome(tasks, dry_run=dry_run)
     print_fn(_plan_line(name, configuration, plans, trainers, tasks, runs))
@@ -133,7 +138,9 @@ def run_benchmark(
         for t in tasks:
             if t.torn is not None:
                 print_fn(f"# set aside {t.folder / LATEST}: {t.torn}")
-            if t.action == ACTION_SKIP:
+            if t.action == ACTION_SKIP and t.recorded is not None:
+                print_fn(f"# skip {t.key}: recorded ({t.recorded})")
+            elif t.action == ACTION_SKIP:
                 print_fn(f"# skip {t.key}: finished ({t.folder})")
             elif t.action == ACTION_BUSY:
                 print_fn(f"# busy {t.key}: trained by {t.holder} ({t.folder})")
@@ -184,12 +191,15 @@ def _plan_line(
     """The first line of a run: the grid and what will happen to its folds."""
     n_skip = sum(t.action == ACTION_SKIP for t in tasks)
     n_busy = sum(t.action == ACTION_BUSY for t in tasks)
+    n_rec = sum(t.recorded is not None for t in tasks)
     line = (
         f"benchmark {name} {configuration} -p {plans}: "
         + (f"{len(runs)} run(s) ({', '.join(map(str, runs))}) x " if list(runs) != [1] else "")
         + f"{len(trainers)} trainer(s) x "
         f"{len(tasks) // max(1, len(trainers) * len(runs))} fold(s) = {len(tasks)} trainings; "
-        f"{n_skip} finished (skipped), "
+        f"{n_skip} finished (skipped"
+        + (f"; {n_rec} of them recorded only" if n_rec else "")
+        + "), "
         f"{sum(t.action == ACTION_CONTINUE for t in tasks)} to continue (--c), "
         f"{sum(t.action == ACTION_TRAIN for t in tasks)} to train"
     )

@@ -155,6 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         print_fn=lambda s: print(s, flush=True),
         runs=parse_runs(args.runs, args.run),
+        records=args.records,
     )
     if outcome.interrupted:
         return 130
@@ -480,6 +481,14 @@ def _register_run(sub: Any) -> None:
         default=None,
         metavar="R",
         help="train only run R (its results tree as for --runs)",
+    )
+    p.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also skip the folds that have a record in DIR (`benchmark export --output "
+        "DIR`), e.g. trained on another machine whose results tree is gone",
     )
 
 

@@ -259,3 +259,44 @@ def test_cli_export_then_report_from_records(
     out = capsys.readouterr().out
     assert "Dice (mean" in out and str(records / "report") in out
     assert (records / "report" / "runs.csv").is_file()
+
+
+def test_run_skips_the_folds_recorded_elsewhere(tmp_path: Path) -> None:
+    """``benchmark run --records``: a fold with a record is not trained again, though this
+    results tree has nothing of it; the other folds and runs are."""
+    from benchmark_fixtures import read_calls, write_fake_trainer
+
+    from nnunet_pde.benchmark.run import run_benchmark
+    from nnunet_pde.commands import LocalExecutor
+
+    trainer = "nnUNetTrainerPDE3D_2epochs_4iters"
+    # trained and exported on a machine that is gone: only its records are left
+    gone = make_nnunet_env(tmp_path / "gone")
+    write_fold_predictions(Path(gone["nnUNet_results"]), trainer, _erode(0), folds=[0])
+    records = tmp_path / "records"
+    export_records(DATASET, [trainer], records, environ=gone, **{**_quiet(), "folds": [0]})
+
+    env = make_nnunet_env(tmp_path / "here", with_gt=False)
+    cmd, calls = write_fake_trainer(tmp_path)
+    env["FAKE_TRAIN_CALLS"] = str(calls)
+    lines: list[str] = []
+    kw = dict(folds=[0, 1], train_command=cmd.split(), environ=env, runs=[1, 2])
+    dry = run_benchmark(
+        "987", [trainer], LocalExecutor(), dry_run=True, print_fn=lines.append,
+        records=records, **kw,
+    )  # fmt: skip
+    assert [t.action for t in dry.tasks] == ["skip", "train", "train", "train"]
+    assert dry.tasks[0].recorded == record_dir(records, trainer, PLANS, CONF, 1, 0)
+    assert "1 finished (skipped; 1 of them recorded only)" in lines[0]
+    assert any(line.startswith(f"# skip {trainer}/fold_0: recorded") for line in lines)
+
+    out = run_benchmark(
+        "987", [trainer], LocalExecutor(), print_fn=lines.append, records=records, **kw
+    )
+    assert out.ok and out.skipped == [f"{trainer}/fold_0"]
+    trained = sorted((c[2], c[c.index("-tr") + 1]) for c in read_calls(calls))
+    assert trained == [("0", trainer), ("1", trainer), ("1", trainer)]  # run 2 fold 0 too
+    # without --records the recorded fold trains like any other
+    plain = run_benchmark("987", [trainer], LocalExecutor(), dry_run=True,
+                          print_fn=lines.append, **{**kw, "runs": [1]})  # fmt: skip
+    assert [t.action for t in plain.tasks] == ["train", "skip"]
