@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The v2 real-label campaign of docs/results.md on MSD Hippocampus, resumable across machines.
+#
+#   bash scripts/campaign_v2.sh setup            # convert + plan + preprocess into $ROOT (once)
+#   bash scripts/campaign_v2.sh run [--dry-run]  # few-label rows, then full-label rows
+#   bash scripts/campaign_v2.sh export           # records of finished folds -> the repository
+#   bash scripts/campaign_v2.sh rows             # print the trainers of both regimes
+#
+# ROOT (default /work/nnunet_data) holds nnUNet_raw/_preprocessed/_results; the source data
+# is $MSD (default ../shared/data/msd_hippocampus/Task04_Hippocampus, read only). Trainings
+# run one at a time (two at once on a 2-core CPU oversubscribe it); folds that already have
+# a record in docs/results/hippocampus/v2_records are skipped (benchmark run --records), so
+# a reset machine resumes where the committed records end. Run `export` (or loop it) while
+# `run` trains, and commit the records it writes.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="${ROOT:-/work/nnunet_data}"
+MSD="${MSD:-$REPO/../shared/data/msd_hippocampus/Task04_Hippocampus}"
+RECORDS="$REPO/docs/results/hippocampus/v2_records"
+S=25epochs_20iters_noTTA
+FEW=(
+  "nnUNetTrainerPDE3D_Backbone_${S}_Frac10" "nnUNetTrainerPDE3D_LossOnly_${S}_Frac10"
+  "nnUNetTrainerPDE3D_${S}_Frac10" "nnUNetTrainerPDE3D_PDELR10_${S}_Frac10"
+  "nnUNetTrainerPDE3D_GateScale10_${S}_Frac10" "nnUNetTrainerPDE3D_Stages01_${S}_Frac10"
+)
+FULL=(
+  "nnUNetTrainerPDE3D_Backbone_${S}" "nnUNetTrainerPDE3D_LossOnly_${S}"
+  "nnUNetTrainerPDE3D_NoReg_${S}" "nnUNetTrainerPDE3D_${S}" "nnUNetTrainerPDE3D_Stages01_${S}"
+  "nnUNetTrainerPDE3D_PDELR10_${S}" "nnUNetTrainerPDE3D_GateScale10_${S}"
+)
+
+export nnUNet_raw="$ROOT/raw" nnUNet_preprocessed="$ROOT/preprocessed"
+export nnUNet_results="$ROOT/results" nnUNet_compile=f
+if ! command -v nnunet-pde >/dev/null; then
+  # shellcheck disable=SC1091
+  source "$REPO/.venv/bin/activate"
+fi
+eval "$(nnunet-pde env)"   # nnUNet_extTrainer (the three folders above are already set)
+
+case "${1:-}" in
+  setup)
+    [ -d "$MSD/imagesTr" ] || { echo "no MSD Hippocampus at $MSD (set MSD=...)" >&2; exit 2; }
+    if [ -d "$nnUNet_preprocessed/Dataset004_Hippocampus/nnUNetPlans_3d_fullres" ]; then
+      echo "already preprocessed: $nnUNet_preprocessed/Dataset004_Hippocampus"; exit 0
+    fi
+    stage="$ROOT/stage/Task04_Hippocampus"   # the converter wants imagesTs/: links + an empty one
+    mkdir -p "$stage/imagesTs" "$ROOT/logs"
+    for f in imagesTr labelsTr dataset.json; do ln -sfn "$(realpath "$MSD/$f")" "$stage/$f"; done
+    nnUNetv2_convert_MSD_dataset -i "$stage" -np 2
+    nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres --verify_dataset_integrity -npfp 2 -np 2
+    echo "set up: $ROOT (raw, preprocessed); next: bash scripts/campaign_v2.sh run"
+    ;;
+  run)
+    shift
+    for rows in FEW FULL; do
+      declare -n list=$rows
+      nnunet-pde benchmark run 4 --device cpu --folds 0 --runs 3 --records "$RECORDS" \
+        --trainers "${list[@]}" "$@"
+    done
+    ;;
+  export)
+    nnunet-pde benchmark export 4 --folds 0 --runs 3 -j 1 --no-progress --output "$RECORDS" \
+      --trainers "${FEW[@]}" "${FULL[@]}"
+    ;;
+  rows)
+    echo "few labels: ${FEW[*]}"
+    echo "full labels: ${FULL[*]}"
+    ;;
+  *)
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
