@@ -442,6 +442,13 @@ def _executor_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_selection(p: argparse.ArgumentParser, runs_help: str, run_help: str) -> None:
+    """``--runs N`` or ``--run R`` (:func:`nnunet_pde.benchmark.runs.parse_runs`)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--runs", type=positive_int, default=None, metavar="N", help=runs_help)
+    g.add_argument("--run", type=positive_int, default=None, metavar="R", help=run_help)
+
+
 def _register_run(sub: Any) -> None:
     p = add_command(
         sub,
@@ -466,21 +473,11 @@ def _register_run(sub: Any) -> None:
         action="store_true",
         help="print the decisions and the commands; run and write nothing",
     )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--runs",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="repeated trainings: train runs 1..N of every (trainer, fold), run 1 in "
+    _run_selection(
+        p,
+        "repeated trainings: train runs 1..N of every (trainer, fold), run 1 in "
         "$nnUNet_results, run r in $nnUNet_results/nnunet_pde_runs/run_r (default 1)",
-    )
-    g.add_argument(
-        "--run",
-        type=positive_int,
-        default=None,
-        metavar="R",
-        help="train only run R (its results tree as for --runs)",
+        "train only run R (its results tree as for --runs)",
     )
     p.add_argument(
         "--records",
@@ -510,15 +507,9 @@ def _register_export(sub: Any) -> None:
     p.add_argument(
         "--output", type=Path, required=True, help="records folder (created if missing)"
     )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--runs",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help="export runs 1..N of `benchmark run --runs N` (default 1)",
+    _run_selection(
+        p, "export runs 1..N of `benchmark run --runs N` (default 1)", "only run R"
     )
-    g.add_argument("--run", type=positive_int, default=None, metavar="R", help="only run R")
     overwrite_option(p, "rewrite every record (default: only those whose checkpoint changed)")
     tolerance_option(p)
     workers_option(p)
