@@ -162,7 +162,8 @@ def export_records(
     pre = require_env_folder("nnUNet_preprocessed", env)
     name = resolve_dataset_name(dataset, env)
     gt, ds_json = dataset_references(pre / name)
-    file_ending = str(read_json(ds_json, BenchmarkError).get("file_ending", ".nii.gz"))
+    ds = read_json(ds_json, BenchmarkError)
+    file_ending = str(ds.get("file_ending", ".nii.gz"))
     splits = read_splits(pre / name)
     out = ExportOutcome(Path(output))
     for run in runs:
@@ -196,7 +197,7 @@ def export_records(
                     "run": int(run),
                     "fold": int(k),
                     "tolerance_mm": float(settings.tolerance_mm),
-                    "labels": read_json(ds_json, BenchmarkError).get("labels"),
+                    "labels": ds.get("labels"),
                     "cases": sorted(pooled.cases),
                     "missing_cases": pooled.missing_cases.get(k, []),
                     "unexpected_cases": pooled.unexpected_cases.get(k, []),
