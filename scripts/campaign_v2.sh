@@ -5,6 +5,7 @@
 #   bash scripts/campaign_v2.sh run [--dry-run]  # few-label rows, then full-label rows
 #   bash scripts/campaign_v2.sh export           # records of finished folds -> the repository
 #   bash scripts/campaign_v2.sh rows             # print the trainers of both regimes
+#   CANDIDATES="_PDELR10" bash scripts/campaign_v2.sh run   # + a gate candidate's full-label row
 #
 # ROOT (default /work/nnunet_data) holds nnUNet_raw/_preprocessed/_results; the source data
 # is $MSD (default ../shared/data/msd_hippocampus/Task04_Hippocampus, read only). Trainings
@@ -24,11 +25,15 @@ FEW=(
   "nnUNetTrainerPDE3D_${S}_Frac10" "nnUNetTrainerPDE3D_PDELR10_${S}_Frac10"
   "nnUNetTrainerPDE3D_GateScale10_${S}_Frac10" "nnUNetTrainerPDE3D_Stages01_${S}_Frac10"
 )
+# The two gate candidates (_PDELR10, _GateScale10) are measured in the few-label regime, where
+# 500 iterations see each of the 16 cases many times; a full-label row of one of them is added
+# (CANDIDATES="_PDELR10 ...") only if it beats the full model there beyond the spread (issue 22,
+# step 2): 6 trainings (about 6 CPU hours) are not spent on rows that would not be read.
 FULL=(
   "nnUNetTrainerPDE3D_Backbone_${S}" "nnUNetTrainerPDE3D_LossOnly_${S}"
   "nnUNetTrainerPDE3D_NoReg_${S}" "nnUNetTrainerPDE3D_${S}" "nnUNetTrainerPDE3D_Stages01_${S}"
-  "nnUNetTrainerPDE3D_PDELR10_${S}" "nnUNetTrainerPDE3D_GateScale10_${S}"
 )
+for c in ${CANDIDATES:-}; do FULL+=("nnUNetTrainerPDE3D${c}_${S}"); done
 
 export nnUNet_raw="$ROOT/raw" nnUNet_preprocessed="$ROOT/preprocessed"
 export nnUNet_results="$ROOT/results" nnUNet_compile=f
@@ -68,7 +73,7 @@ case "${1:-}" in
     echo "full labels: ${FULL[*]}"
     ;;
   *)
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
