@@ -76,6 +76,18 @@ def test_short_variants_change_only_the_training_length(tmp_path, monkeypatch):
     ) == (2, 4, 2)
     five = _make_trainer(trainers["nnUNetTrainerPDE3D_5epochs"], tmp_path, monkeypatch)
     assert (five.num_epochs, five.num_iterations_per_epoch) == (5, 250)
+    # the v2 campaign's schedule, resumable: checkpoint_latest.pth every 5 of its 25 epochs
+    medium = _make_trainer(
+        trainers["nnUNetTrainerPDE3D_25epochs_20iters_noTTA"], tmp_path, monkeypatch
+    )
+    assert (
+        medium.num_epochs,
+        medium.num_iterations_per_epoch,
+        medium.num_val_iterations_per_epoch,
+        medium.save_every,
+    ) == (25, 20, 1, 5)
+    assert full.save_every == 50  # nnU-Net's own, untouched by the variants
+    assert medium.pde_config == full.pde_config
     # nnU-Net records the constructor arguments by name to re-create the trainer
     assert set(smoke.my_init_kwargs) == {"plans", "configuration", "fold", "dataset_json", "device"}
     assert smoke.pde_config == full.pde_config

@@ -5,8 +5,10 @@
 augmentation. Training-time augmentation is unchanged. It is the longest schedule the
 project's 2-core CPU affords for three runs per row (about 1 h per training), and it is
 early training: nnU-Net's own schedule is 1000 x 250 iterations. On the few-label rows
-(``_Frac10``: 16 of fold 0's 160 training cases) 500 iterations are about 30 passes over the
-training set, past the rise of the validation curve (docs/results.md shows it).
+(``_Frac10``: 16 of fold 0's 160 training cases) 500 iterations of batch 7 draw each training
+case about 200 times, past the rise of the validation curve (docs/results.md shows it).
+``checkpoint_latest.pth`` is written every 5 epochs, so that a training cut off by the end of a
+session continues (``benchmark run`` resumes it with ``--c``) instead of starting again.
 
 Every row uses the same schedule, so rows differ only in what their base trainer changes.
 """
@@ -29,11 +31,13 @@ from nnunet_pde.training.subsets import FewLabelMixin
 
 
 class MediumCPUScheduleMixin(ShortCPUScheduleMixin):
-    """25 epochs x 20 iterations, 1 validation iteration per epoch, no mirroring TTA."""
+    """25 epochs x 20 iterations, 1 validation iteration per epoch, no mirroring TTA;
+    ``checkpoint_latest.pth`` every 5 epochs."""
 
     epochs: ClassVar[int | None] = 25
     iterations_per_epoch: ClassVar[int | None] = 20
     val_iterations_per_epoch: ClassVar[int | None] = 1
+    save_every_epochs: ClassVar[int | None] = 5
 
 
 # --- full labels (fold 0's 160 training cases) ---------------------------------------
