@@ -73,7 +73,7 @@ case "${1:-}" in
     echo "full labels: ${FULL[*]}"
     ;;
   *)
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    awk 'NR == 1 {next} !/^#/ {exit} {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"
     exit 2
     ;;
 esac
