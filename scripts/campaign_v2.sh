@@ -4,6 +4,8 @@
 #   bash scripts/campaign_v2.sh setup            # convert + plan + preprocess into $ROOT (once)
 #   bash scripts/campaign_v2.sh run [--dry-run]  # few-label rows, then full-label rows
 #   bash scripts/campaign_v2.sh export           # records of finished folds -> the repository
+#   bash scripts/campaign_v2.sh report [N]       # reports of the rows recorded for runs 1..N
+#   REPORTS=/tmp/v2 bash scripts/campaign_v2.sh report 1   # a progress report, not for committing
 #   bash scripts/campaign_v2.sh rows             # print the trainers of both regimes
 #   CANDIDATES="_PDELR10" bash scripts/campaign_v2.sh run   # + a gate candidate's full-label row
 #
@@ -67,6 +69,37 @@ case "${1:-}" in
   export)
     nnunet-pde benchmark export 4 --folds 0 --runs 3 -j 1 --no-progress --output "$RECORDS" \
       --trainers "${FEW[@]}" "${FULL[@]}"
+    ;;
+  report)
+    # three reports from the committed records into $REPORTS/v2_<name> (default
+    # docs/results/hippocampus, where the final ones are committed, about 0.7 MB each): few
+    # labels and full labels against the backbone, the gate candidates against the full model;
+    # a row enters once runs 1..N of it are recorded (N default 3), so progress reports work
+    runs="${2:-3}"
+    recorded() {   # the trainers among "$@" with a record of fold 0 for each of runs 1..$runs
+      local t r
+      for t in "$@"; do
+        for ((r = 1; r <= runs; r++)); do
+          [ -f "$RECORDS/${t}__nnUNetPlans__3d_fullres/run_$r/fold_0/record.json" ] || continue 2
+        done
+        echo "$t"
+      done
+    }
+    report() {   # report NAME REFERENCE TRAINER...
+      local name=$1 ref=$2; shift 2
+      local rows; mapfile -t rows < <(recorded "$@")
+      if [ "${#rows[@]}" -lt 2 ] || [ "${rows[0]}" != "$ref" ]; then
+        echo "$name: skipped (runs 1..$runs recorded for: ${rows[*]:-none}; needs $ref and one more)"
+        return 0
+      fi
+      nnunet-pde benchmark report 4 --folds 0 --runs "$runs" --records "$RECORDS" \
+        --reference "$ref" --trainers "${rows[@]}" --metrics dice hd95_mm nsd precision recall \
+        --output "${REPORTS:-$REPO/docs/results/hippocampus}/v2_$name" --overwrite -j 1 --no-progress
+    }
+    report few_labels "${FEW[0]}" "${FEW[@]}"
+    report gate_candidates "nnUNetTrainerPDE3D_${S}_Frac10" "nnUNetTrainerPDE3D_${S}_Frac10" \
+      "nnUNetTrainerPDE3D_PDELR10_${S}_Frac10" "nnUNetTrainerPDE3D_GateScale10_${S}_Frac10"
+    report full_labels "${FULL[0]}" "${FULL[@]}"
     ;;
   rows)
     echo "few labels: ${FEW[*]}"
