@@ -12,15 +12,15 @@
 # ROOT (default /work/nnunet_data) holds nnUNet_raw/_preprocessed/_results; the source data
 # is $MSD (default ../shared/data/msd_hippocampus/Task04_Hippocampus, read only). Trainings
 # run one at a time (two at once on a 2-core CPU oversubscribe it); folds that already have
-# a record in docs/results/hippocampus/v2_records are skipped (benchmark run --records), so
-# a reset machine resumes where the committed records end. Run `export` (or loop it) while
-# `run` trains, and commit the records it writes.
+# a record in $RECORDS (default docs/results/hippocampus/v2_records) are skipped (benchmark
+# run --records), so a reset machine resumes where the committed records end. Run `export`
+# (or loop it) while `run` trains, and commit the records it writes.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${ROOT:-/work/nnunet_data}"
 MSD="${MSD:-$REPO/../shared/data/msd_hippocampus/Task04_Hippocampus}"
-RECORDS="$REPO/docs/results/hippocampus/v2_records"
+RECORDS="${RECORDS:-$REPO/docs/results/hippocampus/v2_records}"
 S=25epochs_20iters_noTTA
 FEW=(
   "nnUNetTrainerPDE3D_Backbone_${S}_Frac10" "nnUNetTrainerPDE3D_LossOnly_${S}_Frac10"
