@@ -76,14 +76,15 @@ case "${1:-}" in
     # labels and full labels against the backbone, the gate candidates against the full model;
     # a row enters once runs 1..N of it are recorded (N default 3), so progress reports work
     runs="${2:-3}"
-    recorded() {   # the trainers among "$@" with a record of fold 0 for each of runs 1..$runs
-      local t r
-      for t in "$@"; do
-        for ((r = 1; r <= runs; r++)); do
-          [ -f "$RECORDS/${t}__nnUNetPlans__3d_fullres/run_$r/fold_0/record.json" ] || continue 2
-        done
-        echo "$t"
-      done
+    recorded() {   # the trainers among "$@" with a complete record of fold 0 for runs 1..$runs
+      python - "$RECORDS" "$runs" "$@" <<'PY'
+import sys
+from nnunet_pde.benchmark.records import find_record  # what benchmark report reads
+root, runs, trainers = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+for t in trainers:
+    if all(find_record(root, t, "nnUNetPlans", "3d_fullres", r, 0) for r in range(1, runs + 1)):
+        print(t)
+PY
     }
     report() {   # report NAME REFERENCE TRAINER...
       local name=$1 ref=$2; shift 2

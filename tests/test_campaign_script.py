@@ -14,10 +14,11 @@ SCRIPT = REPO / "scripts" / "campaign_v2.sh"
 S = "25epochs_20iters_noTTA"
 
 
-def _record(records: Path, trainer: str, run: int) -> None:
+def _record(records: Path, trainer: str, run: int, files=("record.json", "metrics_per_case.csv")):
     folder = records / f"{trainer}__nnUNetPlans__3d_fullres" / f"run_{run}" / "fold_0"
     folder.mkdir(parents=True)
-    (folder / "record.json").write_text("{}")
+    for name in files:
+        (folder / name).write_text("")
 
 
 def _report(records: Path, reports: Path, runs: str) -> subprocess.CompletedProcess:
@@ -31,17 +32,20 @@ def _report(records: Path, reports: Path, runs: str) -> subprocess.CompletedProc
 def test_report_skips_each_regime_without_its_reference_and_a_second_complete_row(tmp_path):
     records, reports = tmp_path / "records", tmp_path / "reports"
     records.mkdir()
-    # the backbone has runs 1-2, the full model run 1 only, _LossOnly run 2 only (no run 1)
+    # the backbone has runs 1-2, the full model run 1 and a half-written run 2 (record.json
+    # without its CSV, which benchmark report does not read as a record), _LossOnly run 2 only
     for run in (1, 2):
         _record(records, f"nnUNetTrainerPDE3D_Backbone_{S}_Frac10", run)
     _record(records, f"nnUNetTrainerPDE3D_{S}_Frac10", 1)
+    _record(records, f"nnUNetTrainerPDE3D_{S}_Frac10", 2, files=("record.json",))
     _record(records, f"nnUNetTrainerPDE3D_LossOnly_{S}_Frac10", 2)
 
     proc = _report(records, reports, "2")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     few = next(line for line in lines if line.startswith("few_labels: skipped"))
-    # only the backbone has both runs: the full model lacks run 2, _LossOnly lacks run 1
+    # only the backbone has both runs complete: the full model's run 2 is half-written,
+    # _LossOnly lacks run 1
     assert f"recorded for: nnUNetTrainerPDE3D_Backbone_{S}_Frac10;" in few
     gate = next(line for line in lines if line.startswith("gate_candidates: skipped"))
     assert "recorded for: none;" in gate and f"needs nnUNetTrainerPDE3D_{S}_Frac10" in gate
