@@ -36,6 +36,15 @@ FULL=(
   "nnUNetTrainerPDE3D_NoReg_${S}" "nnUNetTrainerPDE3D_${S}" "nnUNetTrainerPDE3D_Stages01_${S}"
 )
 for c in ${CANDIDATES:-}; do FULL+=("nnUNetTrainerPDE3D${c}_${S}"); done
+# The order of training (runs outermost, then this order within a run): from run 2 on the rows
+# that decide step 2 come first (the full model, then the two gate candidates), so that an
+# interrupted campaign has answered the question the full-label rows wait for. The reports
+# keep FEW's order (its first row is the reference).
+FEW_TRAIN_ORDER=(
+  "nnUNetTrainerPDE3D_${S}_Frac10" "nnUNetTrainerPDE3D_PDELR10_${S}_Frac10"
+  "nnUNetTrainerPDE3D_GateScale10_${S}_Frac10" "nnUNetTrainerPDE3D_Backbone_${S}_Frac10"
+  "nnUNetTrainerPDE3D_LossOnly_${S}_Frac10" "nnUNetTrainerPDE3D_Stages01_${S}_Frac10"
+)
 
 export nnUNet_raw="$ROOT/raw" nnUNet_preprocessed="$ROOT/preprocessed"
 export nnUNet_results="$ROOT/results" nnUNet_compile=f
@@ -60,7 +69,7 @@ case "${1:-}" in
     ;;
   run)
     shift
-    for rows in FEW FULL; do
+    for rows in FEW_TRAIN_ORDER FULL; do
       declare -n list=$rows
       nnunet-pde benchmark run 4 --device cpu --folds 0 --runs 3 --records "$RECORDS" \
         --trainers "${list[@]}" "$@"
@@ -104,6 +113,7 @@ PY
     ;;
   rows)
     echo "few labels: ${FEW[*]}"
+    echo "few labels, training order: ${FEW_TRAIN_ORDER[*]}"
     echo "full labels: ${FULL[*]}"
     ;;
   *)

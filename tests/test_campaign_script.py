@@ -10,6 +10,8 @@ from pathlib import Path
 
 from plan_fixtures import REPO
 
+from nnunet_pde.env import list_trainers
+
 SCRIPT = REPO / "scripts" / "campaign_v2.sh"
 S = "25epochs_20iters_noTTA"
 
@@ -58,3 +60,28 @@ def test_report_skips_each_regime_without_its_reference_and_a_second_complete_ro
     proc = _report(records, reports, "1")
     assert "few_labels: skipped" not in proc.stdout
     assert proc.returncode != 0 and "nnUNetTrainerPDE3D_Backbone" in proc.stderr
+
+
+def test_rows_train_every_few_label_row_once_decisive_rows_first_and_name_real_trainers():
+    env = {**os.environ, "ROOT": "/nonexistent"}  # `rows` reads no nnU-Net folder
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "rows"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
+    few = rows["few labels"].split()
+    order = rows["few labels, training order"].split()
+    full = rows["full labels"].split()
+    # the reports take the first row as the reference: the backbone in both regimes
+    assert few[0] == f"nnUNetTrainerPDE3D_Backbone_{S}_Frac10"
+    assert full[0] == f"nnUNetTrainerPDE3D_Backbone_{S}"
+    # the training order is a permutation (no row dropped or trained twice) that starts with
+    # the full model and the two gate candidates (the rows issue 22's step 2 waits for)
+    assert sorted(order) == sorted(few) and len(set(order)) == len(few) == 6
+    assert order[:3] == [
+        f"nnUNetTrainerPDE3D_{S}_Frac10",
+        f"nnUNetTrainerPDE3D_PDELR10_{S}_Frac10",
+        f"nnUNetTrainerPDE3D_GateScale10_{S}_Frac10",
+    ]
+    # every row is a trainer class the repository defines (a typo would train nothing)
+    assert set(few + full) <= set(list_trainers()), set(few + full) - set(list_trainers())
