@@ -92,6 +92,18 @@ def find_record(
     return folder if ok else None
 
 
+def _why_no_record(folder: Path) -> str:
+    """Why ``folder`` is not a complete record: absent, or which of its two files is missing
+    (a record half-written by an export that was cut off, or copied in part)."""
+    if not folder.is_dir():
+        return f"no record in {folder}"
+    missing = [n for n in (PER_CASE_CSV, RECORD_JSON) if not (folder / n).is_file()]
+    return (
+        f"incomplete record in {folder}: {' and '.join(missing)} missing (an export cut off, "
+        "or a partial copy); write it again with nnunet-pde benchmark export"
+    )
+
+
 @dataclass
 class ExportOutcome:
     """What ``export_records`` did: records written, records kept (up to date), and the
@@ -274,7 +286,7 @@ def load_records(
                 folder = find_record(root, t, plans, configuration, run, k)
                 if folder is None:
                     missing = record_dir(root, t, plans, configuration, run, k)
-                    p.missing_folds[k] = f"no record in {missing}"
+                    p.missing_folds[k] = _why_no_record(missing)
                     continue
                 rec = read_json(folder / RECORD_JSON, BenchmarkError)
                 if not isinstance(rec, dict) or rec.get("kind") != RECORD_KIND:
@@ -308,9 +320,11 @@ def load_records(
                 if isinstance(rec.get("logging"), dict):
                     logs.append(FoldLog(t, int(run), int(k), _nan_lists(rec["logging"])))
             if not p.folds_found:
+                incomplete = [w for w in p.missing_folds.values() if w.startswith("incomplete")]
                 raise BenchmarkError(
                     f"{t}: no record of run {run} for folds {', '.join(map(str, folds))} in "
                     f"{root}; export it with nnunet-pde benchmark export"
+                    + "".join(f"\n  {w}" for w in incomplete)
                 )
             line = f"{t} (run {run}): {len(p.cases)} cases from the records of folds "
             line += ", ".join(map(str, p.folds_found))

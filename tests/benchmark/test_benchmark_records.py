@@ -236,6 +236,33 @@ def test_a_missing_fold_record_is_named_and_left_out(tree, tmp_path: Path) -> No
     assert len(n_new) == len(CASES) - len(splits()[4]["val"])
 
 
+@pytest.mark.parametrize("lost", [PER_CASE_CSV, RECORD_JSON])
+def test_a_half_written_record_is_named_with_its_missing_file(
+    tree, tmp_path: Path, lost: str
+) -> None:
+    records = tmp_path / "records"
+    _export(tree, records, runs=(1,))
+    # one fold of NEW half-written: reported as incomplete (not as absent) and left out
+    (record_dir(records, NEW, PLANS, CONF, 1, 4) / lost).unlink()
+    make_report(
+        DATASET, [REF, NEW], output=tmp_path / "o", environ=tree, records=records,
+        **_quiet(n_bootstrap=50),
+    )  # fmt: skip
+    tables = (tmp_path / "o" / "tables.md").read_text()
+    assert f"**Missing folds** for {NEW}: fold 4: incomplete record in " in tables
+    assert f"{lost} missing" in tables
+    # every fold of REF half-written: the error names the missing file of each
+    for k in FOLDS:
+        (record_dir(records, REF, PLANS, CONF, 1, k) / lost).unlink()
+    with pytest.raises(BenchmarkError, match=r"TrainerRef: no record of run 1") as err:
+        make_report(
+            DATASET, [REF, NEW], output=tmp_path / "o2", environ=tree, records=records,
+            **_quiet(n_bootstrap=50),
+        )  # fmt: skip
+    assert str(err.value).count("incomplete record in ") == len(FOLDS)
+    assert f"{lost} missing" in str(err.value) and "benchmark export" in str(err.value)
+
+
 def test_cli_export_then_report_from_records(
     tree, tmp_path: Path, monkeypatch, capsys
 ) -> None:
