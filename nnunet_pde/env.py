@@ -146,8 +146,7 @@ def project_trainer_base(cls: type) -> type | None:
     for base in inspect.getmro(cls):
         mine = ours.get(base.__name__)
         if mine is not None and (
-            base is mine
-            or base.__module__.rsplit(".", 1)[-1] == mine.__module__.rsplit(".", 1)[-1]
+            base is mine or base.__module__.rsplit(".", 1)[-1] == mine.__module__.rsplit(".", 1)[-1]
         ):
             return mine
     return None
@@ -278,9 +277,7 @@ def _check_pde_backends() -> list[Check]:
     for device in devices:
         choice = backend.describe(device)
         if choice.name == "error":
-            checks.append(
-                Check("fail", f"PDE kernels: {choice.reason}", f"unset {backend.ENV}")
-            )
+            checks.append(Check("fail", f"PDE kernels: {choice.reason}", f"unset {backend.ENV}"))
         elif choice.name == "torch" and device == "cuda":
             fix = "pip install triton (ships with the CUDA builds of torch)"
             checks.append(Check("warn", f"PDE kernels: {choice.reason}", fix))

@@ -52,9 +52,7 @@ def test_pde_group_gets_ten_times_the_lr_at_every_epoch_and_no_decay(tmp_path, m
     block_params = {id(p) for b in pde_blocks(t.network).values() for p in b.parameters()}
     assert block_params and {id(p) for p in pde_group["params"]} == block_params
     assert not block_params & {id(p) for p in net_group["params"]}
-    assert len(net_group["params"]) + len(pde_group["params"]) == len(
-        list(t.network.parameters())
-    )
+    assert len(net_group["params"]) + len(pde_group["params"]) == len(list(t.network.parameters()))
     assert pde_group["weight_decay"] == 0.0 and net_group["weight_decay"] == t.adamw_weight_decay
     for epoch in (0, 1, 7, 19):
         sched.step(epoch)

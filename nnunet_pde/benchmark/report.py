@@ -447,8 +447,7 @@ def _write_report(
         lambda p: write_json(
             p,
             json_safe(
-                {**meta, "summary": summary, "per_fold": per_fold, "runs": runs,
-                 "plateau": plateau}
+                {**meta, "summary": summary, "per_fold": per_fold, "runs": runs, "plateau": plateau}
             ),  # fmt: skip
             allow_nan=False,
         ),

@@ -504,12 +504,8 @@ def _register_export(sub: Any) -> None:
         epilog=_EXPORT_EXAMPLE,
     )
     trainer_grid_options(p)
-    p.add_argument(
-        "--output", type=Path, required=True, help="records folder (created if missing)"
-    )
-    _run_selection(
-        p, "export runs 1..N of `benchmark run --runs N` (default 1)", "only run R"
-    )
+    p.add_argument("--output", type=Path, required=True, help="records folder (created if missing)")
+    _run_selection(p, "export runs 1..N of `benchmark run --runs N` (default 1)", "only run R")
     overwrite_option(p, "rewrite every record (default: only those whose checkpoint changed)")
     tolerance_option(p)
     workers_option(p)

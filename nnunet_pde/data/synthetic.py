@@ -310,8 +310,7 @@ def _check_destination(raw_root: Path, dataset_id: int, folder_name: str, overwr
         check_replaceable(target, True, MARKER_COMMAND, flag="--overwrite")
     if target.exists() and not overwrite:
         raise FileExistsError(
-            f"{target} already exists; pass --overwrite to replace it or choose another "
-            "--id"
+            f"{target} already exists; pass --overwrite to replace it or choose another --id"
         )
 
 

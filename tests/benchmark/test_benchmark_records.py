@@ -263,9 +263,7 @@ def test_a_half_written_record_is_named_with_its_missing_file(
     assert f"{lost} missing" in str(err.value) and "benchmark export" in str(err.value)
 
 
-def test_cli_export_then_report_from_records(
-    tree, tmp_path: Path, monkeypatch, capsys
-) -> None:
+def test_cli_export_then_report_from_records(tree, tmp_path: Path, monkeypatch, capsys) -> None:
     for k, v in tree.items():
         monkeypatch.setenv(k, v)
     records = tmp_path / "records"
