@@ -67,6 +67,8 @@ __all__ = [
 ]
 
 RECORD_JSON = "record.json"
+#: The files of a complete record; a folder lacking one of them is not read as a record.
+RECORD_FILES = (PER_CASE_CSV, RECORD_JSON)
 RECORD_KIND = "nnunet_pde fold record"
 RECORD_VERSION = 1
 
@@ -88,20 +90,23 @@ def find_record(
 ) -> Path | None:
     """The folder of the complete record (CSV and ``record.json``) of this fold, or None."""
     folder = record_dir(root, trainer, plans, configuration, run, fold)
-    ok = (folder / PER_CASE_CSV).is_file() and (folder / RECORD_JSON).is_file()
-    return folder if ok else None
+    return None if _missing_files(folder) else folder
 
 
-def _why_no_record(folder: Path) -> str:
-    """Why ``folder`` is not a complete record: absent, or which of its two files is missing
-    (a record half-written by an export that was cut off, or copied in part)."""
+def _missing_files(folder: Path) -> list[str]:
+    """The names of :data:`RECORD_FILES` that ``folder`` lacks (all of them if it is absent)."""
+    return [n for n in RECORD_FILES if not (folder / n).is_file()]
+
+
+def _why_no_record(folder: Path) -> tuple[str, bool]:
+    """Why ``folder`` is not a complete record, and whether it is half-written (the folder
+    exists but lacks one of its files: an export that was cut off, or a partial copy)."""
     if not folder.is_dir():
-        return f"no record in {folder}"
-    missing = [n for n in (PER_CASE_CSV, RECORD_JSON) if not (folder / n).is_file()]
+        return f"no record in {folder}", False
     return (
-        f"incomplete record in {folder}: {' and '.join(missing)} missing (an export cut off, "
-        "or a partial copy); write it again with nnunet-pde benchmark export"
-    )
+        f"incomplete record in {folder}: {' and '.join(_missing_files(folder))} missing (an "
+        "export cut off, or a partial copy); write it again with nnunet-pde benchmark export"
+    ), True
 
 
 @dataclass
@@ -131,7 +136,7 @@ def _checkpoint_stamp(path: Path) -> dict[str, int]:
 
 def _is_current(folder: Path, stamp: Mapping[str, int]) -> bool:
     """Whether ``folder`` holds a complete record of the checkpoint with ``stamp``."""
-    if not (folder / PER_CASE_CSV).is_file() or not (folder / RECORD_JSON).is_file():
+    if _missing_files(folder):
         return False
     try:
         old = read_json(folder / RECORD_JSON, BenchmarkError)
@@ -282,11 +287,14 @@ def load_records(
         pooled[run] = {}
         for t in trainers:
             p = PooledPredictions(t, root / trainer_dir_name(t, plans, configuration))
+            half_written: list[str] = []
             for k in folds:
                 folder = find_record(root, t, plans, configuration, run, k)
                 if folder is None:
                     missing = record_dir(root, t, plans, configuration, run, k)
-                    p.missing_folds[k] = _why_no_record(missing)
+                    p.missing_folds[k], half = _why_no_record(missing)
+                    if half:
+                        half_written.append(p.missing_folds[k])
                     continue
                 rec = read_json(folder / RECORD_JSON, BenchmarkError)
                 if not isinstance(rec, dict) or rec.get("kind") != RECORD_KIND:
@@ -320,11 +328,10 @@ def load_records(
                 if isinstance(rec.get("logging"), dict):
                     logs.append(FoldLog(t, int(run), int(k), _nan_lists(rec["logging"])))
             if not p.folds_found:
-                incomplete = [w for w in p.missing_folds.values() if w.startswith("incomplete")]
                 raise BenchmarkError(
                     f"{t}: no record of run {run} for folds {', '.join(map(str, folds))} in "
                     f"{root}; export it with nnunet-pde benchmark export"
-                    + "".join(f"\n  {w}" for w in incomplete)
+                    + "".join(f"\n  {w}" for w in half_written)
                 )
             line = f"{t} (run {run}): {len(p.cases)} cases from the records of folds "
             line += ", ".join(map(str, p.folds_found))
